@@ -1,0 +1,201 @@
+"""Typed-config machinery shared by every section: dict/YAML -> frozen dataclasses, dotted overrides, flat dicts.
+
+A config is a tree of frozen dataclasses. The three operations that cross process and file boundaries are
+`from_dict` (nested dict -> dataclass, type-checked, unknown keys rejected), `apply_overrides` (dotted keys such as
+``model.hsfe.radius=30`` on top of an existing config) and `to_flat_dict` (the flat ``{"a.b.c": value}`` form that
+MLflow logs as params and checkpoints embed). Values coming from the command line are strings; they are parsed as
+YAML scalars first (``--set train.epochs=3`` gives the int 3) and then checked against the field type.
+No I/O happens at import time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key is unknown or a value has the wrong type; the message names the dotted key."""
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    if origin is tuple:
+        args = get_args(tp)
+        return f"tuple[{_type_name(args[0])}, ...]" if len(args) == 2 and args[1] is Ellipsis else str(tp)
+    return getattr(tp, "__name__", str(tp))
+
+
+def _split_list(text: str) -> list[Any]:
+    """``"[2, 2]"`` or ``"2,2"`` -> ``[2, 2]``; items that are not YAML (``"a {}"``) stay strings."""
+    inner = text.strip()
+    if inner.startswith("[") and inner.endswith("]"):
+        inner = inner[1:-1]
+    return [parse_value(item.strip()) for item in inner.split(",") if item.strip()]
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return `value` converted to `tp` or raise ConfigError naming `key`. Only lossless conversions are made."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value in get_args(tp) and type(value) in {type(a) for a in get_args(tp)}:
+            return value
+        raise ConfigError(f"{key}: expected one of {_type_name(tp)}, got {value!r}")
+    if origin in (Union, types.UnionType):
+        errors = []
+        for arg in get_args(tp):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key}: expected None, got {value!r}")
+    if origin is tuple or tp is tuple:
+        if isinstance(value, str):
+            value = _split_list(value)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list for {_type_name(tp)}, got {value!r}")
+        args = get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if args and len(args) != len(value):
+            raise ConfigError(f"{key}: expected {len(args)} items, got {len(value)}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(args, value))) if args else tuple(value)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping for section {tp.__name__}, got {value!r}")
+        return from_dict(tp, value, prefix=key + ".")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected a bool (true/false), got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}: expected an int, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a float, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported field type {tp!r}")
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls, include_extras=False)
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass `cls` from a nested dict; missing keys keep their defaults, unknown keys are an error."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]!s} (valid keys under "
+                          f"{prefix.rstrip('.') or 'the top level'}: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {e}") from e
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Nested plain-dict form (tuples become lists so that YAML/JSON round-trip)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v):
+            v = to_dict(v)
+        elif isinstance(v, tuple):
+            v = list(v)
+        out[f.name] = v
+    return out
+
+
+def to_flat_dict(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"model.hsfe.radius": 30, ...}``: what MLflow logs and checkpoints store."""
+    flat: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v):
+            flat.update(to_flat_dict(v, prefix + f.name + "."))
+        else:
+            flat[prefix + f.name] = list(v) if isinstance(v, tuple) else v
+    return flat
+
+
+def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of the flattening: ``{"a.b": 1}`` -> ``{"a": {"b": 1}}``."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: {p} is a value, not a section")
+        node[leaf] = value
+    return nested
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value: parsed as a YAML scalar/list (``3`` -> 3, ``true`` -> True, ``[2,2]`` -> [2, 2])."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_overrides(items: typing.Iterable[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=x"]`` -> ``{"a.b": 1, "c": "x"}``; a missing ``=`` is an error."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, _, value = item.partition("=")
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def apply_overrides(cfg: Any, flat: dict[str, Any]) -> Any:
+    """Return a new config with dotted-key overrides applied (validated like `from_dict`)."""
+    if not flat:
+        return cfg
+    return from_dict(type(cfg), deep_merge(to_dict(cfg), unflatten(flat)))

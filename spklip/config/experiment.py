@@ -1,0 +1,63 @@
+"""`ExperimentConfig`: the one typed config that flows from CLI/sweep to trainer to model.
+
+Precedence, lowest first: dataclass defaults < the named model preset (``model_preset``) < an experiment YAML <
+``--set`` dotted overrides < a Tune trial's dotted keys. `load_config` applies all of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from spklip.config.base import ConfigError, deep_merge, from_dict, parse_overrides, to_flat_dict, unflatten
+from spklip.config.data import DataCfg
+from spklip.config.model import LossCfg, ModelCfg, load_preset_dict
+from spklip.config.train import EvalCfg, OptimCfg, ScaleCfg, TrackingCfg, TrainCfg
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    model_preset: str = "spklip-tiny"  # named architecture the model section starts from
+    data: DataCfg = field(default_factory=DataCfg)
+    model: ModelCfg = field(default_factory=ModelCfg)
+    loss: LossCfg = field(default_factory=LossCfg)
+    optim: OptimCfg = field(default_factory=OptimCfg)
+    train: TrainCfg = field(default_factory=TrainCfg)
+    scale: ScaleCfg = field(default_factory=ScaleCfg)
+    eval: EvalCfg = field(default_factory=EvalCfg)
+    tracking: TrackingCfg = field(default_factory=TrackingCfg)
+
+    def to_flat_dict(self) -> dict[str, Any]:
+        return to_flat_dict(self)
+
+    @classmethod
+    def from_flat_dict(cls, flat: dict[str, Any]) -> "ExperimentConfig":
+        """Rebuild exactly from a flat dict (checkpoints, MLflow params); presets are not re-applied."""
+        return from_dict(cls, unflatten(flat))
+
+
+def build_config(raw: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Nested `raw` dict (e.g. a YAML file) plus flat dotted `overrides` -> validated ExperimentConfig."""
+    nested = deep_merge(raw or {}, unflatten(overrides or {}))
+    preset = nested.get("model_preset", ExperimentConfig.model_preset)
+    if not isinstance(preset, str):
+        raise ConfigError(f"model_preset: expected a string, got {preset!r}")
+    nested["model"] = deep_merge(load_preset_dict(preset), nested.get("model", {}))
+    return from_dict(ExperimentConfig, nested)
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] | dict[str, Any] = ()) -> ExperimentConfig:
+    """Load a YAML experiment file (optional) and apply ``key=value`` strings or a dotted dict on top."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"config file {p} does not exist")
+        raw = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {p} must hold a mapping at the top level")
+    flat = dict(overrides) if isinstance(overrides, dict) else parse_overrides(overrides)
+    return build_config(raw, flat)

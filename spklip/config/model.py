@@ -1,0 +1,122 @@
+"""Model-side config: one dataclass per tower (HSFE, backbone, temporal encoder, text, FSVE) and the loss.
+
+Named architectures live as JSON files in ``spklip/model/presets/`` (``spklip-tiny.json`` ...); each holds a partial
+`ModelCfg` dict, defaults fill the rest. Derived sizes (window length 2r+1, sub-block placement) are properties.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from spklip.config.base import ConfigError, from_dict
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "model" / "presets"
+
+
+@dataclass(frozen=True)
+class HsfeCfg:
+    num_subblocks: int | Literal["auto"] = 5  # K overlapping temporal sub-blocks; "auto": as many as step s allows
+    radius: int = 30  # r: each sub-block holds 2r+1 consecutive spike planes
+    step: int | Literal["auto"] = 45  # s: planes between sub-block starts; "auto": spread K windows evenly over N
+    num_branches: int = 4  # M: MTF branches over centred crops of length 2r+1, 2r+1-2c, ...
+    channel_step: int = 1  # c: crop shrink per side between consecutive branches
+    branch_hidden: int = 16  # hidden channels of each MTF branch's first conv
+    features: int = 64  # F: trunk channels (the extractor's output channels)
+    num_res_blocks: int = 6  # residual blocks in the trunk (the authors' num_of_layers - 2)
+    spatial_attention: bool = True  # SA: per-pixel, per-branch sigmoid gate on the branch maps
+    photon_conservation: bool = False  # normalise branch temporal weights to conserve spike counts (see hsfe.py)
+    stride: int = 1  # spatial stride of the first branch conv (1 = full resolution, as in the paper)
+
+    @property
+    def window(self) -> int:
+        return 2 * self.radius + 1
+
+    def __post_init__(self):
+        if self.radius < 0:
+            raise ConfigError(f"model.hsfe.radius must be >= 0, got {self.radius}")
+        if self.num_branches < 1 or self.window - 2 * self.channel_step * (self.num_branches - 1) < 1:
+            raise ConfigError(f"model.hsfe: {self.num_branches} branches with channel_step {self.channel_step} "
+                              f"do not fit a window of {self.window} planes")
+
+
+@dataclass(frozen=True)
+class BackboneCfg:
+    layers: tuple[int, ...] = (2, 2, 2, 2)  # bottleneck blocks per stage (paper 2,2,2,2; authors' code 2,2,4,2)
+    width: int = 64  # stem width; stage widths are width*(1,2,4,8), x4 bottleneck expansion
+    heads: int = 8  # attention-pool heads (paper 8, authors' code 4)
+    attn_dropout: float = 0.0  # attention-pool dropout (CLIP 0, authors' code 0.1)
+
+
+@dataclass(frozen=True)
+class TemporalCfg:
+    layers: int = 4  # transformer layers over the K sub-block tokens
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.1
+    pos_embed: bool = True  # learned positional embedding; false reproduces the authors' order-blind encoder
+    pool: Literal["mean", "cls"] = "mean"
+
+
+@dataclass(frozen=True)
+class TextCfg:
+    kind: Literal["minilm", "clip-text", "hf"] = "minilm"  # pretrained MiniLM, CLIP text from scratch, any HF model
+    pretrained: str = ""  # kind=hf: local path or hub name given to from_pretrained
+    finetune: Literal["frozen", "last-n", "full"] = "frozen"  # which pretrained weights train
+    finetune_layers: int = 2  # finetune=last-n: how many final layers train
+    context_length: int = 77  # clip-text: tokens incl. start/end
+    width: int = 128  # clip-text: transformer width
+    layers: int = 4  # clip-text: transformer layers
+    heads: int = 4  # clip-text: attention heads
+    templates: tuple[str, ...] = ("a spike video of {}.",)  # prompt templates; class embeddings are averaged
+
+
+@dataclass(frozen=True)
+class FsveCfg:
+    variant: Literal["none", "snn-backbone", "full-snn"] = "none"  # ANN, spiking backbone+temporal, or all spiking
+    time_steps: int = 4  # T: SNN time steps (input repeated T times)
+    neuron: Literal["lif", "plif"] = "lif"  # spikingjelly LIFNode or ParametricLIFNode
+    tau: float = 2.0  # membrane time constant (spikingjelly 2.0 needs a float)
+    v_threshold: float = 1.0
+    surrogate: Literal["atan", "sigmoid", "rect"] = "atan"  # surrogate-gradient function
+    reset: Literal["hard", "soft"] = "hard"  # hard: v -> 0; soft: v -> v - threshold
+    norm: Literal["bn", "tdbn", "none"] = "tdbn"  # per-step BN, threshold-scaled BN shared over time, or none
+
+
+@dataclass(frozen=True)
+class LossCfg:
+    init_logit_scale: float = 1 / 0.07  # exp(learnable log-scale) starts here
+    max_logit_scale: float = 100.0  # clamp, as in CLIP
+    local_loss: bool = False  # multi-worker: local rows vs all columns instead of the full gathered matrix
+
+
+@dataclass(frozen=True)
+class ModelCfg:
+    arch: Literal["spklip", "tfp-resnet", "spike-rate-mlp"] = "spklip"  # full model or a reviewer baseline
+    num_planes: int = 32  # N spike planes per clip the model is built for
+    height: int = 64
+    width: int = 64
+    embed_dim: int = 256  # joint spike-text embedding size
+    hsfe: HsfeCfg = field(default_factory=HsfeCfg)
+    backbone: BackboneCfg = field(default_factory=BackboneCfg)
+    temporal: TemporalCfg = field(default_factory=TemporalCfg)
+    text: TextCfg = field(default_factory=TextCfg)
+    fsve: FsveCfg = field(default_factory=FsveCfg)
+
+
+def list_presets() -> list[str]:
+    """Names of the JSON presets shipped in spklip/model/presets/."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
+
+
+def load_preset_dict(name: str) -> dict:
+    path = PRESET_DIR / f"{name}.json"
+    if not path.exists():
+        raise ConfigError(f"unknown model preset {name!r}; available: {', '.join(list_presets())}")
+    return json.loads(path.read_text())
+
+
+def load_preset(name: str) -> ModelCfg:
+    return from_dict(ModelCfg, load_preset_dict(name), prefix="model.")

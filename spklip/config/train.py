@@ -1,0 +1,55 @@
+"""Training-side config: optimiser, loop, scaling (Ray Train), evaluation and tracking (MLflow)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class OptimCfg:
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    betas: tuple[float, ...] = (0.9, 0.98)
+    warmup_steps: int = 50  # linear warmup, then cosine decay to min_lr_ratio * lr
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0  # max global grad norm (0 disables)
+    accum_steps: int = 1  # gradient accumulation steps per optimiser step
+
+
+@dataclass(frozen=True)
+class TrainCfg:
+    epochs: int = 10
+    max_steps: int = 0  # stop after this many optimiser steps (0: run all epochs)
+    seed: int = 0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    log_every: int = 10  # steps between training-metric reports
+    checkpoint_every: int = 0  # steps between checkpoints (0: only at the end of each epoch)
+    keep_checkpoints: int = 2  # best-k checkpoints kept by metric
+    metric: str = "val/top1"  # metric that ranks checkpoints and sweep trials
+    metric_mode: Literal["max", "min"] = "max"
+    run_dir: str = "runs"  # local root for Ray storage, MLflow sqlite file and artifacts
+
+
+@dataclass(frozen=True)
+class ScaleCfg:
+    num_workers: int = 1  # Ray Train workers (0: run the loop in-process, no worker actors)
+    use_gpu: Literal["auto", "yes", "no"] = "auto"
+    cpus_per_worker: float = 0.5  # fractional so that Ray Data keeps a CPU on small machines
+    max_failures: int = 2  # worker restarts allowed; each resumes from the last checkpoint
+    address: str = ""  # Ray cluster address ("" = RAY_ADDRESS or an in-process Ray)
+
+
+@dataclass(frozen=True)
+class EvalCfg:
+    few_shot_ks: tuple[int, ...] = (1, 2, 4, 8, 16)
+    few_shot_seeds: int = 5  # episodes per k
+    retrieval_ks: tuple[int, ...] = (1, 5, 10)
+
+
+@dataclass(frozen=True)
+class TrackingCfg:
+    enabled: bool = True
+    uri: str = ""  # "" -> MLFLOW_TRACKING_URI, else sqlite:///<run_dir>/mlflow.db
+    experiment: str = "spklip"
+    run_name: str = ""
