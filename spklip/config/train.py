@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from spklip.config.base import ConfigError
+
 
 @dataclass(frozen=True)
 class OptimCfg:
@@ -15,6 +17,12 @@ class OptimCfg:
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0  # max global grad norm (0 disables)
     accum_steps: int = 1  # gradient accumulation steps per optimiser step
+
+    def __post_init__(self):
+        if self.accum_steps < 1:
+            raise ConfigError(f"optim.accum_steps must be >= 1, got {self.accum_steps}")
+        if len(self.betas) != 2:
+            raise ConfigError(f"optim.betas must hold two values, got {list(self.betas)}")
 
 
 @dataclass(frozen=True)
@@ -29,6 +37,10 @@ class TrainCfg:
     metric: str = "val/top1"  # metric that ranks checkpoints and sweep trials
     metric_mode: Literal["max", "min"] = "max"
     run_dir: str = "runs"  # local root for Ray storage, MLflow sqlite file and artifacts
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise ConfigError(f"train.epochs must be >= 1, got {self.epochs}")
 
 
 @dataclass(frozen=True)
@@ -45,6 +57,10 @@ class EvalCfg:
     few_shot_ks: tuple[int, ...] = (1, 2, 4, 8, 16)
     few_shot_seeds: int = 5  # episodes per k
     retrieval_ks: tuple[int, ...] = (1, 5, 10)
+    few_shot_steps: int = 100  # full-batch AdamW steps of the prompt-initialised linear head
+    few_shot_lr: float = 1e-2  # learning rate of that head
+    batch_size: int = 32  # clips per forward pass during evaluation
+    energy: bool = True  # log energy per clip (spklip.model.energy) beside accuracy
 
 
 @dataclass(frozen=True)
@@ -53,3 +69,4 @@ class TrackingCfg:
     uri: str = ""  # "" -> MLFLOW_TRACKING_URI, else sqlite:///<run_dir>/mlflow.db
     experiment: str = "spklip"
     run_name: str = ""
+    log_model: bool = True  # log the best checkpoint's visual encoder as an MLflow PyTorch model

@@ -1,0 +1,144 @@
+"""Checkpoint format: one folder holding ``state.pt`` (tensors and plain values only) and ``config.json``.
+
+``state.pt`` stores the model, optimizer and scheduler state, the step counters, every RNG state (python, numpy,
+torch CPU and CUDA) and the flat experiment config, so that a checkpoint alone rebuilds its model
+(`model_from_checkpoint`) and a resumed run continues exactly where it stopped. Loading always uses
+``torch.load(weights_only=True)``: nothing in a checkpoint is unpickled as code. Frozen pretrained weights (for
+example the MiniLM text tower with ``model.text.finetune=frozen``) are left out: they are rebuilt from the
+pretrained package, which keeps checkpoints small.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from spklip.config import ExperimentConfig
+
+STATE_FILE = "state.pt"
+CONFIG_FILE = "config.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class TrainState:
+    """Counters of a run; ``step`` counts optimiser steps, ``batch_in_epoch`` batches consumed this epoch."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare module inside a DDP / FSDP wrapper (or the model itself)."""
+    return getattr(model, "module", model)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG state as tensors and plain values (safe for ``weights_only`` loading)."""
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                       "has_gauss": int(np_state[3]), "gauss": float(np_state[4])}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` captured."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``state_dict`` without frozen parameters (buffers are kept)."""
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    return {k: v for k, v in model.state_dict().items() if k not in frozen}
+
+
+def save_checkpoint(directory: str | Path, *, model: torch.nn.Module, cfg: ExperimentConfig,
+                    state: TrainState, optimizer: torch.optim.Optimizer | None = None,
+                    scheduler: Any = None) -> Path:
+    """Write a checkpoint folder (created if needed) and return its path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT_VERSION,
+        "model": trainable_state_dict(unwrap(model)),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch,
+        "metrics": {k: float(v) for k, v in state.metrics.items()},
+        "rng": rng_state(),
+        "config": cfg.to_flat_dict(),
+    }
+    tmp = directory / (STATE_FILE + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(directory / STATE_FILE)  # never leave a half-written state.pt behind
+    (directory / CONFIG_FILE).write_text(json.dumps(cfg.to_flat_dict(), indent=1, sort_keys=True))
+    return directory
+
+
+def read_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load ``state.pt`` with ``weights_only=True``; a clear FileNotFoundError when it is missing."""
+    path = Path(directory)
+    if path.is_dir():
+        path = path / STATE_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {directory} (expected a folder holding {STATE_FILE})")
+    payload = torch.load(path, map_location=map_location, weights_only=True)
+    if payload.get("format") != FORMAT_VERSION:
+        raise ValueError(f"checkpoint {path} has format {payload.get('format')!r}, expected {FORMAT_VERSION}")
+    return payload
+
+
+def load_model_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Load a `trainable_state_dict`; only frozen parameters may be absent, and nothing may be unexpected."""
+    result = unwrap(model).load_state_dict(weights, strict=False)
+    frozen = {name for name, p in unwrap(model).named_parameters() if not p.requires_grad}
+    missing = sorted(set(result.missing_keys) - frozen)
+    if missing or result.unexpected_keys:
+        raise ValueError(f"checkpoint does not fit the model: missing {missing[:5]}, "
+                         f"unexpected {list(result.unexpected_keys)[:5]}")
+
+
+def restore_training(payload: dict[str, Any], *, model: torch.nn.Module, optimizer=None, scheduler=None,
+                     restore_rng: bool = True) -> TrainState:
+    """Put model/optimizer/scheduler/RNG back to the checkpointed state and return the counters."""
+    load_model_weights(model, payload["model"])
+    if optimizer is not None and payload["optimizer"] is not None:
+        optimizer.load_state_dict(payload["optimizer"])
+    if scheduler is not None and payload["scheduler"] is not None:
+        scheduler.load_state_dict(payload["scheduler"])
+    if restore_rng:
+        set_rng_state(payload["rng"])
+    return TrainState(step=payload["step"], epoch=payload["epoch"], batch_in_epoch=payload["batch_in_epoch"],
+                      metrics=dict(payload["metrics"]))
+
+
+def model_from_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu"):
+    """Rebuild the model from the config stored inside the checkpoint and load its weights.
+
+    Returns:
+        ``(model, cfg, payload)``: the model in eval mode, its ExperimentConfig and the raw checkpoint dict.
+    """
+    from spklip.model import create_model  # deferred: keeps `spklip train --help` light
+
+    payload = read_checkpoint(directory, map_location)
+    cfg = ExperimentConfig.from_flat_dict(payload["config"])
+    model = create_model(cfg.model)
+    load_model_weights(model, payload["model"])
+    return model.eval(), cfg, payload
