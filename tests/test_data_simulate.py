@@ -1,0 +1,83 @@
+"""The spike simulator: the integrate-and-fire count identity, a slow per-plane reference, streaming, seeds, noise."""
+
+import numpy as np
+import pytest
+
+from spklip.data.simulate import SimParams, SpikeSimulator, iter_simulate, simulate_spikes
+
+
+def reference_simulation(planes, initial, theta):
+    """Slow per-plane integrate-and-fire with subtract reset (the textbook loop)."""
+    acc = initial.copy()
+    out = np.zeros(planes.shape, np.uint8)
+    for n in range(planes.shape[0]):
+        acc = acc + planes[n]
+        fire = acc >= theta
+        out[n] = fire
+        acc = acc - theta * fire
+    return out
+
+
+def test_count_per_pixel_is_floor_of_initial_plus_summed_intensity():
+    rng = np.random.default_rng(3)
+    for trial in range(5):
+        frames = rng.integers(0, 256, size=(int(rng.integers(1, 60)), 7, 9), dtype=np.uint8)
+        threshold = float(rng.uniform(1.0, 6.0))
+        seed = int(rng.integers(0, 2**31))
+        spikes = simulate_spikes(frames, threshold=threshold, seed=seed, chunk_planes=int(rng.integers(1, 20)))
+        initial = SpikeSimulator(SimParams(threshold, seed=seed), 7, 9).initial
+        assert spikes.dtype == np.uint8 and set(np.unique(spikes)) <= {0, 1}
+        assert ((initial >= 0) & (initial < threshold)).all()
+        expected = np.floor((initial + (frames / 255.0).sum(0)) / threshold)
+        assert np.array_equal(spikes.sum(0), expected), trial
+
+
+def test_matches_slow_reference_with_interpolation_and_mismatch():
+    rng = np.random.default_rng(1)
+    frames = rng.random((6, 5, 4))
+    params = SimParams(threshold=1.5, planes_per_frame=3, seed=11, mismatch=0.2)
+    spikes = simulate_spikes(frames, threshold=1.5, planes_per_frame=3, seed=11, mismatch=0.2)
+    sim = SpikeSimulator(params, 5, 4)
+    nxt = np.concatenate([frames[1:], frames[-1:]])  # the last frame is held
+    planes = np.stack([frames + j / 3 * (nxt - frames) for j in range(3)], axis=1).reshape(18, 5, 4)
+    assert spikes.shape == (18, 5, 4)
+    assert np.array_equal(spikes, reference_simulation(planes, sim.initial, sim.theta))
+    assert sim.theta.std() > 0 and sim.theta.min() >= 1.0
+
+
+def test_rgb_iterator_and_chunking_give_the_same_bits():
+    rng = np.random.default_rng(2)
+    rgb = rng.integers(0, 256, size=(10, 8, 6, 3), dtype=np.uint8)
+    gray = rgb / 255.0 @ np.array([0.299, 0.587, 0.114])
+    whole = simulate_spikes(rgb, planes_per_frame=2, seed=5, dark_current=0.05)
+    assert whole.shape == (20, 8, 6)
+    assert np.array_equal(whole, simulate_spikes(gray, planes_per_frame=2, seed=5, dark_current=0.05))
+    frames_iter = (f for f in rgb)  # one RGB frame at a time
+    assert np.array_equal(whole, simulate_spikes(frames_iter, planes_per_frame=2, seed=5, dark_current=0.05,
+                                                 chunk_planes=3))
+    chunks = list(iter_simulate(rgb, planes_per_frame=2, seed=5, dark_current=0.05, chunk_planes=4))
+    assert len(chunks) > 2 and all(c.shape[0] <= 4 for c in chunks)
+    assert np.array_equal(np.concatenate(chunks), whole)
+
+
+def test_seed_and_noise_options_change_the_output():
+    frames = np.full((40, 8, 8), 0.3)
+    base = simulate_spikes(frames, seed=0)
+    assert np.array_equal(base, simulate_spikes(frames, seed=0))
+    assert not np.array_equal(base, simulate_spikes(frames, seed=1))
+    dark = simulate_spikes(np.zeros((400, 8, 8)), dark_current=0.1, threshold=2.0)
+    assert simulate_spikes(np.zeros((400, 8, 8))).sum() == 0  # the initial charge is below threshold
+    assert 0.03 < dark.mean() < 0.07  # about dark_current / threshold spikes per plane
+
+
+@pytest.mark.parametrize("kwargs, frames, match", [
+    ({"threshold": 0.5}, np.zeros((2, 4, 4)), "threshold must be >= 1"),
+    ({"planes_per_frame": 0}, np.zeros((2, 4, 4)), "planes_per_frame"),
+    ({}, np.full((2, 4, 4), 2.0), r"\[0, 1\]"),
+    ({}, np.zeros((2, 4, 4), np.int32), "dtype"),
+    ({}, np.zeros((2, 4, 4, 2)), "RGB"),
+    ({}, np.zeros((0, 4, 4)), "no frames"),
+])
+def test_bad_inputs(kwargs, frames, match):
+    with pytest.raises(ValueError, match=match):
+        simulate_spikes(frames, **kwargs)
