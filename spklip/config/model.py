@@ -34,6 +34,43 @@ class HsfeCfg:
     def window(self) -> int:
         return 2 * self.radius + 1
 
+    def layout(self, num_planes: int) -> tuple[int, int, int]:
+        """Sub-block placement on a clip of `num_planes` planes: ``(K, step, offset)``.
+
+        Sub-block i holds planes ``[offset + i*step, offset + i*step + 2r+1)``.
+        - K and step given: offset 0 (the authors' placement: starts 0, 45, ..., 180 on 250 planes).
+        - ``num_subblocks="auto"``: K = (N - 2r - 1) // step + 1 windows fit, offset 0.
+        - ``step="auto"``: step = (N - 2r - 1) // (K - 1) (largest step that fits), and the span of the K windows
+          is centred: offset = ((N - 2r - 1) - (K - 1) * step) // 2. K = 1 gives the centred window.
+        Both "auto" is an error, as is a layout that does not fit N or a step < 1.
+        """
+        w, n = self.window, num_planes
+        if w > n:
+            raise ConfigError(f"model.hsfe: window 2r+1={w} is longer than the clip's {n} planes (model.num_planes)")
+        k, s = self.num_subblocks, self.step
+        if k == "auto" and s == "auto":
+            raise ConfigError("model.hsfe: num_subblocks and step cannot both be 'auto'")
+        if k == "auto":
+            if s < 1:
+                raise ConfigError(f"model.hsfe.step must be >= 1, got {s}")
+            return (n - w) // s + 1, s, 0
+        if k < 1:
+            raise ConfigError(f"model.hsfe.num_subblocks must be >= 1, got {k}")
+        if s == "auto":
+            if k == 1:
+                return 1, 1, (n - w) // 2
+            s = (n - w) // (k - 1)
+            if s < 1:
+                raise ConfigError(f"model.hsfe: {k} sub-blocks of {w} planes need at least {w + k - 1} planes, "
+                                  f"got {n}")
+            return k, s, ((n - w) - (k - 1) * s) // 2
+        if s < 1:
+            raise ConfigError(f"model.hsfe.step must be >= 1, got {s}")
+        if (k - 1) * s + w > n:
+            raise ConfigError(f"model.hsfe: {k} sub-blocks of {w} planes with step {s} need {(k - 1) * s + w} "
+                              f"planes, the clip has {n} (model.num_planes)")
+        return k, s, 0
+
     def __post_init__(self):
         if self.radius < 0:
             raise ConfigError(f"model.hsfe.radius must be >= 0, got {self.radius}")
@@ -95,15 +132,21 @@ class LossCfg:
 @dataclass(frozen=True)
 class ModelCfg:
     arch: Literal["spklip", "tfp-resnet", "spike-rate-mlp"] = "spklip"  # full model or a reviewer baseline
-    num_planes: int = 32  # N spike planes per clip the model is built for
-    height: int = 64
-    width: int = 64
+    num_planes: int = 250  # N spike planes per clip the model is built for (defaults: the paper, 25 x 10 planes)
+    height: int = 240
+    width: int = 320
     embed_dim: int = 256  # joint spike-text embedding size
     hsfe: HsfeCfg = field(default_factory=HsfeCfg)
     backbone: BackboneCfg = field(default_factory=BackboneCfg)
     temporal: TemporalCfg = field(default_factory=TemporalCfg)
     text: TextCfg = field(default_factory=TextCfg)
     fsve: FsveCfg = field(default_factory=FsveCfg)
+
+    def __post_init__(self):
+        if min(self.num_planes, self.height, self.width, self.embed_dim) < 1:
+            raise ConfigError("model.num_planes, height, width and embed_dim must be >= 1")
+        if self.arch == "spklip":
+            self.hsfe.layout(self.num_planes)  # raises a ConfigError naming the bad key if the sub-blocks don't fit
 
 
 def list_presets() -> list[str]:

@@ -1,0 +1,61 @@
+"""Model registry: JSON presets in spklip/model/presets/ -> ModelCfg -> Spklip."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from spklip.config.base import apply_overrides, to_flat_dict
+from spklip.config.model import LossCfg, ModelCfg, list_presets, load_preset
+from spklip.model.spklip import Spklip
+
+
+def list_models() -> list[str]:
+    """Names accepted by `create_model` (one per JSON file in spklip/model/presets/)."""
+    return list_presets()
+
+
+def resolve_cfg(name_or_cfg: str | ModelCfg, **overrides: Any) -> ModelCfg:
+    """A preset name or ModelCfg, with overrides applied.
+
+    Overrides are ModelCfg keys; nested keys use ``__`` (``hsfe__radius=3``) or a dict (``hsfe={"radius": 3}``).
+    """
+    cfg = load_preset(name_or_cfg) if isinstance(name_or_cfg, str) else name_or_cfg
+    if not isinstance(cfg, ModelCfg):
+        raise TypeError(f"create_model expects a preset name or a ModelCfg, got {type(name_or_cfg).__name__}")
+    flat: dict[str, Any] = {}
+    for key, value in overrides.items():
+        dotted = key.replace("__", ".")
+        if isinstance(value, dict):
+            flat.update({f"{dotted}.{k}": v for k, v in to_flat_dict_dict(value).items()})
+        else:
+            flat[dotted] = value
+    return apply_overrides(cfg, flat)
+
+
+def to_flat_dict_dict(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(to_flat_dict_dict(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def create_model(name_or_cfg: str | ModelCfg, loss_cfg: LossCfg | None = None, **overrides: Any) -> Spklip:
+    """Build a `Spklip` from a preset name (see `list_models`) or a ModelCfg.
+
+    Args:
+        name_or_cfg: ``"spklip-tiny"`` ... or a ModelCfg (e.g. ``experiment_cfg.model``).
+        loss_cfg: initial/maximum logit scale (``experiment_cfg.loss``); LossCfg defaults if None.
+        **overrides: ModelCfg fields, ``embed_dim=128``, ``hsfe__radius=3`` or ``hsfe={"radius": 3}``.
+
+    Returns:
+        The model; ``model.cfg`` is the resolved ModelCfg.
+    """
+    return Spklip(resolve_cfg(name_or_cfg, **overrides), loss_cfg)
+
+
+def describe(cfg: ModelCfg) -> dict[str, Any]:
+    """Flat ``{"hsfe.radius": 30, ...}`` view of a model config (for listings)."""
+    return to_flat_dict(cfg)

@@ -1,0 +1,222 @@
+"""FSVE: full-spiking visual encoder on spikingjelly 2.0 (multi-step LIF/PLIF neurons, surrogate gradients).
+
+Layout is time-major ``[T, N, ...]`` (spikingjelly's multi-step convention); stateless layers run once on T*N
+folded into the batch through ``layer.SeqToANNContainer``. Two variants (FsveCfg.variant):
+
+- ``snn-backbone``: the ANN HSFE, then its feature maps repeated T times into a spiking ResNet and a spiking
+  temporal transformer (the paper's "CNN->SNN" row).
+- ``full-snn``: the HSFE is spiking too; the binary camera windows are repeated T times, so every conv in the
+  encoder is fed by spikes.
+
+Spiking-specific choices: downsampling by max-pool (keeps spikes binary, where the ANN uses average pooling),
+residual sums feed the block's output neuron (so block outputs stay binary), the HSFE's long skip is a spike OR,
+and attention is Spikformer-style (spiking q/k/v, no softmax). Neuron state is reset at the start of every forward
+so nothing leaks from one batch to the next.
+"""
+
+from __future__ import annotations
+
+import torch
+from spikingjelly.activation_based import functional, layer, neuron, surrogate
+from torch import nn
+
+from spklip.config.model import FsveCfg, ModelCfg
+from spklip.model.backbone import resnet_output_size
+from spklip.model.hsfe import HSFE, BranchConv, cut_subblocks
+from spklip.model.layers import MatMul
+
+_SURROGATES = {"atan": surrogate.ATan, "sigmoid": surrogate.Sigmoid, "rect": surrogate.Rect}
+
+
+def make_neuron(cfg: FsveCfg) -> nn.Module:
+    """A multi-step LIF or ParametricLIF neuron configured from FsveCfg."""
+    common = dict(v_threshold=cfg.v_threshold, v_reset=0.0 if cfg.reset == "hard" else None,
+                  surrogate_function=_SURROGATES[cfg.surrogate](), detach_reset=True, step_mode="m")
+    if cfg.neuron == "plif":
+        return neuron.ParametricLIFNode(init_tau=float(cfg.tau), **common)
+    return neuron.LIFNode(tau=float(cfg.tau), **common)
+
+
+class SeqNorm(nn.Module):
+    """Batch norm for ``[T, N, C, *spatial]``.
+
+    ``tdbn``: one BN shared over time (statistics over T, N and space), weight initialised to the firing threshold
+    (threshold-dependent BN). ``bn``: separate statistics and affine parameters per time step. ``none``: identity.
+    """
+
+    def __init__(self, channels: int, cfg: FsveCfg, spatial: bool):
+        super().__init__()
+        self.mode, self.t = cfg.norm, cfg.time_steps
+        bn = nn.BatchNorm2d if spatial else nn.BatchNorm1d
+        if self.mode == "tdbn":
+            self.bn = bn(channels)
+            nn.init.constant_(self.bn.weight, cfg.v_threshold)
+        elif self.mode == "bn":
+            self.bn = bn(channels * cfg.time_steps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "none":
+            return x
+        if self.mode == "tdbn":
+            return self.bn(x.flatten(0, 1)).view(x.shape)  # [T, N, C, *S] -> [T*N, C, *S] -> back
+        t, n, c = x.shape[:3]
+        rest = x.shape[3:]
+        per_step = x.transpose(0, 1).reshape(n, t * c, *rest)  # [T, N, C, *S] -> [N, T*C, *S]
+        if not rest:
+            return self.bn(per_step).view(n, t, c).transpose(0, 1)  # [N, T*C] -> [T, N, C]
+        return self.bn(per_step).view(n, t, c, *rest).transpose(0, 1)  # [N, T*C, *S] -> [T, N, C, *S]
+
+
+class ConvNormLIF(nn.Module):
+    """conv (run on T*N) -> SeqNorm -> spiking neuron; ``fire=False`` returns the normalised current."""
+
+    def __init__(self, conv: nn.Module, channels: int, cfg: FsveCfg, fire: bool = True):
+        super().__init__()
+        self.conv, self.norm = layer.SeqToANNContainer(conv), SeqNorm(channels, cfg, spatial=True)
+        self.lif = make_neuron(cfg) if fire else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lif(self.norm(self.conv(x)))
+
+
+def _conv(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, groups=groups, bias=False)
+
+
+class SpikingBottleneck(nn.Module):
+    """Spiking twin of the ANN bottleneck: the residual sum of currents drives the output neuron."""
+
+    def __init__(self, cin: int, planes: int, stride: int, cfg: FsveCfg):
+        super().__init__()
+        cout = planes * 4
+        pool = layer.SeqToANNContainer(nn.MaxPool2d(stride)) if stride > 1 else nn.Identity()
+        self.body = nn.Sequential(ConvNormLIF(_conv(cin, planes, 1), planes, cfg),
+                                  ConvNormLIF(_conv(planes, planes), planes, cfg), pool,
+                                  ConvNormLIF(_conv(planes, cout, 1), cout, cfg, fire=False))
+        self.short = (nn.Sequential(layer.SeqToANNContainer(nn.MaxPool2d(stride)) if stride > 1 else nn.Identity(),
+                                    ConvNormLIF(_conv(cin, cout, 1), cout, cfg, fire=False))
+                      if stride > 1 or cin != cout else nn.Identity())
+        self.lif = make_neuron(cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lif(self.body(x) + self.short(x))
+
+
+class SpikingResNet(nn.Module):
+    """``[T, N, C, H, W] -> [T, N, D]``: spiking stem and bottleneck stages, global average pool, linear head."""
+
+    def __init__(self, model: ModelCfg, in_ch: int, height: int, width: int):
+        super().__init__()
+        cfg, wd = model.fsve, model.backbone.width
+        resnet_output_size(height, width, len(model.backbone.layers))  # same size check as the ANN backbone
+        self.stem = nn.Sequential(ConvNormLIF(_conv(in_ch, wd // 2, stride=2), wd // 2, cfg),
+                                  ConvNormLIF(_conv(wd // 2, wd // 2), wd // 2, cfg),
+                                  ConvNormLIF(_conv(wd // 2, wd), wd, cfg), layer.SeqToANNContainer(nn.MaxPool2d(2)))
+        blocks, cin = [], wd
+        for i, n in enumerate(model.backbone.layers):
+            for j in range(n):
+                blocks.append(SpikingBottleneck(cin, wd * 2 ** i, 2 if i and not j else 1, cfg))
+                cin = wd * 2 ** i * 4
+        self.stages = nn.Sequential(*blocks)
+        self.head = layer.SeqToANNContainer(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, model.embed_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stages(self.stem(x)))
+
+
+class SpikingSelfAttention(nn.Module):
+    """Spikformer-style attention on ``[T, B, K, D]`` spikes: q, k, v are spikes, scores are not softmaxed."""
+
+    def __init__(self, dim: int, heads: int, cfg: FsveCfg):
+        super().__init__()
+        self.heads, self.scale = heads, (dim // heads) ** -0.5
+        self.qkv = nn.ModuleList(layer.SeqToANNContainer(nn.Linear(dim, dim, bias=False)) for _ in range(3))
+        self.norms = nn.ModuleList(SeqNorm(dim, cfg, spatial=False) for _ in range(3))
+        self.lifs = nn.ModuleList(make_neuron(cfg) for _ in range(4))
+        self.qk, self.av = MatMul(), MatMul()
+        self.proj = layer.SeqToANNContainer(nn.Linear(dim, dim))
+
+    def _heads(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        t, b, k, d = x.shape
+        y = self.norms[i](self.qkv[i](x).view(t, b * k, d)).view(t, b, k, d)  # SeqNorm over [T, B*K, D]
+        return self.lifs[i](y).view(t, b, k, self.heads, d // self.heads).transpose(2, 3)  # -> [T,B,h,K,D/h]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = (self._heads(i, x) for i in range(3))
+        out = self.av(self.qk(q, k.transpose(-2, -1)) * self.scale, v)  # [T, B, h, K, D/h]
+        t, b, h, n, dh = out.shape
+        return self.proj(self.lifs[3](out.transpose(2, 3).reshape(t, b, n, h * dh)))  # -> [T, B, K, D]
+
+
+class SpikingBlock(nn.Module):
+    """x + SSA(LIF(x)); x + MLP(LIF(x)) with a spiking hidden layer (real-valued residual stream)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, cfg: FsveCfg):
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.in_lif, self.mlp_lif, self.hidden_lif = make_neuron(cfg), make_neuron(cfg), make_neuron(cfg)
+        self.attn = SpikingSelfAttention(dim, heads, cfg)
+        self.fc1 = layer.SeqToANNContainer(nn.Linear(dim, hidden))
+        self.fc2 = layer.SeqToANNContainer(nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.in_lif(x))
+        return x + self.fc2(self.hidden_lif(self.fc1(self.mlp_lif(x))))
+
+
+class SpikingHSFE(HSFE):
+    """The HSFE with LIF neurons: ``[T, B*K, 2r+1, H, W]`` spikes -> ``[T, B*K, F, H', W']`` spikes."""
+
+    def __init__(self, model: ModelCfg):
+        hs, cfg = model.hsfe, model.fsve
+        super().__init__(hs)
+        m, f = hs.num_branches, hs.features
+        self.branch1 = ConvNormLIF(BranchConv(hs), m * hs.branch_hidden, cfg)
+        self.branch2 = ConvNormLIF(nn.Conv2d(m * hs.branch_hidden, m, 3, padding=1, groups=m), m, cfg)
+        self.gate = (nn.Sequential(ConvNormLIF(_conv(m, 2 * m), 2 * m, cfg), ConvNormLIF(_conv(2 * m, m), m, cfg))
+                     if hs.spatial_attention else None)
+        self.fuse = ConvNormLIF(_conv(m, f), f, cfg)
+        self.trunk = nn.Sequential(*(nn.Sequential(ConvNormLIF(_conv(f, f), f, cfg), ConvNormLIF(_conv(f, f), f, cfg))
+                                     for _ in range(hs.num_res_blocks)))
+
+    def forward(self, blocks: torch.Tensor) -> torch.Tensor:
+        maps = self.branch2(self.branch1(blocks))  # [T, B*K, M, H', W'] spikes
+        if self.gate is not None:
+            maps = maps * self.gate(maps)  # spike AND spike: the gate stays binary
+        tmp = self.fuse(maps)
+        return torch.maximum(self.trunk(tmp), tmp)  # long skip as spike OR
+
+
+class SpikingVisualEncoder(nn.Module):
+    """FSVE visual tower: ``[B, N, H, W] -> [B, embed_dim]``."""
+
+    def __init__(self, cfg: ModelCfg):
+        super().__init__()
+        hs, self.t = cfg.hsfe, cfg.fsve.time_steps
+        self.window = hs.window
+        self.k, self.step, self.offset = hs.layout(cfg.num_planes)
+        self.hsfe = SpikingHSFE(cfg) if cfg.fsve.variant == "full-snn" else HSFE(hs)
+        fh, fw = -(-cfg.height // hs.stride), -(-cfg.width // hs.stride)  # HSFE output size (ceil division)
+        self.backbone = SpikingResNet(cfg, hs.features, fh, fw)
+        self.pos = nn.Parameter(torch.randn(1, 1, self.k, cfg.embed_dim) * 0.02) if cfg.temporal.pos_embed else None
+        self.blocks = nn.ModuleList(SpikingBlock(cfg.embed_dim, cfg.temporal.heads, cfg.temporal.mlp_ratio, cfg.fsve)
+                                    for _ in range(cfg.temporal.layers))
+
+    def _repeat(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unsqueeze(0).expand(self.t, *x.shape)  # [N, ...] -> [T, N, ...] (direct repeat encoding)
+
+    def forward(self, spikes: torch.Tensor) -> torch.Tensor:
+        functional.reset_net(self)  # fresh membranes for every batch: no state leaks between calls
+        b = spikes.shape[0]
+        blocks = cut_subblocks(spikes, self.window, self.k, self.step, self.offset)  # [B*K, 2r+1, H, W]
+        if isinstance(self.hsfe, SpikingHSFE):
+            maps = self.hsfe(self._repeat(blocks))  # [T, B*K, F, H', W'] spikes
+        else:
+            maps = self._repeat(self.hsfe(blocks))  # ANN maps [B*K, F, H', W'] -> [T, B*K, F, H', W']
+        tokens = self.backbone(maps)  # [T, B*K, D]
+        x = tokens.view(self.t, b, self.k, -1)  # [T, B*K, D] -> [T, B, K, D]
+        if self.pos is not None:
+            x = x + self.pos
+        for block in self.blocks:
+            x = block(x)
+        return x.mean(dim=(0, 2))  # rate over T and the K sub-blocks -> [B, D]

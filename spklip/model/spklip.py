@@ -1,0 +1,96 @@
+"""`Spklip`: the two-tower spike-video <-> text model (visual tower by ModelCfg.arch / fsve.variant)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spklip.config.model import LossCfg, ModelCfg
+from spklip.model.text import build_text_tower
+
+
+def build_visual_tower(cfg: ModelCfg) -> nn.Module:
+    """The spike encoder named by ``cfg.arch`` (and ``cfg.fsve.variant`` for the spiking ones)."""
+    if cfg.arch == "tfp-resnet":
+        from spklip.model.baselines import TfpResNet
+        return TfpResNet(cfg)
+    if cfg.arch == "spike-rate-mlp":
+        from spklip.model.baselines import SpikeRateMLP
+        return SpikeRateMLP(cfg)
+    if cfg.fsve.variant != "none":
+        from spklip.model.fsve import SpikingVisualEncoder
+        return SpikingVisualEncoder(cfg)
+    from spklip.model.temporal import SpikeVisualEncoder
+    return SpikeVisualEncoder(cfg)
+
+
+class Spklip(nn.Module):
+    """Spike encoder + text encoder + learnable temperature.
+
+    Args:
+        cfg: the ModelCfg the model is built from (kept as ``model.cfg``).
+        loss_cfg: initial and maximum logit scale (LossCfg defaults: 1/0.07, clamped at 100).
+    """
+
+    def __init__(self, cfg: ModelCfg, loss_cfg: LossCfg | None = None):
+        super().__init__()
+        loss_cfg = loss_cfg or LossCfg()
+        self.cfg = cfg
+        self.visual = build_visual_tower(cfg)
+        self.text = build_text_tower(cfg.text, cfg.embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(loss_cfg.init_logit_scale)))
+        self.max_logit_scale = loss_cfg.max_logit_scale
+        self._class_cache: dict[tuple, torch.Tensor] = {}
+
+    def check_spikes(self, spikes: torch.Tensor) -> None:
+        """Raise ValueError naming the problem if `spikes` is not ``[B, N, H, W]`` of the size the model was built for."""
+        want = (self.cfg.num_planes, self.cfg.height, self.cfg.width)
+        if spikes.dim() != 4 or tuple(spikes.shape[1:]) != want:
+            raise ValueError(f"spikes must be [B, N={want[0]}, H={want[1]}, W={want[2]}] for this model "
+                             f"(model.num_planes/height/width), got {list(spikes.shape)}")
+        if spikes.dtype not in (torch.uint8, torch.bool) and not spikes.dtype.is_floating_point:
+            raise ValueError(f"spikes must be uint8, bool or float, got {spikes.dtype}")
+
+    def encode_spikes(self, spikes: torch.Tensor) -> torch.Tensor:
+        """``[B, N, H, W]`` uint8/bool/float spike planes -> ``[B, D]`` L2-normalised embeddings."""
+        self.check_spikes(spikes)
+        x = spikes.to(self.logit_scale.dtype)
+        return F.normalize(self.visual(x), dim=-1)
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """Strings -> ``[B, D]`` L2-normalised embeddings (tokenised inside the text tower)."""
+        if isinstance(texts, str) or not len(texts):
+            raise ValueError("encode_text expects a non-empty list of strings")
+        return F.normalize(self.text(list(texts)), dim=-1)
+
+    def scale(self) -> torch.Tensor:
+        """exp(log-scale) clamped at the maximum (100 by default)."""
+        return self.logit_scale.exp().clamp(max=self.max_logit_scale)
+
+    def forward(self, spikes: torch.Tensor, texts: list[str]) -> dict[str, torch.Tensor]:
+        return {"spike_features": self.encode_spikes(spikes), "text_features": self.encode_text(texts),
+                "logit_scale": self.scale()}
+
+    def class_embeddings(self, class_names: list[str], templates: tuple[str, ...] | None = None) -> torch.Tensor:
+        """``[C, D]``: each class name in every prompt template, embedded, averaged, re-normalised.
+
+        Cached by (names, templates) while the model is in eval mode; ``model.train()`` clears the cache.
+        """
+        templates = tuple(templates or self.cfg.text.templates)
+        key = (tuple(class_names), templates)
+        if not self.training and key in self._class_cache:
+            return self._class_cache[key]
+        prompts = [t.format(name) for name in class_names for t in templates]
+        emb = self.encode_text(prompts).view(len(class_names), len(templates), -1)  # [C*T, D] -> [C, T, D]
+        emb = F.normalize(emb.mean(dim=1), dim=-1)  # [C, D]
+        if not self.training:
+            self._class_cache[key] = emb.detach()
+            return self._class_cache[key]
+        return emb
+
+    def train(self, mode: bool = True):
+        self._class_cache.clear()  # weights may change: cached class embeddings are stale
+        return super().train(mode)

