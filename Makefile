@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test test-fast bench-data bench-model clean
+.PHONY: install demo test test-fast bench-data bench-model clean cluster-up cluster-down cluster-status mlflow-ui
 
 install: $(STAMP)  ## build .venv (CPU torch without a GPU; idempotent)
 
@@ -32,6 +32,18 @@ bench-data: install  ## simulator, shard write and Ray Data read throughput
 
 bench-model: install  ## forward/backward clips/s and GMAC per clip for each preset; batched vs loop HSFE
 	$(PY) benchmarks/bench_model.py
+
+cluster-up: install  ## private local Ray head + MLflow server (loopback, token auth, PIDs/logs in runs/cluster)
+	RUN_DIR=$(RUN_DIR) VENV=$(VENV) bash cluster/local.sh up
+
+cluster-down:  ## stop exactly the processes cluster-up started (never a host-wide `ray stop`)
+	RUN_DIR=$(RUN_DIR) VENV=$(VENV) bash cluster/local.sh down
+
+cluster-status:  ## PIDs, URLs, `ray status` and `ray job list` of the local cluster
+	RUN_DIR=$(RUN_DIR) VENV=$(VENV) bash cluster/local.sh status
+
+mlflow-ui: install  ## MLflow UI on the local sqlite store ($(RUN_DIR)/mlflow.db) at http://127.0.0.1:5056
+	RUN_DIR=$(RUN_DIR) VENV=$(VENV) bash cluster/local.sh ui
 
 clean:  ## remove run outputs (keeps .venv)
 	rm -rf $(RUN_DIR)
