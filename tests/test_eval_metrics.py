@@ -33,7 +33,7 @@ def test_retrieval_ranks_diagonal_by_hand():
                            [0.0, 1.0, 2.0, 3.0]])  # rank 1
     assert ranks_of_positives(scores).tolist() == [1, 2, 4, 1]
     m = retrieval_metrics(scores, ks=(1, 2, 10))
-    assert m["R@1"] == pytest.approx(0.5) and m["R@2"] == pytest.approx(0.75) and m["R@10"] == 1.0
+    assert m["R1"] == pytest.approx(0.5) and m["R2"] == pytest.approx(0.75) and m["R10"] == 1.0
     assert m["median_rank"] == pytest.approx(1.5) and m["mean_rank"] == pytest.approx(2.0)
 
 
@@ -59,8 +59,8 @@ def test_text_video_retrieval_matches_a_slow_loop():
             order = sorted(range(12), key=lambda j: -s[q, j].item())
             ranks.append(next(i for i, j in enumerate(order, 1) if captions[j] == captions[q]))
         ranks = torch.tensor(ranks, dtype=torch.float)
-        assert got[f"{name}/R@1"] == pytest.approx((ranks <= 1).float().mean().item())
-        assert got[f"{name}/R@5"] == pytest.approx((ranks <= 5).float().mean().item())
+        assert got[f"{name}/R1"] == pytest.approx((ranks <= 1).float().mean().item())
+        assert got[f"{name}/R5"] == pytest.approx((ranks <= 5).float().mean().item())
         assert got[f"{name}/mean_rank"] == pytest.approx(ranks.mean().item())
 
 

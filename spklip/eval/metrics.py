@@ -63,9 +63,9 @@ def ranks_of_positives(scores: torch.Tensor, positives: torch.Tensor | None = No
 
 def retrieval_metrics(scores: torch.Tensor, positives: torch.Tensor | None = None,
                       ks: Iterable[int] = (1, 5, 10)) -> dict[str, float]:
-    """Recall@k (fraction of queries whose best positive ranks within k), median and mean rank."""
+    """Recall@k as ``R{k}`` (fraction of queries whose best positive ranks within k), median and mean rank."""
     ranks = ranks_of_positives(scores, positives).float()
-    out = {f"R@{int(k)}": (ranks <= k).float().mean().item() for k in ks}
+    out = {f"R{int(k)}": (ranks <= k).float().mean().item() for k in ks}  # "@" is not allowed in MLflow keys
     out["median_rank"] = ranks.median().item() if ranks.numel() % 2 else ranks.quantile(0.5).item()
     out["mean_rank"] = ranks.mean().item()
     return out
@@ -79,7 +79,7 @@ def text_video_retrieval(video_features: torch.Tensor, text_features: torch.Tens
     make identical text embeddings, so the pairing is otherwise arbitrary).
 
     Returns:
-        Keys ``t2v/R@k``, ``t2v/median_rank``, ``t2v/mean_rank`` and the same for ``v2t``.
+        Keys ``t2v/R{k}``, ``t2v/median_rank``, ``t2v/mean_rank`` and the same for ``v2t``.
     """
     if video_features.shape[0] != text_features.shape[0] or len(captions) != video_features.shape[0]:
         raise ValueError("video features, text features and captions must have the same length")

@@ -139,6 +139,6 @@ def model_from_checkpoint(directory: str | Path, map_location: str | torch.devic
 
     payload = read_checkpoint(directory, map_location)
     cfg = ExperimentConfig.from_flat_dict(payload["config"])
-    model = create_model(cfg.model)
+    model = create_model(cfg.model, loss_cfg=cfg.loss)
     load_model_weights(model, payload["model"])
     return model.eval(), cfg, payload

@@ -1,0 +1,78 @@
+"""What training and evaluation need from the spike shards (spklip.data), checked once on the driver.
+
+`dataset_info` validates everything before any worker starts (schema, empty splits, clip shape vs model);
+`train_batches` turns a worker's Ray Data shard into torch micro-batches for one epoch (seeded local shuffle);
+`eval_batches` streams a whole split straight from its Parquet files (no Ray needed: rank 0 and ``spklip eval``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from spklip.config import ExperimentConfig
+from spklip.data.shards import ShardError, decode_batch, split_files, validate_shards
+
+
+def dataset_info(cfg: ExperimentConfig, eval_only: bool = False) -> dict[str, Any]:
+    """Validate the shards named by ``cfg.data`` against the model config and return what training needs.
+
+    Raises:
+        ShardError: wrong schema, missing or empty split, or clips of another size than the model expects.
+    """
+    meta = validate_shards(cfg.data.path)
+    needed = [cfg.data.val_split] if eval_only else [cfg.data.train_split, cfg.data.val_split]
+    for split in needed:
+        split_files(cfg.data.path, split, meta)  # raises on an unknown or empty split
+    want = [cfg.model.num_planes, cfg.model.height, cfg.model.width]
+    if list(meta["clip_shape"]) != want:
+        raise ShardError(f"{cfg.data.path}: clips are [N, H, W] = {list(meta['clip_shape'])} but the model is built "
+                         f"for {want}; set model.num_planes/height/width or rebuild the dataset")
+    return {"path": str(cfg.data.path), "class_names": list(meta["class_names"]),
+            "seen_ids": list(meta["seen_labels"]), "unseen_ids": sorted(meta["unseen_labels"]),
+            "split_rows": dict(meta["splits"]), "fingerprint": meta["fingerprint"],
+            "clip_shape": list(meta["clip_shape"])}
+
+
+def to_torch(batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Decoded numpy batch -> ``{"spikes": uint8 [B,N,H,W], "label": int64 [B], "caption": list, "class_name": list}``."""
+    return {"spikes": torch.as_tensor(np.ascontiguousarray(batch["spikes"])),
+            "label": torch.as_tensor(np.asarray(batch["label"], dtype=np.int64)),
+            "caption": [str(c) for c in batch["caption"]], "class_name": [str(c) for c in batch["class_name"]]}
+
+
+def eval_batches(path: str, split: str, batch_size: int) -> Iterator[dict[str, Any]]:
+    """Every clip of `split` in file order, decoded, as torch batches of at most `batch_size`."""
+    for file in split_files(path, split):
+        for record_batch in pq.ParquetFile(file).iter_batches(batch_size=batch_size):
+            yield to_torch(decode_batch(pa.Table.from_batches([record_batch])))
+
+
+def ray_train_dataset(cfg: ExperimentConfig):
+    """The training split as a Ray Dataset (decoded rows); handed to TorchTrainer as ``datasets["train"]``."""
+    from spklip.data.loader import ray_dataset
+    return ray_dataset(cfg.data.path, cfg.data.train_split)
+
+
+def train_batches(shard, cfg: ExperimentConfig, epoch: int) -> Iterator[dict[str, Any]]:
+    """One epoch of a worker's shard as torch micro-batches (full batches only, so ranks stay in step).
+
+    The order is reshuffled every epoch from ``data.seed + epoch`` (local shuffle buffer), so a resumed run sees the
+    same batches as an uninterrupted one when the shard is read by a single worker.
+    """
+    from spklip.data.loader import torch_batches
+    yield from torch_batches(shard, cfg.data.batch_size, epoch=epoch, seed=cfg.data.seed, shuffle=cfg.data.shuffle,
+                             drop_last=True)
+
+
+def steps_per_epoch(train_rows: int, cfg: ExperimentConfig, world: int) -> int:
+    """Optimiser steps in one epoch: full batches per worker, grouped by ``optim.accum_steps``."""
+    batches = (train_rows // max(world, 1)) // cfg.data.batch_size
+    if batches == 0:
+        raise ShardError(f"train split has {train_rows} clips: fewer than one batch of {cfg.data.batch_size} per "
+                         f"worker ({world} workers); lower data.batch_size or scale.num_workers")
+    return -(-batches // cfg.optim.accum_steps)
