@@ -20,9 +20,11 @@ class TemporalEncoder(nn.Module):
 
     def __init__(self, cfg: TemporalCfg, dim: int, num_tokens: int):
         super().__init__()
-        self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.02) if cfg.pool == "cls" else None
+        scale = dim ** -0.5  # CLIP's init scale for class and positional embeddings
+        self.cls = nn.Parameter(torch.randn(1, 1, dim) * scale) if cfg.pool == "cls" else None
         n = num_tokens + (self.cls is not None)
-        self.pos = nn.Parameter(torch.randn(1, n, dim) * 0.02) if cfg.pos_embed else None
+        self.pos = nn.Parameter(torch.randn(1, n, dim) * scale) if cfg.pos_embed else None
+        self.ln_pre = nn.LayerNorm(dim)  # as CLIP's ViT: tokens (+ positions) are normalised before the blocks
         self.transformer = Transformer(dim, cfg.layers, cfg.heads, cfg.mlp_ratio, cfg.dropout)
         self.norm = nn.LayerNorm(dim)
 
@@ -31,7 +33,7 @@ class TemporalEncoder(nn.Module):
             tokens = torch.cat([self.cls.expand(tokens.shape[0], -1, -1), tokens], dim=1)  # [B, 1+K, D]
         if self.pos is not None:
             tokens = tokens + self.pos
-        out = self.norm(self.transformer(tokens))
+        out = self.norm(self.transformer(self.ln_pre(tokens)))
         return out[:, 0] if self.cls is not None else out.mean(dim=1)
 
 
