@@ -135,6 +135,7 @@ class SpikingSelfAttention(nn.Module):
         self.lifs = nn.ModuleList(make_neuron(cfg) for _ in range(4))
         self.qk, self.av = MatMul(), MatMul()
         self.proj = layer.SeqToANNContainer(nn.Linear(dim, dim))
+        self.proj_norm = SeqNorm(dim, cfg, spatial=False)
 
     def _heads(self, i: int, x: torch.Tensor) -> torch.Tensor:
         t, b, k, d = x.shape
@@ -145,11 +146,12 @@ class SpikingSelfAttention(nn.Module):
         q, k, v = (self._heads(i, x) for i in range(3))
         out = self.av(self.qk(q, k.transpose(-2, -1)) * self.scale, v)  # [T, B, h, K, D/h]
         t, b, h, n, dh = out.shape
-        return self.proj(self.lifs[3](out.transpose(2, 3).reshape(t, b, n, h * dh)))  # -> [T, B, K, D]
+        out = self.proj(self.lifs[3](out.transpose(2, 3).reshape(t, b, n, h * dh)))  # -> [T, B, K, D]
+        return self.proj_norm(out.view(t, b * n, -1)).view(out.shape)
 
 
 class SpikingBlock(nn.Module):
-    """x + SSA(LIF(x)); x + MLP(LIF(x)) with a spiking hidden layer (real-valued residual stream)."""
+    """x + SSA(LIF(x)); x + MLP(LIF(x)), MLP = Linear-Norm-LIF-Linear-Norm (real-valued residual stream)."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float, cfg: FsveCfg):
         super().__init__()
@@ -158,10 +160,16 @@ class SpikingBlock(nn.Module):
         self.attn = SpikingSelfAttention(dim, heads, cfg)
         self.fc1 = layer.SeqToANNContainer(nn.Linear(dim, hidden))
         self.fc2 = layer.SeqToANNContainer(nn.Linear(hidden, dim))
+        self.norm1, self.norm2 = SeqNorm(hidden, cfg, spatial=False), SeqNorm(dim, cfg, spatial=False)
+
+    def _seq(self, norm: SeqNorm, x: torch.Tensor) -> torch.Tensor:
+        t, b, k, d = x.shape
+        return norm(x.view(t, b * k, d)).view(x.shape)  # SeqNorm over [T, B*K, D]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.in_lif(x))
-        return x + self.fc2(self.hidden_lif(self.fc1(self.mlp_lif(x))))
+        hidden = self.hidden_lif(self._seq(self.norm1, self.fc1(self.mlp_lif(x))))
+        return x + self._seq(self.norm2, self.fc2(hidden))
 
 
 class SpikingHSFE(HSFE):
@@ -198,7 +206,9 @@ class SpikingVisualEncoder(nn.Module):
         self.hsfe = SpikingHSFE(cfg) if cfg.fsve.variant == "full-snn" else HSFE(hs)
         fh, fw = -(-cfg.height // hs.stride), -(-cfg.width // hs.stride)  # HSFE output size (ceil division)
         self.backbone = SpikingResNet(cfg, hs.features, fh, fw)
-        self.pos = nn.Parameter(torch.randn(1, 1, self.k, cfg.embed_dim) * 0.02) if cfg.temporal.pos_embed else None
+        self.token_norm = SeqNorm(cfg.embed_dim, cfg.fsve, spatial=False)  # tokens at the threshold's scale
+        scale = cfg.embed_dim ** -0.5
+        self.pos = nn.Parameter(torch.randn(1, 1, self.k, cfg.embed_dim) * scale) if cfg.temporal.pos_embed else None
         self.blocks = nn.ModuleList(SpikingBlock(cfg.embed_dim, cfg.temporal.heads, cfg.temporal.mlp_ratio, cfg.fsve)
                                     for _ in range(cfg.temporal.layers))
 
@@ -213,7 +223,7 @@ class SpikingVisualEncoder(nn.Module):
             maps = self.hsfe(self._repeat(blocks))  # [T, B*K, F, H', W'] spikes
         else:
             maps = self._repeat(self.hsfe(blocks))  # ANN maps [B*K, F, H', W'] -> [T, B*K, F, H', W']
-        tokens = self.backbone(maps)  # [T, B*K, D]
+        tokens = self.token_norm(self.backbone(maps))  # [T, B*K, D]
         x = tokens.view(self.t, b, self.k, -1)  # [T, B*K, D] -> [T, B, K, D]
         if self.pos is not None:
             x = x + self.pos
