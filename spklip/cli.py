@@ -15,6 +15,7 @@ from spklip.config import ConfigError
 
 COMMAND_MODULES = [
     "spklip.commands.data",  # data simulate | build | inspect
+    "spklip.commands.model",  # models | energy --model NAME
 ]
 
 
