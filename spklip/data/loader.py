@@ -1,0 +1,138 @@
+"""Loading spike shards: Ray Data (``read_parquet`` -> bit-unpacking in ``map_batches`` -> torch batches) for
+distributed training, and a plain PyTorch ``Dataset`` on the same decoding for single-process use.
+
+Batches look the same on both paths::
+
+    {"spikes": uint8 [B, N, H, W], "label": int64 [B], "caption": list[str], "class_name": list[str]}
+
+(``clip_id`` rides along as a list of str.) Per-epoch shuffling is a seeded local shuffle buffer
+(``torch_batches(..., epoch=e)``): the order changes every epoch and is the same for the same (seed, epoch) on the
+same input order. Several training workers read disjoint parts with ``Dataset.streaming_split(n)`` (Ray Train does
+this itself for ``get_dataset_shard``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from spklip.data.shards import decode_batch, split_files, validate_shards
+
+READ_COLUMNS = ["clip_id", "spikes", "num_planes", "height", "width", "caption", "class_name", "label"]
+DECODED_BATCH_BYTES = 32 * 2**20  # decoded spikes per map_batches call (bounds worker memory)
+
+
+def ray_dataset(path: str | os.PathLike, split: str) -> "ray.data.Dataset":  # noqa: F821
+    """A Ray Dataset of one split, decoded: rows ``spikes`` uint8 [N, H, W], ``label``, ``caption``,
+    ``class_name``, ``clip_id``.
+
+    Args:
+        path: a folder written by `spklip.data.shards.write_shards` (``spklip data build``).
+        split: ``train``, ``val``, ``test`` or ``unseen``.
+
+    Raises:
+        ShardError: a wrong schema or an empty split, before any Ray task starts.
+    """
+    import ray.data
+
+    meta = validate_shards(path)
+    files = split_files(path, split, meta)
+    clip_bytes = int(np.prod(meta["clip_shape"]))
+    ds = ray.data.read_parquet([str(f) for f in files], columns=READ_COLUMNS)
+    return ds.map_batches(decode_batch, batch_format="pyarrow", batch_size=max(1, DECODED_BATCH_BYTES // clip_bytes))
+
+
+def _to_torch(batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    # Copies: Ray hands out read-only views of its object store, which torch must not alias.
+    return {"spikes": torch.from_numpy(np.array(batch["spikes"], dtype=np.uint8, order="C")),
+            "label": torch.from_numpy(np.array(batch["label"], dtype=np.int64)),
+            "caption": [str(c) for c in batch["caption"]], "class_name": [str(c) for c in batch["class_name"]],
+            "clip_id": [str(c) for c in batch["clip_id"]]}
+
+
+def _collate_fn():
+    from ray.data.collate_fn import NumpyBatchCollateFn
+
+    class ClipCollate(NumpyBatchCollateFn):
+        """Numpy batch -> tensors for ``spikes``/``label`` and lists for the strings (not default-collatable)."""
+
+        def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+            return _to_torch(batch)
+
+    return ClipCollate()
+
+
+def torch_batches(data: Any, batch_size: int, *, epoch: int = 0, seed: int = 0, shuffle: bool = True,
+                  shuffle_buffer: int | None = None, drop_last: bool = False,
+                  device: str | torch.device | None = None) -> Iterator[dict[str, Any]]:
+    """Iterate torch batches from a Ray ``DataIterator`` (``ray.train.get_dataset_shard("train")``, one part of a
+    ``streaming_split``) or a ``Dataset`` from `ray_dataset`.
+
+    Args:
+        data: a ``ray.data.DataIterator`` or ``ray.data.Dataset``.
+        batch_size: clips per batch.
+        epoch: mixed into the shuffle seed, so each epoch has its own order.
+        seed: base shuffle seed (``DataCfg.seed``).
+        shuffle: shuffle rows with a local buffer of ``shuffle_buffer`` rows (default ``max(4 * batch_size,
+            256)``); False keeps the read order.
+        drop_last: drop a last, smaller batch.
+        device: where tensors go (default: Ray Train's device inside a Train worker, else CPU).
+
+    Yields:
+        ``{"spikes": uint8 [B, N, H, W], "label": int64 [B], "caption": list[str], "class_name": list[str],
+        "clip_id": list[str]}``.
+    """
+    if device is None:
+        from ray.train.utils import _in_ray_train_worker
+
+        device = "cpu"
+        if _in_ray_train_worker():
+            from ray.train.torch import get_device
+
+            device = get_device()
+    kwargs = {}
+    if shuffle:
+        kwargs = {"local_shuffle_buffer_size": shuffle_buffer or max(4 * batch_size, 256),
+                  "local_shuffle_seed": seed * 1_000_003 + epoch}
+    for batch in data.iter_torch_batches(batch_size=batch_size, collate_fn=_collate_fn(), drop_last=drop_last,
+                                         device="cpu", **kwargs):
+        batch["spikes"] = batch["spikes"].to(device)
+        batch["label"] = batch["label"].to(device)
+        yield batch
+
+
+class SpikeShardDataset(torch.utils.data.Dataset):
+    """One split of a shard folder as a map-style PyTorch Dataset (for a plain ``DataLoader``).
+
+    The bit-packed column (N*H*W/8 bytes per clip) is held in memory; each item is unpacked on access. The default
+    ``DataLoader`` collate gives the same batch dict as `torch_batches`.
+
+    Args:
+        path: a shard folder.
+        split: ``train``, ``val``, ``test`` or ``unseen``.
+
+    Raises:
+        ShardError: a wrong schema or an empty split.
+    """
+
+    def __init__(self, path: str | os.PathLike, split: str):
+        self.path, self.split = Path(path), split
+        self.meta = validate_shards(path)
+        files = split_files(path, split, self.meta)
+        self.table = pa.concat_tables([pq.read_table(f, columns=READ_COLUMNS) for f in files]).combine_chunks()
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} clips")
+        batch = _to_torch(decode_batch(self.table.slice(index % len(self), 1)))
+        return {"spikes": batch["spikes"][0], "label": batch["label"][0], "caption": batch["caption"][0],
+                "class_name": batch["class_name"][0], "clip_id": batch["clip_id"][0]}

@@ -1,0 +1,303 @@
+"""Parquet spike shards: one row per clip, spikes bit-packed in a binary column, zstd, split into size-bounded files.
+
+On disk a dataset is a folder::
+
+    DIR/manifest.json                 dataset metadata (read_metadata): schema version, classes, splits, fingerprint
+    DIR/<split>/part-00000.parquet    rows of one split (train, val, test, unseen), <= target size each
+
+Each row holds ``spikes`` (``numpy.packbits(bitorder="little")`` of the C-order ``[N, H, W]`` planes), its shape
+(``num_planes``, ``height``, ``width``), ``caption``, ``class_name``, ``label``, ``split``, ``source``,
+``clip_id`` and the simulator parameters (``sim_*``; null for real recordings). Every Parquet file also carries the
+dataset header and ``schema_version`` in its key-value metadata under ``spklip``. Everything is written into a
+temporary sibling folder and renamed at the end, so a failure never leaves a partial dataset behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = 1
+METADATA_KEY = b"spklip"
+MANIFEST = "manifest.json"
+SEEN_SPLITS = ("train", "val", "test")  # seen classes, disjoint clips
+SPLITS = SEEN_SPLITS + ("unseen",)  # unseen: every clip of the held-out classes (zero-/few-shot)
+SCHEMA = pa.schema([
+    ("clip_id", pa.string()), ("spikes", pa.binary()),
+    ("num_planes", pa.int32()), ("height", pa.int32()), ("width", pa.int32()),
+    ("caption", pa.string()), ("class_name", pa.string()), ("label", pa.int64()),
+    ("split", pa.string()), ("source", pa.string()),
+    ("sim_threshold", pa.float64()), ("sim_planes_per_frame", pa.int32()), ("sim_seed", pa.int64()),
+    ("sim_mismatch", pa.float64()), ("sim_dark_current", pa.float64()),
+])
+
+
+class ShardError(ValueError):
+    """A shard folder is missing, has the wrong schema, or a clip does not fit the dataset."""
+
+
+@dataclass
+class Clip:
+    """One clip on its way into the shards."""
+
+    spikes: np.ndarray  # [N, H, W] uint8 in {0, 1}
+    label: int  # index into DatasetInfo.class_names
+    caption: str  # the sentence paired with the clip for contrastive training
+    split: str  # one of SPLITS
+    source: str  # where it came from (file and frame range, digit image index ...)
+    clip_id: str  # unique within the dataset
+    sim_seed: int | None = None  # the simulator seed of this clip (None for real recordings)
+
+
+@dataclass
+class DatasetInfo:
+    """The dataset-level header written into every shard and the manifest."""
+
+    kind: str  # builder name: moving-digits, video-folder, dat-folder
+    class_names: list[str]  # by label id (seen and unseen classes)
+    unseen_labels: list[int]  # labels held out of train/val/test
+    clip_shape: tuple[int, int, int]  # (N, H, W)
+    simulator: dict[str, Any] | None  # SimParams.to_dict() without the per-clip seed; None for recordings
+    builder: dict[str, Any] = field(default_factory=dict)  # the builder's arguments, for provenance
+
+    def header(self) -> dict[str, Any]:
+        return {"schema_version": SCHEMA_VERSION, "kind": self.kind, "class_names": list(self.class_names),
+                "unseen_labels": sorted(self.unseen_labels), "clip_shape": list(self.clip_shape),
+                "simulator": self.simulator, "builder": self.builder}
+
+
+def pack_spikes(spikes: np.ndarray) -> bytes:
+    """``[N, H, W]`` uint8 {0, 1} -> bit-packed bytes (C order, first pixel in the lowest bit)."""
+    return np.packbits(np.asarray(spikes, dtype=np.uint8).reshape(-1), bitorder="little").tobytes()
+
+
+def unpack_spikes(column: Any, shape: tuple[int, int, int]) -> np.ndarray:
+    """A binary column of B packed clips (pyarrow array, or a sequence of bytes) -> uint8 ``[B, N, H, W]``.
+
+    Vectorised: the clips' bytes are viewed as one ``[B, nbytes]`` buffer and unpacked in one call.
+    """
+    n_bits = int(np.prod(shape))
+    nbytes = math.ceil(n_bits / 8)
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if isinstance(column, pa.Array):
+        if column.null_count:
+            raise ShardError("spikes column holds nulls")
+        width = np.int64 if pa.types.is_large_binary(column.type) else np.int32
+        offsets = np.frombuffer(column.buffers()[1], dtype=width)[column.offset:column.offset + len(column) + 1]
+        if len(column) and not (np.diff(offsets) == nbytes).all():
+            raise ShardError(f"a packed clip does not hold {nbytes} bytes for shape {tuple(shape)}")
+        data = np.frombuffer(column.buffers()[2], dtype=np.uint8) if len(column) else np.zeros(0, np.uint8)
+        packed = data[offsets[0]:offsets[-1]] if len(column) else data
+    else:
+        packed = np.frombuffer(b"".join(column), dtype=np.uint8)
+        if packed.size != len(column) * nbytes:
+            raise ShardError(f"a packed clip does not hold {nbytes} bytes for shape {tuple(shape)}")
+    batch = packed.size // nbytes
+    bits = np.unpackbits(packed.reshape(batch, nbytes), axis=1, count=n_bits, bitorder="little")  # [B, N*H*W]
+    return bits.reshape(batch, *shape)  # [B, N, H, W]
+
+
+def decode_batch(batch: pa.Table | dict[str, Any]) -> dict[str, np.ndarray]:
+    """A batch of shard rows -> ``{"spikes": uint8 [B,N,H,W], "label": int64 [B], "caption", "class_name",
+    "clip_id": str [B]}`` (the function Ray Data maps over batches, also used by `SpikeShardDataset`)."""
+    cols = batch  # a pyarrow Table (columns stay Arrow arrays: no copy of the packed bytes) or a dict
+    shape_cols = [np.asarray(cols[k]) for k in ("num_planes", "height", "width")]
+    if len(shape_cols[0]) == 0:
+        raise ShardError("empty batch")
+    if any((c != c[0]).any() for c in shape_cols):
+        raise ShardError("clips of different shapes in one batch")
+    shape = tuple(int(c[0]) for c in shape_cols)
+    spikes = unpack_spikes(cols["spikes"], shape)
+    text = {k: np.asarray(cols[k].to_pylist() if hasattr(cols[k], "to_pylist") else cols[k], dtype=object)
+            for k in ("caption", "class_name", "clip_id")}
+    return {"spikes": spikes, "label": np.asarray(cols["label"], dtype=np.int64), **text}
+
+
+class _ShardWriter:
+    """Buffers rows per split and flushes a Parquet file whenever a split's buffer reaches the target size."""
+
+    def __init__(self, root: Path, info: DatasetInfo, target_bytes: int):
+        self.root, self.info, self.target = root, info, target_bytes
+        self.schema = SCHEMA.with_metadata({METADATA_KEY: json.dumps(info.header()).encode()})
+        self.rows: dict[str, list[dict]] = {s: [] for s in SPLITS}
+        self.held = dict.fromkeys(SPLITS, 0)
+        self.files: dict[str, list[str]] = {s: [] for s in SPLITS}
+        self.counts = dict.fromkeys(SPLITS, 0)
+        self.digests: dict[str, str] = {}
+
+    def add(self, clip: Clip) -> None:
+        row = self._row(clip)
+        self.rows[clip.split].append(row)
+        self.held[clip.split] += len(row["spikes"])
+        self.counts[clip.split] += 1
+        if self.held[clip.split] >= self.target:
+            self.flush(clip.split)
+
+    def _row(self, clip: Clip) -> dict:
+        info = self.info
+        spikes = np.asarray(clip.spikes)
+        if spikes.shape != tuple(info.clip_shape):
+            raise ShardError(f"clip {clip.clip_id}: shape {spikes.shape} differs from the dataset's "
+                             f"{tuple(info.clip_shape)}")
+        if spikes.dtype != np.uint8 or (spikes.size and spikes.max() > 1):
+            raise ShardError(f"clip {clip.clip_id}: spikes must be uint8 in {{0, 1}}")
+        if clip.split not in SPLITS:
+            raise ShardError(f"clip {clip.clip_id}: unknown split {clip.split!r} (expected one of {SPLITS})")
+        if not 0 <= clip.label < len(info.class_names):
+            raise ShardError(f"clip {clip.clip_id}: label {clip.label} outside 0..{len(info.class_names) - 1}")
+        if (clip.label in info.unseen_labels) != (clip.split == "unseen"):
+            raise ShardError(f"clip {clip.clip_id}: split {clip.split!r} does not fit label {clip.label} "
+                             "(clips of held-out classes go to 'unseen', all others to train/val/test)")
+        if clip.clip_id in self.digests:
+            raise ShardError(f"duplicate clip_id {clip.clip_id!r}")
+        packed = pack_spikes(spikes)
+        self.digests[clip.clip_id] = hashlib.blake2b(
+            packed + json.dumps([clip.label, clip.split, clip.caption]).encode(), digest_size=16).hexdigest()
+        sim = info.simulator or {}
+        n, h, w = spikes.shape
+        return {"clip_id": clip.clip_id, "spikes": packed, "num_planes": n, "height": h, "width": w,
+                "caption": clip.caption, "class_name": info.class_names[clip.label], "label": int(clip.label),
+                "split": clip.split, "source": clip.source, "sim_threshold": sim.get("threshold"),
+                "sim_planes_per_frame": sim.get("planes_per_frame"), "sim_seed": clip.sim_seed,
+                "sim_mismatch": sim.get("mismatch"), "sim_dark_current": sim.get("dark_current")}
+
+    def flush(self, split: str) -> None:
+        if not self.rows[split]:
+            return
+        rel = f"{split}/part-{len(self.files[split]):05d}.parquet"
+        (self.root / split).mkdir(exist_ok=True)
+        table = pa.Table.from_pylist(self.rows[split], schema=self.schema)
+        pq.write_table(table, self.root / rel, compression="zstd", row_group_size=256)
+        self.files[split].append(rel)
+        self.rows[split], self.held[split] = [], 0
+
+    def manifest(self) -> dict[str, Any]:
+        header = self.info.header()
+        fingerprint = hashlib.sha256(json.dumps([header, sorted(self.digests.items())]).encode()).hexdigest()
+        nbytes = sum((self.root / f).stat().st_size for files in self.files.values() for f in files)
+        pixel_planes = sum(self.counts.values()) * int(np.prod(self.info.clip_shape))
+        return {**header, "fingerprint": fingerprint[:16], "splits": self.counts,
+                "shards": {s: f for s, f in self.files.items() if f}, "num_clips": sum(self.counts.values()),
+                "bytes_on_disk": nbytes, "bits_per_pixel_plane": 8 * nbytes / max(pixel_planes, 1)}
+
+
+def write_shards(clips: Iterable[Clip], out_dir: str | os.PathLike, info: DatasetInfo, *,
+                 target_shard_mb: float = 64.0, overwrite: bool = False) -> dict[str, Any]:
+    """Write clips as a Parquet shard folder and return its metadata (what `read_metadata` gives back).
+
+    Args:
+        clips: the clips, streamed (only one shard's worth per split is held in memory).
+        out_dir: the dataset folder; it must not exist unless ``overwrite``.
+        info: the dataset header (classes, held-out labels, clip shape, simulator, builder arguments).
+        target_shard_mb: a split's file is closed once its packed spikes reach this size.
+        overwrite: replace an existing folder (only after the new one is complete).
+
+    Raises:
+        ShardError: a clip that does not fit ``info`` (shape, values, split, label, duplicate id), no clips at all,
+            or an existing ``out_dir`` without ``overwrite``. Nothing is left on disk then.
+    """
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise ShardError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
+    if set(info.unseen_labels) - set(range(len(info.class_names))):
+        raise ShardError(f"unseen labels {info.unseen_labels} outside 0..{len(info.class_names) - 1}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        writer = _ShardWriter(tmp, info, int(target_shard_mb * 2**20))
+        for clip in clips:
+            writer.add(clip)
+        for split in SPLITS:
+            writer.flush(split)
+        if not writer.digests:
+            raise ShardError("no clips to write")
+        meta = writer.manifest()
+        (tmp / MANIFEST).write_text(json.dumps(meta, indent=1))
+        _replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return meta
+
+
+def _replace_dir(new: Path, dest: Path) -> None:
+    old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(new, dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The dataset metadata of a shard folder.
+
+    Returns:
+        dict with ``schema_version``, ``kind``, ``class_names`` (by label id), ``unseen_labels``, ``seen_labels``,
+        ``seen_classes``, ``unseen_classes``, ``clip_shape`` [N, H, W], ``simulator`` (None for recordings),
+        ``builder``, ``splits`` (clips per split), ``shards`` (files per split), ``num_clips``,
+        ``bytes_on_disk``, ``bits_per_pixel_plane`` and ``fingerprint`` (a stable 16-hex-digit content hash:
+        the same clips, labels, captions and header give the same value; an MLflow tag).
+
+    Raises:
+        ShardError: no manifest, or one written by another schema version.
+    """
+    root = Path(path)
+    manifest = root / MANIFEST
+    if not manifest.is_file():
+        raise ShardError(f"{root} is not a spike shard folder (no {MANIFEST}); build one with `spklip data build`")
+    meta = json.loads(manifest.read_text())
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise ShardError(f"{root}: shard schema version {meta.get('schema_version')!r}, this spklip reads version "
+                         f"{SCHEMA_VERSION}; rebuild the dataset with `spklip data build`")
+    unseen = set(meta["unseen_labels"])
+    meta["seen_labels"] = [i for i in range(len(meta["class_names"])) if i not in unseen]
+    meta["seen_classes"] = [meta["class_names"][i] for i in meta["seen_labels"]]
+    meta["unseen_classes"] = [meta["class_names"][i] for i in sorted(unseen)]
+    return meta
+
+
+def validate_shards(path: str | os.PathLike) -> dict[str, Any]:
+    """Check a shard folder (manifest, files, Parquet schema and its version) and return `read_metadata`.
+
+    Raises:
+        ShardError: naming the file and the problem (missing file, missing or mistyped column, wrong version).
+    """
+    root = Path(path)
+    meta = read_metadata(root)
+    for files in meta["shards"].values():
+        for rel in files:
+            file = root / rel
+            if not file.is_file():
+                raise ShardError(f"{file} is listed in {MANIFEST} but missing")
+            schema = pq.read_schema(file)
+            for f in SCHEMA:
+                if f.name not in schema.names or schema.field(f.name).type != f.type:
+                    found = schema.field(f.name).type if f.name in schema.names else "missing"
+                    raise ShardError(f"{file}: column {f.name!r} should be {f.type}, found {found}")
+            header = json.loads((schema.metadata or {}).get(METADATA_KEY, b"{}"))
+            if header.get("schema_version") != SCHEMA_VERSION:
+                raise ShardError(f"{file}: schema version {header.get('schema_version')!r}, expected "
+                                 f"{SCHEMA_VERSION}")
+    return meta
+
+
+def split_files(path: str | os.PathLike, split: str, meta: dict[str, Any] | None = None) -> list[Path]:
+    """The Parquet files of one split; an unknown or empty split is a clear error."""
+    meta = meta or read_metadata(path)
+    if split not in SPLITS:
+        raise ShardError(f"unknown split {split!r}; splits are {', '.join(SPLITS)}")
+    if not meta["splits"].get(split):
+        raise ShardError(f"split {split!r} of {path} is empty (clips per split: {meta['splits']})")
+    return [Path(path) / rel for rel in meta["shards"][split]]

@@ -1,0 +1,31 @@
+"""Shared fixtures: one Ray session for the whole test run (``ray_session``), started only if none is running."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local Ray instance (2 CPUs, no dashboard, small object store) shared by every test that asks for it.
+
+    Safe to use from any module: if Ray is already initialised (by another fixture or test) it is reused and left
+    running; only an instance started here is shut down at the end of the session.
+    """
+    import ray
+
+    started = False
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20,
+                 configure_logging=False)
+        started = True
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False  # progress bars flood captured logs
+    yield ray
+    if started:
+        ray.shutdown()
