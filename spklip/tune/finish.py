@@ -1,0 +1,81 @@
+"""End of a sweep: close early-stopped trial runs, write the comparison table, plots and best config to the parent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from spklip.config import ExperimentConfig
+from spklip.tune import report as rep
+
+STOPPED_TAG = "spklip.sweep.stopped"
+
+
+def close_stopped_children(uri: str, experiment: str, parent_run_id: str) -> int:
+    """Trials ASHA stopped never return from `fit`, so their MLflow runs stay RUNNING: mark them KILLED."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{rep.PARENT_TAG}` = '{parent_run_id}' "
+                                                                 "and attributes.status = 'RUNNING'")
+    for r in runs:
+        client.set_tag(r.info.run_id, STOPPED_TAG, "stopped early by the scheduler")
+        client.set_terminated(r.info.run_id, "KILLED")
+    return len(runs)
+
+
+def write_report(table: rep.SweepTable, out_dir: Path, uri: str) -> dict[str, Path]:
+    """table.csv, table.md, metric-vs-parameter plot, Pareto plot (two objectives) and best_config.yaml."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {"csv": table.to_csv(out_dir / "table.csv")}
+    (out_dir / "table.md").write_text(table.to_markdown() + "\n")
+    files["md"] = out_dir / "table.md"
+    if table.params and table.frame[table.metrics[0][0]].notna().any():
+        files["plot"] = rep.plot_metric_vs_params(table, out_dir / "metric_vs_params.png")
+    if len(table.metrics) >= 2:
+        files["pareto"] = rep.plot_pareto(table, out_dir / "pareto_front.png")
+    if table.best_run_id:
+        files["best"] = out_dir / "best_config.yaml"
+        files["best"].write_text(rep.config_yaml(rep.best_config(uri, table.best_run_id)))
+    return files
+
+
+def _fallback_table(results, metrics: list[list[str]]) -> str:
+    """Without MLflow (tracking off or unreachable): the Tune result frame, for the console only."""
+    frame = results.get_dataframe()
+    cols = [c for c in frame.columns if c.startswith("config/") and not c.startswith("config/_")]
+    cols += [m for m, _ in metrics if m in frame.columns]
+    return frame[cols].to_string(index=False)
+
+
+def finish_sweep(spec, cfg: ExperimentConfig, sweep: dict[str, Any], path: Path, results):
+    """Report a fitted sweep on its MLflow parent run and return the `SweepRun`."""
+    from spklip.tracking import Tracker
+    from spklip.tune.runner import SweepRun
+
+    run = SweepRun(path.name, path, sweep["parent_run_id"], sweep["tracking_uri"])
+    errors = [r.error for r in results if r.error is not None]
+    if not sweep["parent_run_id"]:
+        run.table_markdown = _fallback_table(results, sweep["metrics"])
+        print(run.table_markdown)
+        return run
+    uri, experiment = sweep["tracking_uri"], cfg.tracking.experiment
+    close_stopped_children(uri, experiment, sweep["parent_run_id"])
+    table = rep.sweep_table(experiment, uri=uri, parent_run_id=sweep["parent_run_id"],
+                            metrics=[tuple(m) for m in sweep["metrics"]])
+    if errors:
+        table.notes.append(f"{len(errors)} trial(s) failed; first error: {str(errors[0]).splitlines()[0][:300]}")
+    files = write_report(table, path / "report", uri)
+    parent = Tracker(uri, sweep["parent_run_id"])
+    for f in files.values():
+        parent.log_artifact(f, "sweep_report")
+    best = table.frame.iloc[0] if table.best_run_id else None
+    if best is not None:
+        parent.log_metrics({f"best/{m}": float(best[m]) for m, _ in table.metrics}, 0)
+        parent.set_tags({"spklip.sweep.best_run": table.best_run_id})
+    parent.terminate("FAILED" if errors and best is None else "FINISHED")
+    run.table_markdown, run.report_dir, run.best_run_id = table.to_markdown(), path / "report", table.best_run_id
+    print(run.table_markdown)
+    print(f"\nReport: {path / 'report'} (also on MLflow run {sweep['parent_run_id']} in experiment {experiment!r})")
+    return run

@@ -1,0 +1,237 @@
+"""Sweep reports read back from MLflow: comparison table (CSV, Markdown), metric-vs-parameter plots, Pareto front.
+
+Everything here works from the tracking store alone, so ``spklip report --experiment NAME`` prints the same table
+for any experiment, whether the sweep ran in-process, as a Ray job, or on another machine. A sweep's parent run
+carries the tags below; its trials are the runs tagged ``mlflow.parentRunId = <parent>``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from spklip.config import ExperimentConfig
+from spklip.config.base import parse_value, unflatten
+
+PARENT_TAG = "mlflow.parentRunId"
+ROLE_TAG = "spklip.sweep.role"  # "parent" on the sweep's own run
+SWEPT_TAG = "spklip.sweep.swept"  # JSON list of the swept config keys
+METRICS_TAG = "spklip.sweep.metrics"  # JSON list of [metric, mode] pairs; the first ranks the trials
+SKIPPED_TAG = "spklip.sweep.skipped"  # on a trial whose sampled config was invalid: the reason
+
+
+@dataclass
+class SweepTable:
+    """One row per trial: run name, status, swept parameters, metrics; sorted best first by `metrics[0]`."""
+
+    frame: pd.DataFrame
+    params: list[str]
+    metrics: list[tuple[str, str]]  # (name, "max" | "min")
+    parent_run_id: str | None = None
+    best_run_id: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_csv(self, path: str | Path) -> Path:
+        path = Path(path)
+        self.frame.to_csv(path, index=False)
+        return path
+
+    def to_markdown(self, digits: int = 4) -> str:
+        """A GitHub-flavoured Markdown table (no extra dependency)."""
+        cols = list(self.frame.columns)
+        rows = [[_fmt(v, digits) for v in rec] for rec in self.frame.itertuples(index=False)]
+        lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines + [f"\n{n}" for n in self.notes])
+
+
+def _fmt(value: Any, digits: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _runs_frame(client, experiment_id: str, filter_string: str = "") -> pd.DataFrame:
+    """All runs of one experiment (paged) as rows of run id, name, status, start time, params, metrics, tags."""
+    rows, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000, page_token=token)
+        for r in page:
+            row = {"run_id": r.info.run_id, "trial": r.info.run_name, "status": r.info.status,
+                   "start_time": r.info.start_time}
+            row.update({f"params.{k}": v for k, v in r.data.params.items()})
+            row.update({f"metrics.{k}": v for k, v in r.data.metrics.items()})
+            row.update({f"tags.{k}": v for k, v in r.data.tags.items()})
+            rows.append(row)
+        token = page.token
+        if not token:
+            return pd.DataFrame(rows)
+
+
+def find_parent(client, experiment_id: str, parent_run_id: str | None = None):
+    """The given parent run, else the newest run tagged as a sweep parent in the experiment, else None."""
+    if parent_run_id:
+        return client.get_run(parent_run_id)
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'parent'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def varying_params(frame: pd.DataFrame) -> list[str]:
+    """Config keys (``params.*`` columns) whose value differs between runs: the swept ones for a plain experiment."""
+    cols = [c for c in frame.columns if c.startswith("params.")]
+    return [c[len("params."):] for c in cols if frame[c].astype(str).nunique(dropna=False) > 1]
+
+
+def sweep_table(experiment: str, *, uri: str, parent_run_id: str | None = None,
+                metrics: list[tuple[str, str]] | None = None) -> SweepTable:
+    """Build the comparison table of one sweep (or of every run of an experiment that has no sweep parent).
+
+    Args:
+        experiment: MLflow experiment name.
+        uri: tracking URI (``sqlite:///...`` or ``http://...``).
+        parent_run_id: which sweep; default the newest sweep parent run in the experiment.
+        metrics: ``[(name, mode), ...]``; default the list the sweep recorded, else every non-training metric.
+
+    Raises:
+        ValueError: the experiment does not exist or holds no trial runs.
+    """
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise ValueError(f"no MLflow experiment {experiment!r} at {uri} (experiments: {', '.join(names) or 'none'})")
+    parent = find_parent(client, exp.experiment_id, parent_run_id)
+    filt = f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'" if parent else ""
+    frame = _runs_frame(client, exp.experiment_id, filt)
+    if parent is None and not frame.empty and f"tags.{ROLE_TAG}" in frame:
+        frame = frame[frame[f"tags.{ROLE_TAG}"] != "parent"]
+    if frame.empty:
+        raise ValueError(f"experiment {experiment!r} has no trial runs" + (f" under sweep run {parent.info.run_id}"
+                                                                           if parent else ""))
+    tags = parent.data.tags if parent else {}
+    params = json.loads(tags[SWEPT_TAG]) if SWEPT_TAG in tags else varying_params(frame)
+    if metrics is None:
+        metrics = [tuple(m) for m in json.loads(tags[METRICS_TAG])] if METRICS_TAG in tags else [
+            (c[len("metrics."):], "max") for c in sorted(frame.columns)
+            if c.startswith("metrics.") and not c.startswith(("metrics.train/", "metrics.system/"))]
+    return _assemble(frame, params, metrics, parent.info.run_id if parent else None)
+
+
+def _assemble(frame: pd.DataFrame, params: list[str], metrics: list[tuple[str, str]],
+              parent_run_id: str | None) -> SweepTable:
+    out = pd.DataFrame({"trial": frame["trial"].values, "status": frame["status"].values})
+    for p in params:
+        col = frame.get(f"params.{p}")
+        out[p] = [parse_value(v) if isinstance(v, str) else v for v in col] if col is not None else None
+    for m, _ in metrics:
+        col = frame.get(f"metrics.{m}")
+        out[m] = col.values if col is not None else float("nan")
+    skipped = frame.get(f"tags.{SKIPPED_TAG}")
+    if skipped is not None:
+        out.loc[skipped.notna().values, "status"] = "SKIPPED"
+    out["run_id"] = frame["run_id"].values
+    notes = []
+    best = None
+    if metrics:
+        name, mode = metrics[0]
+        out = out.sort_values(name, ascending=(mode == "min"), na_position="last", kind="stable")
+        scored = out[out[name].notna()]
+        if not scored.empty:
+            best = scored.iloc[0]["run_id"]
+            notes.append(f"Best trial by {name} ({mode}): {scored.iloc[0]['trial']} (run {best}).")
+    return SweepTable(out.reset_index(drop=True), params, list(metrics), parent_run_id, best, notes)
+
+
+def pareto_front(values: pd.DataFrame, metrics: list[tuple[str, str]]) -> list[int]:
+    """Row positions of the non-dominated rows (NaN rows excluded) for objectives with their modes."""
+    signs = [1.0 if mode == "max" else -1.0 for _, mode in metrics]
+    pts = [(i, [s * float(values.iloc[i][m]) for (m, _), s in zip(metrics, signs)]) for i in range(len(values))]
+    pts = [(i, p) for i, p in pts if not any(math.isnan(v) for v in p)]
+
+    def dominates(a, b):
+        return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
+
+    return [i for i, p in pts if not any(dominates(q, p) for j, q in pts if j != i)]
+
+
+def plot_metric_vs_params(table: SweepTable, path: str | Path):
+    """One panel per swept parameter: the ranking metric of every scored trial against that parameter's value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    name = table.metrics[0][0]
+    frame = table.frame[table.frame[name].notna()]
+    n = max(1, len(table.params))
+    cols = min(3, n)
+    fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(4.2 * cols, 3.2 * ((n + cols - 1) // cols)),
+                             squeeze=False)
+    for ax, p in zip(axes.flat, table.params):
+        xs = frame[p].tolist()
+        numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
+        if not numeric:  # categorical axis, values in sorted text order
+            labels = sorted({str(x) for x in xs})
+            xs = [labels.index(str(x)) for x in xs]
+            ax.set_xticks(range(len(labels)), labels)
+        ax.scatter(xs, frame[name], alpha=0.8)
+        ax.set_xlabel(p, fontsize=8)
+        ax.set_ylabel(name)
+    for ax in list(axes.flat)[len(table.params):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_pareto(table: SweepTable, path: str | Path):
+    """Scatter of the first two objectives (x: second, y: first) with the Pareto front drawn and marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    (acc, _), (cost, _) = table.metrics[:2]
+    front = pareto_front(table.frame, table.metrics[:2])
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    ax.scatter(table.frame[cost], table.frame[acc], alpha=0.5, label="trials")
+    pts = table.frame.iloc[front].sort_values(cost)
+    ax.plot(pts[cost], pts[acc], "r-o", label="Pareto front")
+    ax.set_xlabel(cost)
+    ax.set_ylabel(acc)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def best_config(uri: str, run_id: str) -> ExperimentConfig:
+    """The full config of a trial, rebuilt from its flat params (every trial logs its whole flat config)."""
+    params = _client(uri).get_run(run_id).data.params
+    flat = {k: (parse_value(v) if v != "" else "") for k, v in params.items() if not k.startswith("_")}
+    try:
+        return ExperimentConfig.from_flat_dict(flat)
+    except ValueError as e:
+        raise ValueError(f"run {run_id} does not hold a complete spklip config: {e}") from e
+
+
+def config_yaml(cfg: ExperimentConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(unflatten(cfg.to_flat_dict()), sort_keys=False)

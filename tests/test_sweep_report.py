@@ -1,0 +1,101 @@
+"""Sweep reports from MLflow alone: table, ranking, varying params, best config, Pareto front, plots, the CLI."""
+
+import argparse
+import json
+
+import pandas as pd
+import pytest
+
+from spklip.config import load_config
+from spklip.tune import report as rep
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A sqlite MLflow store holding one sweep: a parent and four trials (one skipped), plus a plain run."""
+    from mlflow.tracking import MlflowClient
+
+    d = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{d / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("abl", artifact_location=(d / "art").as_uri())
+    swept = ["model.hsfe.num_subblocks", "model.hsfe.spatial_attention"]
+    parent = client.create_run(exp, run_name="sweep", tags={
+        rep.ROLE_TAG: "parent", rep.SWEPT_TAG: json.dumps(swept),
+        rep.METRICS_TAG: json.dumps([["val/top1", "max"], ["energy_per_clip_mj", "min"]])}).info.run_id
+    trials = [(5, True, 0.8, 3.0), (1, False, 0.4, 1.0), ("auto", True, 0.6, 0.5), (3, False, None, None)]
+    ids = []
+    for i, (k, sa, top1, energy) in enumerate(trials):
+        cfg = load_config(None, {"model.hsfe.num_subblocks": k, "model.hsfe.spatial_attention": sa,
+                                 "model.hsfe.step": 8 if k == "auto" else "auto"})
+        tags = {rep.PARENT_TAG: parent, **({rep.SKIPPED_TAG: "does not fit"} if top1 is None else {})}
+        run = client.create_run(exp, run_name=f"trial-{i}", tags=tags).info.run_id
+        for key, value in cfg.to_flat_dict().items():
+            client.log_param(run, key, value)
+        if top1 is not None:
+            client.log_metric(run, "val/top1", top1)
+            client.log_metric(run, "energy_per_clip_mj", energy)
+        client.set_terminated(run)
+        ids.append(run)
+    other = client.create_experiment("plain", artifact_location=(d / "art2").as_uri())
+    for lr, top1 in [(0.1, 0.3), (0.01, 0.5)]:
+        run = client.create_run(other).info.run_id
+        client.log_param(run, "optim.lr", lr)
+        client.log_param(run, "train.epochs", 3)
+        client.log_metric(run, "val/top1", top1)
+        client.log_metric(run, "train/loss", 1.0)
+    return uri, parent, ids
+
+
+def test_table_ranks_trials_and_shows_swept_params(store):
+    uri, parent, ids = store
+    table = rep.sweep_table("abl", uri=uri)
+    assert table.parent_run_id == parent and table.best_run_id == ids[0]
+    assert list(table.frame["val/top1"].iloc[:3]) == [0.8, 0.6, 0.4]  # best first, skipped trial last
+    assert table.frame["status"].iloc[3] == "SKIPPED"
+    assert list(table.frame["model.hsfe.num_subblocks"].iloc[:3]) == [5, "auto", 1]
+    md = table.to_markdown()
+    assert md.splitlines()[0].startswith("| trial | status | model.hsfe.num_subblocks | model.hsfe.spatial_attention")
+    assert "| trial-0 | FINISHED | 5 | True | 0.8 | 3 |" in md
+
+
+def test_table_of_a_plain_experiment_uses_varying_params(store):
+    uri, _, _ = store
+    table = rep.sweep_table("plain", uri=uri)
+    assert table.params == ["optim.lr"]  # train.epochs is the same in both runs
+    assert [m for m, _ in table.metrics] == ["val/top1"]  # train/* metrics are left out
+    assert list(table.frame["optim.lr"]) == [0.01, 0.1]
+
+
+def test_unknown_experiment_is_a_clear_error(store):
+    with pytest.raises(ValueError, match="no MLflow experiment 'nope'.*abl"):
+        rep.sweep_table("nope", uri=store[0])
+
+
+def test_best_config_rebuilds_the_trial_config(store):
+    uri, _, ids = store
+    cfg = rep.best_config(uri, ids[2])
+    assert cfg.model.hsfe.num_subblocks == "auto" and cfg.model.hsfe.spatial_attention is True
+    assert cfg == load_config(None, {"model.hsfe.num_subblocks": "auto", "model.hsfe.step": 8})
+
+
+def test_pareto_front_by_hand():
+    frame = pd.DataFrame({"acc": [0.8, 0.4, 0.6, 0.5, float("nan")], "mj": [3.0, 1.0, 0.5, 0.6, 0.1]})
+    front = rep.pareto_front(frame, [("acc", "max"), ("mj", "min")])
+    assert sorted(front) == [0, 2]  # 1 and 3 are dominated by 2 (better and cheaper); NaN is excluded
+
+
+def test_report_files_and_cli(store, tmp_path, capsys):
+    from spklip.commands import sweep as cmd
+
+    uri, _, ids = store
+    parser = argparse.ArgumentParser()
+    cmd.register(parser.add_subparsers())
+    args = parser.parse_args(["report", "--experiment", "abl", "--uri", uri, "--out", str(tmp_path)])
+    assert args.handler(args) == 0
+    out = capsys.readouterr().out
+    assert "| trial-0 | FINISHED | 5 | True | 0.8 |" in out and ids[0] in out
+    for name in ["table.csv", "table.md", "metric_vs_params.png", "pareto_front.png", "best_config.yaml"]:
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert pd.read_csv(tmp_path / "table.csv")["trial"].tolist()[0] == "trial-0"
+    assert load_config(tmp_path / "best_config.yaml").model.hsfe.num_subblocks == 5

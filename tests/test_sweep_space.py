@@ -1,0 +1,80 @@
+"""Search spaces: every sample is a valid config, conditional keys behave, the bound space survives pickling."""
+
+import pickle
+from collections import Counter
+
+import pytest
+
+from spklip.commands.sweep import available_sweeps, load_sweep
+from spklip.config import ConfigError, load_config
+from spklip.tune.space import config_params, invalid_reason, sample_space, swept_keys, trial_config
+
+HSFE = load_sweep("hsfe-ablation")
+
+
+def _base(preset):
+    return load_config(None, {"model_preset": preset})
+
+
+@pytest.mark.parametrize("preset", ["spklip-tiny", "spklip-paper"])
+def test_hsfe_space_only_samples_valid_layouts(preset):
+    base = _base(preset)
+    samples = sample_space(HSFE.space, base, 400, seed=1)
+    bad = [(p, invalid_reason(base, p)) for p in samples if invalid_reason(base, p)]
+    assert bad == []
+    ks = Counter(p["model.hsfe.num_subblocks"] for p in samples)
+    assert set(ks) == {1, 2, 3, 4, 5, 6, 7, 8, 9, "auto"}  # every K choice, "auto" included, is reachable
+    for p in samples:
+        cfg = trial_config(base, p)
+        k, step, _ = cfg.model.hsfe.layout(cfg.model.num_planes)
+        assert 1 <= k <= 9 and step >= 1
+        if p["model.hsfe.num_subblocks"] == 1:
+            assert p["model.hsfe.step"] == "auto"  # the step of a single window is not swept
+        assert "_step_mode" not in config_params(p)
+
+
+def test_hsfe_space_covers_the_issue_keys_and_switches():
+    base = _base("spklip-tiny")
+    keys = set(swept_keys(HSFE.space, base))
+    assert keys == {"model.hsfe.num_subblocks", "model.hsfe.radius", "model.hsfe.step", "model.hsfe.num_branches",
+                    "model.hsfe.channel_step", "model.hsfe.spatial_attention", "model.hsfe.photon_conservation",
+                    "model.temporal.pos_embed"}
+    samples = sample_space(HSFE.space, base, 200, seed=2)
+    for key in ("model.hsfe.spatial_attention", "model.hsfe.photon_conservation", "model.temporal.pos_embed"):
+        assert {p[key] for p in samples} == {True, False}
+
+
+def test_invalid_combination_is_reported_not_trained():
+    base = _base("spklip-tiny")  # 32 planes
+    reason = invalid_reason(base, {"model.hsfe.num_subblocks": 9, "model.hsfe.radius": 15, "model.hsfe.step": 1})
+    assert reason is not None and "planes" in reason
+    with pytest.raises(ConfigError):
+        trial_config(base, {"model.hsfe.num_subblocks": 9, "model.hsfe.radius": 15, "model.hsfe.step": 1})
+
+
+def test_bound_space_pickles_by_script_and_samples_the_same():
+    from spklip.tune.space import define_by_run
+
+    base = _base("spklip-tiny")
+    bound = define_by_run(HSFE.space, base)
+    again = pickle.loads(pickle.dumps(bound))
+    assert again.base == base
+    first = sample_space(lambda t, b: bound(t), base, 20, seed=3)
+    second = sample_space(lambda t, b: again(t), base, 20, seed=3)
+    assert first == second
+
+
+def test_named_sweeps_load_and_unknown_names_fail_clearly():
+    assert {"hsfe_ablation", "fsve_sweep"} <= set(available_sweeps())
+    assert load_sweep("fsve-sweep").metrics[1][1] == "min"  # energy is minimised
+    with pytest.raises(FileNotFoundError, match="available"):
+        load_sweep("no-such-sweep")
+
+
+def test_fsve_space_is_valid_and_two_objective():
+    spec = load_sweep("fsve-sweep")
+    base = load_config(None, {"model_preset": "spklip-tiny-snn-backbone"})
+    samples = sample_space(spec.space, base, 100, seed=0)
+    assert all(invalid_reason(base, p) is None for p in samples)
+    assert {p["model.fsve.variant"] for p in samples} == {"snn-backbone", "full-snn"}
+    assert [m for m, _ in spec.metrics] == ["val/top1", "energy_per_clip_mj"] and spec.scheduler == "fifo"
