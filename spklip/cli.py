@@ -15,6 +15,8 @@ from spklip.config import ConfigError
 
 COMMAND_MODULES = [
     "spklip.commands.data",  # data simulate | build | inspect
+    "spklip.commands.train",  # train | eval
+    "spklip.commands.sweep",  # sweep NAME | report --experiment NAME
     "spklip.commands.model",  # models | energy --model NAME
 ]
 
