@@ -13,7 +13,8 @@ from spklip.config import ConfigError, load_config
 
 
 def add_sweep_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--smoke-test", action="store_true", help="tiny data/model/epochs, a few trials: minutes on 2 CPUs")
+    parser.add_argument("--smoke-test", action="store_true",
+                        help="tiny data/model/epochs, a few trials: minutes on 2 CPUs")
     parser.add_argument("--num-samples", type=int, default=None, help="trials to run (default: the sweep's own)")
     parser.add_argument("--resume", action="store_true",
                         help="restore an interrupted sweep (the newest one, or --name); finished trials are not rerun")

@@ -112,7 +112,7 @@ def _tuner(spec: SweepSpec, cfg: ExperimentConfig, sweep: dict[str, Any], path: 
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
                                     **({"metric": metric, "mode": mode} if single else {})),
         run_config=tune.RunConfig(name=path.name, storage_path=str(path.parent),
-                                  failure_config=tune.FailureConfig(max_failures=0)))  # a trial that fails twice fails the same way
+                                  failure_config=tune.FailureConfig(max_failures=0)))  # a code error repeats
 
 
 def run_sweep(spec: SweepSpec, cfg: ExperimentConfig, *, num_samples: int | None = None, smoke: bool = False,
