@@ -90,3 +90,15 @@ def test_overrides_and_errors():
         create_model("nope")
     with pytest.raises(ValueError, match="model.hsfe"):
         create_model("spklip-tiny", hsfe__radius=40)  # a 81-plane window on a 32-plane clip
+
+
+@pytest.mark.parametrize("name", ["spklip-tiny", "spklip-tiny-full-snn"])
+def test_spike_encoder_traces_saves_and_reloads(name, tmp_path):
+    torch.manual_seed(0)
+    encoder = create_model(name).eval().spike_encoder()
+    cfg = encoder.model.cfg
+    with torch.no_grad():
+        traced = torch.jit.trace(encoder, _spikes(cfg, b=2).float(), check_trace=False)
+        torch.jit.save(traced, tmp_path / "enc.pt")
+        other = _spikes(cfg, b=3, seed=5).float()  # another batch size and content than the trace's
+        torch.testing.assert_close(torch.jit.load(tmp_path / "enc.pt")(other), encoder(other))

@@ -27,6 +27,17 @@ def build_visual_tower(cfg: ModelCfg) -> nn.Module:
     return SpikeVisualEncoder(cfg)
 
 
+class SpikeEncoder(nn.Module):
+    """``encode_spikes`` as a stand-alone module (shares the model's weights): what gets traced/exported."""
+
+    def __init__(self, model: "Spklip"):
+        super().__init__()
+        self.model = model
+
+    def forward(self, spikes: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_spikes(spikes)
+
+
 class Spklip(nn.Module):
     """Spike encoder + text encoder + learnable temperature.
 
@@ -65,6 +76,11 @@ class Spklip(nn.Module):
         if isinstance(texts, str) or not len(texts):
             raise ValueError("encode_text expects a non-empty list of strings")
         return F.normalize(self.text(list(texts)), dim=-1)
+
+    def spike_encoder(self) -> SpikeEncoder:
+        """A module mapping spikes ``[B, N, H, W]`` -> normalised ``[B, D]``; ``torch.jit.trace`` works on it (the
+        forward has no data-dependent Python control flow), e.g. for logging to MLflow."""
+        return SpikeEncoder(self)
 
     def scale(self) -> torch.Tensor:
         """exp(log-scale) clamped at the maximum (100 by default)."""
