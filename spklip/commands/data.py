@@ -1,0 +1,243 @@
+"""``spklip data simulate | build | inspect``: videos/frames -> spikes, spike shard datasets, dataset summaries."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def _csv(kind):
+    return lambda text: tuple(kind(x.strip()) for x in text.split(",") if x.strip())
+
+
+def _sim_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("simulator")
+    g.add_argument("--threshold", type=float, default=2.0, help="charge to fire, >= 1 (default 2)")
+    g.add_argument("--planes-per-frame", type=int, default=1, help="spike planes per video frame (interpolated)")
+    g.add_argument("--mismatch", type=float, default=0.0, help="relative std of per-pixel thresholds (0 = off)")
+    g.add_argument("--dark-current", type=float, default=0.0, help="mean dark charge per pixel and plane (0 = off)")
+    g.add_argument("--seed", type=int, default=0)
+
+
+def register(subparsers) -> None:
+    """Add the ``data`` command group."""
+    data = subparsers.add_parser("data", help="spike data: simulate, build shard datasets, inspect")
+    sub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+
+    sim = sub.add_parser("simulate", help="a video, a .npy of frames or a folder of images -> spikes (.dat/.npy)")
+    sim.add_argument("input", help="video file (PyAV), .npy frames [T,H,W(,3)], or a folder of images")
+    sim.add_argument("--out", required=True, help="output .dat (streamed, SpikeCV layout) or .npy [N,H,W] uint8")
+    sim.add_argument("--height", type=int, help="resize frames to this many rows (default: keep)")
+    sim.add_argument("--width", type=int, help="resize frames to this many columns (default: keep)")
+    sim.add_argument("--max-frames", type=int, help="use at most this many frames")
+    _sim_args(sim)
+    sim.set_defaults(handler=cmd_simulate)
+
+    build = sub.add_parser("build", help="build a Parquet spike shard dataset")
+    kinds = build.add_subparsers(dest="kind", required=True, metavar="KIND")
+    for kind, text in (("moving-digits", "handwritten digits moving on a canvas (built in)"),
+                       ("video-folder", "ROOT/<class>/<video>: e.g. your copy of UCF101 or HMDB51"),
+                       ("dat-folder", "ROOT/<class>/<clip>.dat: real spike-camera recordings")):
+        p = kinds.add_parser(kind, help=text)
+        _build_args(p, kind)
+        p.set_defaults(handler=cmd_build)
+
+    inspect = sub.add_parser("inspect", help="print a shard dataset's rows, classes, splits and bits per pixel-plane")
+    inspect.add_argument("path")
+    inspect.set_defaults(handler=cmd_inspect)
+
+
+def _build_args(p: argparse.ArgumentParser, kind: str) -> None:
+    p.add_argument("--out", required=True, help="dataset folder to create")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
+    p.add_argument("--model", default="spklip-tiny", help="take the clip shape (N, H, W) from this model preset")
+    p.add_argument("--planes", type=int, help="spike planes N per clip (overrides --model)")
+    p.add_argument("--height", type=int, help="clip rows H (overrides --model)")
+    p.add_argument("--width", type=int, help="clip columns W (overrides --model)")
+    p.add_argument("--val-frac", type=float, default=0.2, help="share of each seen class's clips for val")
+    p.add_argument("--test-frac", type=float, default=0.2, help="share of each seen class's clips for test")
+    p.add_argument("--shard-mb", type=float, default=64.0, help="close a shard file at this many MB of spikes")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    if kind == "moving-digits":
+        p.add_argument("--clips-per-class", type=int, default=20)
+        p.add_argument("--digits", type=_csv(int), default=tuple(range(10)), help="e.g. 0,1,7 (default all)")
+        p.add_argument("--motions", type=_csv(str), help="subset of left,right,up,down,rotate,grow,shrink,still")
+        p.add_argument("--unseen-classes", type=int, help="held-out (digit, motion) classes (default 1/8)")
+        p.add_argument("--speed", type=float, default=1.0, help="px per frame (rotation/scaling scale with it)")
+        p.add_argument("--digit-size", type=int, default=0, help="digit side in px (0: 45%% of the canvas)")
+        p.add_argument("--clutter", type=int, default=0, help="static distractor digits per clip")
+        p.add_argument("--background", type=float, default=0.05, help="background intensity in [0, 1]")
+        p.add_argument("--source", choices=("mnist", "sklearn"), default="mnist", help="handwritten digits used")
+    else:
+        p.add_argument("--root", required=True, help="folder of class folders")
+        p.add_argument("--unseen-classes", type=int, default=0, help="hold out this many classes (seeded draw)")
+        p.add_argument("--unseen", type=_csv(str), default=(), help="hold out these class folders (comma list)")
+    if kind == "video-folder":
+        p.add_argument("--frame-stride", type=int, default=1, help="take every k-th video frame")
+        p.add_argument("--pad-short", action="store_true", help="hold the last frame of too-short videos")
+    if kind == "dat-folder":
+        p.add_argument("--dat-height", type=int, required=True, help="sensor rows of the recordings (e.g. 250)")
+        p.add_argument("--dat-width", type=int, required=True, help="sensor columns of the recordings (e.g. 400)")
+        p.add_argument("--plane-offset", type=int, default=0, help="first plane taken from each recording")
+        p.add_argument("--plane-stride", type=int, default=1, help="take every k-th plane")
+        p.add_argument("--spatial", choices=("subsample", "crop"), default="subsample",
+                       help="subsample: aspect crop + evenly spaced rows/cols; crop: centred H x W window")
+        p.set_defaults(seed=0)
+        p.add_argument("--seed", type=int, default=0, help="seeds the split assignment")
+    else:
+        _sim_args(p)
+
+
+def clip_shape(args: argparse.Namespace) -> tuple[int, int, int]:
+    """(N, H, W) from ``--model PRESET``, overridden by ``--planes/--height/--width``."""
+    from spklip.config import load_preset
+
+    preset = load_preset(args.model)
+    return (args.planes or preset.num_planes, args.height or preset.height, args.width or preset.width)
+
+
+def make_clips(args: argparse.Namespace):
+    """The builder for ``args.kind``: ``(DatasetInfo, clip iterator, clip count)``."""
+    from spklip.data.simulate import SimParams
+
+    n, h, w = clip_shape(args)
+    sim = None
+    if args.kind != "dat-folder":
+        sim = SimParams(args.threshold, args.planes_per_frame, args.seed, args.mismatch, args.dark_current)
+    if args.kind == "moving-digits":
+        from spklip.data.moving_digits import MOTIONS, DigitsSpec, digit_clips
+
+        spec = DigitsSpec(num_planes=n, height=h, width=w, digits=args.digits, motions=args.motions or tuple(MOTIONS),
+                          clips_per_class=args.clips_per_class, unseen_classes=args.unseen_classes,
+                          val_frac=args.val_frac, test_frac=args.test_frac, speed=args.speed,
+                          digit_size=args.digit_size, clutter=args.clutter, background=args.background,
+                          source=args.source, seed=args.seed)
+        return digit_clips(spec, sim)
+    from spklip.data.folders import FolderSpec, dat_clips, video_clips
+
+    extra = ({"frame_stride": args.frame_stride, "pad_short": args.pad_short} if args.kind == "video-folder" else
+             {"dat_height": args.dat_height, "dat_width": args.dat_width, "plane_offset": args.plane_offset,
+              "plane_stride": args.plane_stride, "spatial": args.spatial})
+    spec = FolderSpec(root=args.root, num_planes=n, height=h, width=w, unseen_classes=args.unseen_classes,
+                      unseen=args.unseen, val_frac=args.val_frac, test_frac=args.test_frac, seed=args.seed, **extra)
+    return video_clips(spec, sim) if args.kind == "video-folder" else dat_clips(spec)
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from spklip.data.shards import ShardError, write_shards
+
+    if Path(args.out).exists() and not args.overwrite:
+        raise ShardError(f"{args.out} already exists; pass --overwrite to replace it")
+    info, clips, total = make_clips(args)
+    clips = tqdm(clips, total=total, desc=f"build {args.kind}", unit="clip", disable=args.no_progress)
+    meta = write_shards(clips, args.out, info, target_shard_mb=args.shard_mb, overwrite=args.overwrite)
+    print(f"wrote {meta['num_clips']} clips of {tuple(meta['clip_shape'])} to {args.out} "
+          f"({meta['bytes_on_disk'] / 2**20:.2f} MiB, {meta['bits_per_pixel_plane']:.3f} bits per pixel-plane, "
+          f"fingerprint {meta['fingerprint']})")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from spklip.data.shards import SPLITS, validate_shards
+
+    meta = validate_shards(args.path)
+    n, h, w = meta["clip_shape"]
+    print(f"dataset      {args.path} ({meta['kind']}, schema v{meta['schema_version']}, "
+          f"fingerprint {meta['fingerprint']})")
+    print(f"rows         {meta['num_clips']} clips of {n} planes x {h} x {w}")
+    print("splits       " + ", ".join(f"{s} {meta['splits'].get(s, 0)}" for s in SPLITS))
+    print(f"classes      {len(meta['class_names'])}: {len(meta['seen_labels'])} seen, "
+          f"{len(meta['unseen_labels'])} unseen")
+    print(f"on disk      {meta['bytes_on_disk'] / 2**20:.2f} MiB in "
+          f"{sum(len(v) for v in meta['shards'].values())} shard files, "
+          f"{meta['bits_per_pixel_plane']:.3f} bits per pixel-plane")
+    print(f"firing rate  {_firing_rate(args.path, meta):.4f} spikes per pixel-plane (first shard)")
+    sim = meta["simulator"]
+    print("simulator    " + (", ".join(f"{k}={v}" for k, v in sim.items()) if sim else "none (real recordings)"))
+    print("unseen       " + ("; ".join(meta["unseen_classes"]) or "none"))
+    shown = meta["seen_classes"][:12]
+    more = len(meta["seen_classes"]) - len(shown)
+    print("seen         " + "; ".join(shown) + (f"; ... ({more} more)" if more > 0 else ""))
+    return 0
+
+
+def _firing_rate(path: str, meta: dict) -> float:
+    import pyarrow.parquet as pq
+
+    from spklip.data.shards import decode_batch
+
+    first = next(files[0] for files in meta["shards"].values() if files)
+    table = pq.ParquetFile(Path(path) / first).read_row_group(0).slice(0, 64)
+    return float(decode_batch(table)["spikes"].mean())
+
+
+def _read_frames(path: Path, height: int | None, width: int | None, max_frames: int | None) -> Iterator[np.ndarray]:
+    """Frames of a video, a .npy array or an image folder, one at a time (videos are streamed)."""
+    count = 0
+    for frame in _frames_of(path, height, width):
+        if max_frames is not None and count >= max_frames:
+            return
+        count += 1
+        yield frame
+
+
+def _frames_of(path: Path, height: int | None, width: int | None) -> Iterator[np.ndarray]:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    if path.suffix == ".npy":
+        arr = np.load(path, mmap_mode="r")
+        if (height or width) and arr.shape[1:3] != (height or arr.shape[1], width or arr.shape[2]):
+            raise ValueError("--height/--width resizing is for videos and images; resize the .npy beforehand")
+        yield from arr
+    elif path.is_dir():
+        from PIL import Image
+
+        files = sorted(f for f in path.iterdir() if f.suffix.lower() in IMAGE_EXTS)
+        if not files:
+            raise ValueError(f"{path} holds no images ({'/'.join(IMAGE_EXTS)})")
+        for f in files:
+            img = Image.open(f).convert("L")
+            if height or width:
+                img = img.resize((width or img.width, height or img.height), Image.BILINEAR)
+            yield np.asarray(img)
+    else:
+        import av
+
+        try:
+            with av.open(str(path)) as container:
+                for frame in container.decode(container.streams.video[0]):
+                    yield frame.reformat(width=width or frame.width, height=height or frame.height,
+                                         format="gray").to_ndarray()
+        except (av.error.FFmpegError, IndexError) as e:
+            raise ValueError(f"{path}: cannot decode video ({e})") from e
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from spklip.data.dat import write_dat
+    from spklip.data.simulate import iter_simulate
+
+    out = Path(args.out)
+    if out.suffix not in (".dat", ".npy"):
+        raise ValueError(f"--out must end in .dat or .npy, got {out.name}")
+    frames = tqdm(_read_frames(Path(args.input), args.height, args.width, args.max_frames), desc="simulate",
+                  unit="frame")
+    chunks = iter_simulate(frames, threshold=args.threshold, planes_per_frame=args.planes_per_frame, seed=args.seed,
+                           mismatch=args.mismatch, dark_current=args.dark_current)
+    if out.suffix == ".dat":
+        planes = write_dat(out, chunks)
+        shape = None
+    else:
+        spikes = np.concatenate(list(chunks))
+        np.save(out, spikes)
+        planes, shape = spikes.shape[0], spikes.shape
+    print(f"wrote {planes} spike planes{'' if shape is None else ' ' + str(shape)} to {out}")
+    return 0

@@ -1,0 +1,176 @@
+"""Class-per-folder datasets: ``video-folder`` (UCF101/HMDB51 layout, decoded with PyAV, resized, simulated) and
+``dat-folder`` (real spike-camera recordings, one ``.dat`` per clip).
+
+Layout: ``ROOT/<class folder>/<clip file>``; the class name is the folder name as words (``ApplyEyeMakeup`` ->
+"apply eye makeup", ``brush_hair`` -> "brush hair"), which is also the caption. Held-out classes: ``unseen`` names
+or ``unseen_classes`` drawn with the seed; each seen class's clips are split train/val/test by fractions.
+
+Taking N planes from a clip:
+
+* video: ``ceil(N / planes_per_frame)`` consecutive frames (every ``frame_stride``-th), centred in the video; the
+  frames are scaled so the target H x W is covered (aspect kept) and centre-cropped, then simulated.
+* recording: planes ``offset, offset + stride, ...`` (N of them) are read with a memory map (only that block is
+  touched); ``spatial="subsample"`` centre-crops to the target aspect ratio and picks evenly spaced rows/columns
+  (nearest neighbour keeps each pixel's firing statistics, unlike OR-pooling), ``spatial="crop"`` cuts a centred
+  H x W window.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from spklip.data.dat import read_dat
+from spklip.data.shards import Clip, DatasetInfo
+from spklip.data.simulate import SimParams, simulate_spikes
+from spklip.data.splits import assign_splits, choose_unseen_classes, clip_seed, humanize
+
+VIDEO_EXTS = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".mpg", ".mpeg")
+
+
+@dataclass(frozen=True)
+class FolderSpec:
+    """Arguments shared by both folder builders (stored in the dataset metadata)."""
+
+    root: str
+    num_planes: int = 32
+    height: int = 64
+    width: int = 64
+    unseen_classes: int = 0  # classes to hold out, drawn with the seed (ignored if `unseen` is given)
+    unseen: tuple[str, ...] = ()  # folder names to hold out
+    val_frac: float = 0.2
+    test_frac: float = 0.2
+    seed: int = 0
+    frame_stride: int = 1  # video: take every k-th frame
+    pad_short: bool = False  # video: hold the last frame when a video is too short (else an error)
+    dat_height: int = 250  # recording: sensor rows
+    dat_width: int = 400  # recording: sensor columns
+    plane_offset: int = 0  # recording: first plane taken
+    plane_stride: int = 1  # recording: take every k-th plane
+    spatial: str = "subsample"  # recording: "subsample" (aspect crop + nearest rows/cols) or "crop"
+
+
+def scan_classes(root: str | os.PathLike, exts: tuple[str, ...]) -> list[tuple[str, list[Path]]]:
+    """``[(folder name, sorted clip files)]`` for every class folder holding files with one of ``exts``."""
+    base = Path(root)
+    if not base.is_dir():
+        raise FileNotFoundError(f"{base} is not a folder")
+    classes = [(d.name, sorted(f for f in d.iterdir() if f.suffix.lower() in exts))
+               for d in sorted(base.iterdir()) if d.is_dir()]
+    classes = [(name, files) for name, files in classes if files]
+    if not classes:
+        raise ValueError(f"{base} holds no class folders with {'/'.join(exts)} files (expected ROOT/<class>/<clip>)")
+    return classes
+
+
+def _plan(spec: FolderSpec, kind: str, exts: tuple[str, ...], sim: SimParams | None):
+    classes = scan_classes(spec.root, exts)
+    names = [name for name, _ in classes]
+    unseen = choose_unseen_classes(names, spec.unseen_classes, list(spec.unseen), spec.seed)
+    for label, (name, files) in enumerate(classes):
+        if label not in unseen:
+            assign_splits(len(files), spec.val_frac, spec.test_frac, np.random.default_rng(0))  # fail early
+    builder = {k: (list(v) if isinstance(v, tuple) else v) for k, v in spec.__dict__.items()}
+    info = DatasetInfo(kind=kind, class_names=[humanize(n) for n in names], unseen_labels=sorted(unseen),
+                       clip_shape=(spec.num_planes, spec.height, spec.width),
+                       simulator=None if sim is None else {k: v for k, v in sim.to_dict().items() if k != "seed"},
+                       builder=builder)
+    plan = []
+    for label, (name, files) in enumerate(classes):
+        rng = np.random.default_rng([spec.seed, label, 1])
+        splits = (["unseen"] * len(files) if label in unseen else
+                  assign_splits(len(files), spec.val_frac, spec.test_frac, rng))
+        plan += [(label, j, f, s) for j, (f, s) in enumerate(zip(files, splits))]
+    return info, plan
+
+
+def read_video(path: Path, height: int, width: int) -> np.ndarray:
+    """Decode a video with PyAV to gray uint8 ``[T, H, W]``, scaled to cover H x W (aspect kept) and centre-cropped."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            frames = []
+            for frame in container.decode(stream):
+                scale = max(height / frame.height, width / frame.width)
+                h, w = max(height, round(frame.height * scale)), max(width, round(frame.width * scale))
+                img = frame.reformat(width=w, height=h, format="gray").to_ndarray()  # [h, w] uint8
+                top, left = (h - height) // 2, (w - width) // 2
+                frames.append(img[top:top + height, left:left + width])
+    except (av.error.FFmpegError, IndexError) as e:
+        raise ValueError(f"{path}: cannot decode video ({e})") from e
+    if not frames:
+        raise ValueError(f"{path}: no video frames")
+    return np.stack(frames)
+
+
+def _frame_window(frames: np.ndarray, needed: int, stride: int, pad: bool, path: Path) -> np.ndarray:
+    """``needed`` frames, every ``stride``-th, centred in the video (held last frame if short and ``pad``)."""
+    span = (needed - 1) * stride + 1
+    if frames.shape[0] < span:
+        if not pad:
+            raise ValueError(f"{path}: {frames.shape[0]} frames, but {needed} frames at stride {stride} are needed; "
+                             "lower --planes or --frame-stride, raise --planes-per-frame, or pass --pad-short")
+        frames = np.concatenate([frames, np.repeat(frames[-1:], span - frames.shape[0], axis=0)])
+    start = (frames.shape[0] - span) // 2
+    return frames[start:start + span:stride]
+
+
+def video_clips(spec: FolderSpec, sim: SimParams) -> tuple[DatasetInfo, Iterator[Clip], int]:
+    """The header, a lazy clip iterator and the clip count for a folder of class folders of videos."""
+    info, plan = _plan(spec, "video-folder", VIDEO_EXTS, sim)
+    needed = math.ceil(spec.num_planes / sim.planes_per_frame)
+
+    def clips() -> Iterator[Clip]:
+        for label, j, path, split in plan:
+            frames = _frame_window(read_video(path, spec.height, spec.width), needed, spec.frame_stride,
+                                   spec.pad_short, path)
+            seed = clip_seed(spec.seed, label, j)
+            spikes = simulate_spikes(frames, threshold=sim.threshold, planes_per_frame=sim.planes_per_frame,
+                                     seed=seed, mismatch=sim.mismatch, dark_current=sim.dark_current)
+            yield Clip(spikes=spikes[:spec.num_planes], label=label, caption=info.class_names[label], split=split,
+                       source=str(path), clip_id=f"{path.parent.name}/{path.name}", sim_seed=seed)
+
+    return info, clips(), len(plan)
+
+
+def take_planes(path: Path, spec: FolderSpec) -> np.ndarray:
+    """N planes of one recording, cropped/sub-sampled to H x W (see the module docstring)."""
+    span = (spec.num_planes - 1) * spec.plane_stride + 1
+    planes = read_dat(path, spec.dat_height, spec.dat_width, start=spec.plane_offset, count=span)
+    planes = planes[::spec.plane_stride]  # [N, dat_H, dat_W]
+    sh, sw, h, w = spec.dat_height, spec.dat_width, spec.height, spec.width
+    if spec.spatial == "crop":
+        if sh < h or sw < w:
+            raise ValueError(f"cannot crop {h}x{w} from a {sh}x{sw} recording; use --spatial subsample")
+        top, left = (sh - h) // 2, (sw - w) // 2
+        return np.ascontiguousarray(planes[:, top:top + h, left:left + w])
+    if spec.spatial != "subsample":
+        raise ValueError(f"spatial must be 'subsample' or 'crop', got {spec.spatial!r}")
+    ch, cw = (sh, round(sh * w / h)) if sh * w <= sw * h else (round(sw * h / w), sw)  # target aspect inside
+    top, left = (sh - ch) // 2, (sw - cw) // 2
+    rows = top + np.floor((np.arange(h) + 0.5) * ch / h).astype(int)  # [H] nearest source rows
+    cols = left + np.floor((np.arange(w) + 0.5) * cw / w).astype(int)  # [W] nearest source columns
+    return np.ascontiguousarray(planes[:, rows[:, None], cols[None, :]])  # [N, H, W]
+
+
+def dat_clips(spec: FolderSpec) -> tuple[DatasetInfo, Iterator[Clip], int]:
+    """The header, a lazy clip iterator and the clip count for a folder of class folders of ``.dat`` recordings."""
+    info, plan = _plan(spec, "dat-folder", (".dat",), None)
+
+    def clips() -> Iterator[Clip]:
+        for label, _, path, split in plan:
+            try:
+                spikes = take_planes(path, spec)
+            except ValueError as e:
+                raise ValueError(f"{path}: {e}") from e
+            yield Clip(spikes=spikes, label=label, caption=info.class_names[label], split=split,
+                       source=str(path), clip_id=f"{path.parent.name}/{path.name}")
+
+    return info, clips(), len(plan)
