@@ -18,14 +18,19 @@ from spklip.config import ExperimentConfig
 from spklip.data.shards import ShardError, decode_batch, split_files, validate_shards
 
 
-def dataset_info(cfg: ExperimentConfig, eval_only: bool = False) -> dict[str, Any]:
+def dataset_info(cfg: ExperimentConfig, eval_only: bool = False, split: str | None = None) -> dict[str, Any]:
     """Validate the shards named by ``cfg.data`` against the model config and return what training needs.
+
+    Args:
+        cfg: The experiment config.
+        eval_only: Only the evaluation split (`split`, default ``data.val_split``) must exist and be non-empty.
+        split: The evaluation split to check.
 
     Raises:
         ShardError: wrong schema, missing or empty split, or clips of another size than the model expects.
     """
     meta = validate_shards(cfg.data.path)
-    needed = [cfg.data.val_split] if eval_only else [cfg.data.train_split, cfg.data.val_split]
+    needed = [split or cfg.data.val_split] if eval_only else [cfg.data.train_split, cfg.data.val_split]
     for split in needed:
         split_files(cfg.data.path, split, meta)  # raises on an unknown or empty split
     want = [cfg.model.num_planes, cfg.model.height, cfg.model.width]

@@ -136,9 +136,9 @@ def build_trainer(cfg: ExperimentConfig, *, run_name: str | None = None, storage
 
     from spklip.train.worker import train_fn_per_worker
 
-    ensure_ray(cfg.scale.address)
     plan = plan or prepare_run(cfg, run_name=run_name, storage_path=storage_path,
                                mlflow_parent_run_id=mlflow_parent_run_id)
+    ensure_ray(cfg.scale.address)
     cfg = plan.cfg
     gpu = _use_gpu(cfg)
     resources = {"CPU": cfg.scale.cpus_per_worker, **({"GPU": 1} if gpu else {})}
@@ -168,8 +168,8 @@ def fit(cfg: ExperimentConfig, *, run_name: str | None = None, storage_path: str
     ``fail_at_step`` is fault injection for tests: rank 0 kills its own process once at that step.
     """
     t0 = time.perf_counter()
-    ensure_ray(cfg.scale.address)
     plan = prepare_run(cfg, run_name=run_name, storage_path=storage_path, mlflow_parent_run_id=mlflow_parent_run_id)
+    ensure_ray(cfg.scale.address)  # after every check: bad input fails before Ray or any worker starts
     if fail_at_step:
         marker = Path(plan.storage_path) / plan.run_name / f".fail_at_step_{fail_at_step}"
         marker.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,73 @@
+"""``spklip train`` (Ray Train on the in-process Ray or a cluster) and ``spklip eval`` (a checkpoint on a split)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _train(args: argparse.Namespace) -> int:
+    from spklip.config import load_config
+    from spklip.train.launcher import fit
+
+    overrides = list(args.set)
+    if args.address:
+        overrides.append(f"scale.address={args.address}")
+    cfg = load_config(args.config, overrides)
+    result = fit(cfg, run_name=args.name, storage_path=args.storage)
+    summary = {"run_name": result.run_name, "storage": result.storage_path, "seconds": round(result.seconds, 1),
+               "best_checkpoint": result.best_checkpoint, "latest_checkpoint": result.checkpoint,
+               "mlflow_run_id": result.mlflow_run_id, "model_uri": result.model_uri, "metrics": result.metrics}
+    print(json.dumps(summary, indent=1, default=str))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from spklip.config import apply_overrides, parse_overrides
+    from spklip.train import data as train_data
+    from spklip.train.checkpoint import model_from_checkpoint
+    from spklip.train.epoch_eval import evaluate_model, write_report
+
+    model, cfg, payload = model_from_checkpoint(args.checkpoint)
+    overrides = parse_overrides(args.set)
+    if args.data:
+        overrides["data.path"] = args.data
+    cfg = apply_overrides(cfg, overrides)
+    dataset = train_data.dataset_info(cfg, eval_only=True, split=args.split)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    report = evaluate_model(model.to(device), cfg, dataset, device, split=args.split, prefix=args.split)
+    print(f"checkpoint {args.checkpoint} (step {payload['step']}, epoch {payload['epoch']}) on "
+          f"{cfg.data.path} split {args.split!r}:", file=sys.stderr)
+    print(json.dumps(report.metrics, indent=1, sort_keys=True))
+    if args.out:
+        print(f"wrote {write_report(report, args.out)}", file=sys.stderr)
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add ``train`` and ``eval`` to the spklip command line."""
+    p = subparsers.add_parser("train", help="train a model with Ray Train (in-process Ray or --address)",
+                              description="Train from an experiment YAML plus dotted overrides. Runs on an "
+                              "in-process Ray unless --address (or RAY_ADDRESS) names a cluster. Re-running with "
+                              "the same --name resumes that run from its latest checkpoint.")
+    p.add_argument("--config", help="experiment YAML (e.g. configs/tiny.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted config override, repeatable (e.g. --set train.epochs=3)")
+    p.add_argument("--address", default="", help="Ray cluster address (default: RAY_ADDRESS or in-process Ray)")
+    p.add_argument("--name", default=None, help="run name (default <preset>-<timestamp>); an existing one resumes")
+    p.add_argument("--storage", default=None, help="Ray storage root (default <train.run_dir>/ray)")
+    p.set_defaults(handler=_train)
+
+    e = subparsers.add_parser("eval", help="evaluate a checkpoint: top-1/5, zero-/few-shot, retrieval, energy",
+                              description="Rebuild the model from the config stored in a checkpoint and run the "
+                              "evaluation protocol (docs/training.md) on a split of a shard folder.")
+    e.add_argument("--checkpoint", required=True, help="checkpoint folder (holds state.pt)")
+    e.add_argument("--data", default=None, help="shard folder (default: the one the model was trained on)")
+    e.add_argument("--split", default="test", help="seen-class split for closed-set and retrieval (default test)")
+    e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override eval settings, e.g. --set eval.few_shot_seeds=10")
+    e.add_argument("--out", default=None, help="folder for metrics.json, tables and the confusion plot")
+    e.set_defaults(handler=_eval)
