@@ -1,0 +1,134 @@
+"""Dataset builders: moving-digits (deterministic, held-out pairs, real motion), video-folder from real PyAV videos,
+dat-folder from recordings, all through the `spklip data` CLI."""
+
+import numpy as np
+import pytest
+
+from spklip.cli import main
+from spklip.data.dat import write_dat
+from spklip.data.folders import read_video
+from spklip.data.loader import SpikeShardDataset
+from spklip.data.moving_digits import DigitsSpec, digit_clips
+from spklip.data.reconstruct import tfp
+from spklip.data.shards import read_metadata
+from spklip.data.simulate import SimParams, simulate_spikes
+from spklip.data.splits import clip_seed
+
+SMALL = ["--digits", "0,1,2", "--motions", "left,right,still", "--clips-per-class", "5", "--unseen-classes", "2",
+         "--planes", "12", "--height", "24", "--width", "24", "--no-progress"]
+
+
+def build(tmp_path, name, *extra):
+    assert main(["data", "build", "moving-digits", "--out", str(tmp_path / name), *SMALL, *extra]) == 0
+    return read_metadata(tmp_path / name)
+
+
+def test_moving_digits_is_deterministic_with_held_out_pairs(tmp_path):
+    a, b, c = build(tmp_path, "a"), build(tmp_path, "b"), build(tmp_path, "c", "--seed", "1")
+    assert a["fingerprint"] == b["fingerprint"] != c["fingerprint"]
+    assert a["clip_shape"] == [12, 24, 24] and len(a["class_names"]) == 9
+    assert a["splits"] == {"train": 21, "val": 7, "test": 7, "unseen": 10}
+    # Every held-out pair's digit and motion are still seen in other classes (compositional zero-shot).
+    for name in a["unseen_classes"]:
+        digit, motion = name.split()[2], " ".join(name.split()[3:])
+        assert any(digit in s for s in a["seen_classes"]) and any(s.endswith(motion) for s in a["seen_classes"])
+    ids = {s: {item["clip_id"] for item in SpikeShardDataset(tmp_path / "a", s)} for s in ("train", "val", "test")}
+    assert not (ids["train"] & ids["val"] or ids["train"] & ids["test"] or ids["val"] & ids["test"])
+    unseen = SpikeShardDataset(tmp_path / "a", "unseen")
+    assert {item["class_name"] for item in unseen} == set(a["unseen_classes"])
+    item = unseen[0]
+    assert item["caption"].startswith("the digit ") and item["spikes"].shape == (12, 24, 24)
+
+
+def test_moving_digits_really_move():
+    spec = DigitsSpec(num_planes=40, height=32, width=48, digits=(3,), motions=("left", "right", "still"),
+                      clips_per_class=3, unseen_classes=0, background=0.0, speed=1.0, val_frac=0, test_frac=0)
+    info, clips, total = digit_clips(spec, SimParams(threshold=1.5))
+    clips = list(clips)
+    assert total == len(clips) == 9
+    cols = np.arange(48)
+    for clip in clips:
+        early, late = tfp(clip.spikes[:16], 16)[0], tfp(clip.spikes[-16:], 16)[0]
+        shift = (late.sum(0) @ cols) / late.sum() - (early.sum(0) @ cols) / early.sum()  # centre of mass, px
+        motion = info.class_names[clip.label].split()[-1]
+        expected = {"left": -24, "right": 24, "still": 0}[motion]  # 24 frames between window centres
+        assert abs(shift - expected) < 6, (motion, shift)
+
+
+def write_video(path, frames, fps=10):
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("ffv1", rate=fps)  # lossless, so decoded frames are the written ones
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for f in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        out.mux(stream.encode())
+
+
+def test_video_folder_from_real_videos(tmp_path):
+    rng = np.random.default_rng(0)
+    for cls in ("ApplyEyeMakeup", "brush_hair"):
+        (tmp_path / "videos" / cls).mkdir(parents=True)
+        for j in range(3):
+            write_video(tmp_path / "videos" / cls / f"v{j}.avi", rng.integers(0, 256, (14, 24, 32, 3), np.uint8))
+    out = tmp_path / "ds"
+    args = ["data", "build", "video-folder", "--root", str(tmp_path / "videos"), "--out", str(out), "--planes", "12",
+            "--height", "16", "--width", "16", "--planes-per-frame", "2", "--unseen", "brush_hair",
+            "--val-frac", "0", "--test-frac", "0.34", "--seed", "3", "--no-progress"]
+    assert main(args) == 0
+    meta = read_metadata(out)
+    assert meta["class_names"] == ["apply eye makeup", "brush hair"] and meta["unseen_classes"] == ["brush hair"]
+    assert meta["splits"] == {"train": 2, "val": 0, "test": 1, "unseen": 3}
+    item = next(i for i in SpikeShardDataset(out, "unseen") if i["clip_id"] == "brush_hair/v1.avi")
+    frames = read_video(tmp_path / "videos" / "brush_hair" / "v1.avi", 16, 16)  # [14, 16, 16], centre window 6
+    expected = simulate_spikes(frames[4:10], planes_per_frame=2, seed=clip_seed(3, 1, 1))
+    assert item["caption"] == "brush hair" and np.array_equal(item["spikes"].numpy(), expected)
+    # A too-short video is a clear error and leaves nothing behind.
+    assert main([*args[:6], str(tmp_path / "short"), *args[7:], "--planes", "40"]) == 2
+    assert not (tmp_path / "short").exists()
+
+
+def test_dat_folder_crops_and_subsamples_recordings(tmp_path):
+    rng = np.random.default_rng(1)
+    recs = {}
+    for cls in ("jump", "wave"):
+        (tmp_path / "rec" / cls).mkdir(parents=True)
+        for j in range(3):
+            recs[f"{cls}/c{j}.dat"] = spikes = (rng.random((20, 10, 16)) < 0.3).astype(np.uint8)
+            write_dat(tmp_path / "rec" / cls / f"c{j}.dat", spikes)
+    base = ["data", "build", "dat-folder", "--root", str(tmp_path / "rec"), "--dat-height", "10", "--dat-width",
+            "16", "--planes", "5", "--height", "8", "--width", "8", "--plane-offset", "2", "--plane-stride", "3",
+            "--val-frac", "0", "--test-frac", "0", "--unseen-classes", "1", "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "crop"), "--spatial", "crop"]) == 0
+    assert main([*base, "--out", str(tmp_path / "sub")]) == 0
+    assert read_metadata(tmp_path / "crop")["simulator"] is None
+    for split in ("train", "unseen"):
+        for crop, sub in zip(SpikeShardDataset(tmp_path / "crop", split), SpikeShardDataset(tmp_path / "sub", split)):
+            src = recs[crop["clip_id"]][2:15:3]  # planes 2, 5, 8, 11, 14
+            assert np.array_equal(crop["spikes"].numpy(), src[:, 1:9, 4:12])
+            rows, cols = [0, 1, 3, 4, 5, 6, 8, 9], [3, 4, 6, 7, 8, 9, 11, 12]  # 10x10 centre, (i + .5) * 1.25 px
+            assert np.array_equal(sub["spikes"].numpy(), src[:, rows][:, :, cols])
+    assert main([*base, "--out", str(tmp_path / "long"), "--planes", "9"]) == 2  # needs 27 planes, files hold 20
+    assert not (tmp_path / "long").exists()
+
+
+def test_simulate_and_inspect_commands(tmp_path, capsys):
+    frames = np.random.default_rng(2).integers(0, 256, (9, 8, 16), np.uint8)
+    np.save(tmp_path / "frames.npy", frames)
+    assert main(["data", "simulate", str(tmp_path / "frames.npy"), "--out", str(tmp_path / "s.dat"),
+                 "--planes-per-frame", "2", "--seed", "4"]) == 0
+    assert main(["data", "simulate", str(tmp_path / "frames.npy"), "--out", str(tmp_path / "s.npy"),
+                 "--planes-per-frame", "2", "--seed", "4"]) == 0
+    expected = simulate_spikes(frames, planes_per_frame=2, seed=4)
+    from spklip.data.dat import read_dat
+
+    assert np.array_equal(read_dat(tmp_path / "s.dat", 8, 16), expected)
+    assert np.array_equal(np.load(tmp_path / "s.npy"), expected)
+    assert main(["data", "simulate", str(tmp_path / "frames.npy"), "--out", str(tmp_path / "s.txt")]) == 2
+    build(tmp_path, "ds")
+    capsys.readouterr()
+    assert main(["data", "inspect", str(tmp_path / "ds")]) == 0
+    out = capsys.readouterr().out
+    assert "45 clips of 12 planes x 24 x 24" in out and "unseen 10" in out and "bits per pixel-plane" in out
+    assert main(["data", "inspect", str(tmp_path / "nothing")]) == 2
