@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from spklip.config.base import apply_overrides, to_flat_dict
+from spklip.config.base import apply_overrides
 from spklip.config.model import LossCfg, ModelCfg, list_presets, load_preset
 from spklip.model.spklip import Spklip
 
@@ -26,17 +26,18 @@ def resolve_cfg(name_or_cfg: str | ModelCfg, **overrides: Any) -> ModelCfg:
     for key, value in overrides.items():
         dotted = key.replace("__", ".")
         if isinstance(value, dict):
-            flat.update({f"{dotted}.{k}": v for k, v in to_flat_dict_dict(value).items()})
+            flat.update({f"{dotted}.{k}": v for k, v in _flatten(value).items()})
         else:
             flat[dotted] = value
     return apply_overrides(cfg, flat)
 
 
-def to_flat_dict_dict(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(to_flat_dict_dict(v, f"{prefix}{k}."))
+            out.update(_flatten(v, f"{prefix}{k}."))
         else:
             out[prefix + k] = v
     return out
@@ -54,8 +55,3 @@ def create_model(name_or_cfg: str | ModelCfg, loss_cfg: LossCfg | None = None, *
         The model; ``model.cfg`` is the resolved ModelCfg.
     """
     return Spklip(resolve_cfg(name_or_cfg, **overrides), loss_cfg)
-
-
-def describe(cfg: ModelCfg) -> dict[str, Any]:
-    """Flat ``{"hsfe.radius": 30, ...}`` view of a model config (for listings)."""
-    return to_flat_dict(cfg)
