@@ -6,9 +6,9 @@ light intensity (luminance in [0, 1]) plane by plane; the accumulator starts at 
 residual charge is kept). Since the charge per plane is at most 1 and ``threshold >= 1``, a pixel fires at most once
 per plane, and after n planes the spike count is exactly ``floor((initial + summed charge) / threshold)``.
 
-The simulator uses that identity: within a chunk of planes it takes a cumulative sum over time and differences the
-floored counts, so the work is vectorised over pixels *and* planes, and only the residual charge ``[H, W]``
-crosses chunk boundaries. Memory is bounded by the chunk size, not the video length.
+The simulator steps through time (the state is sequential) with in-place operations vectorised over pixels; only the
+residual charge ``[H, W]`` crosses chunk boundaries, so memory is bounded by the chunk size, not the video length.
+The tests check the count identity above and a textbook per-plane reference.
 
 ``planes_per_frame > 1`` emulates a 20-40 kHz sensor looking at a 25-30 fps video: between frames t and t+1 the
 planes see ``f_t + (j / P) (f_{t+1} - f_t)``, j = 0..P-1 (linear interpolation); the last frame is held.
@@ -124,16 +124,39 @@ class SpikeSimulator:
 
     def fire(self, planes: np.ndarray) -> np.ndarray:
         """Integrate ``[n, H, W]`` per-plane intensities and return ``[n, H, W]`` uint8 spikes."""
-        if planes.shape[0] == 0:
-            return np.zeros(planes.shape, dtype=np.uint8)
-        if self.params.dark_current > 0:
-            dark = self._dark_rng.random(planes.shape) * (2.0 * self.params.dark_current)  # [n, H, W]
-            planes = np.minimum(planes + dark, 1.0)  # the pixel saturates at the brightest charge
-        total = self.charge + np.cumsum(planes, axis=0)  # [n, H, W] charge since the chunk began
-        count = np.floor(total / self.theta)  # [n, H, W] spikes since the chunk began (<= 1 more per plane)
-        spikes = np.diff(count, axis=0, prepend=0.0).astype(np.uint8)  # [n, H, W] in {0, 1}
-        self.charge = total[-1] - count[-1] * self.theta
-        return spikes
+        return self._integrate(planes, np.zeros_like(planes), np.zeros(1))
+
+    def _integrate(self, start: np.ndarray, slope: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """Integrate-and-fire over the planes ``start[t] + w * slope[t]`` for t in frames, w in ``weights``.
+
+        The loop runs over time only (the state is sequential); each step is a handful of in-place operations on
+        an ``[H, W]`` plane, vectorised over pixels and cache-resident, which measured ~4x faster than an
+        equivalent cumulative sum over ``[n, H, W]`` blocks (numpy's cumsum along axis 0 is slow).
+        """
+        m, p = start.shape[0], len(weights)
+        out = np.zeros((m * p, *self.shape), dtype=np.uint8)  # [m*P, H, W]
+        dark = None
+        if self.params.dark_current > 0:  # drawn per chunk in plane order: the same stream whatever the chunking
+            dark = self._dark_rng.random(out.shape) * (2.0 * self.params.dark_current)  # [m*P, H, W]
+        charge, plane, reset = self.charge, np.empty(self.shape), np.empty(self.shape)
+        theta = self.theta if self.params.mismatch > 0 else float(self.params.threshold)  # scalar: faster compares
+        fire = np.empty(self.shape, dtype=bool)
+        for t in range(m):
+            for j, w in enumerate(weights):
+                if w:
+                    np.multiply(slope[t], w, out=plane)
+                    plane += start[t]
+                else:
+                    np.copyto(plane, start[t])
+                if dark is not None:
+                    plane += dark[t * p + j]
+                    np.minimum(plane, 1.0, out=plane)  # the pixel saturates at the brightest charge
+                charge += plane
+                np.greater_equal(charge, theta, out=fire)
+                np.multiply(fire, theta, out=reset)  # (a masked `where=` subtract is several times slower)
+                charge -= reset
+                out[t * p + j] = fire
+        return out
 
     def feed_frames(self, frames: np.ndarray) -> np.ndarray:
         """Feed ``[m, H, W]`` frame intensities; returns the spikes of every frame whose successor is now known."""
@@ -151,12 +174,11 @@ class SpikeSimulator:
         return self._interpolate_and_fire(last, last)
 
     def _interpolate_and_fire(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        p = self.params.planes_per_frame
-        if p == 1:
-            return self.fire(a)
-        w = np.arange(p, dtype=np.float64) / p  # [P] position of each plane between two frames
-        planes = a[:, None] + w[None, :, None, None] * (b - a)[:, None]  # [m, P, H, W]
-        return self.fire(planes.reshape(-1, *self.shape))  # [m*P, H, W]
+        """Planes between frames a[t] and b[t]: ``a + (j / P) (b - a)``, j = 0..P-1, then integrate them."""
+        if a.shape[0] == 0:
+            return np.zeros((0, *self.shape), dtype=np.uint8)
+        weights = np.arange(self.params.planes_per_frame, dtype=np.float64) / self.params.planes_per_frame  # [P]
+        return self._integrate(a, b - a, weights)  # [m*P, H, W]
 
 
 def iter_simulate(frames: np.ndarray | Iterable[np.ndarray], *, threshold: float = 2.0, planes_per_frame: int = 1,
