@@ -20,7 +20,7 @@ def close_stopped_children(uri: str, experiment: str, parent_run_id: str) -> int
     runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{rep.PARENT_TAG}` = '{parent_run_id}' "
                                                                  "and attributes.status = 'RUNNING'")
     for r in runs:
-        client.set_tag(r.info.run_id, STOPPED_TAG, "stopped early by the scheduler")
+        client.set_tag(r.info.run_id, STOPPED_TAG, "stopped by the scheduler (ASHA) before its last epoch")
         client.set_terminated(r.info.run_id, "KILLED")
     return len(runs)
 

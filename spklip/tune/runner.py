@@ -104,7 +104,8 @@ def _tuner(spec: SweepSpec, cfg: ExperimentConfig, sweep: dict[str, Any], path: 
         return tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
     single = len(spec.metrics) == 1
     metric, mode = spec.metrics[0]
-    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max(1, cfg.train.epochs), grace_period=1,
+    # max_t one past the last epoch: a trial that trains all its epochs ends by itself (and closes its MLflow run)
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=cfg.train.epochs + 1, grace_period=1,
                               reduction_factor=2) if single and spec.scheduler == "asha" else FIFOScheduler()
     searcher = build_searcher(spec.space, cfg, list(spec.metrics), spec.seed, max_concurrent_trials(cfg))
     return tune.Tuner(
