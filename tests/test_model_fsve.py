@@ -1,0 +1,62 @@
+"""FSVE settings that sweeps explore all build, run forward/backward, and change the encoder as they should."""
+
+import pytest
+import torch
+from spikingjelly.activation_based import neuron
+
+from spklip.model.fsve import SeqNorm, SpikingVisualEncoder
+from spklip.model.factory import resolve_cfg
+
+
+def _cfg(variant: str, **fsve):
+    return resolve_cfg("spklip-tiny-full-snn", height=32, width=32, backbone={"layers": [1, 1, 1]},
+                       fsve={"variant": variant, **fsve})
+
+
+@pytest.mark.parametrize("variant, fsve", [
+    ("full-snn", {"time_steps": 3, "neuron": "plif", "reset": "soft", "surrogate": "sigmoid", "norm": "bn"}),
+    ("full-snn", {"surrogate": "rect", "norm": "none", "tau": 1.5, "v_threshold": 0.3}),
+    ("snn-backbone", {"time_steps": 1, "norm": "bn", "reset": "soft"}),
+])
+def test_fsve_settings_forward_backward(variant, fsve):
+    torch.manual_seed(0)
+    cfg = _cfg(variant, **fsve)
+    enc = SpikingVisualEncoder(cfg)
+    lifs = [m for m in enc.modules() if isinstance(m, neuron.LIFNode | neuron.ParametricLIFNode)]
+    assert lifs and all(float(m.v_threshold) == cfg.fsve.v_threshold for m in lifs)
+    assert all((m.v_reset is None) == (cfg.fsve.reset == "soft") for m in lifs)
+    assert isinstance(lifs[0], neuron.ParametricLIFNode) == (cfg.fsve.neuron == "plif")
+    spikes = (torch.rand(2, cfg.num_planes, 32, 32) < 0.2).float()
+    out = enc(spikes)
+    assert out.shape == (2, cfg.embed_dim) and torch.isfinite(out).all()
+    out.square().sum().backward()
+    grads = [p.grad for p in enc.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_full_snn_hsfe_emits_binary_spikes():
+    torch.manual_seed(0)
+    enc = SpikingVisualEncoder(_cfg("full-snn")).train()
+    seen = {}
+    enc.hsfe.register_forward_hook(lambda m, i, o: seen.setdefault("maps", o))
+    enc((torch.rand(2, 32, 32, 32) < 0.2).float())
+    maps = seen["maps"]
+    assert maps.shape[0] == 2  # [T, B*K, F, H', W']
+    assert ((maps == 0) | (maps == 1)).all() and 0 < maps.mean() < 1
+
+
+@pytest.mark.parametrize("mode", ["tdbn", "bn", "none"])
+def test_seqnorm_statistics(mode):
+    cfg = _cfg("full-snn", time_steps=3, norm=mode).fsve
+    norm = SeqNorm(4, cfg, spatial=False).train()
+    x = torch.randn(3, 64, 4) * torch.tensor([1.0, 5.0, 20.0])[:, None, None] + 3  # each step its own scale
+    y = norm(x)
+    if mode == "none":
+        assert torch.equal(x, y)
+    elif mode == "bn":  # per time step: every step normalised on its own
+        torch.testing.assert_close(y.mean(dim=1), torch.zeros(3, 4), atol=1e-5, rtol=0)
+        torch.testing.assert_close(y.std(dim=1, unbiased=False), torch.ones(3, 4), atol=1e-3, rtol=0)
+    else:  # shared over time, scaled to the threshold: steps keep their relative scale
+        torch.testing.assert_close(y.mean(dim=(0, 1)), torch.zeros(4), atol=1e-5, rtol=0)
+        assert y[2].std() > 5 * y[0].std()
+        torch.testing.assert_close(norm.bn.weight, torch.full((4,), cfg.v_threshold))
