@@ -131,8 +131,14 @@ class SpikeShardDataset(torch.utils.data.Dataset):
         return self.table.num_rows
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} clips")
-        batch = _to_torch(decode_batch(self.table.slice(index % len(self), 1)))
-        return {"spikes": batch["spikes"][0], "label": batch["label"][0], "caption": batch["caption"][0],
-                "class_name": batch["class_name"][0], "clip_id": batch["clip_id"][0]}
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        """Decode several clips at once (``DataLoader`` calls this with a whole batch of indices)."""
+        n = len(self)
+        bad = [i for i in indices if not -n <= i < n]
+        if bad:
+            raise IndexError(f"index {bad[0]} out of range for {n} clips")
+        batch = _to_torch(decode_batch(self.table.take(pa.array([i % n for i in indices], pa.int64()))))
+        return [{"spikes": batch["spikes"][k], "label": batch["label"][k], "caption": batch["caption"][k],
+                 "class_name": batch["class_name"][k], "clip_id": batch["clip_id"][k]} for k in range(len(indices))]
