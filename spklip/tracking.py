@@ -106,6 +106,8 @@ class Tracker:
             return None
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if not self.enabled:
+            return
         from mlflow.entities import Metric
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items() if v is not None]
@@ -113,12 +115,16 @@ class Tracker:
             self.call(self.client.log_batch, self.run_id, metrics=items[i:i + BATCH_LIMIT])
 
     def log_params(self, params: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         from mlflow.entities import Param
         items = [Param(k, str(v)[:PARAM_VALUE_LIMIT]) for k, v in params.items()]
         for i in range(0, len(items), BATCH_LIMIT):
             self.call(self.client.log_batch, self.run_id, params=items[i:i + BATCH_LIMIT])
 
     def set_tags(self, tags: dict[str, str]) -> None:
+        if not self.enabled:
+            return
         from mlflow.entities import RunTag
         self.call(self.client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 

@@ -59,7 +59,13 @@ def eval_batches(path: str, split: str, batch_size: int) -> Iterator[dict[str, A
 
 def ray_train_dataset(cfg: ExperimentConfig):
     """The training split as a Ray Dataset (decoded rows); handed to TorchTrainer as ``datasets["train"]``."""
+    import sys
+
+    import ray.data
+
     from spklip.data.loader import ray_dataset
+    if not sys.stdout.isatty():  # per-operator progress bars turn logs and CI output into noise
+        ray.data.DataContext.get_current().enable_progress_bars = False
     return ray_dataset(cfg.data.path, cfg.data.train_split)
 
 

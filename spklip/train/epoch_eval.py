@@ -56,7 +56,7 @@ def add_energy(report: EvalReport, model: torch.nn.Module, cfg: ExperimentConfig
     with torch.no_grad():
         energy = estimate_energy(bare, batch["spikes"][:1].to(device))
     bare.train(was_training)
-    report.metrics.update(train_data.energy_metrics(energy))
+    report.metrics.update({f"energy/{k}": v for k, v in energy.metrics().items()})
     report.tables["energy.md"] = energy.to_markdown()
 
 

@@ -1,0 +1,65 @@
+"""MLflow tracking: local sqlite default with an explicit artifact folder, child runs, failure tolerance."""
+
+import socket
+
+import pytest
+
+from spklip.tracking import PARENT_TAG, Tracker, artifact_location, resolve_uri, start_run
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once the socket is closed
+
+
+def test_uri_resolution_order(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_uri("", tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert resolve_uri("", tmp_path) == "http://127.0.0.1:5000"
+    assert resolve_uri("sqlite:////x.db", tmp_path) == "sqlite:////x.db"
+
+
+def test_run_with_params_tags_metrics_artifacts_and_parent(tmp_path):
+    uri = resolve_uri("", tmp_path)
+    parent = start_run(uri, "exp", tmp_path, run_name="sweep")
+    run = start_run(uri, "exp", tmp_path, run_name="trial", params={"optim.lr": 1e-3, "model.layers": [1, 2]},
+                    tags={"dataset_fingerprint": "abc"}, parent_run_id=parent.run_id)
+    run.log_metrics({"train/loss": 2.0}, step=1)
+    run.log_metrics({"train/loss": 1.5, "val/top1": 0.5}, step=2)
+    run.log_text("| a |\n", "eval/table.md")
+    run.terminate()
+    got = run.client.get_run(run.run_id)
+    assert got.data.params == {"optim.lr": "0.001", "model.layers": "[1, 2]"}
+    assert got.data.tags[PARENT_TAG] == parent.run_id and got.data.tags["dataset_fingerprint"] == "abc"
+    assert [m.value for m in run.client.get_metric_history(run.run_id, "train/loss")] == [2.0, 1.5]
+    assert got.info.status == "FINISHED"
+    exp = run.client.get_experiment(got.info.experiment_id)
+    assert exp.artifact_location == artifact_location(tmp_path, "exp")  # explicit, absolute, inside run_dir
+    assert (tmp_path / "mlartifacts" / "exp" / run.run_id / "artifacts" / "eval" / "table.md").exists()
+
+
+def test_unreachable_server_is_reported_once_and_never_raises(tmp_path, capsys):
+    tracker = start_run(f"http://127.0.0.1:{_closed_port()}", "exp", tmp_path, params={"a": 1})
+    assert not tracker.enabled
+    tracker.log_metrics({"loss": 1.0}, step=1)
+    tracker.log_text("x", "y.txt")
+    tracker.terminate()
+    err = capsys.readouterr().err
+    assert err.count("MLflow tracking") == 1 and "training continues" in err
+
+
+def test_failure_mid_run_disables_tracking_once(tmp_path, capsys):
+    uri = resolve_uri("", tmp_path)
+    tracker = Tracker(uri, run_id="0" * 32)  # a run that does not exist: every call fails
+    tracker.log_metrics({"loss": 1.0}, step=1)
+    tracker.log_metrics({"loss": 0.5}, step=2)
+    assert not tracker.enabled
+    assert capsys.readouterr().err.count("MLflow tracking") == 1
+
+
+def test_disabled_tracker_does_nothing():
+    tracker = Tracker("sqlite:////nonexistent/dir/mlflow.db", None)
+    tracker.log_metrics({"loss": 1.0}, step=1)
+    assert tracker.call(pytest.fail, "must not be called") is None

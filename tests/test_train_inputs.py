@@ -1,0 +1,72 @@
+"""Bad input fails with a clear message before Ray or any worker starts, and leaves nothing behind."""
+
+import shutil
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from spklip.cli import main
+from spklip.config import ConfigError, load_config
+from spklip.data.shards import ShardError
+from spklip.train import launcher
+from test_train_fixtures import write_motion_shards
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return write_motion_shards(tmp_path_factory.mktemp("data") / "motion", per_class=6, val_per_class=2)
+
+
+@pytest.fixture(autouse=True)
+def no_ray(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("Ray was started before the input was validated")
+    monkeypatch.setattr(launcher, "ensure_ray", refuse)
+
+
+def _cfg(data, tmp_path, *extra):
+    return load_config(overrides=[f"data.path={data}", f"train.run_dir={tmp_path / 'runs'}", *extra])
+
+
+def test_unknown_config_key_names_the_key(tmp_path, capsys):
+    assert main(["train", "--set", "train.epoch=3", "--set", f"train.run_dir={tmp_path}"]) == 2
+    assert "train.epoch" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="optim.lrr"):
+        load_config(overrides=["optim.lrr=1"])
+
+
+def test_wrong_schema_names_file_and_column(shards, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(shards, bad)
+    part = next((bad / "train").glob("*.parquet"))
+    table = pq.read_table(part)
+    i = table.schema.get_field_index("label")
+    pq.write_table(table.set_column(i, "label", table["label"].cast(pa.string())), part)
+    with pytest.raises(ShardError, match="label"):
+        launcher.fit(_cfg(bad, tmp_path))
+    assert not (tmp_path / "runs").exists()  # no MLflow run, no Ray folder
+
+
+def test_empty_split_is_named(tmp_path):
+    data = write_motion_shards(tmp_path / "noval", per_class=4, val_per_class=0)
+    with pytest.raises(ShardError, match="'val'.*empty"):
+        launcher.fit(_cfg(data, tmp_path))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_clip_shape_must_match_the_model(shards, tmp_path):
+    with pytest.raises(ShardError, match="model.num_planes"):
+        launcher.fit(_cfg(shards, tmp_path, "model.num_planes=16"))
+
+
+def test_train_split_smaller_than_one_batch_per_worker(shards, tmp_path):
+    with pytest.raises(ShardError, match="fewer than one batch"):
+        launcher.fit(_cfg(shards, tmp_path, "data.batch_size=64", "scale.num_workers=2"))
+
+
+def test_missing_data_and_missing_checkpoint(tmp_path, capsys):
+    with pytest.raises(ShardError, match="not a spike shard folder"):
+        launcher.fit(_cfg(tmp_path / "nowhere", tmp_path))
+    assert main(["eval", "--checkpoint", str(tmp_path / "no-such-checkpoint")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
