@@ -78,3 +78,17 @@ def test_fsve_space_is_valid_and_two_objective():
     assert all(invalid_reason(base, p) is None for p in samples)
     assert {p["model.fsve.variant"] for p in samples} == {"snn-backbone", "full-snn"}
     assert [m for m, _ in spec.metrics] == ["val/top1", "energy_per_clip_mj"] and spec.scheduler == "fifo"
+
+
+def test_sweep_command_parses_the_shared_flags():
+    import argparse
+
+    from spklip.commands import sweep as cmd
+
+    parser = argparse.ArgumentParser()
+    cmd.register(parser.add_subparsers())
+    args = parser.parse_args(["sweep", "hsfe-ablation", "--smoke-test", "--num-samples", "3", "--name", "x",
+                              "--resume", "--set", "train.epochs=2", "--set", "data.batch_size=4"])
+    assert (args.sweep, args.name, args.num_samples, args.smoke_test, args.resume) == ("hsfe-ablation", "x", 3,
+                                                                                        True, True)
+    assert args.overrides == ["train.epochs=2", "data.batch_size=4"]

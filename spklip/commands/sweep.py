@@ -30,7 +30,7 @@ def load_sweep(name: str):
 def _sweep(args: argparse.Namespace) -> int:
     from spklip.tune.cli import run_from_args
 
-    return run_from_args(load_sweep(args.name), args)
+    return run_from_args(load_sweep(args.sweep), args)
 
 
 def _parse_metric(text: str) -> tuple[str, str]:
@@ -59,7 +59,7 @@ def register(subparsers) -> None:
     from spklip.tune.cli import add_sweep_args
 
     p = subparsers.add_parser("sweep", help="run a named sweep from sweeps/ (hsfe-ablation, fsve-sweep)")
-    p.add_argument("name", help=f"sweep name or script path (in {SWEEP_DIR})")
+    p.add_argument("sweep", help=f"sweep name or script path (in {SWEEP_DIR})")
     add_sweep_args(p)
     p.set_defaults(handler=_sweep)
     r = subparsers.add_parser("report", help="a sweep's comparison table, read back from MLflow")
