@@ -132,3 +132,14 @@ def test_simulate_and_inspect_commands(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "45 clips of 12 planes x 24 x 24" in out and "unseen 10" in out and "bits per pixel-plane" in out
     assert main(["data", "inspect", str(tmp_path / "nothing")]) == 2
+
+
+def test_simulate_command_streams_a_video(tmp_path):
+    frames = np.random.default_rng(5).integers(0, 256, (7, 24, 32, 3), np.uint8)
+    write_video(tmp_path / "v.avi", frames)
+    assert main(["data", "simulate", str(tmp_path / "v.avi"), "--out", str(tmp_path / "v.npy"), "--height", "16",
+                 "--width", "24", "--planes-per-frame", "3", "--max-frames", "5"]) == 0
+    spikes = np.load(tmp_path / "v.npy")
+    assert spikes.shape == (15, 16, 24) and set(np.unique(spikes)) <= {0, 1}
+    assert main(["data", "simulate", str(tmp_path / "missing.avi"), "--out", str(tmp_path / "m.dat")]) == 2
+    assert not (tmp_path / "m.dat").exists()

@@ -87,7 +87,6 @@ def _build_args(p: argparse.ArgumentParser, kind: str) -> None:
         p.add_argument("--plane-stride", type=int, default=1, help="take every k-th plane")
         p.add_argument("--spatial", choices=("subsample", "crop"), default="subsample",
                        help="subsample: aspect crop + evenly spaced rows/cols; crop: centred H x W window")
-        p.set_defaults(seed=0)
         p.add_argument("--seed", type=int, default=0, help="seeds the split assignment")
     else:
         _sim_args(p)
