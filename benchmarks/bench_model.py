@@ -4,8 +4,8 @@ Run with ``make bench-model`` (or ``python benchmarks/bench_model.py --help``). 
 run on this machine (new vs reference, medians of repeated timings). Sections:
 
 1. Per preset: visual-tower forward and forward+backward clips/s, dense-equivalent GMAC per clip (from the energy
-   hooks). On CPU the paper-size presets are timed forward-only at batch 1 (one forward is ~300 GMAC) unless
-   --paper-backward. On a GPU everything runs under bf16 autocast.
+   hooks on the meta device). On CPU the paper-size presets are only counted, not timed (one forward is 300-600
+   GMAC; --paper-timing times them at batch 1). On a GPU everything runs under bf16 autocast.
 2. Batched HSFE (one call over all B*K sub-blocks, M branches as one masked conv) vs the authors' way (Python loop
    over samples, sub-blocks and branches; spklip.model.reference) at batch 8: outputs must agree to 1e-5.
 3. Paper-size HSFE (~269 GMAC per clip): achieved GMAC/s divided by the GMAC/s of a large matmul measured in the
@@ -19,6 +19,7 @@ import statistics
 import time
 
 import torch
+from tqdm import tqdm
 
 from spklip.model import list_models, resolve_cfg
 from spklip.model.energy import estimate_energy
@@ -56,14 +57,22 @@ def spikes_for(cfg, batch: int, device: torch.device, rate: float = 0.1) -> torc
     return (torch.rand(batch, cfg.num_planes, cfg.height, cfg.width, generator=g) < rate).float().to(device)
 
 
-def bench_preset(name: str, device: torch.device, batch: int, reps: int, backward: bool) -> dict:
+def gmac_per_clip(cfg) -> float:
+    """Dense-equivalent GMAC per clip of the visual tower, counted by the energy hooks on the meta device."""
+    with torch.device("meta"):
+        tower, x = build_visual_tower(cfg), torch.zeros(1, cfg.num_planes, cfg.height, cfg.width)
+        return estimate_energy(tower, x).metrics()["dense_gmac_per_clip"]
+
+
+def bench_preset(name: str, device: torch.device, batch: int, reps: int, timed: bool, backward: bool) -> dict:
     cfg = resolve_cfg(name)
+    row = {"preset": name, "batch": batch, "gmac_per_clip": gmac_per_clip(cfg), "fwd_clips_s": float("nan"),
+           "fwd_bwd_clips_s": float("nan"), "fwd_gmac_s": float("nan")}
+    if not timed:
+        return row
     torch.manual_seed(0)
-    tower = build_visual_tower(cfg).to(device)
+    tower = build_visual_tower(cfg).to(device).train()
     x = spikes_for(cfg, batch, device)
-    with autocast(device):
-        gmac = estimate_energy(tower, x).metrics()["dense_gmac_per_clip"]  # also the warm-up forward
-    tower.train()
 
     def fwd():
         with torch.no_grad(), autocast(device):
@@ -74,10 +83,10 @@ def bench_preset(name: str, device: torch.device, batch: int, reps: int, backwar
             out = tower(x)
         out.float().sum().backward()
 
-    t_f = median_time(fwd, reps, device, warmup=0)
-    t_fb = median_time(fwd_bwd, reps, device, warmup=1) if backward else float("nan")
-    return {"preset": name, "batch": batch, "gmac_per_clip": gmac, "fwd_clips_s": batch / t_f,
-            "fwd_bwd_clips_s": batch / t_fb, "fwd_gmac_s": gmac * batch / t_f}
+    t_f = median_time(fwd, reps, device)
+    t_fb = median_time(fwd_bwd, reps, device) if backward else float("nan")
+    return {**row, "fwd_clips_s": batch / t_f, "fwd_bwd_clips_s": batch / t_fb,
+            "fwd_gmac_s": row["gmac_per_clip"] * batch / t_f}
 
 
 def bench_loop_vs_batched(name: str, device: torch.device, batch: int, reps: int) -> dict:
@@ -104,7 +113,7 @@ def matmul_gmac_s(device: torch.device, n: int, reps: int) -> float:
     return n ** 3 / t / 1e9
 
 
-def bench_paper_hsfe(device: torch.device, reps: int, compile_: bool) -> tuple[float, list[dict]]:
+def bench_paper_hsfe(device: torch.device, reps: int, compile_: bool) -> tuple[float, float, list[dict]]:
     cfg = resolve_cfg("spklip-paper")
     torch.manual_seed(0)
     hsfe = HSFE(cfg.hsfe).to(device).eval()
@@ -143,7 +152,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8, help="batch for CPU-size presets and the loop comparison")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--skip-paper", action="store_true", help="skip paper-size presets and section 3")
-    ap.add_argument("--paper-backward", action="store_true", help="also time fwd+bwd of paper presets on CPU")
+    ap.add_argument("--paper-timing", action="store_true",
+                    help="on CPU, also time paper presets (forward and forward+backward at batch 1; many minutes)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants of section 3")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -151,12 +161,10 @@ def main() -> None:
           f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     names = args.presets or [n for n in list_models() if not (args.skip_paper and "paper" in n)]
     rows = []
-    for name in names:
-        paper = "paper" in name
-        batch = 1 if paper and device.type == "cpu" else args.batch
-        rows.append(bench_preset(name, device, batch, 1 if paper else args.reps,
-                                 backward=not paper or device.type == "cuda" or args.paper_backward))
-        print(f"  {name}: {rows[-1]['fwd_clips_s']:.3g} clips/s forward", flush=True)
+    for name in tqdm(names, desc="presets"):
+        cpu_paper = "paper" in name and device.type == "cpu"
+        rows.append(bench_preset(name, device, 1 if cpu_paper else args.batch, 1 if cpu_paper else args.reps,
+                                 timed=not cpu_paper or args.paper_timing, backward=True))
     print("\n## Presets (visual tower)\n" + table(rows))
     loops = [bench_loop_vs_batched(n, device, args.batch, args.reps) for n in ("spklip-tiny", "spklip-small")]
     print("\n## Batched vs per-sample/per-sub-block loop HSFE\n" + table(loops))

@@ -106,7 +106,9 @@ class EnergyReport:
 
 
 def _binary_rate(x: torch.Tensor) -> float | None:
-    """Mean of `x` if every value is 0 or 1 (a spike tensor), else None."""
+    """Mean of `x` if every value is 0 or 1 (a spike tensor), else None (also on the meta device: no values)."""
+    if x.is_meta:
+        return None
     if x.is_floating_point() or x.dtype in (torch.uint8, torch.bool):
         xf = x.detach().float()
         if bool(((xf == 0) | (xf == 1)).all()):
@@ -116,8 +118,8 @@ def _binary_rate(x: torch.Tensor) -> float | None:
 
 def _dense_macs(module: nn.Module, inputs: tuple, out: torch.Tensor) -> float:
     if isinstance(module, nn.Conv2d):
-        taps = module.tap_mask.sum() if hasattr(module, "tap_mask") else module.weight.numel()
-        return out.numel() / module.out_channels * float(taps)
+        taps = getattr(module, "num_taps", module.weight.numel())  # masked MTF conv: only the real taps
+        return out.numel() / module.out_channels * taps
     if isinstance(module, nn.Linear):
         return out.numel() / module.out_features * module.weight.numel()
     return float(out.numel() * inputs[0].shape[-1])  # MatMul: out elements x inner dimension

@@ -48,8 +48,8 @@ class BranchConv(nn.Conv2d):
     """All M MTF branch first-convs as one conv over the full window, each branch masked to its centred crop.
 
     Branch m (m = 0..M-1) sees planes ``[m*c, 2r+1-m*c)`` (c = channel_step): its weights on the other planes are
-    held at zero by a fixed mask, so its output equals a conv over the cropped planes. ``tap_mask`` tells the
-    energy accounting how many taps are real.
+    held at zero by a fixed mask, so its output equals a conv over the cropped planes. ``num_taps`` tells the
+    energy accounting how many weights are real.
 
     Photon conservation (``photon_conservation=True``) adds the paper's learnable temporal mask a_m[t] per branch,
     multiplied onto the crop's planes before the conv: ``a_m = L_m * softmax(theta_m)`` over the branch's L_m
@@ -67,8 +67,7 @@ class BranchConv(nn.Conv2d):
         self.register_buffer("crop", crop, persistent=False)  # [M, 2r+1]
         self.hidden, self.photon_conservation = cfg.branch_hidden, cfg.photon_conservation
         self.theta = nn.Parameter(torch.zeros(m, w)) if cfg.photon_conservation else None
-        self.register_buffer("tap_mask", self.crop.repeat_interleave(self.hidden, 0)[:, :, None, None]
-                             .expand_as(self.weight).clone(), persistent=False)  # [M*hidden, 2r+1, 3, 3]
+        self.num_taps = cfg.branch_hidden * 9 * sum(w - 2 * i * c for i in range(m))  # real (unmasked) weights
 
     def temporal_mask(self) -> torch.Tensor:
         """``[M, 2r+1]`` per-branch plane weights: the crop indicator, or L_m*softmax(theta) within the crop."""
