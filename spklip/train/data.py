@@ -46,7 +46,7 @@ def dataset_info(cfg: ExperimentConfig, eval_only: bool = False, split: str | No
 def to_torch(batch: dict[str, np.ndarray]) -> dict[str, Any]:
     """Decoded numpy batch -> ``{"spikes": uint8 [B,N,H,W], "label": int64 [B], "caption": list, "class_name": list}``."""
     return {"spikes": torch.as_tensor(np.ascontiguousarray(batch["spikes"])),
-            "label": torch.as_tensor(np.asarray(batch["label"], dtype=np.int64)),
+            "label": torch.as_tensor(np.array(batch["label"], dtype=np.int64)),  # a copy: Arrow buffers are read-only
             "caption": [str(c) for c in batch["caption"]], "class_name": [str(c) for c in batch["class_name"]]}
 
 

@@ -64,58 +64,63 @@ def _resume_point(config: dict[str, Any]):
 
 def train_fn_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point (``TorchTrainer(train_loop_per_worker=train_fn_per_worker)``)."""
-    cfg = ExperimentConfig.from_flat_dict(config["cfg"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    model, loss_fn, device = _setup_model(cfg, world, rank)
-    loop = Loop.create(cfg, model, loss_fn, device, config["total_steps"])
-    state = TrainState()
-    checkpoint = _resume_point(config)
-    if checkpoint is not None:  # a restarted worker group or a resumed run: continue where the last report was
-        with checkpoint.as_directory() as d:
-            state = restore_training(read_checkpoint(d, map_location=device), model=model,
-                                     optimizer=loop.optimizer, scheduler=loop.scheduler)
-    tracker = Tracker(config["tracking_uri"], config["mlflow_run_id"] if rank == 0 else None)
-    evaluator = EpochEvaluator(cfg, config["dataset"], tracker) if rank == 0 else None
-    shard = ray.train.get_dataset_shard("train")
-    last_eval: dict[str, float] = {}
+    _WorkerRun(config).run()
 
-    def report(metrics: dict[str, float], with_checkpoint: bool) -> None:
-        name = f"checkpoint_step={state.step:07d}"
-        if not with_checkpoint:
-            ray.train.report(metrics)
-        elif config.get("local_run_dir"):  # local mode: a persistent folder, the last keep_checkpoints kept
-            d = save_checkpoint(Path(config["local_run_dir"]) / name, model=model, cfg=cfg, state=state,
-                                optimizer=loop.optimizer, scheduler=loop.scheduler)
+
+class _WorkerRun:
+    """One worker's training run: set-up and resume, then the loop with the reporting hooks."""
+
+    def __init__(self, config: dict[str, Any]):
+        self.config = config
+        self.cfg = cfg = ExperimentConfig.from_flat_dict(config["cfg"])
+        ctx = ray.train.get_context()
+        self.rank, world = ctx.get_world_rank(), ctx.get_world_size()
+        self.model, loss_fn, self.device = _setup_model(cfg, world, self.rank)
+        self.loop = Loop.create(cfg, self.model, loss_fn, self.device, config["total_steps"])
+        self.state = TrainState()
+        checkpoint = _resume_point(config)
+        if checkpoint is not None:  # a restarted worker group or a resumed run: continue where the last report was
+            with checkpoint.as_directory() as d:
+                self.state = restore_training(read_checkpoint(d, map_location=self.device), model=self.model,
+                                              optimizer=self.loop.optimizer, scheduler=self.loop.scheduler)
+        self.tracker = Tracker(config["tracking_uri"], config["mlflow_run_id"] if self.rank == 0 else None)
+        self.evaluator = EpochEvaluator(cfg, config["dataset"], self.tracker) if self.rank == 0 else None
+        self.last_eval: dict[str, float] = {}
+
+    def run(self) -> None:
+        shard = ray.train.get_dataset_shard("train")
+        run_training(self.loop, self.state, lambda epoch: train_data.train_batches(shard, self.cfg, epoch),
+                     self.on_step, self.on_epoch_end)
+
+    def _save(self, directory: str | Path) -> Path:
+        return save_checkpoint(directory, model=self.model, cfg=self.cfg, state=self.state,
+                               optimizer=self.loop.optimizer, scheduler=self.loop.scheduler)
+
+    def report(self, metrics: dict[str, float]) -> None:
+        """``ray.train.report`` with a checkpoint (attached by rank 0; every rank reports)."""
+        name = f"checkpoint_step={self.state.step:07d}"
+        local_dir = self.config.get("local_run_dir")
+        if local_dir:  # local mode: a persistent folder, the last keep_checkpoints kept
+            d = self._save(Path(local_dir) / name)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(d)))
-            for old in _local_checkpoints(config["local_run_dir"])[:-max(1, cfg.train.keep_checkpoints)]:
+            for old in _local_checkpoints(local_dir)[:-max(1, self.cfg.train.keep_checkpoints)]:
                 shutil.rmtree(old, ignore_errors=True)
-        else:
-            _report_distributed(metrics, name)
-
-    def _report_distributed(metrics: dict[str, float], name: str) -> None:
+            return
         with tempfile.TemporaryDirectory() as d:
-            ckpt = None
-            if rank == 0:
-                save_checkpoint(d, model=model, cfg=cfg, state=state, optimizer=loop.optimizer,
-                                scheduler=loop.scheduler)
-                ckpt = ray.train.Checkpoint.from_directory(d)
+            ckpt = ray.train.Checkpoint.from_directory(str(self._save(d))) if self.rank == 0 else None
             ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name)
 
-    def on_step(st: TrainState, metrics: dict[str, float]) -> None:
-        _maybe_fail(config, st.step, rank)
-        if rank == 0 and st.step % cfg.train.log_every == 0:
-            tracker.log_metrics({f"train/{k}": v for k, v in metrics.items()}, st.step)
-        if cfg.train.checkpoint_every and st.step % cfg.train.checkpoint_every == 0:
-            unscored = float("-inf") if cfg.train.metric_mode == "max" else float("inf")  # not evaluated yet
-            report({"step": st.step, "epoch": st.epoch, "train/loss": metrics["loss"], cfg.train.metric: unscored},
-                   with_checkpoint=True)
+    def on_step(self, st: TrainState, metrics: dict[str, float]) -> None:
+        _maybe_fail(self.config, st.step, self.rank)
+        train = self.cfg.train
+        if self.rank == 0 and st.step % train.log_every == 0:
+            self.tracker.log_metrics({f"train/{k}": v for k, v in metrics.items()}, st.step)
+        if train.checkpoint_every and st.step % train.checkpoint_every == 0:
+            unscored = float("-inf") if train.metric_mode == "max" else float("inf")  # not evaluated yet
+            self.report({"step": st.step, "epoch": st.epoch, "train/loss": metrics["loss"], train.metric: unscored})
 
-    def on_epoch_end(st: TrainState) -> None:
-        if rank == 0:
-            last_eval.clear()
-            last_eval.update(evaluator.run(model, device, st.step, st.epoch, loop.autocast_dtype))
-            st.metrics = dict(last_eval)
-        report({"step": st.step, "epoch": st.epoch, **last_eval}, with_checkpoint=True)
-
-    run_training(loop, state, lambda epoch: train_data.train_batches(shard, cfg, epoch), on_step, on_epoch_end)
+    def on_epoch_end(self, st: TrainState) -> None:
+        if self.rank == 0:
+            self.last_eval = self.evaluator.run(self.model, self.device, st.step, st.epoch, self.loop.autocast_dtype)
+            st.metrics = dict(self.last_eval)
+        self.report({"step": st.step, "epoch": st.epoch, **self.last_eval})
