@@ -26,7 +26,7 @@ SPEC = SweepSpec(
     name="fsve-sweep",
     description=__doc__.splitlines()[0],
     space=space,
-    metrics=(("val/top1", "max"), ("energy_per_clip_mj", "min")),
+    metrics=(("val/top1", "max"), ("energy/energy_per_clip_mj", "min")),
     base={"model_preset": "spklip-tiny-snn-backbone", "train.epochs": 4, "scale.num_workers": 1,
           "tracking.log_model": False, "eval.energy": True, "eval.few_shot_ks": [1], "eval.few_shot_seeds": 1},
     smoke={"train.epochs": 1, "train.max_steps": 4, "data.batch_size": 8, "scale.max_failures": 0},

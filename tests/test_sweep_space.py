@@ -77,7 +77,7 @@ def test_fsve_space_is_valid_and_two_objective():
     samples = sample_space(spec.space, base, 100, seed=0)
     assert all(invalid_reason(base, p) is None for p in samples)
     assert {p["model.fsve.variant"] for p in samples} == {"snn-backbone", "full-snn"}
-    assert [m for m, _ in spec.metrics] == ["val/top1", "energy_per_clip_mj"] and spec.scheduler == "fifo"
+    assert [m for m, _ in spec.metrics] == ["val/top1", "energy/energy_per_clip_mj"] and spec.scheduler == "fifo"
 
 
 def test_sweep_command_parses_the_shared_flags():
