@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test test-fast bench-data bench-model clean cluster-up cluster-down cluster-status mlflow-ui
+.PHONY: install demo test test-fast bench-data bench-model clean cluster-up cluster-down cluster-status mlflow-ui train
 
 install: $(STAMP)  ## build .venv (CPU torch without a GPU; idempotent)
 
@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml tools/install.sh
 demo: install  ## build a small moving-digits spike dataset and print its stats
 	$(PY) -m spklip.cli data build moving-digits --out $(RUN_DIR)/data/moving-digits --clips-per-class 6 --seed 0
 	$(PY) -m spklip.cli data inspect $(RUN_DIR)/data/moving-digits
+
+train: install  ## train spklip-tiny on the demo data with 2 Ray workers (configs/tiny.yaml); extra flags: ARGS="--set k=v"
+	$(PY) -m spklip.cli train --config configs/tiny.yaml $(ARGS)
 
 test: install  ## the whole suite (slow tests included), as CI runs it
 	$(PY) -m pytest -q tests
