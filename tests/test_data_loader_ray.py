@@ -27,11 +27,12 @@ def collect(batches):
     return out
 
 
-@pytest.mark.slow  # three Ray Data executions: ~45 s on 2 loaded cores (plus the shared ray.init)
+@pytest.mark.slow  # two Ray Data executions: ~30-45 s on 2 loaded cores (plus the shared ray.init)
 def test_ray_loader_yields_the_written_tensors_shuffled_per_epoch(ray_session, shards):
     root, expected = shards
     ds = ray_dataset(root, "train")
-    epochs = [list(torch_batches(ds, 4, epoch=e, seed=0)) for e in (0, 1)]
+    decoded = ray_dataset(root, "train", materialize=True)  # decoded once, each epoch only iterates
+    epochs = [list(torch_batches(decoded, 4, epoch=e, seed=0)) for e in (0, 1)]
     for batches in epochs:
         got = collect(batches)
         assert set(got) == set(expected)
