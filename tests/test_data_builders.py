@@ -143,3 +143,10 @@ def test_simulate_command_streams_a_video(tmp_path):
     assert spikes.shape == (15, 16, 24) and set(np.unique(spikes)) <= {0, 1}
     assert main(["data", "simulate", str(tmp_path / "missing.avi"), "--out", str(tmp_path / "m.dat")]) == 2
     assert not (tmp_path / "m.dat").exists()
+
+
+@pytest.mark.parametrize("extra", [["--motions", "fly"], ["--val-frac", "0.6", "--test-frac", "0.4"],
+                                   ["--unseen-classes", "9"], ["--background", "2"], ["--threshold", "0.5"]])
+def test_bad_builder_arguments_are_clear_errors(tmp_path, capsys, extra):
+    assert main(["data", "build", "moving-digits", "--out", str(tmp_path / "ds"), *SMALL, *extra]) == 2
+    assert "spklip: error:" in capsys.readouterr().err and not (tmp_path / "ds").exists()

@@ -236,7 +236,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         shape = None
     else:
         spikes = np.concatenate(list(chunks))
-        np.save(out, spikes)
+        tmp = out.with_name(out.name + ".tmp")
+        with open(tmp, "wb") as f:  # written whole, then renamed: no partial .npy on failure
+            np.save(f, spikes)
+        tmp.replace(out)
         planes, shape = spikes.shape[0], spikes.shape
     print(f"wrote {planes} spike planes{'' if shape is None else ' ' + str(shape)} to {out}")
     return 0

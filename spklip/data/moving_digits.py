@@ -77,8 +77,11 @@ class DigitsSpec:
         bad = sorted(set(self.motions) - set(MOTIONS)) + [d for d in self.digits if d not in range(10)]
         if bad:
             raise ValueError(f"unknown digits/motions {bad}; motions are {', '.join(MOTIONS)}")
-        if min(self.num_planes, self.height, self.width, self.clips_per_class) < 1 or self.speed < 0:
-            raise ValueError("num_planes, height, width, clips_per_class must be >= 1 and speed >= 0")
+        if min(self.num_planes, self.height, self.width, self.clips_per_class) < 1:
+            raise ValueError("num_planes, height, width and clips_per_class must be >= 1")
+        if self.speed < 0 or self.digit_size < 0 or self.clutter < 0 or not 0 <= self.background <= 1:
+            raise ValueError(f"speed, digit_size, clutter must be >= 0 and background in [0, 1]; got {self.speed}, "
+                             f"{self.digit_size}, {self.clutter}, {self.background}")
 
     @property
     def class_pairs(self) -> list[tuple[int, str]]:

@@ -15,8 +15,8 @@ def clip_seed(seed: int, *keys: int) -> int:
 
 def split_counts(n: int, val_frac: float, test_frac: float) -> tuple[int, int, int]:
     """Clips of one seen class -> (train, val, test) counts; rounding, with at least one training clip."""
-    if not (0 <= val_frac < 1 and 0 <= test_frac < 1):
-        raise ValueError(f"val/test fractions must be in [0, 1), got {val_frac}, {test_frac}")
+    if not (0 <= val_frac and 0 <= test_frac and val_frac + test_frac < 1):
+        raise ValueError(f"val/test fractions must be >= 0 with a sum below 1, got {val_frac}, {test_frac}")
     n_val, n_test = round(n * val_frac), round(n * test_frac)
     if n_val + n_test >= n:
         raise ValueError(f"{n} clips per class leave no training clip with val_frac={val_frac}, "
