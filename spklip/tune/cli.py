@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from spklip.config import ConfigError, load_config
+from spklip.config import ConfigError
 
 
 def add_sweep_args(parser: argparse.ArgumentParser) -> None:
@@ -26,12 +26,12 @@ def add_sweep_args(parser: argparse.ArgumentParser) -> None:
 
 def run_from_args(spec, args: argparse.Namespace) -> int:
     """Load the config, make sure smoke-test data exists, run the sweep; returns an exit code."""
-    from spklip.tune.runner import run_sweep
+    from spklip.tune.runner import run_sweep, sweep_config
     from spklip.tune.smoke import ensure_smoke_data
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = sweep_config(spec, args.config, args.overrides, smoke=args.smoke_test)
     if args.smoke_test and not args.resume:
-        cfg = ensure_smoke_data(spec, cfg)
+        cfg = ensure_smoke_data(cfg)
     if args.num_samples is not None and args.num_samples < 1:
         raise ConfigError("--num-samples must be >= 1")
     run_sweep(spec, cfg, num_samples=args.num_samples, smoke=args.smoke_test, resume=args.resume, name=args.name)

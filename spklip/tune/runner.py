@@ -52,12 +52,30 @@ def sweep_root(cfg: ExperimentConfig) -> Path:
     return Path(cfg.train.run_dir).resolve() / "sweeps"
 
 
-def resolve_base(spec: SweepSpec, cfg: ExperimentConfig, smoke: bool) -> ExperimentConfig:
-    """Spec base + smoke overrides on top of the user's config; absolute paths and an explicit tracking URI, so
-    trials (which run in other processes and folders) mean the same files and the same MLflow store."""
+def sweep_config(spec: SweepSpec, path: str | Path | None = None, overrides: list[str] | dict[str, Any] = (),
+                 smoke: bool = False) -> ExperimentConfig:
+    """The sweep's base config. Precedence, lowest first: defaults < the spec's model preset < the spec's base
+    (+ smoke) overrides < the experiment YAML `path` < `overrides` (``--set``). Presets are resolved here, so a spec
+    that names ``model_preset`` gets that preset's whole model section."""
+    import yaml
+
+    from spklip.config import ConfigError, build_config, parse_overrides
+    from spklip.config.base import deep_merge, unflatten
+
+    raw = unflatten({**spec.base, **(spec.smoke if smoke else {})})
+    if path is not None:
+        if not Path(path).exists():
+            raise ConfigError(f"config file {path} does not exist")
+        raw = deep_merge(raw, yaml.safe_load(Path(path).read_text()) or {})
+    flat = dict(overrides) if isinstance(overrides, dict) else parse_overrides(overrides)
+    return build_config(raw, flat)
+
+
+def resolve_base(cfg: ExperimentConfig, spec: SweepSpec) -> ExperimentConfig:
+    """Absolute paths and an explicit tracking URI, so trials (which run in other processes and folders) mean the
+    same files and the same MLflow store; the experiment is named after the sweep unless the config names one."""
     from spklip.tracking import resolve_uri
 
-    cfg = apply_overrides(cfg, {**spec.base, **(spec.smoke if smoke else {})})
     run_dir = Path(cfg.train.run_dir).resolve()
     return apply_overrides(cfg, {
         "data.path": str(Path(cfg.data.path).resolve()), "train.run_dir": str(run_dir),
@@ -122,9 +140,9 @@ def run_sweep(spec: SweepSpec, cfg: ExperimentConfig, *, num_samples: int | None
 
     Args:
         spec: the sweep (base config, space, metrics).
-        cfg: the user's config (``--config`` + ``--set``); the spec's base and smoke overrides go on top.
+        cfg: the sweep's base config, e.g. from `sweep_config` (spec base, smoke settings, YAML, ``--set``).
         num_samples: trials (default: the spec's, or its smoke count).
-        smoke: tiny settings for a quick end-to-end check.
+        smoke: a smoke run (names the folder ``<spec>-smoke-...`` and picks the spec's smoke trial count).
         resume: restore the sweep folder `name` (default: the newest of this spec) with ``Tuner.restore``:
             finished trials are kept, unfinished ones continue from their last checkpoint.
         name: sweep folder name under ``<train.run_dir>/sweeps`` (default ``<spec.name>-<timestamp>``).
@@ -138,7 +156,7 @@ def run_sweep(spec: SweepSpec, cfg: ExperimentConfig, *, num_samples: int | None
         sweep = json.loads((path / SWEEP_FILE).read_text())
         cfg = ExperimentConfig.from_flat_dict(sweep["base"])
     else:
-        cfg = resolve_base(spec, cfg, smoke)
+        cfg = resolve_base(cfg, spec)
         path = root / (name or f"{spec.name}{'-smoke' if smoke else ''}-{time.strftime('%Y%m%d-%H%M%S')}")
         if (path / SWEEP_FILE).exists():
             raise ValueError(f"sweep {path} exists; pass --resume to continue it or another --name")

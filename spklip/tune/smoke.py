@@ -11,16 +11,16 @@ SMOKE_BUILD = ["--digits", "0,1,2", "--motions", "left,right,up", "--clips-per-c
                "--no-progress"]
 
 
-def ensure_smoke_data(spec, cfg: ExperimentConfig) -> ExperimentConfig:
+def ensure_smoke_data(cfg: ExperimentConfig) -> ExperimentConfig:
     """Use ``data.path`` if it holds shards; otherwise build ``<run_dir>/data/smoke-digits`` (once) and point to it.
 
-    The clip shape comes from the sweep's base model preset, so data and model agree.
+    The clip shape comes from the config's model preset, so data and model agree.
     """
     if any(Path(cfg.data.path).glob("**/*.parquet")):
         return cfg
     out = Path(cfg.train.run_dir) / "data" / "smoke-digits"
     if not any(out.glob("**/*.parquet")):
-        build_smoke_data(out, spec.base.get("model_preset", cfg.model_preset))
+        build_smoke_data(out, cfg.model_preset)
     return apply_overrides(cfg, {"data.path": str(out)})
 
 
