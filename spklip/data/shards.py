@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 SCHEMA_VERSION = 1
 METADATA_KEY = b"spklip"
 MANIFEST = "manifest.json"
+ROW_GROUP_BYTES = 32 * 2**20  # packed spikes per Parquet row group (the unit readers fetch)
 SEEN_SPLITS = ("train", "val", "test")  # seen classes, disjoint clips
 SPLITS = SEEN_SPLITS + ("unseen",)  # unseen: every clip of the held-out classes (zero-/few-shot)
 SCHEMA = pa.schema([
@@ -178,7 +179,9 @@ class _ShardWriter:
         rel = f"{split}/part-{len(self.files[split]):05d}.parquet"
         (self.root / split).mkdir(exist_ok=True)
         table = pa.Table.from_pylist(self.rows[split], schema=self.schema)
-        pq.write_table(table, self.root / rel, compression="zstd", row_group_size=256)
+        clip_bytes = math.ceil(int(np.prod(self.info.clip_shape)) / 8)
+        rows_per_group = max(1, ROW_GROUP_BYTES // clip_bytes)  # row groups of ~32 MB packed, whatever the clip size
+        pq.write_table(table, self.root / rel, compression="zstd", row_group_size=rows_per_group)
         self.files[split].append(rel)
         self.rows[split], self.held[split] = [], 0
 
