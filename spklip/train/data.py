@@ -66,7 +66,11 @@ def ray_train_dataset(cfg: ExperimentConfig):
     from spklip.data.loader import ray_dataset
     if not sys.stdout.isatty():  # per-operator progress bars turn logs and CI output into noise
         ray.data.DataContext.get_current().enable_progress_bars = False
-    return ray_dataset(cfg.data.path, cfg.data.train_split)
+    ds = ray_dataset(cfg.data.path, cfg.data.train_split)
+    # Shards are stored in class order and Ray Train splits rows between workers in order, so without a global
+    # shuffle each worker would see only some classes (per-worker BatchNorm statistics and in-batch negatives of a
+    # few classes). One seeded all-to-all shuffle per epoch; each worker then reshuffles locally per epoch.
+    return ds.random_shuffle(seed=cfg.data.seed) if cfg.data.shuffle else ds
 
 
 def train_batches(shard, cfg: ExperimentConfig, epoch: int) -> Iterator[dict[str, Any]]:
