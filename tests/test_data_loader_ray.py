@@ -27,7 +27,7 @@ def collect(batches):
     return out
 
 
-@pytest.mark.slow  # two Ray Data executions: ~30-45 s on 2 loaded cores (plus the shared ray.init)
+@pytest.mark.slow  # two Ray Data executions: 30-160 s on 2 shared cores (load 15-57), plus the shared ray.init
 def test_ray_loader_yields_the_written_tensors_shuffled_per_epoch(ray_session, shards):
     root, expected = shards
     ds = ray_dataset(root, "train")
