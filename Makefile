@@ -17,9 +17,20 @@ $(STAMP): pyproject.toml tools/install.sh
 	bash tools/install.sh
 	touch $@
 
-demo: install  ## build a small moving-digits spike dataset and print its stats
-	$(PY) -m spklip.cli data build moving-digits --out $(RUN_DIR)/data/moving-digits --clips-per-class 6 --seed 0
-	$(PY) -m spklip.cli data inspect $(RUN_DIR)/data/moving-digits
+DEMO_DATA ?= $(RUN_DIR)/data/moving-digits
+DEMO_TRIALS ?= 4
+DEMO_EPOCHS ?= 2
+# 3 digits x 4 motions x 12 clips (one held-out class): small enough that 4 trials fit in the 15-minute budget on 2 cores
+DEMO_BUILD ?= --digits 0,1,2 --motions left,right,up,down --clips-per-class 12 --seed 0
+
+demo: install  ## moving-digits spikes + a small HSFE ablation sweep (in-process Ray, MLflow sqlite); prints the table
+	@[ -d $(DEMO_DATA) ] && echo "using the dataset in $(DEMO_DATA) (make clean rebuilds it)" || \
+	$(PY) -m spklip.cli data build moving-digits --out $(DEMO_DATA) $(DEMO_BUILD)
+	$(PY) -m spklip.cli data inspect $(DEMO_DATA)
+	$(PY) sweeps/hsfe_ablation.py --name demo-$$(date +%Y%m%d-%H%M%S) --num-samples $(DEMO_TRIALS) \
+	    --set data.path=$(DEMO_DATA) --set train.run_dir=$(RUN_DIR) --set train.epochs=$(DEMO_EPOCHS)
+	@echo "Open it in the MLflow UI: make mlflow-ui, then http://127.0.0.1:5056 -> experiment hsfe-ablation"
+	@echo "(the sweep is the parent run; its report is under sweep_report/). Same table: spklip report --experiment hsfe-ablation"
 
 train: install  ## train spklip-tiny on the demo data with 2 Ray workers (configs/tiny.yaml); extra flags: ARGS="--set k=v"
 	$(PY) -m spklip.cli train --config configs/tiny.yaml $(ARGS)

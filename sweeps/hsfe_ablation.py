@@ -47,8 +47,9 @@ SPEC = SweepSpec(
     description=__doc__.splitlines()[0],
     space=space,
     metrics=(("val/top1", "max"),),
+    # short trials: warm up for 5 steps, not the default 50 (a 2-epoch demo trial has ~10 steps in all)
     base={"model_preset": "spklip-tiny", "train.epochs": 4, "scale.num_workers": 1, "tracking.log_model": False,
-          "eval.few_shot_ks": [1], "eval.few_shot_seeds": 1},
+          "optim.lr": 1e-3, "optim.warmup_steps": 5, "eval.few_shot_ks": [1], "eval.few_shot_seeds": 1},
     smoke={"train.epochs": 1, "train.max_steps": 4, "data.batch_size": 8, "eval.energy": False,
            "scale.max_failures": 0},
     num_samples=24,
