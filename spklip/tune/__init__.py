@@ -1,7 +1,7 @@
 """Sweeps: Ray Tune (+ Optuna, ASHA) over Ray Train runs, tracked as MLflow parent/child runs.
 
-Public API: `SweepSpec`, `sweep_config` and `run_sweep` (runner), `main` (the shared sweep-script CLI), the report functions in
-`spklip.tune.report` (`sweep_table`, plots, `best_config`). Imports of ray/mlflow happen inside functions.
+Public API: `SweepSpec`, `sweep_config` and `run_sweep` (runner), `main` (the shared sweep-script CLI), the report
+functions in `spklip.tune.report` (`sweep_table`, plots, `best_config`). Imports of ray/mlflow happen inside functions.
 """
 
 from spklip.tune.cli import main
