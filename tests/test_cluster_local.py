@@ -1,0 +1,74 @@
+"""`make cluster-up`, a smoke sweep submitted with `ray job submit`, its trials read back through the MLflow server's
+REST API, `make cluster-down`, and nothing of the cluster left running."""
+
+import json
+import os
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from spklip.tune.smoke import build_smoke_data
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+PORTS = {"SPKLIP_RAY_PORT": "6579", "SPKLIP_DASHBOARD_PORT": "8465", "SPKLIP_MLFLOW_PORT": "5155"}
+
+
+def rest(url: str, body: dict) -> dict:
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def leftovers(*needles: str) -> list[str]:
+    ps = subprocess.run(["ps", "-eo", "pid=,stat=,args="], capture_output=True, text=True).stdout.splitlines()
+    return [p for p in ps if p.split()[1][0] != "Z" and any(n in p for n in needles)]
+
+
+def test_cluster_job_sweep_and_clean_shutdown(tmp_path):
+    run_dir = tmp_path / "runs"
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "RAY_AUTH_MODE")}
+    env.update(PORTS)
+    make = ["make", "--no-print-directory", f"RUN_DIR={run_dir}"]
+    data = build_smoke_data(tmp_path / "data")
+    up = subprocess.run([*make, "cluster-up"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    cluster = run_dir / "cluster"
+    needles = []
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "http://127.0.0.1:8465" in up.stdout and "http://127.0.0.1:5155" in up.stdout
+        needles = [(cluster / "ray_temp_dir").read_text().strip(), str(cluster / "mlflow.db"), ":6579"]
+        assert (cluster / "ray.pid").exists() and (cluster / "mlflow.pid").exists()
+        assert oct((cluster / "auth_token").stat().st_mode)[-3:] == "600"
+        # without the token the job server refuses the client: token authentication is on
+        refused = subprocess.run([str(ROOT / ".venv/bin/ray"), "job", "list", "--address", "http://127.0.0.1:8465"],
+                                 env={**env, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True, timeout=60)
+        assert refused.returncode != 0
+        job = subprocess.run(["bash", "cluster/local.sh", "submit", "--", "python", "sweeps/hsfe_ablation.py",
+                              "--smoke-test", "--num-samples", "1", "--name", "job", "--set",
+                              f"train.run_dir={run_dir}", "--set", f"data.path={data}"],
+                             cwd=ROOT, env={**env, "RUN_DIR": str(run_dir)}, capture_output=True, text=True,
+                             timeout=600)
+        assert "succeeded" in job.stdout + job.stderr, (job.stdout + job.stderr)[-4000:]
+
+        api = "http://127.0.0.1:5155/api/2.0/mlflow"
+        with urllib.request.urlopen(f"{api}/experiments/get-by-name?experiment_name=hsfe-ablation", timeout=30) as r:
+            exp_id = json.loads(r.read())["experiment"]["experiment_id"]
+        parents = rest(f"{api}/runs/search", {"experiment_ids": [exp_id],
+                                               "filter": "tags.`spklip.sweep.role` = 'parent'"})["runs"]
+        assert len(parents) == 1 and parents[0]["info"]["status"] == "FINISHED"
+        pid = parents[0]["info"]["run_id"]
+        trials = rest(f"{api}/runs/search", {"experiment_ids": [exp_id],
+                                              "filter": f"tags.`mlflow.parentRunId` = '{pid}'"})["runs"]
+        assert len(trials) == 1
+        metrics = {m["key"]: m["value"] for m in trials[0]["data"]["metrics"]}
+        assert 0.0 <= metrics["val/top1"] <= 1.0 and 0.0 <= metrics["val/top5"] <= 1.0
+        params = {p["key"]: p["value"] for p in trials[0]["data"]["params"]}
+        assert params["model.hsfe.num_subblocks"] and params["data.path"] == str(data)
+    finally:
+        down = subprocess.run([*make, "cluster-down"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert not (cluster / "ray.pid").exists() and not (cluster / "mlflow.pid").exists()
+    assert leftovers(*needles) == []
