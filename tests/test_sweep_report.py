@@ -99,3 +99,10 @@ def test_report_files_and_cli(store, tmp_path, capsys):
         assert (tmp_path / name).stat().st_size > 0, name
     assert pd.read_csv(tmp_path / "table.csv")["trial"].tolist()[0] == "trial-0"
     assert load_config(tmp_path / "best_config.yaml").model.hsfe.num_subblocks == 5
+
+
+def test_ties_on_accuracy_are_broken_by_the_second_objective():
+    frame = pd.DataFrame({"run_id": ["a", "b", "c"], "trial": ["a", "b", "c"], "status": ["FINISHED"] * 3,
+                          "metrics.acc": [0.5, 0.5, 0.4], "metrics.mj": [0.9, 0.1, 0.01]})
+    table = rep._assemble(frame, [], [("acc", "max"), ("mj", "min")], None)
+    assert list(table.frame["trial"]) == ["b", "a", "c"] and table.best_run_id == "b"

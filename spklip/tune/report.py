@@ -147,8 +147,9 @@ def _assemble(frame: pd.DataFrame, params: list[str], metrics: list[tuple[str, s
     notes = []
     best = None
     if metrics:
-        name, mode = metrics[0]
-        out = out.sort_values(name, ascending=(mode == "min"), na_position="last", kind="stable")
+        name, mode = metrics[0]  # ties on the first metric are broken by the next ones
+        out = out.sort_values([m for m, _ in metrics], ascending=[md == "min" for _, md in metrics],
+                              na_position="last", kind="stable")
         scored = out[out[name].notna()]
         if not scored.empty:
             best = scored.iloc[0]["run_id"]
