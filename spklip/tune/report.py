@@ -185,8 +185,10 @@ def plot_metric_vs_params(table: SweepTable, path: str | Path):
     for ax, p in zip(axes.flat, table.params):
         xs = frame[p].tolist()
         numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
-        if not numeric:  # categorical axis, values in sorted text order
-            labels = sorted({str(x) for x in xs})
+        if not numeric:  # categorical axis: numbers in numeric order first (1, 2, 10), then words ("auto")
+            uniq = {str(v): v for v in xs}  # by text: a set would merge 1 and True
+            labels = sorted(uniq, key=lambda t: (isinstance(uniq[t], str), 0 if isinstance(uniq[t], str)
+                                                 else float(uniq[t]), t))
             xs = [labels.index(str(x)) for x in xs]
             ax.set_xticks(range(len(labels)), labels)
         ax.scatter(xs, frame[name], alpha=0.8)
