@@ -172,6 +172,19 @@ class SpikingBlock(nn.Module):
         return x + self._seq(self.norm2, self.fc2(hidden))
 
 
+class SpikingBasicBlock(nn.Module):
+    """Spiking twin of the HSFE trunk block: 3 convs (the last without a neuron), + x, output neuron."""
+
+    def __init__(self, ch: int, cfg: FsveCfg):
+        super().__init__()
+        self.body = nn.Sequential(ConvNormLIF(_conv(ch, ch), ch, cfg), ConvNormLIF(_conv(ch, ch), ch, cfg),
+                                  ConvNormLIF(_conv(ch, ch), ch, cfg, fire=False))
+        self.lif = make_neuron(cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lif(self.body(x) + x)
+
+
 class SpikingHSFE(HSFE):
     """The HSFE with LIF neurons: ``[T, B*K, 2r+1, H, W]`` spikes -> ``[T, B*K, F, H', W']`` spikes."""
 
@@ -184,8 +197,7 @@ class SpikingHSFE(HSFE):
         self.gate = (nn.Sequential(ConvNormLIF(_conv(m, 2 * m), 2 * m, cfg), ConvNormLIF(_conv(2 * m, m), m, cfg))
                      if hs.spatial_attention else None)
         self.fuse = ConvNormLIF(_conv(m, f), f, cfg)
-        self.trunk = nn.Sequential(*(nn.Sequential(ConvNormLIF(_conv(f, f), f, cfg), ConvNormLIF(_conv(f, f), f, cfg))
-                                     for _ in range(hs.num_res_blocks)))
+        self.trunk = nn.Sequential(*(SpikingBasicBlock(f, cfg) for _ in range(hs.num_res_blocks)))
 
     def forward(self, blocks: torch.Tensor) -> torch.Tensor:
         maps = self.branch2(self.branch1(blocks))  # [T, B*K, M, H', W'] spikes
