@@ -76,3 +76,20 @@ def test_ann_and_fsve_reports_side_by_side():
     table = compare_markdown(reports)
     assert "spklip-tiny-full-snn" in table and "energy mJ/clip" in table
     assert set(ann.metrics()) >= {"energy_per_clip_mj", "gmac_per_clip", "gsop_per_clip"}
+
+
+def test_cli_models_and_energy(tmp_path, capsys):
+    import json
+
+    import numpy as np
+
+    from spklip.cli import main
+    assert main(["models", "--json"]) == 0
+    listed = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert listed["spklip-paper"]["subblocks"] == "K=5 r=30 s=45" and listed["spklip-paper"]["input"] == "250x240x320"
+    assert main(["energy", "--model", "spike-rate-mlp-tiny", "--model", "tfp-resnet-tiny", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| tfp-resnet-tiny |" in out and (tmp_path / "energy-tfp-resnet-tiny.csv").exists()
+    np.save(tmp_path / "bad.npy", np.zeros((2, 10, 64, 64), dtype=np.uint8))
+    assert main(["energy", "--model", "tfp-resnet-tiny", "--spikes", str(tmp_path / "bad.npy")]) == 2
+    assert "do not fit this model" in capsys.readouterr().err
