@@ -181,10 +181,14 @@ def log_torch_model(tracker: Tracker, model, input_example, name: str = "visual_
     def _log():
         import mlflow
         import mlflow.pytorch
-        mlflow.set_tracking_uri(tracker.uri)
-        with mlflow.start_run(run_id=tracker.run_id):
-            info = mlflow.pytorch.log_model(model, name=name, input_example=input_example,
-                                            serialization_format="pickle", pip_requirements=[])
+        previous = os.environ.get("MLFLOW_TRACKING_URI")  # set_tracking_uri also exports it: put it back after
+        try:
+            mlflow.set_tracking_uri(tracker.uri)
+            with mlflow.start_run(run_id=tracker.run_id):
+                info = mlflow.pytorch.log_model(model, name=name, input_example=input_example,
+                                                serialization_format="pickle", pip_requirements=[])
+        finally:
+            mlflow.set_tracking_uri(previous)  # None unsets it, so later runs resolve their own URI again
         return info.model_uri
 
     return tracker.call(_log)

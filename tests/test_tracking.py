@@ -21,7 +21,8 @@ def test_uri_resolution_order(tmp_path, monkeypatch):
     assert resolve_uri("sqlite:////x.db", tmp_path) == "sqlite:////x.db"
 
 
-def test_run_with_params_tags_metrics_artifacts_and_parent(tmp_path):
+def test_run_with_params_tags_metrics_artifacts_and_parent(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = resolve_uri("", tmp_path)
     parent = start_run(uri, "exp", tmp_path, run_name="sweep")
     run = start_run(uri, "exp", tmp_path, run_name="trial", params={"optim.lr": 1e-3, "model.layers": [1, 2]},
@@ -50,7 +51,8 @@ def test_unreachable_server_is_reported_once_and_never_raises(tmp_path, capsys):
     assert err.count("MLflow tracking") == 1 and "training continues" in err
 
 
-def test_failure_mid_run_disables_tracking_once(tmp_path, capsys):
+def test_failure_mid_run_disables_tracking_once(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = resolve_uri("", tmp_path)
     tracker = Tracker(uri, run_id="0" * 32)  # a run that does not exist: every call fails
     tracker.log_metrics({"loss": 1.0}, step=1)

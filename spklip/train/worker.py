@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +41,15 @@ def _setup_model(cfg: ExperimentConfig, world: int, rank: int):
 
 
 def _maybe_fail(config: dict[str, Any], step: int, rank: int) -> None:
-    """Fault injection for tests: kill this worker process once at the given step (marker file makes it once)."""
+    """Fault injection for tests: kill this worker process once at the given step (marker file makes it once).
+
+    It waits a few health-check intervals first: a report (and its checkpoint) counts once the controller has
+    collected it (it polls workers every 2 s), so a crash right after a report could lose that last checkpoint.
+    """
     fail = config.get("fail_at_step")
     if fail and rank == 0 and step == fail["step"] and not Path(fail["marker"]).exists():
         Path(fail["marker"]).write_text(str(step))
+        time.sleep(10)
         os._exit(1)
 
 
