@@ -91,3 +91,29 @@ def steps_per_epoch(train_rows: int, cfg: ExperimentConfig, world: int) -> int:
         raise ShardError(f"train split has {train_rows} clips: fewer than one batch of {cfg.data.batch_size} per "
                          f"worker ({world} workers); lower data.batch_size or scale.num_workers")
     return -(-batches // cfg.optim.accum_steps)
+
+
+def sample_batches(path: str, split: str, num_batches: int, batch_size: int, seed: int) -> Iterator[dict[str, Any]]:
+    """`num_batches` batches of `batch_size` clips drawn at random (without replacement) from the whole split.
+
+    Shards are stored in class order, so the first clips of a file are not a sample of the split. The rows are
+    picked by a seeded draw over the split's row count, gathered still bit-packed (1 bit per pixel-plane), shuffled
+    and decoded one batch at a time. Fewer batches come out when the split is smaller than the request.
+    """
+    files = split_files(path, split)
+    rows = [pq.ParquetFile(f).metadata.num_rows for f in files]
+    total = sum(rows)
+    n = min(num_batches * batch_size, total - total % batch_size)
+    if n <= 0:
+        return
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(total, size=n, replace=False))
+    start, parts = 0, []
+    for file, count in zip(files, rows):
+        local = pick[(pick >= start) & (pick < start + count)] - start
+        if len(local):
+            parts.append(pq.read_table(file).take(pa.array(local)))
+        start += count
+    table = pa.concat_tables(parts).take(pa.array(rng.permutation(n)))  # packed rows in random order
+    for i in range(0, n, batch_size):
+        yield to_torch(decode_batch(table.slice(i, batch_size)))

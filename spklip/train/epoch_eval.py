@@ -11,6 +11,7 @@ import torch
 
 from spklip.config import ExperimentConfig
 from spklip.eval.evaluate import EvalReport, confusion_figure, embed_clips, evaluate_embeddings
+from spklip.eval.precise_bn import batchnorm_layers, recalibrate_batchnorm
 from spklip.train import data as train_data
 from spklip.tracking import Tracker
 
@@ -68,12 +69,25 @@ class EpochEvaluator:
 
     def run(self, model, device, step: int, epoch: int, autocast_dtype=None) -> dict[str, float]:
         t0 = time.perf_counter()
+        recal = self.recalibrate(model, device, autocast_dtype)
+        t1 = time.perf_counter()
         report = evaluate_model(model, self.cfg, self.dataset, device, autocast_dtype=autocast_dtype)
-        report.metrics["eval/seconds"] = time.perf_counter() - t0
+        report.metrics["eval/seconds"] = time.perf_counter() - t1
+        if recal:
+            report.metrics["eval/bn_recal_seconds"] = t1 - t0
         report.metrics["epoch"] = float(epoch)
         self.tracker.log_metrics(report.metrics, step)
         log_report_artifacts(self.tracker, report, f"eval/epoch_{epoch:03d}")
         return report.metrics
+
+    def recalibrate(self, model, device, autocast_dtype=None) -> int:
+        """Precise BN on ``eval.bn_recal_batches`` random training micro-batches (the same sample every epoch)."""
+        n = self.cfg.eval.bn_recal_batches
+        if not n or not batchnorm_layers(model):
+            return 0
+        data = self.cfg.data
+        batches = train_data.sample_batches(data.path, data.train_split, n, data.batch_size, seed=data.seed)
+        return recalibrate_batchnorm(model, batches, device, autocast_dtype)
 
 
 def log_report_artifacts(tracker: Tracker, report: EvalReport, folder: str) -> None:
