@@ -3,7 +3,8 @@ the logged model reloads, and a killed worker resumes from the last checkpoint. 
 start-up and per-epoch evaluation on 2 busy cores.)
 
 The learning test uses the synthetic moving-square shards (6 motion classes, 2 held out) rather than moving
-digits: on moving digits the tiny model needed more steps than this file's budget (docs/training.md, "Tests").
+digits: on tiny moving digits (16 planes of 32x32, 12-24 training clips per class) 60-120 steps end at val top-1
+0.375-0.625 (chance 0.25), above chance but too unsteady for a fixed threshold (docs/training.md, "Tests").
 The resume test uses moving digits.
 """
 
@@ -46,14 +47,19 @@ def _steps(client, run_id, key):
 def test_two_workers_learn_and_the_run_is_fully_recorded(ray_session, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the default: sqlite inside train.run_dir
     data = write_motion_shards(tmp_path / "motion", per_class=16, shape=(16, 32, 32))  # 4 seen classes x 12 train
-    # Checkpoints are ranked by few-shot accuracy here: in this budget the visual encoder learns (few-shot on the
-    # held-out classes goes from chance 0.5 to ~0.9) well before prompt classification does (0.25 -> ~0.35).
-    cfg = _cfg(data, tmp_path, f"train.epochs={EPOCHS}", "train.metric=fewshot/4shot_top1")
+    cfg = _cfg(data, tmp_path, f"train.epochs={EPOCHS}")
     result = fit(cfg, run_name="learn")
     spe = 48 // 2 // 4
     assert result.metrics["step"] == EPOCHS * spe
+    # Prompt classification over the 4 seen classes (chance 0.25) ends well above chance, having started near it
+    # (measured: 0.5, 0.56, ... 0.94, 1.0, 0.94, 0.81); few-shot on the 2 held-out classes (chance 0.5) too.
+    history = lambda key: [m.value for m in sorted(_client(tmp_path).get_metric_history(  # noqa: E731
+        result.mlflow_run_id, key), key=lambda m: m.step)]
+    top1 = history("val/top1")
+    assert max(top1[:2]) < 0.7 and min(top1[-3:]) >= 0.6, top1
+    assert max(history("fewshot/4shot_top1")) >= 0.75
     best = read_checkpoint(result.best_checkpoint)["metrics"]
-    assert best["fewshot/4shot_top1"] >= 0.75, best  # 2 held-out classes: chance is 0.5
+    assert best["val/top1"] == pytest.approx(max(top1)), best  # checkpoints ranked by val/top1
 
     client = _client(tmp_path)
     run = client.get_run(result.mlflow_run_id)
