@@ -106,3 +106,29 @@ def test_ties_on_accuracy_are_broken_by_the_second_objective():
                           "metrics.acc": [0.5, 0.5, 0.4], "metrics.mj": [0.9, 0.1, 0.01]})
     table = rep._assemble(frame, [], [("acc", "max"), ("mj", "min")], None)
     assert list(table.frame["trial"]) == ["b", "a", "c"] and table.best_run_id == "b"
+
+
+def test_stopped_trials_are_marked_killed_and_errored_ones_stay_failed(tmp_path):
+    """ASHA's stop reaches `fit` either not at all (run left RUNNING) or as an exception (fit marked it FAILED):
+    both become KILLED with the stopped tag; a trial Tune reports as errored keeps FAILED."""
+    from mlflow.tracking import MlflowClient
+
+    from spklip.tune.finish import STOPPED_TAG, close_stopped_children
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("abl", artifact_location=(tmp_path / "art").as_uri())
+    parent = client.create_run(exp, run_name="sweep", tags={rep.ROLE_TAG: "parent"}).info.run_id
+    runs = {}
+    for name, status in [("train-trial_id=a1", "FINISHED"), ("train-trial_id=b2", None),
+                         ("train-trial_id=c3", "FAILED"), ("train-trial_id=d4", "FAILED")]:
+        runs[name] = client.create_run(exp, run_name=name, tags={rep.PARENT_TAG: parent}).info.run_id
+        if status:
+            client.set_terminated(runs[name], status)
+    assert close_stopped_children(uri, "abl", parent, errored={"train-trial_id=d4"}) == 2
+    status = {name: client.get_run(rid).info.status for name, rid in runs.items()}
+    assert status == {"train-trial_id=a1": "FINISHED", "train-trial_id=b2": "KILLED",
+                      "train-trial_id=c3": "KILLED", "train-trial_id=d4": "FAILED"}
+    assert STOPPED_TAG in client.get_run(runs["train-trial_id=c3"]).data.tags
+    assert STOPPED_TAG not in client.get_run(runs["train-trial_id=d4"]).data.tags
+    assert client.get_run(parent).info.status == "RUNNING"  # the parent is not a child of itself

@@ -11,14 +11,20 @@ from spklip.tune import report as rep
 STOPPED_TAG = "spklip.sweep.stopped"
 
 
-def close_stopped_children(uri: str, experiment: str, parent_run_id: str) -> int:
-    """Trials ASHA stopped never return from `fit`, so their MLflow runs stay RUNNING: mark them KILLED."""
+def close_stopped_children(uri: str, experiment: str, parent_run_id: str, errored: set[str] = frozenset()) -> int:
+    """Mark the child runs of trials the scheduler (ASHA) stopped as KILLED, with a tag saying so.
+
+    A stopped trial never returns from `fit`: its MLflow run stays RUNNING, or, when the stop reaches `fit` as an
+    exception, `fit` has already marked it FAILED. Runs named in `errored` (``train-trial_id=<id>`` of the trials
+    Tune reports as errored) really failed and keep FAILED.
+    """
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{rep.PARENT_TAG}` = '{parent_run_id}' "
-                                                                 "and attributes.status = 'RUNNING'")
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{rep.PARENT_TAG}` = '{parent_run_id}'",
+                              max_results=10000)
+    runs = [r for r in runs if r.info.status in ("RUNNING", "FAILED") and r.info.run_name not in errored]
     for r in runs:
         client.set_tag(r.info.run_id, STOPPED_TAG, "stopped by the scheduler (ASHA) before its last epoch")
         client.set_terminated(r.info.run_id, "KILLED")
@@ -61,7 +67,8 @@ def finish_sweep(spec, cfg: ExperimentConfig, sweep: dict[str, Any], path: Path,
         print(run.table_markdown)
         return run
     uri, experiment = sweep["tracking_uri"], cfg.tracking.experiment
-    close_stopped_children(uri, experiment, sweep["parent_run_id"])
+    errored = {f"train-trial_id={r.metrics.get('trial_id')}" for r in results if r.error is not None}
+    close_stopped_children(uri, experiment, sweep["parent_run_id"], errored)
     table = rep.sweep_table(experiment, uri=uri, parent_run_id=sweep["parent_run_id"],
                             metrics=[tuple(m) for m in sweep["metrics"]])
     if errors:
