@@ -10,6 +10,7 @@ Metric: validation prompt top-1 (closed-set classification by text prompts), max
 
     python sweeps/hsfe_ablation.py --smoke-test            # minutes on 2 CPUs
     python sweeps/hsfe_ablation.py --num-samples 40 --set data.path=runs/data/moving-digits
+    python sweeps/hsfe_ablation.py --first model.hsfe.num_subblocks=1,3,5 --scheduler fifo   # K alone (make demo)
 """
 
 import math
@@ -42,6 +43,19 @@ def space(trial, base):
     return fixed
 
 
+def base_point(base):
+    """The base config's HSFE as a point of `space` (for ``--first``: vary one parameter, keep the rest)."""
+    hs = base.model.hsfe
+    point = {"model.hsfe.num_subblocks": hs.num_subblocks, "model.hsfe.radius": hs.radius,
+             "_step_mode": "auto" if hs.step == "auto" else "fixed", "model.hsfe.channel_step": hs.channel_step,
+             "model.hsfe.num_branches": hs.num_branches, "model.hsfe.spatial_attention": hs.spatial_attention,
+             "model.hsfe.photon_conservation": hs.photon_conservation,
+             "model.temporal.pos_embed": base.model.temporal.pos_embed}
+    if hs.step != "auto":
+        point["model.hsfe.step"] = hs.step
+    return point
+
+
 SPEC = SweepSpec(
     name="hsfe-ablation",
     description=__doc__.splitlines()[0],
@@ -54,6 +68,7 @@ SPEC = SweepSpec(
            "scale.max_failures": 0},
     num_samples=24,
     smoke_samples=2,
+    base_point=base_point,
 )
 
 if __name__ == "__main__":

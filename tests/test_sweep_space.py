@@ -103,3 +103,35 @@ def test_sweep_config_resolves_the_spec_preset_and_keeps_user_overrides_on_top(t
     assert smoke.train.max_steps == 4 and smoke.eval.energy is False
     (tmp_path / "x.yaml").write_text("train:\n  epochs: 9\n  max_steps: 5\n")
     assert sweep_config(HSFE, tmp_path / "x.yaml", [], smoke=True).train.max_steps == 5  # the YAML beats the spec
+
+
+def test_first_points_are_suggested_first_and_vary_only_their_key():
+    """``--first model.hsfe.num_subblocks=1,3,5``: the searcher's first three trials are the base HSFE with K set
+    to each value (a one-factor comparison), then it samples on its own."""
+    from spklip.tune.cli import parse_first
+    from spklip.tune.runner import first_points
+    from spklip.tune.space import build_searcher
+
+    base = _base("spklip-tiny")
+    key, values = parse_first("model.hsfe.num_subblocks=1, 3,5")
+    assert (key, values) == ("model.hsfe.num_subblocks", [1, 3, 5])
+    assert parse_first("model.hsfe.num_subblocks=auto,2")[1] == ["auto", 2]
+    points = first_points(HSFE, base, key, values)
+    searcher = build_searcher(HSFE.space, base, list(HSFE.metrics), seed=0, max_concurrent=1, points=points)
+    configs = []
+    for i in range(4):
+        configs.append(config_params(searcher.suggest(f"t{i}")))
+        searcher.on_trial_complete(f"t{i}", {"val/top1": 0.1 * i, "training_iteration": 1})
+    hs = base.model.hsfe
+    for cfg, k in zip(configs, values):
+        assert cfg["model.hsfe.num_subblocks"] == k
+        built = trial_config(base, cfg)
+        assert built.model.hsfe.radius == hs.radius and built.model.hsfe.step == "auto"
+        assert built.model.hsfe.num_branches == hs.num_branches
+        assert built.model.hsfe.spatial_attention == hs.spatial_attention
+        assert built.model.temporal.pos_embed == base.model.temporal.pos_embed
+    assert configs[3] not in configs[:3]  # then the searcher samples
+    with pytest.raises(ValueError, match="not a parameter"):
+        first_points(HSFE, base, "optim.lr", [1e-3])
+    with pytest.raises(ConfigError, match="KEY=V1"):
+        parse_first("model.hsfe.num_subblocks")

@@ -22,19 +22,49 @@ def add_sweep_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="experiment YAML the sweep's base config starts from")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="dotted config override, repeatable (e.g. --set train.epochs=3)")
+    parser.add_argument("--first", default=None, metavar="KEY=V1,V2,...",
+                        help="first run one trial per value of one swept parameter, every other swept parameter at "
+                             "the base config's value (a controlled comparison); with --num-samples above their "
+                             "count the searcher goes on after them, without it only they run. "
+                             "e.g. --first model.hsfe.num_subblocks=1,3,5")
+    parser.add_argument("--scheduler", choices=["asha", "fifo"], default=None,
+                        help="asha stops weak trials after each epoch (the sweep's default); fifo runs every trial "
+                             "to its last epoch")
+
+
+def parse_first(text: str) -> tuple[str, list]:
+    """``KEY=V1,V2,...`` -> (KEY, [V1, V2, ...]) with YAML scalars (``5`` int, ``auto`` str, ``true`` bool)."""
+    import yaml
+
+    key, sep, values = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--first wants KEY=V1,V2,..., got {text!r}")
+    return key.strip(), [yaml.safe_load(v) for v in values.split(",") if v.strip()]
 
 
 def run_from_args(spec, args: argparse.Namespace) -> int:
     """Load the config, make sure smoke-test data exists, run the sweep; returns an exit code."""
-    from spklip.tune.runner import run_sweep, sweep_config
+    import dataclasses
+
+    from spklip.tune.runner import first_points, run_sweep, sweep_config
     from spklip.tune.smoke import ensure_smoke_data
 
+    if args.scheduler:
+        spec = dataclasses.replace(spec, scheduler=args.scheduler)
     cfg = sweep_config(spec, args.config, args.overrides, smoke=args.smoke_test)
     if args.smoke_test and not args.resume:
         cfg = ensure_smoke_data(cfg)
     if args.num_samples is not None and args.num_samples < 1:
         raise ConfigError("--num-samples must be >= 1")
-    run_sweep(spec, cfg, num_samples=args.num_samples, smoke=args.smoke_test, resume=args.resume, name=args.name)
+    points = []
+    if args.first:
+        if args.resume:
+            raise ConfigError("--first starts a sweep; a resumed sweep keeps the trials it was started with")
+        points = first_points(spec, cfg, *parse_first(args.first))
+        if args.num_samples is not None and args.num_samples < len(points):
+            raise ConfigError(f"--num-samples {args.num_samples} is fewer than the {len(points)} --first trials")
+    run_sweep(spec, cfg, num_samples=args.num_samples or (len(points) or None), smoke=args.smoke_test,
+              resume=args.resume, name=args.name, points=points)
     return 0
 
 

@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from spklip.config import ExperimentConfig, apply_overrides
 from spklip.tune.driver import SWEEP_FILE, trial_driver
@@ -33,6 +33,22 @@ class SweepSpec:
     scheduler: Literal["asha", "fifo"] = "asha"
     seed: int = 0
     description: str = ""
+    # base config -> its values in the space's parameter names (steering ``_`` parameters included); lets
+    # ``--first KEY=V1,V2`` run one-factor trials: KEY at each value, everything else swept at the base's value
+    base_point: Callable[[ExperimentConfig], dict[str, Any]] | None = None
+
+
+def first_points(spec: SweepSpec, cfg: ExperimentConfig, key: str, values: list[Any]) -> list[dict[str, Any]]:
+    """Trials to evaluate before the searcher's own: `key` at each of `values`, the other swept parameters at the
+    base config's values (``spec.base_point``). A controlled one-factor comparison inside the same sweep."""
+    if spec.base_point is None:
+        raise ValueError(f"sweep {spec.name} defines no base_point, so --first is not available")
+    point = spec.base_point(cfg)
+    if key not in point:
+        raise ValueError(f"--first: {key!r} is not a parameter of this sweep; parameters: {', '.join(sorted(point))}")
+    if not values:
+        raise ValueError(f"--first {key}=: give at least one value")
+    return [{**point, key: v} for v in values]
 
 
 @dataclass
@@ -113,7 +129,7 @@ def max_concurrent_trials(cfg: ExperimentConfig) -> int:
 
 
 def _tuner(spec: SweepSpec, cfg: ExperimentConfig, sweep: dict[str, Any], path: Path, num_samples: int,
-           resume: bool):
+           resume: bool, points: list[dict[str, Any]] = ()):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -125,7 +141,7 @@ def _tuner(spec: SweepSpec, cfg: ExperimentConfig, sweep: dict[str, Any], path: 
     # max_t one past the last epoch: a trial that trains all its epochs ends by itself (and closes its MLflow run)
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=cfg.train.epochs + 1, grace_period=1,
                               reduction_factor=2) if single and spec.scheduler == "asha" else FIFOScheduler()
-    searcher = build_searcher(spec.space, cfg, list(spec.metrics), spec.seed, max_concurrent_trials(cfg))
+    searcher = build_searcher(spec.space, cfg, list(spec.metrics), spec.seed, max_concurrent_trials(cfg), points)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
@@ -135,7 +151,8 @@ def _tuner(spec: SweepSpec, cfg: ExperimentConfig, sweep: dict[str, Any], path: 
 
 
 def run_sweep(spec: SweepSpec, cfg: ExperimentConfig, *, num_samples: int | None = None, smoke: bool = False,
-              resume: bool = False, name: str | None = None) -> SweepRun:
+              resume: bool = False, name: str | None = None,
+              points: list[dict[str, Any]] = ()) -> SweepRun:
     """Run (or resume) a sweep and report it; see the module docstring.
 
     Args:
@@ -146,6 +163,7 @@ def run_sweep(spec: SweepSpec, cfg: ExperimentConfig, *, num_samples: int | None
         resume: restore the sweep folder `name` (default: the newest of this spec) with ``Tuner.restore``:
             finished trials are kept, unfinished ones continue from their last checkpoint.
         name: sweep folder name under ``<train.run_dir>/sweeps`` (default ``<spec.name>-<timestamp>``).
+        points: parameter dicts to evaluate first (`first_points`); they count towards `num_samples`.
     """
     from spklip.train.launcher import ensure_ray
     from spklip.tune.finish import finish_sweep
@@ -163,7 +181,7 @@ def run_sweep(spec: SweepSpec, cfg: ExperimentConfig, *, num_samples: int | None
         sweep = _new_sweep(spec, cfg, path, num_samples or (spec.smoke_samples if smoke else spec.num_samples))
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     ensure_ray(cfg.scale.address)
-    tuner = _tuner(spec, cfg, sweep, path, sweep["num_samples"], resume)
+    tuner = _tuner(spec, cfg, sweep, path, sweep["num_samples"], resume, list(points))
     results = tuner.fit()
     return finish_sweep(spec, cfg, sweep, path, results)
 

@@ -109,8 +109,9 @@ def sample_space(space: SpaceFn, base: ExperimentConfig, samples: int, seed: int
 
 
 def build_searcher(space: SpaceFn, base: ExperimentConfig, metrics: list[tuple[str, str]], seed: int,
-                   max_concurrent: int):
-    """OptunaSearch over `space` (TPE for one objective, NSGA-II for several), seeded, behind a concurrency limit."""
+                   max_concurrent: int, points: list[dict[str, Any]] = ()):
+    """OptunaSearch over `space` (TPE for one objective, NSGA-II for several), seeded, behind a concurrency limit.
+    `points` (full parameter dicts) are enqueued and evaluated first, in order."""
     import optuna
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
@@ -121,5 +122,6 @@ def build_searcher(space: SpaceFn, base: ExperimentConfig, metrics: list[tuple[s
     else:
         sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
         metric, mode = [m for m, _ in metrics], [md for _, md in metrics]
-    search = OptunaSearch(define_by_run(space, base), metric=metric, mode=mode, sampler=sampler)
+    search = OptunaSearch(define_by_run(space, base), metric=metric, mode=mode, sampler=sampler,
+                          points_to_evaluate=list(points) or None)
     return ConcurrencyLimiter(search, max_concurrent=max_concurrent)
