@@ -135,3 +135,25 @@ def test_first_points_are_suggested_first_and_vary_only_their_key():
         first_points(HSFE, base, "optim.lr", [1e-3])
     with pytest.raises(ConfigError, match="KEY=V1"):
         parse_first("model.hsfe.num_subblocks")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--first", "model.hsfe.num_subblocks=1,3,5", "--num-samples", "2"], "fewer than the 3 --first trials"),
+    (["--first", "model.hsfe.num_subblocks=1,3", "--resume"], "resumed sweep keeps"),
+    (["--first", "optim.lr=0.1"], "not a parameter of this sweep"),
+    (["--first", "model.hsfe.num_subblocks"], "KEY=V1"),
+])
+def test_bad_first_flags_fail_before_ray_starts(argv, message, tmp_path, capsys):
+    from spklip.tune.cli import main
+
+    assert main(HSFE, [*argv, "--set", f"train.run_dir={tmp_path}"]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "sweeps").exists()
+
+
+def test_fsve_sweep_has_no_base_point_and_says_so(tmp_path, capsys):
+    from spklip.tune.cli import main
+
+    assert main(load_sweep("fsve-sweep"), ["--first", "model.fsve.time_steps=1,2",
+                                           "--set", f"train.run_dir={tmp_path}"]) == 2
+    assert "no base_point" in capsys.readouterr().err
