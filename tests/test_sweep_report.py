@@ -95,7 +95,8 @@ def test_report_files_and_cli(store, tmp_path, capsys):
     assert args.handler(args) == 0
     out = capsys.readouterr().out
     assert "| trial-0 | FINISHED | 5 | True | 0.8 |" in out and ids[0] in out
-    for name in ["table.csv", "table.md", "metric_vs_params.png", "pareto_front.png", "best_config.yaml"]:
+    for name in ["table.csv", "table.md", "metric_vs_params.png", "curves.png", "pareto_front.png",
+                 "best_config.yaml"]:
         assert (tmp_path / name).stat().st_size > 0, name
     assert pd.read_csv(tmp_path / "table.csv")["trial"].tolist()[0] == "trial-0"
     assert load_config(tmp_path / "best_config.yaml").model.hsfe.num_subblocks == 5
@@ -132,3 +133,11 @@ def test_stopped_trials_are_marked_killed_and_errored_ones_stay_failed(tmp_path)
     assert STOPPED_TAG in client.get_run(runs["train-trial_id=c3"]).data.tags
     assert STOPPED_TAG not in client.get_run(runs["train-trial_id=d4"]).data.tags
     assert client.get_run(parent).info.status == "RUNNING"  # the parent is not a child of itself
+
+
+def test_plots_leave_out_parameters_held_at_one_value(store):
+    uri, parent, _ = store
+    table = rep.sweep_table("abl", uri=uri, parent_run_id=parent)
+    assert rep.plotted_params(table) == table.params  # K and SA both vary in this sweep
+    held = rep.SweepTable(table.frame.assign(**{"model.hsfe.spatial_attention": True}), table.params, table.metrics)
+    assert rep.plotted_params(held) == ["model.hsfe.num_subblocks"]

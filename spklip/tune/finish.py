@@ -39,6 +39,9 @@ def write_report(table: rep.SweepTable, out_dir: Path, uri: str) -> dict[str, Pa
     files["md"] = out_dir / "table.md"
     if table.params and table.frame[table.metrics[0][0]].notna().any():
         files["plot"] = rep.plot_metric_vs_params(table, out_dir / "metric_vs_params.png")
+        curves = rep.plot_curves(table, uri, out_dir / "curves.png")
+        if curves is not None:
+            files["curves"] = curves
     if len(table.metrics) >= 2:
         files["pareto"] = rep.plot_pareto(table, out_dir / "pareto_front.png")
     if table.best_run_id:

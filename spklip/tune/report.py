@@ -169,8 +169,16 @@ def pareto_front(values: pd.DataFrame, metrics: list[tuple[str, str]]) -> list[i
     return [i for i, p in pts if not any(dominates(q, p) for j, q in pts if j != i)]
 
 
+def plotted_params(table: SweepTable) -> list[str]:
+    """Swept parameters that take more than one value among the scored trials (all of them if none does)."""
+    frame = table.frame[table.frame[table.metrics[0][0]].notna()]
+    varying = [p for p in table.params if frame[p].astype(str).nunique() > 1]
+    return varying or list(table.params)
+
+
 def plot_metric_vs_params(table: SweepTable, path: str | Path):
-    """One panel per swept parameter: the ranking metric of every scored trial against that parameter's value."""
+    """One panel per swept parameter that varies: the ranking metric of every scored trial against its value
+    (a parameter held at one value, as in a ``--first`` comparison, would only draw a column of dots)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -178,11 +186,12 @@ def plot_metric_vs_params(table: SweepTable, path: str | Path):
 
     name = table.metrics[0][0]
     frame = table.frame[table.frame[name].notna()]
-    n = max(1, len(table.params))
+    params = plotted_params(table)
+    n = max(1, len(params))
     cols = min(3, n)
     fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(4.2 * cols, 3.2 * ((n + cols - 1) // cols)),
                              squeeze=False)
-    for ax, p in zip(axes.flat, table.params):
+    for ax, p in zip(axes.flat, params):
         xs = frame[p].tolist()
         numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
         if not numeric:  # categorical axis: numbers in numeric order first (1, 2, 10), then words ("auto")
@@ -194,8 +203,41 @@ def plot_metric_vs_params(table: SweepTable, path: str | Path):
         ax.scatter(xs, frame[name], alpha=0.8)
         ax.set_xlabel(p, fontsize=8)
         ax.set_ylabel(name)
-    for ax in list(axes.flat)[len(table.params):]:
+    for ax in list(axes.flat)[len(params):]:
         ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_curves(table: SweepTable, uri: str, path: str | Path) -> Path | None:
+    """The ranking metric of every trial against its training step (one evaluation per epoch), read from MLflow,
+    each line labelled by the trial's values of the varying parameters. None when no trial logged a history."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from mlflow.tracking import MlflowClient
+
+    client, name = MlflowClient(tracking_uri=uri), table.metrics[0][0]
+    params = plotted_params(table)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    drawn = 0
+    for row in table.frame.to_dict("records"):
+        history = sorted(client.get_metric_history(row["run_id"], name), key=lambda m: m.step)
+        if not history:
+            continue
+        label = ", ".join(f"{p.rsplit('.', 1)[-1]}={row[p]}" for p in params) or row["trial"]
+        ax.plot([m.step for m in history], [m.value for m in history], marker="o", markersize=3, label=label)
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel(name)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
