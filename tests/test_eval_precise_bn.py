@@ -99,9 +99,20 @@ def test_an_error_midway_restores_the_old_statistics():
     assert all(torch.equal(bn.running_mean, s) for bn, s in zip(batchnorm_layers(model), saved))
 
 
-def test_fsve_and_baselines_have_batchnorms_to_recalibrate():
-    assert batchnorm_layers(_model("model.fsve.variant=snn-backbone"))
-    assert batchnorm_layers(_model("model.arch=tfp-resnet"))
+@pytest.mark.parametrize("extra", ["model.fsve.variant=snn-backbone", "model.fsve.variant=full-snn",
+                                   "model.arch=tfp-resnet"])
+def test_fsve_and_baselines_recalibrate_every_batchnorm(extra):
+    model = _model(extra)
+    bns = batchnorm_layers(model)
+    before = [bn.running_mean.clone() for bn in bns]
+    assert recalibrate_batchnorm(model, [{"spikes": _clips(4)}], torch.device("cpu")) == 1
+    assert bns and all(not torch.equal(b, bn.running_mean) for b, bn in zip(before, bns))
+
+
+def test_a_model_without_batchnorm_is_left_alone():
+    model = _model("model.arch=spike-rate-mlp")
+    assert batchnorm_layers(model) == []
+    assert recalibrate_batchnorm(model, [{"spikes": _clips(4)}], torch.device("cpu")) == 0
 
 
 def test_sample_batches_draws_without_replacement_from_the_whole_split(tmp_path):
