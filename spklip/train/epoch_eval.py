@@ -11,7 +11,7 @@ import torch
 
 from spklip.config import ExperimentConfig
 from spklip.eval.evaluate import EvalReport, confusion_figure, embed_clips, evaluate_embeddings
-from spklip.eval.precise_bn import batchnorm_layers, recalibrate_batchnorm
+from spklip.eval.precise_bn import recalibrate_batchnorm
 from spklip.train import data as train_data
 from spklip.tracking import Tracker
 
@@ -83,9 +83,9 @@ class EpochEvaluator:
     def recalibrate(self, model, device, autocast_dtype=None) -> int:
         """Precise BN on ``eval.bn_recal_batches`` random training micro-batches (the same sample every epoch)."""
         n = self.cfg.eval.bn_recal_batches
-        if not n or not batchnorm_layers(model):
+        if not n:
             return 0
-        data = self.cfg.data
+        data = self.cfg.data  # the sample is read lazily: a model without BatchNorm reads nothing
         batches = train_data.sample_batches(data.path, data.train_split, n, data.batch_size, seed=data.seed)
         return recalibrate_batchnorm(model, batches, device, autocast_dtype)
 

@@ -15,6 +15,11 @@ from spklip.config import ExperimentConfig
 SWEEP_FILE = "spklip_sweep.json"  # in the Tune experiment folder: parent run, base config, metrics (for --resume)
 
 
+def trial_run_name(trial_id: str) -> str:
+    """The Train run (and MLflow child run) name of a trial: stable across a resume, so the run is found again."""
+    return f"train-trial_id={trial_id}"
+
+
 def worst(mode: str) -> float:
     return float("-inf") if mode == "max" else float("inf")
 
@@ -47,7 +52,7 @@ def trial_driver(config: dict[str, Any], sweep: dict[str, Any]) -> None:
 
     base = ExperimentConfig.from_flat_dict(sweep["base"])
     trial_id = tune.get_context().get_trial_id()
-    run_name = f"train-trial_id={trial_id}"
+    run_name = trial_run_name(trial_id)
     reason = invalid_reason(base, config)
     if reason is not None:  # a corner the space let through: record it, score it worst, train nothing
         if sweep["parent_run_id"]:

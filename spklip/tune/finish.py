@@ -7,6 +7,7 @@ from typing import Any
 
 from spklip.config import ExperimentConfig
 from spklip.tune import report as rep
+from spklip.tune.driver import trial_run_name
 
 STOPPED_TAG = "spklip.sweep.stopped"
 
@@ -15,8 +16,8 @@ def close_stopped_children(uri: str, experiment: str, parent_run_id: str, errore
     """Mark the child runs of trials the scheduler (ASHA) stopped as KILLED, with a tag saying so.
 
     A stopped trial never returns from `fit`: its MLflow run stays RUNNING, or, when the stop reaches `fit` as an
-    exception, `fit` has already marked it FAILED. Runs named in `errored` (``train-trial_id=<id>`` of the trials
-    Tune reports as errored) really failed and keep FAILED.
+    exception, `fit` has already marked it FAILED. Runs named in `errored` (`trial_run_name` of the trials Tune
+    reports as errored) really failed and keep FAILED.
     """
     from mlflow.tracking import MlflowClient
 
@@ -70,7 +71,7 @@ def finish_sweep(spec, cfg: ExperimentConfig, sweep: dict[str, Any], path: Path,
         print(run.table_markdown)
         return run
     uri, experiment = sweep["tracking_uri"], cfg.tracking.experiment
-    errored = {f"train-trial_id={r.metrics.get('trial_id')}" for r in results if r.error is not None}
+    errored = {trial_run_name(r.metrics.get("trial_id")) for r in results if r.error is not None}
     close_stopped_children(uri, experiment, sweep["parent_run_id"], errored)
     table = rep.sweep_table(experiment, uri=uri, parent_run_id=sweep["parent_run_id"],
                             metrics=[tuple(m) for m in sweep["metrics"]])
