@@ -112,3 +112,25 @@ def test_killed_worker_resumes_from_the_last_checkpoint(ray_session, tmp_path, m
     # Steps 1-3 ran once (checkpoint at 3); 4 ran twice (before the crash at 5 and after resuming from 3); 5 on
     # once: the failure cost less than one checkpoint interval, not the run.
     assert steps == [1, 2, 3, 4, 4] + list(range(5, 2 * spe + 1))
+
+
+@pytest.mark.slow
+def test_checkpoint_interval_dividing_the_epoch_keeps_one_checkpoint_per_step(ray_session, tmp_path, monkeypatch):
+    # 48 train clips / 2 workers / batch 4 = 6 steps per epoch; checkpoint_every=3 puts a mid-epoch checkpoint on
+    # the epoch's last step, which the end-of-epoch report also checkpoints. Both used to share the folder
+    # checkpoint_step=0000006: Ray deleted it as the worse of the two and the run ended on "Path not found".
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    data = write_motion_shards(tmp_path / "motion", per_class=16, shape=(16, 32, 32))
+    cfg = _cfg(data, tmp_path, "train.epochs=2", "train.checkpoint_every=3", "train.keep_checkpoints=1",
+               "eval.energy=false", "eval.few_shot_ks=[1]", "eval.few_shot_seeds=1", "eval.few_shot_steps=5",
+               "eval.bn_recal_batches=1", "tracking.log_model=false")
+    result = fit(cfg, run_name="every3")
+    assert result.metrics["step"] == 12
+    for path in (result.checkpoint, result.best_checkpoint):
+        assert os.path.isfile(os.path.join(path, "state.pt")), path
+    payload = read_checkpoint(result.best_checkpoint)
+    # The kept checkpoint is the evaluated end-of-epoch one (a resume from it starts the next epoch).
+    assert "val/top1" in payload["metrics"] and payload["epoch"] == payload["step"] // 6, payload["step"]
+    run = tmp_path / "runs" / "ray" / "every3"
+    kept = sorted(p.name for p in run.glob("checkpoint_step=*"))
+    assert kept and len(kept) == len(set(kept)) and all((run / k / "state.pt").is_file() for k in kept), kept

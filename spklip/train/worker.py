@@ -92,11 +92,20 @@ class _WorkerRun:
         self.tracker = Tracker(config["tracking_uri"], config["mlflow_run_id"] if self.rank == 0 else None)
         self.evaluator = EpochEvaluator(cfg, config["dataset"], self.tracker) if self.rank == 0 else None
         self.last_eval: dict[str, float] = {}
+        self.epoch_drained = False  # set by _epoch_batches when the epoch has no batch left
+        self.checkpointed_step = -1  # step of the last report that carried a checkpoint
 
     def run(self) -> None:
         shard = ray.train.get_dataset_shard("train")
-        run_training(self.loop, self.state, lambda epoch: train_data.train_batches(shard, self.cfg, epoch),
-                     self.on_step, self.on_epoch_end)
+        run_training(self.loop, self.state, lambda epoch: self._epoch_batches(shard, epoch), self.on_step,
+                     self.on_epoch_end)
+
+    def _epoch_batches(self, shard, epoch: int):
+        """The epoch's batches; marks the epoch as drained once the loop's look-ahead finds no next batch, which
+        happens before the epoch's last ``on_step`` (the loop looks ahead to sync gradients on the last batch)."""
+        self.epoch_drained = False
+        yield from train_data.train_batches(shard, self.cfg, epoch)
+        self.epoch_drained = True
 
     def _save(self, directory: str | Path) -> Path:
         return save_checkpoint(directory, model=self.model, cfg=self.cfg, state=self.state,
@@ -105,6 +114,9 @@ class _WorkerRun:
     def report(self, metrics: dict[str, float]) -> None:
         """``ray.train.report`` with a checkpoint (attached by rank 0; every rank reports)."""
         name = f"checkpoint_step={self.state.step:07d}"
+        if self.state.step == self.checkpointed_step:  # never reuse a folder name: Ray would delete it along with
+            name += f"-epoch={self.state.epoch}"  # the older report's entry (on_step avoids getting here)
+        self.checkpointed_step = self.state.step
         local_dir = self.config.get("local_run_dir")
         if local_dir:  # local mode: a persistent folder, the last keep_checkpoints kept
             d = self._save(Path(local_dir) / name)
@@ -121,7 +133,10 @@ class _WorkerRun:
         train = self.cfg.train
         if self.rank == 0 and st.step % train.log_every == 0:
             self.tracker.log_metrics({f"train/{k}": v for k, v in metrics.items()}, st.step)
-        if train.checkpoint_every and st.step % train.checkpoint_every == 0:
+        # The epoch's last step (or the max_steps one) is checkpointed by on_epoch_end, with its evaluation: one
+        # checkpoint per step, so Ray never holds two reports of one folder (it deleted the folder with the first).
+        ends_epoch = self.epoch_drained or (train.max_steps and st.step >= train.max_steps)
+        if train.checkpoint_every and st.step % train.checkpoint_every == 0 and not ends_epoch:
             unscored = float("-inf") if train.metric_mode == "max" else float("inf")  # not evaluated yet
             self.report({"step": st.step, "epoch": st.epoch, "train/loss": metrics["loss"], train.metric: unscored})
 
