@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 
 from spklip.config import ConfigError
 
@@ -19,10 +21,13 @@ COMMAND_MODULES = [
     "spklip.commands.sweep",  # sweep NAME | report --experiment NAME
     "spklip.commands.model",  # models | energy --model NAME
 ]
+DEBUG_ENV = "SPKLIP_DEBUG"  # SPKLIP_DEBUG=1 does what --debug does
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spklip", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true",
+                        help=f"print the full traceback of an error (also {DEBUG_ENV}=1); accepted anywhere")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -30,13 +35,46 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Every error reaches the user as one line naming the file or key (exit 2; Ctrl-C: 130);
+    ``--debug`` or ``SPKLIP_DEBUG=1`` prints the traceback above that line."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    end = argv.index("--") if "--" in argv else len(argv)  # what follows "--" belongs to the command
+    debug = "--debug" in argv[:end] or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    argv = [a for i, a in enumerate(argv) if i >= end or a != "--debug"]
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        # User errors (bad config key, missing file, malformed input) get one clear line, not a traceback.
-        print(f"spklip: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print("spklip: interrupted", file=sys.stderr)  # what was being written has been removed
+        return 130
+    except Exception as e:  # noqa: BLE001 - the whole point: no traceback for the user unless asked for
+        if debug:
+            traceback.print_exc()
+        print(f"spklip: error: {error_line(e, args, hint=not debug)}", file=sys.stderr)
         return 2
+
+
+def error_line(e: BaseException, args: argparse.Namespace | None = None, hint: bool = False) -> str:
+    """One line for `e`: the file, line and column of a YAML syntax error; else the first line of its message,
+    prefixed by its type unless it is an error spklip words for the user (ConfigError, ValueError, OSError).
+    `hint` appends how to see the traceback to errors of other types (unexpected ones)."""
+    import yaml
+
+    if isinstance(e, yaml.MarkedYAMLError) and e.problem_mark is not None:
+        mark = e.problem_mark  # spklip reads YAML from a string, so the mark names no file: --config is the one
+        name = mark.name if mark.name and not mark.name.startswith("<") else getattr(args, "config", None) or "YAML"
+        what = e.problem or "invalid YAML"
+        if e.context and e.context_mark is not None:  # where the construct that broke began
+            what += f" ({e.context} at line {e.context_mark.line + 1}, column {e.context_mark.column + 1})"
+        return f"{name}: YAML syntax error at line {mark.line + 1}, column {mark.column + 1}: {what}"
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    text = lines[0] + (" ..." if len(lines) > 1 else "") if lines else ""
+    if isinstance(e, (ConfigError, ValueError, OSError)) and text:
+        return text
+    text = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return text + (f" (--debug or {DEBUG_ENV}=1 shows the traceback)" if hint else "")
 
 
 if __name__ == "__main__":

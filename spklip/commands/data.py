@@ -170,10 +170,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def _firing_rate(path: str, meta: dict) -> float:
     import pyarrow.parquet as pq
 
-    from spklip.data.shards import decode_batch
+    from spklip.data.shards import decode_batch, reading
 
-    first = next(files[0] for files in meta["shards"].values() if files)
-    table = pq.ParquetFile(Path(path) / first).read_row_group(0).slice(0, 64)
+    first = Path(path) / next(files[0] for files in meta["shards"].values() if files)
+    with reading(first):
+        table = pq.ParquetFile(first).read_row_group(0).slice(0, 64)
     return float(decode_batch(table)["spikes"].mean())
 
 

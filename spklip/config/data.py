@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from spklip.config.base import ConfigError
+
 
 @dataclass(frozen=True)
 class DataCfg:
@@ -14,3 +16,10 @@ class DataCfg:
     batch_size: int = 16  # per worker
     shuffle: bool = True  # reshuffle every epoch
     seed: int = 0
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ConfigError(f"data.batch_size must be >= 1, got {self.batch_size}")
+        for key in ("path", "train_split", "val_split", "zero_shot_split"):
+            if not getattr(self, key):
+                raise ConfigError(f"data.{key} must not be empty")

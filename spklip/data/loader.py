@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from spklip.data.shards import decode_batch, split_files, validate_shards
+from spklip.data.shards import decode_batch, reading, split_files, validate_shards
 
 READ_COLUMNS = ["clip_id", "spikes", "num_planes", "height", "width", "caption", "class_name", "label"]
 DECODED_BATCH_BYTES = 32 * 2**20  # decoded spikes per map_batches call (bounds worker memory)
@@ -129,7 +129,11 @@ class SpikeShardDataset(torch.utils.data.Dataset):
         self.path, self.split = Path(path), split
         self.meta = validate_shards(path)
         files = split_files(path, split, self.meta)
-        self.table = pa.concat_tables([pq.read_table(f, columns=READ_COLUMNS) for f in files]).combine_chunks()
+        tables = []
+        for f in files:
+            with reading(f):
+                tables.append(pq.read_table(f, columns=READ_COLUMNS))
+        self.table = pa.concat_tables(tables).combine_chunks()
 
     def __len__(self) -> int:
         return self.table.num_rows

@@ -14,6 +14,7 @@ temporary sibling folder and renamed at the end, so a failure never leaves a par
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -271,6 +272,16 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
+@contextlib.contextmanager
+def reading(file: str | os.PathLike):
+    """``with reading(file): ...``: an OS or Arrow error while reading `file` becomes a ShardError naming it."""
+    try:
+        yield
+    except (OSError, pa.ArrowException) as e:
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ShardError(f"{file}: cannot read this Parquet shard ({why}); rebuild the dataset") from e
+
+
 def validate_shards(path: str | os.PathLike) -> dict[str, Any]:
     """Check a shard folder (manifest, files, Parquet schema and its version) and return `read_metadata`.
 
@@ -284,7 +295,8 @@ def validate_shards(path: str | os.PathLike) -> dict[str, Any]:
             file = root / rel
             if not file.is_file():
                 raise ShardError(f"{file} is listed in {MANIFEST} but missing")
-            schema = pq.read_schema(file)
+            with reading(file):
+                schema = pq.read_schema(file)
             for f in SCHEMA:
                 if f.name not in schema.names or schema.field(f.name).type != f.type:
                     found = schema.field(f.name).type if f.name in schema.names else "missing"

@@ -11,7 +11,9 @@ pretrained package, which keeps checkpoints small.
 from __future__ import annotations
 
 import json
+import pickle
 import random
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,10 @@ from spklip.config import ExperimentConfig
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.json"
 FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read (empty, truncated, not a spklip checkpoint); names the file."""
 
 
 @dataclass
@@ -99,10 +105,26 @@ def read_checkpoint(directory: str | Path, map_location: str | torch.device = "c
         path = path / STATE_FILE
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {directory} (expected a folder holding {STATE_FILE})")
-    payload = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        with warnings.catch_warnings():  # a foreign pickle makes torch warn about its protocol before failing
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable spklip checkpoint ({_load_problem(e)})") from e
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path}: not a spklip checkpoint (holds a {type(payload).__name__})")
     if payload.get("format") != FORMAT_VERSION:
         raise ValueError(f"checkpoint {path} has format {payload.get('format')!r}, expected {FORMAT_VERSION}")
     return payload
+
+
+def _load_problem(e: Exception) -> str:
+    """What `torch.load` found wrong, in a few words (its own messages run to a paragraph of advice)."""
+    if isinstance(e, EOFError):
+        return "empty or cut short"
+    if isinstance(e, pickle.UnpicklingError):  # torch's text suggests weights_only=False: never, for a bad file
+        return "not a torch weights file, or one holding code objects"
+    return str(e).strip().split(". ")[0].splitlines()[0][:160] if str(e).strip() else type(e).__name__
 
 
 def load_model_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import torch
 
 from spklip.config import ExperimentConfig
-from spklip.data.shards import ShardError, decode_batch, split_files, validate_shards
+from spklip.data.shards import ShardError, decode_batch, reading, split_files, validate_shards
 
 
 def dataset_info(cfg: ExperimentConfig, eval_only: bool = False, split: str | None = None) -> dict[str, Any]:
@@ -53,8 +53,9 @@ def to_torch(batch: dict[str, np.ndarray]) -> dict[str, Any]:
 def eval_batches(path: str, split: str, batch_size: int) -> Iterator[dict[str, Any]]:
     """Every clip of `split` in file order, decoded, as torch batches of at most `batch_size`."""
     for file in split_files(path, split):
-        for record_batch in pq.ParquetFile(file).iter_batches(batch_size=batch_size):
-            yield to_torch(decode_batch(pa.Table.from_batches([record_batch])))
+        with reading(file):
+            for record_batch in pq.ParquetFile(file).iter_batches(batch_size=batch_size):
+                yield to_torch(decode_batch(pa.Table.from_batches([record_batch])))
 
 
 def ray_train_dataset(cfg: ExperimentConfig):
@@ -101,7 +102,10 @@ def sample_batches(path: str, split: str, num_batches: int, batch_size: int, see
     and decoded one batch at a time. Fewer batches come out when the split is smaller than the request.
     """
     files = split_files(path, split)
-    rows = [pq.ParquetFile(f).metadata.num_rows for f in files]
+    rows = []
+    for f in files:
+        with reading(f):
+            rows.append(pq.ParquetFile(f).metadata.num_rows)
     total = sum(rows)
     n = min(num_batches * batch_size, total - total % batch_size)
     if n <= 0:
@@ -112,7 +116,8 @@ def sample_batches(path: str, split: str, num_batches: int, batch_size: int, see
     for file, count in zip(files, rows):
         local = pick[(pick >= start) & (pick < start + count)] - start
         if len(local):
-            parts.append(pq.read_table(file).take(pa.array(local)))
+            with reading(file):
+                parts.append(pq.read_table(file).take(pa.array(local)))
         start += count
     table = pa.concat_tables(parts).take(pa.array(rng.permutation(n)))  # packed rows in random order
     for i in range(0, n, batch_size):
