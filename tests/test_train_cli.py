@@ -26,5 +26,7 @@ def test_train_then_eval_a_checkpoint_from_the_cli(ray_session, tmp_path, capsys
     assert main(["eval", "--checkpoint", ckpt, "--split", "val", "--out", str(tmp_path / "ev")]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["val/top1"] == pytest.approx(summary["metrics"]["val/top1"], abs=1e-6)  # same split, same model
-    assert {p.name for p in (tmp_path / "ev").iterdir()} == {"metrics.json", "retrieval.md", "few_shot.md",
-                                                             "energy.md", "confusion_matrix.png"}
+    written = {"metrics.json", "retrieval.md", "few_shot.md", "energy.md", "confusion_matrix.png"}
+    assert {p.name for p in (tmp_path / "ev").iterdir()} == written | {"spklip_eval.json"}  # + what marks it spklip's
+    marker = json.loads((tmp_path / "ev" / "spklip_eval.json").read_text())
+    assert set(marker["files"]) == written and marker["checkpoint"] == ckpt and marker["split"] == "val"

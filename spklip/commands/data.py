@@ -54,7 +54,7 @@ def register(subparsers) -> None:
 
 def _build_args(p: argparse.ArgumentParser, kind: str) -> None:
     p.add_argument("--out", required=True, help="dataset folder to create")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing spklip dataset folder (nothing else)")
     p.add_argument("--model", default="spklip-tiny", help="take the clip shape (N, H, W) from this model preset")
     p.add_argument("--planes", type=int, help="spike planes N per clip (overrides --model)")
     p.add_argument("--height", type=int, help="clip rows H (overrides --model)")
@@ -130,10 +130,9 @@ def make_clips(args: argparse.Namespace):
 def cmd_build(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from spklip.data.shards import ShardError, write_shards
+    from spklip.data.shards import check_out_dir, write_shards
 
-    if Path(args.out).exists() and not args.overwrite:
-        raise ShardError(f"{args.out} already exists; pass --overwrite to replace it")
+    check_out_dir(args.out, args.overwrite)  # before any clip is made: refuse early, delete nothing
     info, clips, total = make_clips(args)
     clips = tqdm(clips, total=total, desc=f"build {args.kind}", unit="clip", disable=args.no_progress)
     meta = write_shards(clips, args.out, info, target_shard_mb=args.shard_mb, overwrite=args.overwrite)

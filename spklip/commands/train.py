@@ -29,8 +29,10 @@ def _eval(args: argparse.Namespace) -> int:
     from spklip.config import apply_overrides, parse_overrides
     from spklip.train import data as train_data
     from spklip.train.checkpoint import model_from_checkpoint
-    from spklip.train.epoch_eval import evaluate_model, write_report
+    from spklip.train.epoch_eval import check_report_out, evaluate_model, write_report
 
+    if args.out:
+        check_report_out(args.out)  # refuse a folder spklip did not write before spending time on the evaluation
     model, cfg, payload = model_from_checkpoint(args.checkpoint)
     overrides = parse_overrides(args.set)
     if args.data:
@@ -43,7 +45,9 @@ def _eval(args: argparse.Namespace) -> int:
           f"{cfg.data.path} split {args.split!r}:", file=sys.stderr)
     print(json.dumps(report.metrics, indent=1, sort_keys=True))
     if args.out:
-        print(f"wrote {write_report(report, args.out)}", file=sys.stderr)
+        provenance = {"checkpoint": str(args.checkpoint), "step": payload["step"], "data": cfg.data.path,
+                      "split": args.split}
+        print(f"wrote {write_report(report, args.out, provenance)}", file=sys.stderr)
     return 0
 
 
@@ -69,5 +73,6 @@ def register(subparsers) -> None:
     e.add_argument("--split", default="test", help="seen-class split for closed-set and retrieval (default test)")
     e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override eval settings, e.g. --set eval.few_shot_seeds=10")
-    e.add_argument("--out", default=None, help="folder for metrics.json, tables and the confusion plot")
+    e.add_argument("--out", default=None, help="folder for metrics.json, tables and the confusion plot (replaces "
+                   "only an earlier spklip eval report)")
     e.set_defaults(handler=_eval)

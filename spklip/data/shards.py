@@ -9,7 +9,8 @@ Each row holds ``spikes`` (``numpy.packbits(bitorder="little")`` of the C-order 
 (``num_planes``, ``height``, ``width``), ``caption``, ``class_name``, ``label``, ``split``, ``source``,
 ``clip_id`` and the simulator parameters (``sim_*``; null for real recordings). Every Parquet file also carries the
 dataset header and ``schema_version`` in its key-value metadata under ``spklip``. Everything is written into a
-temporary sibling folder and renamed at the end, so a failure never leaves a partial dataset behind.
+temporary sibling folder and renamed at the end, so a failure never leaves a partial dataset behind; an existing
+folder is replaced only when it is a spklip dataset (its manifest lists every file in it), see `spklip.outdir`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from typing import Any, Iterable
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from spklip.outdir import check_replaceable, make_temp, read_marker, replace_dir
 
 SCHEMA_VERSION = 1
 METADATA_KEY = b"spklip"
@@ -205,21 +208,19 @@ def write_shards(clips: Iterable[Clip], out_dir: str | os.PathLike, info: Datase
         out_dir: the dataset folder; it must not exist unless ``overwrite``.
         info: the dataset header (classes, held-out labels, clip shape, simulator, builder arguments).
         target_shard_mb: a split's file is closed once its packed spikes reach this size.
-        overwrite: replace an existing folder (only after the new one is complete).
+        overwrite: replace an existing spklip dataset or empty folder (only after the new one is complete).
 
     Raises:
         ShardError: a clip that does not fit ``info`` (shape, values, split, label, duplicate id), no clips at all,
             or an existing ``out_dir`` without ``overwrite``. Nothing is left on disk then.
+        spklip.outdir.RefusedError: ``out_dir`` is a file, a link, or a folder that is not a spklip dataset or
+            holds files its manifest does not list (with or without ``overwrite``); it is left untouched.
     """
     out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise ShardError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
+    check_out_dir(out, overwrite)
     if set(info.unseen_labels) - set(range(len(info.class_names))):
         raise ShardError(f"unseen labels {info.unseen_labels} outside 0..{len(info.class_names) - 1}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = make_temp(out)  # also clears what an interrupted earlier build left beside `out`
     try:
         writer = _ShardWriter(tmp, info, int(target_shard_mb * 2**20))
         for clip in clips:
@@ -230,18 +231,32 @@ def write_shards(clips: Iterable[Clip], out_dir: str | os.PathLike, info: Datase
             raise ShardError("no clips to write")
         meta = writer.manifest()
         (tmp / MANIFEST).write_text(json.dumps(meta, indent=1))
-        _replace_dir(tmp, out)
+        check_out_dir(out, overwrite)  # again: `out` may have changed during a long build
+        replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return meta
 
 
-def _replace_dir(new: Path, dest: Path) -> None:
-    old = dest.parent / f".{dest.name}.old-{os.getpid()}"
-    if dest.exists():
-        os.replace(dest, old)
-    os.replace(new, dest)
-    shutil.rmtree(old, ignore_errors=True)
+def dataset_files(root: Path) -> set[str] | None:
+    """The files spklip wrote in a dataset folder (its manifest and the shards it lists); None if no manifest."""
+    meta = read_marker(root / MANIFEST, ("schema_version", "fingerprint", "shards"))
+    try:
+        return {MANIFEST, *(str(f) for files in meta["shards"].values() for f in files)} if meta else None
+    except (AttributeError, TypeError):
+        return None
+
+
+def check_out_dir(out: str | os.PathLike, overwrite: bool) -> None:
+    """Raise unless `write_shards` may write `out`: absent, or (with `overwrite`) empty or a spklip dataset.
+
+    Raises:
+        RefusedError: `out` is a file, a link, or a folder that is not a spklip dataset or holds other files.
+        ShardError: `out` exists and `overwrite` is off.
+    """
+    check_replaceable(out, dataset_files, "a spklip dataset")
+    if os.path.lexists(out) and not overwrite:
+        raise ShardError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import tempfile
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ import torch
 from spklip.config import ExperimentConfig
 from spklip.eval.evaluate import EvalReport, confusion_figure, embed_clips, evaluate_embeddings
 from spklip.eval.precise_bn import recalibrate_batchnorm
+from spklip.outdir import check_replaceable, make_temp, read_marker, replace_dir
 from spklip.train import data as train_data
 from spklip.tracking import Tracker
 
@@ -103,22 +104,47 @@ def log_report_artifacts(tracker: Tracker, report: EvalReport, folder: str) -> N
         plt.close(fig)
 
 
-def write_report(report: EvalReport, out_dir: str | Path) -> Path:
-    """Write metrics (JSON), tables and the confusion plot to a folder (``spklip eval --out``)."""
+REPORT_MARKER = "spklip_eval.json"  # in every `write_report` folder: what wrote it and the files it holds
+
+
+def report_files(root: Path) -> set[str] | None:
+    """The files `write_report` wrote in `root` (listed by its marker), or None when `root` has no marker."""
+    marker = read_marker(root / REPORT_MARKER, ("written_by", "files"))
+    if not marker or marker["written_by"] != "spklip eval" or not isinstance(marker["files"], list):
+        return None
+    return {REPORT_MARKER, *map(str, marker["files"])}
+
+
+def check_report_out(out_dir: str | Path) -> None:
+    """Raise `spklip.outdir.RefusedError` unless `out_dir` is absent, empty or an earlier `write_report` folder."""
+    check_replaceable(out_dir, report_files, "a spklip eval report")
+
+
+def write_report(report: EvalReport, out_dir: str | Path, provenance: dict[str, Any] | None = None) -> Path:
+    """Write metrics (JSON), tables and the confusion plot to a folder (``spklip eval --out``), all or nothing.
+
+    An existing `out_dir` is replaced only when it is empty or an earlier report (see `check_report_out`).
+    `provenance` (checkpoint, data, split ...) goes into the marker file beside the list of files.
+    """
     import json
     import matplotlib.pyplot as plt
 
     out = Path(out_dir)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None))
-    (tmp / "metrics.json").write_text(json.dumps(report.metrics, indent=1, sort_keys=True))
-    for name, text in report.tables.items():
-        (tmp / name).write_text(text)
-    if report.confusion is not None:
-        fig = confusion_figure(report.confusion, report.confusion_classes)
-        fig.savefig(tmp / "confusion_matrix.png", dpi=100)
-        plt.close(fig)
-    if out.exists():
-        import shutil
-        shutil.rmtree(out)
-    tmp.replace(out)  # all or nothing
+    check_report_out(out)
+    tmp = make_temp(out)
+    try:
+        (tmp / "metrics.json").write_text(json.dumps(report.metrics, indent=1, sort_keys=True))
+        for name, text in report.tables.items():
+            (tmp / name).write_text(text)
+        if report.confusion is not None:
+            fig = confusion_figure(report.confusion, report.confusion_classes)
+            fig.savefig(tmp / "confusion_matrix.png", dpi=100)
+            plt.close(fig)
+        files = sorted(p.name for p in tmp.iterdir())
+        (tmp / REPORT_MARKER).write_text(json.dumps({"written_by": "spklip eval", "files": files,
+                                                     **(provenance or {})}, indent=1, default=str))
+        check_report_out(out)  # again: it may have changed while the report was computed
+        replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out

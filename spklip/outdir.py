@@ -1,0 +1,159 @@
+"""Output folders that spklip replaces: only ever what spklip wrote itself, built beside and swapped in whole.
+
+A command that writes a folder (``spklip data build --out``, ``spklip eval --out``) builds it in a hidden sibling
+``.NAME.tmp-HOST-PID`` and renames it into place at the end. An existing folder is replaced only when it is empty,
+or carries spklip's marker (a dataset's ``manifest.json``, an eval report's ``spklip_eval.json``) and holds nothing
+but the files that marker lists; anything else (a plain file, a link, a folder of other files) is refused with one
+line and nothing is deleted. Siblings left behind by a process that died (SIGKILL, power loss) are cleared by the
+next write to the same folder: temporary folders are removed, a replaced folder whose swap did not finish is put
+back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+from pathlib import Path
+from typing import Any, Callable
+
+HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"  # no "-": it separates host from PID
+
+
+class RefusedError(ValueError):
+    """An output path exists and is not something spklip wrote; it is left exactly as it was."""
+
+
+def read_marker(path: Path, required: tuple[str, ...]) -> dict[str, Any] | None:
+    """The JSON object in `path` when it holds every key in `required`, else None (missing, unreadable, foreign)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return data if isinstance(data, dict) and all(k in data for k in required) else None
+
+
+def check_replaceable(dest: str | os.PathLike, owned: Callable[[Path], set[str] | None], what: str) -> None:
+    """Raise `RefusedError` unless `dest` is absent, an empty folder, or a folder spklip wrote.
+
+    Leftovers of dead processes are cleared first (`clear_stale`), so that what is judged is what is really there.
+
+    Args:
+        dest: the output folder.
+        owned: ``owned(dest)`` -> the relative paths spklip wrote there (from its marker), or None without one.
+        what: what spklip writes there, for the message (e.g. "a spklip dataset").
+    """
+    dest = Path(dest)
+    clear_stale(dest)
+    if not os.path.lexists(dest):
+        return
+    if dest.is_symlink() or not dest.is_dir():
+        kind = "a symbolic link" if dest.is_symlink() else "a file"
+        raise RefusedError(f"{dest} is {kind}, not {what}; spklip will not replace it (choose another path)")
+    if not any(dest.iterdir()):
+        return
+    files = owned(dest)
+    if files is None:
+        raise RefusedError(f"{dest} is not {what} (no spklip marker in it); spklip will not replace it "
+                           "(choose another path or remove it yourself)")
+    foreign = sorted(_foreign(dest, files))
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise RefusedError(f"{dest} holds files spklip did not write ({', '.join(foreign[:3])}{more}); spklip will "
+                           "not replace it (move them out or choose another path)")
+
+
+def _foreign(root: Path, owned: set[str]) -> list[str]:
+    """Entries below `root` (files, links, folders without owned files) not in `owned`."""
+    owned = {Path(p).as_posix() for p in owned}
+    parents = {q.as_posix() for p in owned for q in Path(p).parents}  # folders that hold owned files
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):  # links to folders are listed, not followed
+        rel = Path(dirpath).relative_to(root)
+        for name in dirnames + filenames:
+            path = (rel / name).as_posix()
+            is_dir = name in dirnames and not (Path(dirpath) / name).is_symlink()
+            if path not in owned and not (is_dir and path in parents):
+                out.append(path + ("/" if is_dir else ""))
+        dirnames[:] = [d for d in dirnames if (rel / d).as_posix() in parents]
+    return out
+
+
+def _sibling(dest: Path, kind: str, pid: int | None = None) -> Path:
+    return dest.parent / f".{dest.name}.{kind}-{HOST}-{os.getpid() if pid is None else pid}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def clear_stale(dest: str | os.PathLike) -> list[Path]:
+    """Remove the ``.NAME.tmp-*`` siblings of `dest` left by dead processes of this host; put back a
+    ``.NAME.old-*`` (the previous folder, moved aside) when `dest` itself is missing, else remove it.
+
+    Also clears the older ``.NAME.tmp-PID`` form (no host). Returns what was removed or restored.
+    """
+    dest = Path(dest)
+    pattern = re.compile(rf"^\.{re.escape(dest.name)}\.(tmp|old)-(?:(.+)-)?(\d+)$")
+    done = []
+    if not dest.parent.is_dir():
+        return done
+    for p in sorted(dest.parent.iterdir()):
+        m = pattern.match(p.name)
+        if not m or (m[2] is not None and m[2] != HOST):
+            continue
+        pid = int(m[3])
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        if m[1] == "old" and not os.path.lexists(dest):
+            os.replace(p, dest)  # the swap stopped between moving the old folder aside and the new one in
+        else:
+            _remove(p)
+        done.append(p)
+    return done
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def make_temp(dest: str | os.PathLike) -> Path:
+    """A fresh, empty ``.NAME.tmp-HOST-PID`` folder beside `dest` (after `clear_stale`)."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    clear_stale(dest)
+    tmp = _sibling(dest, "tmp")
+    _remove(tmp)  # an earlier call of this process that could not clean up
+    tmp.mkdir()
+    return tmp
+
+
+def replace_dir(new: Path, dest: str | os.PathLike) -> None:
+    """Move the finished folder `new` to `dest`; an existing `dest` is moved aside first and removed after.
+
+    Call `check_replaceable` just before: this function replaces whatever is at `dest`.
+    """
+    dest = Path(dest)
+    old = _sibling(dest, "old")
+    moved = os.path.lexists(dest)
+    if moved:
+        os.replace(dest, old)
+    try:
+        os.replace(new, dest)
+    except BaseException:
+        if moved:
+            os.replace(old, dest)
+        raise
+    if moved:
+        _remove(old)
