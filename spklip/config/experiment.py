@@ -12,6 +12,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from spklip.config.augment import AugmentCfg
 from spklip.config.base import ConfigError, deep_merge, from_dict, parse_overrides, to_flat_dict, unflatten
 from spklip.config.data import DataCfg
 from spklip.config.model import LossCfg, ModelCfg, load_preset_dict
@@ -22,6 +23,7 @@ from spklip.config.train import EvalCfg, OptimCfg, ScaleCfg, TrackingCfg, TrainC
 class ExperimentConfig:
     model_preset: str = "spklip-tiny"  # named architecture the model section starts from
     data: DataCfg = field(default_factory=DataCfg)
+    augment: AugmentCfg = field(default_factory=AugmentCfg)
     model: ModelCfg = field(default_factory=ModelCfg)
     loss: LossCfg = field(default_factory=LossCfg)
     optim: OptimCfg = field(default_factory=OptimCfg)
