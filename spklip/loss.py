@@ -1,4 +1,5 @@
-"""STCL: symmetric InfoNCE between spike-video and text embeddings (CLIP loss), multi-worker aware.
+"""STCL: symmetric InfoNCE between spike-video and text embeddings (CLIP loss), multi-worker aware, with
+class-aware (multi-positive) targets when captions repeat in a batch.
 
 With ``world_size > 1`` the features of every rank are all-gathered *with gradients* (the local slice of the
 gathered tensor is replaced by the rank's own tensor, whose autograd graph is intact; the other slices come from
@@ -8,6 +9,8 @@ against all gathered columns (less memory, same gradients after averaging). Pure
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import torch
 import torch.distributed as dist
@@ -39,40 +42,80 @@ def gather_features(x: torch.Tensor, world_size: int) -> torch.Tensor:
     return x if world_size == 1 else _AllGather.apply(x)
 
 
+def gather_keys(keys: torch.Tensor, world_size: int) -> torch.Tensor:
+    """``[b] -> [world_size*b]`` integer keys in rank order (no gradient; identity for one worker)."""
+    if world_size == 1:
+        return keys
+    parts = [torch.empty_like(keys) for _ in range(world_size)]
+    dist.all_gather(parts, keys.contiguous())
+    return torch.cat(parts)
+
+
+def caption_keys(captions: list[str]) -> torch.Tensor:
+    """``[B]`` int64 keys equal exactly when the caption strings are equal (stable across processes)."""
+    digest = [int.from_bytes(hashlib.blake2b(c.encode(), digest_size=8).digest(), "little", signed=True)
+              for c in captions]
+    return torch.tensor(digest, dtype=torch.int64)
+
+
+def soft_cross_entropy(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of ``-sum_j t_ij log softmax(logits_i)_j`` with ``t_i`` uniform over row i's positives.
+
+    ``positives`` is a boolean matrix of the logits' shape with at least one True per row; with exactly the
+    diagonal it is ``F.cross_entropy(logits, arange)``.
+    """
+    target = positives.to(logits.dtype)
+    target = target / target.sum(dim=1, keepdim=True)  # [R, C] rows sum to 1
+    return -(target * logits.log_softmax(dim=1)).sum(dim=1).mean()
+
+
 class ClipLoss(nn.Module):
-    """Symmetric cross-entropy over the spike-text similarity matrix.
+    """Symmetric cross-entropy over the spike-text similarity matrix, with one or several positives per row.
 
     Args:
-        cfg: LossCfg (``max_logit_scale`` clamp, ``local_loss``).
+        cfg: LossCfg (``max_logit_scale`` clamp, ``local_loss``, ``positives``).
         rank, world_size: this worker's place in the process group (torch.distributed must be initialised when
             world_size > 1).
 
-    Call with ``loss(spike_features, text_features, logit_scale)`` (or ``loss(**model(spikes, texts))``);
-    returns ``{"contrastive_loss": scalar}``. With N workers the gather's backward sums each feature's gradient
-    over the ranks, so DDP's averaging of parameter gradients reproduces the single-worker gradient of the global
-    batch, in both the full and the local-loss form (tests/test_loss.py checks it with 2 gloo processes).
+    Call with ``loss(spike_features, text_features, logit_scale, keys=None)``; returns
+    ``{"contrastive_loss": scalar}``. ``keys`` (``[b]`` int64, e.g. `caption_keys` or the class labels) marks
+    pairs with the same key as positives (multi-positive InfoNCE: the target of row i is uniform over the
+    columns with i's key, in both directions), so two clips of one class in a batch are not pushed apart. Without
+    keys, or with all keys distinct, it is CLIP's loss (the diagonal). With N workers the keys are all-gathered
+    like the features and the gather's backward sums each feature's gradient over the ranks, so DDP's averaging of
+    parameter gradients reproduces the single-worker gradient of the global batch, in both the full and the
+    local-loss form (tests/test_loss.py checks it with 2 gloo processes).
     """
 
     def __init__(self, cfg: LossCfg | None = None, rank: int = 0, world_size: int = 1):
         super().__init__()
         self.cfg, self.rank, self.world_size = cfg or LossCfg(), rank, world_size
 
-    def forward(self, spike_features: torch.Tensor, text_features: torch.Tensor,
-                logit_scale: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, spike_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
+                keys: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         if spike_features.shape != text_features.shape:
             raise ValueError(f"spike and text features differ in shape: {list(spike_features.shape)} vs "
                              f"{list(text_features.shape)}")
+        b = spike_features.shape[0]
+        if keys is not None and keys.shape != (b,):
+            raise ValueError(f"keys must be [{b}] (one per pair), got {list(keys.shape)}")
         scale = logit_scale.clamp(max=self.cfg.max_logit_scale)
         all_spk = gather_features(spike_features, self.world_size)  # [N*b, D]
         all_txt = gather_features(text_features, self.world_size)
+        dev = spike_features.device
+        if keys is None:
+            all_keys = torch.arange(b * self.world_size, device=dev)  # distinct keys: the diagonal
+            keys = all_keys[self.rank * b:(self.rank + 1) * b]
+        else:
+            keys = keys.to(dev)
+            all_keys = gather_keys(keys, self.world_size)  # [N*b]
         if self.cfg.local_loss:
-            b = spike_features.shape[0]
+            positives = keys[:, None] == all_keys[None, :]  # [b, N*b]
             logits_s = scale * spike_features @ all_txt.T  # [b, N*b]
             logits_t = scale * text_features @ all_spk.T
-            labels = torch.arange(b, device=logits_s.device) + self.rank * b
-            loss = (F.cross_entropy(logits_s, labels) + F.cross_entropy(logits_t, labels)) / 2
+            loss = (soft_cross_entropy(logits_s, positives) + soft_cross_entropy(logits_t, positives)) / 2
             return {"contrastive_loss": loss}
+        positives = all_keys[:, None] == all_keys[None, :]  # [N*b, N*b], symmetric
         logits = scale * all_spk @ all_txt.T  # [N*b, N*b], identical on every rank
-        labels = torch.arange(logits.shape[0], device=logits.device)
-        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        loss = (soft_cross_entropy(logits, positives) + soft_cross_entropy(logits.T, positives)) / 2
         return {"contrastive_loss": loss}

@@ -29,6 +29,8 @@ class HsfeCfg:
     spatial_attention: bool = True  # SA: per-pixel, per-branch sigmoid gate on the branch maps
     photon_conservation: bool = False  # normalise branch temporal weights to conserve spike counts (see hsfe.py)
     stride: int = 1  # spatial stride of the first branch conv (1 = full resolution, as in the paper)
+    norm: Literal["none", "bn"] = "none"  # none: the authors' extractor (no normalisation); bn: BatchNorm after
+    # the branch convs, the fuse conv and each trunk conv, the last one of every residual block zero-initialised
 
     @property
     def window(self) -> int:
@@ -127,6 +129,9 @@ class LossCfg:
     init_logit_scale: float = 1 / 0.07  # exp(learnable log-scale) starts here
     max_logit_scale: float = 100.0  # clamp, as in CLIP
     local_loss: bool = False  # multi-worker: local rows vs all columns instead of the full gathered matrix
+    positives: Literal["caption", "label", "pair"] = "caption"  # which (clip, text) pairs of a batch are positives:
+    # every pair with the same caption string / class label (multi-positive InfoNCE), or only the diagonal (CLIP).
+    # With no repeated caption "caption" equals "pair"; with class captions it stops pushing same-class pairs apart
 
 
 @dataclass(frozen=True)
