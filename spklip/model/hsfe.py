@@ -32,13 +32,25 @@ def cut_subblocks(spikes: torch.Tensor, window: int, k: int, step: int, offset: 
     return blocks.permute(0, 1, 4, 2, 3).reshape(b * k, window, h, w)  # -> [B*K, 2r+1, H, W]
 
 
-class BasicBlock(nn.Module):
-    """The authors' trunk block: conv-ReLU-conv-ReLU-conv, + x, ReLU (no normalisation)."""
+def _norm(ch: int, on: bool, zero: bool = False) -> nn.Module:
+    """BatchNorm2d (gain 0 when `zero`: a residual branch that starts as the identity) or the identity."""
+    if not on:
+        return nn.Identity()
+    bn = nn.BatchNorm2d(ch)
+    if zero:
+        nn.init.zeros_(bn.weight)
+    return bn
 
-    def __init__(self, ch: int):
+
+class BasicBlock(nn.Module):
+    """The authors' trunk block: conv-ReLU-conv-ReLU-conv, + x, ReLU (no normalisation); with ``norm`` each conv is
+    followed by a BatchNorm, the last one zero-initialised so that the block starts as ReLU(x)."""
+
+    def __init__(self, ch: int, norm: bool = False):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(ch, ch, 3, padding=1), nn.ReLU(), nn.Conv2d(ch, ch, 3, padding=1),
-                                  nn.ReLU(), nn.Conv2d(ch, ch, 3, padding=1))
+        self.body = nn.Sequential(nn.Conv2d(ch, ch, 3, padding=1, bias=not norm), _norm(ch, norm), nn.ReLU(),
+                                  nn.Conv2d(ch, ch, 3, padding=1, bias=not norm), _norm(ch, norm), nn.ReLU(),
+                                  nn.Conv2d(ch, ch, 3, padding=1, bias=not norm), _norm(ch, norm, zero=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.body(x) + x)
@@ -89,22 +101,24 @@ class HSFE(nn.Module):
 
     def __init__(self, cfg: HsfeCfg):
         super().__init__()
-        m = cfg.num_branches
+        m, norm = cfg.num_branches, cfg.norm == "bn"
         self.cfg = cfg
         self.branch1 = BranchConv(cfg)
+        self.norm1 = _norm(m * cfg.branch_hidden, norm)  # per-channel, so per branch: the crops stay separate
         self.branch2 = nn.Conv2d(m * cfg.branch_hidden, m, 3, padding=1, groups=m)  # each branch -> one map
         self.gate = (nn.Sequential(nn.Conv2d(m, 2 * m, 3, padding=1), nn.ReLU(), nn.Conv2d(2 * m, m, 3, padding=1),
                                    nn.Sigmoid()) if cfg.spatial_attention else None)
-        self.fuse = nn.Conv2d(m, cfg.features, 3, padding=1)
-        self.trunk = nn.Sequential(*(BasicBlock(cfg.features) for _ in range(cfg.num_res_blocks)))
+        self.fuse = nn.Conv2d(m, cfg.features, 3, padding=1, bias=not norm)
+        self.norm_fuse = _norm(cfg.features, norm)
+        self.trunk = nn.Sequential(*(BasicBlock(cfg.features, norm) for _ in range(cfg.num_res_blocks)))
 
     def branch_maps(self, blocks: torch.Tensor) -> torch.Tensor:
         """MTF then SA: ``[B*K, 2r+1, H, W] -> [B*K, M, H', W']``, one map per branch (gated if SA is on)."""
-        maps = self.branch2(F.relu(self.branch1(blocks)))  # [B*K, M*hidden, H', W'] -> [B*K, M, H', W']
+        maps = self.branch2(F.relu(self.norm1(self.branch1(blocks))))  # [B*K, M*hidden, H', W'] -> [B*K, M, H', W']
         return maps * self.gate(maps) if self.gate is not None else maps
 
     def forward(self, blocks: torch.Tensor) -> torch.Tensor:
-        tmp = F.relu(self.fuse(self.branch_maps(blocks)))  # [B*K, F, H', W']
+        tmp = F.relu(self.norm_fuse(self.fuse(self.branch_maps(blocks))))  # [B*K, F, H', W']
         return self.trunk(tmp) + tmp
 
 

@@ -23,12 +23,17 @@ def hsfe_reference_block(hsfe: HSFE, block: torch.Tensor) -> torch.Tensor:
         lo, hi = m * c, w - m * c
         crop = block[:, lo:hi] * mask[m, lo:hi, None, None]  # centred crop of L_m planes, temporally weighted
         rows = slice(m * hid, (m + 1) * hid)
-        h = F.relu(F.conv2d(crop, conv1.weight[rows, lo:hi], conv1.bias[rows], stride=cfg.stride, padding=1))
+        h = F.conv2d(crop, conv1.weight[rows, lo:hi], conv1.bias[rows], stride=cfg.stride, padding=1)
+        if isinstance(hsfe.norm1, torch.nn.BatchNorm2d):  # eval-mode BN: a fixed affine map per channel
+            bn = hsfe.norm1
+            h = F.batch_norm(h, bn.running_mean[rows], bn.running_var[rows], bn.weight[rows], bn.bias[rows],
+                             training=False, eps=bn.eps)
+        h = F.relu(h)
         maps.append(F.conv2d(h, conv2.weight[m:m + 1], conv2.bias[m:m + 1], padding=1))  # [1, 1, H', W']
     x = torch.cat(maps, dim=1)  # [1, M, H', W']
     if hsfe.gate is not None:
         x = x * hsfe.gate(x)
-    tmp = F.relu(hsfe.fuse(x))
+    tmp = F.relu(hsfe.norm_fuse(hsfe.fuse(x)))
     return hsfe.trunk(tmp) + tmp
 
 
