@@ -78,3 +78,25 @@ def test_class_embeddings_average_templates_and_are_cached_until_training():
     model.train()
     model.eval()
     assert model.class_embeddings(names) is not emb  # train() invalidated the cache
+
+
+def test_frozen_tower_encodes_each_distinct_string_once_and_gives_the_same_embeddings():
+    torch.manual_seed(0)
+    tower = HFTextTower(TextCfg(), 16).train()
+    calls = []
+    tower.encoder.register_forward_hook(lambda m, i, o: calls.append(1))
+    texts = ["the digit one moves left", "the digit two moves up", "the digit one moves left"]
+    first = tower(texts)
+    second = tower(texts[::-1] + ["a new caption"])
+    assert len(calls) == 2  # the second call encoded only the new string
+    with torch.no_grad():
+        torch.testing.assert_close(tower.proj(tower.pooled(texts)), first)  # the cache changes no value
+    torch.testing.assert_close(second[:3], first.flip(0))
+    first.sum().backward()
+    assert tower.proj.weight.grad is not None  # the projection still trains through cached features
+    tuned = HFTextTower(TextCfg(finetune="last-n", finetune_layers=1), 16)
+    calls.clear()
+    tuned.encoder.register_forward_hook(lambda m, i, o: calls.append(1))
+    tuned(texts)
+    tuned(texts)
+    assert len(calls) == 2 and not tuned._cache  # a training encoder is never cached

@@ -68,6 +68,7 @@ class HFTextTower(nn.Module):
             for layer in _trainable_layers(self.encoder)[-cfg.finetune_layers:]:
                 layer.requires_grad_(True)
         self.proj = nn.Linear(self.encoder.config.hidden_size, embed_dim)
+        self._cache: dict[str, torch.Tensor] = {}  # frozen encoder: string -> pooled output [hidden] (CPU, fp32)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -75,15 +76,30 @@ class HFTextTower(nn.Module):
             self.encoder.eval()  # a frozen encoder keeps dropout off
         return self
 
-    def forward(self, texts: list[str]) -> torch.Tensor:
-        device = self.proj.weight.device
+    def pooled(self, texts: list[str]) -> torch.Tensor:
+        """Encoder output mean-pooled over real tokens: ``list[str] -> [B, hidden]``."""
         batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                               return_tensors="pt").to(device)
+                               return_tensors="pt").to(self.proj.weight.device)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
             hidden = self.encoder(**batch).last_hidden_state  # [B, L, hidden]
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # [B, L, 1]
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # mean over real tokens -> [B, hidden]
-        return self.proj(pooled)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # [B, hidden]
+
+    def cached_pooled(self, texts: list[str]) -> torch.Tensor:
+        """`pooled` through a per-string cache: a frozen encoder always maps a string to the same vector, and
+        captions come from a small set, so each distinct string is encoded once per process (only new strings
+        run through the encoder, as one batch). Used only while the encoder is frozen."""
+        device = self.proj.weight.device
+        new = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if new:
+            with torch.no_grad():
+                for text, vec in zip(new, self.pooled(new)):
+                    self._cache[text] = vec.float().cpu()
+        return torch.stack([self._cache[t] for t in texts]).to(device)  # [B, hidden]
+
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        pooled = self.cached_pooled(texts) if self.frozen else self.pooled(texts)  # [B, hidden]
+        return self.proj(pooled.to(self.proj.weight.dtype))
 
 
 class ClipTextTower(nn.Module):
