@@ -38,7 +38,8 @@ def _fresh_loop(cfg, total_steps=4):
 
 
 def test_resume_from_a_checkpoint_continues_the_same_loss_curve(tmp_path):
-    cfg = load_config(overrides=SMALL + ["train.epochs=2", "model.temporal.dropout=0.2"])  # dropout: RNG matters
+    # dropout: RNG matters; augmentation (on by default) must draw the same shifts after the resume
+    cfg = load_config(overrides=SMALL + ["train.epochs=2", "model.temporal.dropout=0.2"])
     data = _batches(2, b=3)
     full = []
     loop = _fresh_loop(cfg)
@@ -83,7 +84,7 @@ class _TwoTower(nn.Module):
         return {"spike_features": feats, "text_features": torch.zeros_like(feats), "logit_scale": torch.tensor(1.0)}
 
 
-def _mse(spike_features, text_features, logit_scale):
+def _mse(spike_features, text_features, logit_scale, keys=None):
     return {"mse_loss": ((spike_features - 1.0) ** 2).mean()}
 
 
@@ -92,7 +93,8 @@ def test_gradient_accumulation_equals_one_big_batch():
     data4 = [{k: v[:4] for k, v in data8[0].items()}, {k: v[4:] for k, v in data8[0].items()}]
     weights = []
     for accum, data in ((1, data8), (2, data4)):
-        cfg = load_config(overrides=SMALL + [f"optim.accum_steps={accum}", "optim.grad_clip=0"])
+        cfg = load_config(overrides=SMALL + [f"optim.accum_steps={accum}", "optim.grad_clip=0", "augment.time_shift=0",
+                                             "augment.shift_px=0"])  # the micro-batches would draw other shifts
         torch.manual_seed(0)
         model = _TwoTower()
         loop = Loop.create(cfg, model, _mse, torch.device("cpu"), 10)
@@ -136,3 +138,18 @@ def test_missing_or_foreign_checkpoint_is_a_clear_error(tmp_path):
     torch.save({"format": 99}, tmp_path / "state.pt")
     with pytest.raises(ValueError, match="format"):
         read_checkpoint(tmp_path)
+
+
+def test_the_loop_augments_each_micro_batch_as_a_function_of_seed_rank_epoch_and_index():
+    cfg = load_config(overrides=SMALL)
+    loop = _fresh_loop(cfg)
+    batch = _batches(1)[0]
+    a, _ = loop.augment(batch, epoch=0, index=0)
+    assert not torch.equal(a, batch["spikes"])  # augmentation is on by default
+    assert torch.equal(a, loop.augment(batch, epoch=0, index=0)[0])
+    assert not torch.equal(a, loop.augment(batch, epoch=0, index=1)[0])
+    assert not torch.equal(a, loop.augment(batch, epoch=1, index=0)[0])
+    loop.rank = 1
+    assert not torch.equal(a, loop.augment(batch, epoch=0, index=0)[0])
+    off = _fresh_loop(load_config(overrides=SMALL + ["augment.time_shift=0", "augment.shift_px=0"]))
+    assert torch.equal(off.augment(batch, 0, 0)[0], batch["spikes"])

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 
 from spklip.config import ExperimentConfig
+from spklip.data.augment import augment_batch
+from spklip.loss import caption_keys
 from spklip.train.checkpoint import TrainState, unwrap
 from spklip.train.schedule import build_optimizer, build_scheduler
 
@@ -50,29 +52,55 @@ class Loop:
     device: torch.device
     total_steps: int
     autocast_dtype: torch.dtype | None = None
+    rank: int = 0  # seeds this worker's augmentation stream
 
     @classmethod
     def create(cls, cfg: ExperimentConfig, model: torch.nn.Module, loss_fn, device: torch.device,
-               total_steps: int) -> "Loop":
+               total_steps: int, rank: int = 0) -> "Loop":
         """AdamW + warmup/cosine over `total_steps` optimiser steps on `model` (already on `device`)."""
         optimizer = build_optimizer(unwrap(model), cfg.optim)
         scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
         return cls(cfg, model, loss_fn, optimizer, scheduler, device, total_steps,
-                   resolve_precision(cfg.train.precision, device))
+                   resolve_precision(cfg.train.precision, device), rank)
+
+    def augment(self, batch: Batch, epoch: int, index: int) -> tuple[torch.Tensor, list[str]]:
+        """The micro-batch's spikes on the device and its captions, augmented by ``cfg.augment``.
+
+        The augmentation of micro-batch `index` of `epoch` on this rank is a pure function of
+        ``(train.seed, rank, epoch, index)``, so a resumed run augments exactly like an uninterrupted one.
+        """
+        spikes = batch["spikes"].to(self.device, non_blocking=True)  # [B, N, H, W] uint8
+        captions = list(batch["caption"])
+        if not self.cfg.augment.enabled:
+            return spikes, captions
+        seed = int(np.random.SeedSequence([self.cfg.train.seed, self.rank, epoch, index]).generate_state(1)[0])
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        return augment_batch(spikes, captions, self.cfg.augment, gen)
+
+    def pair_keys(self, batch: Batch, captions: list[str]) -> torch.Tensor | None:
+        """Keys that mark a batch's positive pairs for the loss (``loss.positives``); None: only the diagonal."""
+        mode = self.cfg.loss.positives
+        if mode == "caption":
+            return caption_keys(captions).to(self.device)
+        if mode == "label":
+            return torch.as_tensor(batch["label"]).to(self.device)
+        return None
 
     def autocast(self):
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
-    def micro_step(self, batch: Batch, scale: float, sync: bool) -> dict[str, float]:
-        """Forward + backward of one micro-batch; gradients are all-reduced only when `sync` (DDP)."""
-        spikes = batch["spikes"].to(self.device, non_blocking=True)  # [B, N, H, W] uint8
+    def micro_step(self, batch: Batch, scale: float, sync: bool, epoch: int = 0, index: int = 0) -> dict[str, float]:
+        """Forward + backward of micro-batch `index` of `epoch` (augmented); gradients are all-reduced only when
+        `sync` (DDP)."""
+        spikes, captions = self.augment(batch, epoch, index)
         sync_ctx = contextlib.nullcontext() if sync or not hasattr(self.model, "no_sync") else self.model.no_sync()
         with sync_ctx:
             with self.autocast():
-                out = self.model(spikes, list(batch["caption"]))
-                terms = self.loss_fn(out["spike_features"].float(), out["text_features"].float(), out["logit_scale"])
+                out = self.model(spikes, captions)
+                terms = self.loss_fn(out["spike_features"].float(), out["text_features"].float(), out["logit_scale"],
+                                     keys=self.pair_keys(batch, captions))
                 loss = sum(v for k, v in terms.items() if k.endswith("_loss"))
             (loss * scale).backward()
         metrics = {k: float(v.detach()) for k, v in terms.items()}
@@ -116,7 +144,8 @@ def train_epoch(loop: Loop, batches: Iterable[Batch], state: TrainState,
     while batch is not None:
         nxt = next(it, None)  # look ahead so the last micro-batch of the epoch syncs gradients
         last_in_group = len(pending) + 1 == accum or nxt is None
-        pending.append(loop.micro_step(batch, 1.0 / accum, sync=last_in_group))
+        pending.append(loop.micro_step(batch, 1.0 / accum, sync=last_in_group, epoch=state.epoch,
+                                       index=state.batch_in_epoch))
         clips += len(batch["caption"])
         state.batch_in_epoch += 1
         if last_in_group:

@@ -82,7 +82,7 @@ class _WorkerRun:
         ctx = ray.train.get_context()
         self.rank, world = ctx.get_world_rank(), ctx.get_world_size()
         self.model, loss_fn, self.device = _setup_model(cfg, world, self.rank)
-        self.loop = Loop.create(cfg, self.model, loss_fn, self.device, config["total_steps"])
+        self.loop = Loop.create(cfg, self.model, loss_fn, self.device, config["total_steps"], rank=self.rank)
         self.state = TrainState()
         checkpoint = _resume_point(config)
         if checkpoint is not None:  # a restarted worker group or a resumed run: continue where the last report was
