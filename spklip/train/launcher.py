@@ -76,7 +76,7 @@ def _world(cfg: ExperimentConfig) -> int:
 
 
 def _mlflow_run(cfg: ExperimentConfig, run_name: str, run_folder: Path, dataset: dict[str, Any],
-                parent_run_id: str | None) -> Tracker:
+                parent_run_id: str | None, extra_tags: dict[str, str] | None = None) -> Tracker:
     """Reuse the MLflow run of an earlier attempt of this Ray run (resume), else start a new one."""
     uri = resolve_uri(cfg.tracking.uri, cfg.train.run_dir)
     if not cfg.tracking.enabled:
@@ -85,7 +85,7 @@ def _mlflow_run(cfg: ExperimentConfig, run_name: str, run_folder: Path, dataset:
     if saved.exists():
         return Tracker(uri, json.loads(saved.read_text())["mlflow_run_id"])
     tags = {"git_commit": git_commit(), "dataset_fingerprint": dataset["fingerprint"], "model_arch": cfg.model.arch,
-            "model_preset": cfg.model_preset, "ray_run_name": run_name}
+            "model_preset": cfg.model_preset, "ray_run_name": run_name, **(extra_tags or {})}
     tracker = start_run(uri, cfg.tracking.experiment, cfg.train.run_dir, run_name=run_name,
                         params=cfg.to_flat_dict(), tags=tags, parent_run_id=parent_run_id)
     if tracker.enabled:
@@ -98,7 +98,7 @@ def _mlflow_run(cfg: ExperimentConfig, run_name: str, run_folder: Path, dataset:
 
 
 def prepare_run(cfg: ExperimentConfig, *, run_name: str | None = None, storage_path: str | None = None,
-                mlflow_parent_run_id: str | None = None) -> RunPlan:
+                mlflow_parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> RunPlan:
     """Validate data and config, plan steps, open (or reopen) the MLflow run. Raises before any worker starts."""
     cfg = _absolute(cfg)
     dataset = train_data.dataset_info(cfg)
@@ -107,7 +107,7 @@ def prepare_run(cfg: ExperimentConfig, *, run_name: str | None = None, storage_p
     total = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
     run_name = run_name or cfg.tracking.run_name or f"{cfg.model_preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage_path = str(Path(storage_path or Path(cfg.train.run_dir) / "ray").resolve())
-    tracker = _mlflow_run(cfg, run_name, Path(storage_path) / run_name, dataset, mlflow_parent_run_id)
+    tracker = _mlflow_run(cfg, run_name, Path(storage_path) / run_name, dataset, mlflow_parent_run_id, tags)
     return RunPlan(cfg, run_name, storage_path, dataset, total, tracker)
 
 
@@ -162,13 +162,15 @@ def build_trainer(cfg: ExperimentConfig, *, run_name: str | None = None, storage
 
 def fit(cfg: ExperimentConfig, *, run_name: str | None = None, storage_path: str | None = None,
         callbacks: Sequence[Any] = (), mlflow_parent_run_id: str | None = None,
-        fail_at_step: int | None = None) -> FitResult:
+        fail_at_step: int | None = None, tags: dict[str, str] | None = None) -> FitResult:
     """Train `cfg` to the end and return its final evaluation metrics and checkpoints.
 
+    ``tags`` are added to a new MLflow run (sweeps: trial id, seed, the trial's labels).
     ``fail_at_step`` is fault injection for tests: rank 0 kills its own process once at that step.
     """
     t0 = time.perf_counter()
-    plan = prepare_run(cfg, run_name=run_name, storage_path=storage_path, mlflow_parent_run_id=mlflow_parent_run_id)
+    plan = prepare_run(cfg, run_name=run_name, storage_path=storage_path, mlflow_parent_run_id=mlflow_parent_run_id,
+                       tags=tags)
     ensure_ray(cfg.scale.address)  # after every check: bad input fails before Ray or any worker starts
     if fail_at_step:
         marker = Path(plan.storage_path) / plan.run_name / f".fail_at_step_{fail_at_step}"

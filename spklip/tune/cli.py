@@ -27,6 +27,9 @@ def add_sweep_args(parser: argparse.ArgumentParser) -> None:
                              "the base config's value (a controlled comparison); with --num-samples above their "
                              "count the searcher goes on after them, without it only they run. "
                              "e.g. --first model.hsfe.num_subblocks=1,3,5")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="train every configuration with this many seeds (train.seed and data.seed + 0..N-1); "
+                             "the report shows mean ± 95%% interval and says when a difference is within noise")
     parser.add_argument("--scheduler", choices=["asha", "fifo"], default=None,
                         help="asha stops weak trials after each epoch (the sweep's default); fifo runs every trial "
                              "to its last epoch")
@@ -56,6 +59,10 @@ def run_from_args(spec, args: argparse.Namespace) -> int:
         cfg = ensure_smoke_data(cfg)
     if args.num_samples is not None and args.num_samples < 1:
         raise ConfigError("--num-samples must be >= 1")
+    if args.seeds < 1:
+        raise ConfigError("--seeds must be >= 1")
+    if args.seeds > 1 and args.resume:
+        raise ConfigError("--seeds starts a sweep; a resumed sweep keeps the seeds it was started with")
     points = []
     if args.first:
         if args.resume:
@@ -64,7 +71,7 @@ def run_from_args(spec, args: argparse.Namespace) -> int:
         if args.num_samples is not None and args.num_samples < len(points):
             raise ConfigError(f"--num-samples {args.num_samples} is fewer than the {len(points)} --first trials")
     run_sweep(spec, cfg, num_samples=args.num_samples or (len(points) or None), smoke=args.smoke_test,
-              resume=args.resume, name=args.name, points=points)
+              resume=args.resume, name=args.name, points=points, seeds=args.seeds)
     return 0
 
 

@@ -36,19 +36,38 @@ def _log_skipped(sweep: dict[str, Any], run_name: str, params: dict[str, Any], r
     tracker.terminate("KILLED")
 
 
+TRIAL_TAG = "spklip.sweep.trial"  # on every child run: the Tune trial (one configuration) it belongs to
+SEED_TAG = "spklip.sweep.seed"  # its seed offset (0 .. seeds-1)
+LABEL_PREFIX = "spklip.sweep.label."  # the trial's steering parameters (``_variant`` -> ``...label.variant``)
+
+
+def seed_config(cfg: ExperimentConfig, offset: int) -> ExperimentConfig:
+    """`cfg` with ``train.seed`` (init, augmentation, dropout) and ``data.seed`` (data order) moved by `offset`."""
+    from spklip.config import apply_overrides
+
+    if not offset:
+        return cfg
+    return apply_overrides(cfg, {"train.seed": cfg.train.seed + offset, "data.seed": cfg.data.seed + offset})
+
+
 def trial_driver(config: dict[str, Any], sweep: dict[str, Any]) -> None:
-    """Run one trial: base config + sampled dotted keys -> `fit` with Tune reporting.
+    """Run one trial: base config + sampled dotted keys -> `fit` with Tune reporting, once per seed.
+
+    With ``sweep["seeds"] == 1`` rank 0's per-epoch reports go to Tune (ASHA can stop the trial). With N > 1 seeds
+    the trial trains N runs one after another (``train.seed``/``data.seed`` + 0..N-1, each its own MLflow child
+    run tagged with the trial and the seed) and reports once: the mean over seeds of every metric, plus
+    ``<metric>/ci95`` (the 95 % interval's half-width) and ``<metric>/seeds``.
 
     Args:
         config: the sampled parameters (dotted config keys; ``_``-prefixed ones only steered the sampling).
         sweep: what `spklip.tune.runner` decided once: ``base`` (flat config, absolute paths), ``storage``,
-            ``parent_run_id``, ``tracking_uri``, ``metrics`` ([[name, mode], ...]).
+            ``parent_run_id``, ``tracking_uri``, ``metrics`` ([[name, mode], ...]), ``seeds``.
     """
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from spklip.train.launcher import fit
-    from spklip.tune.space import config_params, invalid_reason, trial_config
+    from spklip.tune.space import AUX_PREFIX, config_params, invalid_reason, trial_config
 
     base = ExperimentConfig.from_flat_dict(sweep["base"])
     trial_id = tune.get_context().get_trial_id()
@@ -59,5 +78,21 @@ def trial_driver(config: dict[str, Any], sweep: dict[str, Any]) -> None:
             _log_skipped(sweep, run_name, config_params(config), reason)
         tune.report({**{m: worst(mode) for m, mode in sweep["metrics"]}, "skipped": 1.0})
         return
-    fit(trial_config(base, config), run_name=run_name, storage_path=sweep["storage"],
-        callbacks=[TuneReportCallback()], mlflow_parent_run_id=sweep["parent_run_id"])
+    seeds = int(sweep.get("seeds", 1))
+    cfg = trial_config(base, config)
+    labels = {LABEL_PREFIX + k[len(AUX_PREFIX):]: str(v) for k, v in config.items() if k.startswith(AUX_PREFIX)}
+    results = []
+    for offset in range(seeds):
+        tags = {TRIAL_TAG: trial_id, SEED_TAG: str(offset), **labels}
+        results.append(fit(seed_config(cfg, offset), run_name=run_name if seeds == 1 else f"{run_name}-seed={offset}",
+                           storage_path=sweep["storage"], callbacks=[TuneReportCallback()] if seeds == 1 else [],
+                           mlflow_parent_run_id=sweep["parent_run_id"], tags=tags))
+    if seeds > 1:
+        from spklip.eval.stats import summarize
+
+        names = sorted({k for r in results for k, v in r.metrics.items() if isinstance(v, (int, float))})
+        report = {}
+        for name in names:
+            summary = summarize(r.metrics.get(name, float("nan")) for r in results)
+            report.update({name: summary.mean, f"{name}/ci95": summary.ci95, f"{name}/seeds": summary.n})
+        tune.report(report)

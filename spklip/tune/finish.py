@@ -51,6 +51,31 @@ def write_report(table: rep.SweepTable, out_dir: Path, uri: str) -> dict[str, Pa
     return files
 
 
+def add_gaps(table: rep.SweepTable, gaps) -> dict[str, float]:
+    """For each ``(column, a, b)``: the difference a - b of every table metric over seeds, as a note ("beyond" or
+    "within noise") and as ``gap/<a>-<b>/<metric>`` (+ ``.../ci95``) metrics for the parent run."""
+    from spklip.eval.stats import difference
+
+    out = {}
+    for column, a, b in gaps:
+        if column not in table.frame:
+            continue
+        rows = {v: table.frame[table.frame[column].astype(str) == v] for v in (a, b)}
+        if any(r.empty for r in rows.values()):
+            continue
+        for metric, _ in table.metrics:
+            per_seed = [table.seeds.get(r.iloc[0]["trial"], {}).get(metric, [float(r.iloc[0][metric])])
+                        for r in (rows[a], rows[b])]
+            d = difference(*per_seed)
+            if d.diff != d.diff:  # NaN: the metric is missing on one side
+                continue
+            table.notes.append(f"Gap {a} - {b} on {metric}: {d}.")
+            out[f"gap/{a}-{b}/{metric}"] = d.diff
+            if d.ci95 == d.ci95:
+                out[f"gap/{a}-{b}/{metric}/ci95"] = d.ci95
+    return out
+
+
 def _fallback_table(results, metrics: list[list[str]]) -> str:
     """Without MLflow (tracking off or unreachable): the Tune result frame, for the console only."""
     frame = results.get_dataframe()
@@ -74,7 +99,8 @@ def finish_sweep(spec, cfg: ExperimentConfig, sweep: dict[str, Any], path: Path,
     errored = {trial_run_name(r.metrics.get("trial_id")) for r in results if r.error is not None}
     close_stopped_children(uri, experiment, sweep["parent_run_id"], errored)
     table = rep.sweep_table(experiment, uri=uri, parent_run_id=sweep["parent_run_id"],
-                            metrics=[tuple(m) for m in sweep["metrics"]])
+                            metrics=[tuple(m) for m in sweep.get("table_metrics", sweep["metrics"])])
+    gap_metrics = add_gaps(table, getattr(spec, "gaps", ()))
     if errors:
         table.notes.append(f"{len(errors)} trial(s) failed; first error: {str(errors[0]).splitlines()[0][:300]}")
     files = write_report(table, path / "report", uri)
@@ -84,6 +110,8 @@ def finish_sweep(spec, cfg: ExperimentConfig, sweep: dict[str, Any], path: Path,
     best = table.frame.iloc[0] if table.best_run_id else None
     if best is not None:
         parent.log_metrics({f"best/{m}": float(best[m]) for m, _ in table.metrics}, 0)
+    if gap_metrics:
+        parent.log_metrics(gap_metrics, 0)
         parent.set_tags({"spklip.sweep.best_run": table.best_run_id})
     parent.terminate("FAILED" if errors and best is None else "FINISHED")
     run.table_markdown, run.report_dir, run.best_run_id = table.to_markdown(), path / "report", table.best_run_id

@@ -23,6 +23,9 @@ ROLE_TAG = "spklip.sweep.role"  # "parent" on the sweep's own run
 SWEPT_TAG = "spklip.sweep.swept"  # JSON list of the swept config keys
 METRICS_TAG = "spklip.sweep.metrics"  # JSON list of [metric, mode] pairs; the first ranks the trials
 SKIPPED_TAG = "spklip.sweep.skipped"  # on a trial whose sampled config was invalid: the reason
+TRIAL_TAG = "spklip.sweep.trial"  # on each child run: its Tune trial (one configuration; several seeds share it)
+SEED_TAG = "spklip.sweep.seed"
+LABEL_PREFIX = "spklip.sweep.label."  # a trial's steering parameters, e.g. spklip.sweep.label.variant
 
 
 @dataclass
@@ -35,6 +38,8 @@ class SweepTable:
     parent_run_id: str | None = None
     best_run_id: str | None = None
     notes: list[str] = field(default_factory=list)
+    seeds: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # trial -> metric -> per-seed values
+    seed_runs: dict[str, list[str]] = field(default_factory=dict)  # trial -> its per-seed MLflow run ids
 
     def to_csv(self, path: str | Path) -> Path:
         path = Path(path)
@@ -128,7 +133,53 @@ def sweep_table(experiment: str, *, uri: str, parent_run_id: str | None = None,
         metrics = [tuple(m) for m in json.loads(tags[METRICS_TAG])] if METRICS_TAG in tags else [
             (c[len("metrics."):], "max") for c in sorted(frame.columns)
             if c.startswith("metrics.") and not c.startswith(("metrics.train/", "metrics.system/"))]
-    return _assemble(frame, params, metrics, parent.info.run_id if parent else None)
+    labels = sorted(c[len("tags."):] for c in frame.columns if c.startswith(f"tags.{LABEL_PREFIX}"))
+    for label in labels:  # steering parameters (e.g. the study's variant) are shown like swept ones
+        frame[f"params.{label[len(LABEL_PREFIX):]}"] = frame[f"tags.{label}"]
+    params = [label[len(LABEL_PREFIX):] for label in labels] + [p for p in params if p not in labels]
+    table = _assemble(frame, params, metrics, parent.info.run_id if parent else None)
+    trials = frame.get(f"tags.{TRIAL_TAG}")
+    if trials is not None and trials.notna().any() and trials.value_counts().max() > 1:
+        table = aggregate_seeds(table, frame)
+    return table
+
+
+def aggregate_seeds(table: SweepTable, frame: pd.DataFrame) -> SweepTable:
+    """One row per trial (configuration) from its per-seed runs: each metric's mean over seeds, a ``± 95%``
+    column (Student-t half-width) and the seed count; a note says whether the best beats the runner-up beyond
+    noise (Welch 95 % interval of the difference)."""
+    from spklip.eval.stats import difference, summarize
+
+    runs = table.frame.assign(_trial=frame.set_index("run_id").loc[table.frame["run_id"], f"tags.{TRIAL_TAG}"].values)
+    rows, seeds, seed_runs = [], {}, {}
+    for trial, group in runs.groupby("_trial", sort=False):
+        row = {"trial": str(trial), "status": "FINISHED" if (group["status"] == "FINISHED").all()
+               else ",".join(sorted(set(group["status"]))), "seeds": len(group)}
+        row.update({p: group.iloc[0][p] for p in table.params})
+        seeds[str(trial)], seed_runs[str(trial)] = {}, list(group["run_id"])
+        for m, _ in table.metrics:
+            vals = [float(v) for v in group[m]]
+            summary = summarize(vals)
+            row[m], row[f"{m} ±95%"] = summary.mean, summary.ci95
+            seeds[str(trial)][m] = vals
+        row["run_id"] = group.iloc[0]["run_id"]
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    name, mode = table.metrics[0]
+    out = out.sort_values([m for m, _ in table.metrics], ascending=[md == "min" for _, md in table.metrics],
+                          na_position="last", kind="stable").reset_index(drop=True)
+    notes = [f"{len(runs)} runs: each row is one configuration, mean over its seeds; ± is the 95 % Student-t "
+             "interval of the mean."]
+    scored = out[out[name].notna()]
+    best = None
+    if not scored.empty:
+        best = scored.iloc[0]["run_id"]
+        notes.append(f"Best configuration by {name} ({mode}): {scored.iloc[0]['trial']}.")
+    if len(scored) > 1:
+        first, second = scored.iloc[0]["trial"], scored.iloc[1]["trial"]
+        d = difference(seeds[first][name], seeds[second][name])
+        notes.append(f"Best vs runner-up ({second}) on {name}: {d}.")
+    return SweepTable(out, table.params, table.metrics, table.parent_run_id, best, notes, seeds, seed_runs)
 
 
 def _assemble(frame: pd.DataFrame, params: list[str], metrics: list[tuple[str, str]],
@@ -200,7 +251,10 @@ def plot_metric_vs_params(table: SweepTable, path: str | Path):
                                                  else float(uniq[t]), t))
             xs = [labels.index(str(x)) for x in xs]
             ax.set_xticks(range(len(labels)), labels)
-        ax.scatter(xs, frame[name], alpha=0.8)
+        if f"{name} ±95%" in frame:  # one point per configuration: mean over seeds with its 95 % interval
+            ax.errorbar(xs, frame[name], yerr=frame[f"{name} ±95%"].fillna(0), fmt="o", capsize=3, alpha=0.8)
+        else:
+            ax.scatter(xs, frame[name], alpha=0.8)
         ax.set_xlabel(p, fontsize=8)
         ax.set_ylabel(name)
     for ax in list(axes.flat)[len(params):]:
@@ -224,13 +278,15 @@ def plot_curves(table: SweepTable, uri: str, path: str | Path) -> Path | None:
     params = plotted_params(table)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     drawn = 0
-    for row in table.frame.to_dict("records"):
-        history = sorted(client.get_metric_history(row["run_id"], name), key=lambda m: m.step)
-        if not history:
-            continue
+    for i, row in enumerate(table.frame.to_dict("records")):
         label = ", ".join(f"{p.rsplit('.', 1)[-1]}={row[p]}" for p in params) or row["trial"]
-        ax.plot([m.step for m in history], [m.value for m in history], marker="o", markersize=3, label=label)
-        drawn += 1
+        for j, run_id in enumerate(table.seed_runs.get(row["trial"], [row["run_id"]])):  # every seed, one colour
+            history = sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)
+            if not history:
+                continue
+            ax.plot([m.step for m in history], [m.value for m in history], marker="o", markersize=3, color=f"C{i % 10}",
+                    alpha=0.85, label=label if j == 0 else None)
+            drawn += 1
     if not drawn:
         plt.close(fig)
         return None

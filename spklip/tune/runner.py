@@ -36,6 +36,11 @@ class SweepSpec:
     # base config -> its values in the space's parameter names (steering ``_`` parameters included); lets
     # ``--first KEY=V1,V2`` run one-factor trials: KEY at each value, everything else swept at the base's value
     base_point: Callable[[ExperimentConfig], dict[str, Any]] | None = None
+    # extra metrics shown in the report table beside the objectives (not optimised), e.g. zero-shot, energy
+    report_metrics: tuple[tuple[str, str], ...] = ()
+    # differences the report states with their 95 % interval: (column, a, b) -> "a - b" on the first metric and
+    # the report metrics, e.g. ("variant", "hsfe", "average")
+    gaps: tuple[tuple[str, str, str], ...] = ()
 
 
 def first_points(spec: SweepSpec, cfg: ExperimentConfig, key: str, values: list[Any]) -> list[dict[str, Any]]:
@@ -106,14 +111,16 @@ def latest_sweep(root: Path, prefix: str) -> Path:
     return found[-1]
 
 
-def _open_parent(cfg: ExperimentConfig, spec: SweepSpec, name: str, swept: list[str], num_samples: int):
+def _open_parent(cfg: ExperimentConfig, spec: SweepSpec, name: str, swept: list[str], num_samples: int,
+                 seeds: int = 1):
     from spklip.tracking import start_run
     from spklip.tune.report import METRICS_TAG, ROLE_TAG, SWEPT_TAG
 
-    tags = {ROLE_TAG: "parent", SWEPT_TAG: json.dumps(swept), METRICS_TAG: json.dumps([list(m) for m in spec.metrics]),
+    shown = [list(m) for m in spec.metrics + spec.report_metrics]
+    tags = {ROLE_TAG: "parent", SWEPT_TAG: json.dumps(swept), METRICS_TAG: json.dumps(shown),
             "spklip.sweep.name": spec.name, "spklip.sweep.folder": name}
     params = {f"sweep.{k}": v for k, v in {"num_samples": num_samples, "scheduler": spec.scheduler,
-                                            "seed": spec.seed, "metric": spec.metrics[0][0]}.items()}
+                                            "seed": spec.seed, "metric": spec.metrics[0][0], "seeds": seeds}.items()}
     params.update({k: v for k, v in cfg.to_flat_dict().items() if k not in swept})
     return start_run(cfg.tracking.uri, cfg.tracking.experiment, cfg.train.run_dir, run_name=name, params=params,
                      tags=tags)
@@ -152,7 +159,7 @@ def _tuner(spec: SweepSpec, cfg: ExperimentConfig, sweep: dict[str, Any], path: 
 
 def run_sweep(spec: SweepSpec, cfg: ExperimentConfig, *, num_samples: int | None = None, smoke: bool = False,
               resume: bool = False, name: str | None = None,
-              points: list[dict[str, Any]] = ()) -> SweepRun:
+              points: list[dict[str, Any]] = (), seeds: int = 1) -> SweepRun:
     """Run (or resume) a sweep and report it; see the module docstring.
 
     Args:
@@ -164,6 +171,8 @@ def run_sweep(spec: SweepSpec, cfg: ExperimentConfig, *, num_samples: int | None
             finished trials are kept, unfinished ones continue from their last checkpoint.
         name: sweep folder name under ``<train.run_dir>/sweeps`` (default ``<spec.name>-<timestamp>``).
         points: parameter dicts to evaluate first (`first_points`); they count towards `num_samples`.
+        seeds: train every configuration this many times (``train.seed``/``data.seed`` + 0..seeds-1); the report
+            aggregates them (mean, 95 % interval) and says when a difference is within noise.
     """
     from spklip.train.launcher import ensure_ray
     from spklip.tune.finish import finish_sweep
@@ -178,7 +187,7 @@ def run_sweep(spec: SweepSpec, cfg: ExperimentConfig, *, num_samples: int | None
         path = root / (name or f"{spec.name}{'-smoke' if smoke else ''}-{time.strftime('%Y%m%d-%H%M%S')}")
         if (path / SWEEP_FILE).exists():
             raise ValueError(f"sweep {path} exists; pass --resume to continue it or another --name")
-        sweep = _new_sweep(spec, cfg, path, num_samples or (spec.smoke_samples if smoke else spec.num_samples))
+        sweep = _new_sweep(spec, cfg, path, num_samples or (spec.smoke_samples if smoke else spec.num_samples), seeds)
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     ensure_ray(cfg.scale.address)
     tuner = _tuner(spec, cfg, sweep, path, sweep["num_samples"], resume, list(points))
@@ -186,14 +195,16 @@ def run_sweep(spec: SweepSpec, cfg: ExperimentConfig, *, num_samples: int | None
     return finish_sweep(spec, cfg, sweep, path, results)
 
 
-def _new_sweep(spec: SweepSpec, cfg: ExperimentConfig, path: Path, num_samples: int) -> dict[str, Any]:
+def _new_sweep(spec: SweepSpec, cfg: ExperimentConfig, path: Path, num_samples: int, seeds: int = 1) -> dict[str, Any]:
     """Open the MLflow parent run and write the sweep file a later --resume reads."""
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
     swept = swept_keys(spec.space, cfg)
-    parent = _open_parent(cfg, spec, path.name, swept, num_samples) if cfg.tracking.enabled else None
+    parent = _open_parent(cfg, spec, path.name, swept, num_samples, seeds) if cfg.tracking.enabled else None
     sweep = {"base": cfg.to_flat_dict(), "storage": str(path / "train"), "tracking_uri": cfg.tracking.uri,
              "parent_run_id": parent.run_id if parent is not None and parent.enabled else None,
              "metrics": [list(m) for m in spec.metrics], "swept": swept, "num_samples": num_samples,
-             "spec": spec.name}
+             "spec": spec.name, "seeds": seeds, "table_metrics": [list(m) for m in spec.metrics + spec.report_metrics]}
     path.mkdir(parents=True, exist_ok=True)
     (path / SWEEP_FILE).write_text(json.dumps(sweep, indent=1))
     return sweep
