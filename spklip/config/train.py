@@ -61,10 +61,14 @@ class EvalCfg:
     few_shot_lr: float = 1e-2  # learning rate of that head
     batch_size: int = 32  # clips per forward pass during evaluation
     energy: bool = True  # log energy per clip (spklip.model.energy) beside accuracy
+    train_clips: int = 64  # also score prompt top-1 on this many random (unaugmented) training clips each epoch
+    # (``trainset/top1``), so over-fitting shows as train >> val; 0 = off
     bn_recal_batches: int = 16  # before each epoch's evaluation, re-estimate BatchNorm statistics on this many
     # random training micro-batches (precise BN, spklip/eval/precise_bn.py); 0 keeps the running averages
 
     def __post_init__(self):
+        if self.train_clips < 0:
+            raise ConfigError(f"eval.train_clips must be >= 0, got {self.train_clips}")
         if self.bn_recal_batches < 0:
             raise ConfigError(f"eval.bn_recal_batches must be >= 0, got {self.bn_recal_batches}")
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from spklip.config import ExperimentConfig
-from spklip.eval.evaluate import EvalReport, confusion_figure, embed_clips, evaluate_embeddings
+from spklip.eval.evaluate import EvalReport, closed_set, confusion_figure, embed_clips, evaluate_embeddings
 from spklip.eval.precise_bn import recalibrate_batchnorm
 from spklip.outdir import check_replaceable, make_temp, read_marker, replace_dir
 from spklip.train import data as train_data
@@ -73,6 +73,7 @@ class EpochEvaluator:
         recal = self.recalibrate(model, device, autocast_dtype)
         t1 = time.perf_counter()
         report = evaluate_model(model, self.cfg, self.dataset, device, autocast_dtype=autocast_dtype)
+        report.metrics.update(self.train_accuracy(model, device, autocast_dtype))
         report.metrics["eval/seconds"] = time.perf_counter() - t1
         if recal:
             report.metrics["eval/bn_recal_seconds"] = t1 - t0
@@ -80,6 +81,17 @@ class EpochEvaluator:
         self.tracker.log_metrics(report.metrics, step)
         log_report_artifacts(self.tracker, report, f"eval/epoch_{epoch:03d}")
         return report.metrics
+
+    def train_accuracy(self, model, device, autocast_dtype=None) -> dict[str, float]:
+        """``trainset/top1``: prompt top-1 on ``eval.train_clips`` random training clips as stored (no augmentation),
+        beside ``val/top1`` so over-fitting is visible."""
+        n, data, bs = self.cfg.eval.train_clips, self.cfg.data, self.cfg.eval.batch_size
+        if not n:
+            return {}
+        batches = train_data.sample_batches(data.path, data.train_split, -(-n // bs), min(bs, n), seed=data.seed + 1)
+        emb = embed_clips(model, batches, device, autocast_dtype)
+        metrics, _ = closed_set(model, emb, self.dataset["class_names"], self.dataset["seen_ids"], "trainset", (1,))
+        return metrics
 
     def recalibrate(self, model, device, autocast_dtype=None) -> int:
         """Precise BN on ``eval.bn_recal_batches`` random training micro-batches (the same sample every epoch)."""
