@@ -84,7 +84,8 @@ def _clustered(num_classes=4, per_class=20, dim=16, noise=0.25, seed=0):
 def test_few_shot_head_learns_beyond_misleading_prompts():
     feats, labels, centres = _clustered()
     prompts = centres[[1, 2, 3, 0]]  # prompts point at the wrong class: zero-shot is near 0
-    res = few_shot_eval(feats, labels, prompts, ks=(1, 8, 20), seeds=3, steps=150, lr=0.05, logit_scale=10.0)
+    res = few_shot_eval(feats, labels, prompts, ks=(1, 8, 20), seeds=3, steps=150, lr=0.05, logit_scale=10.0,
+                        head="linear")
     assert res[20] is None  # no query clip left
     assert res[1]["zero_shot_mean"] < 0.2
     assert res[8]["mean"] > 0.8 and res[8]["mean"] > res[1]["mean"] - 0.05
@@ -93,5 +94,26 @@ def test_few_shot_head_learns_beyond_misleading_prompts():
 
 def test_few_shot_with_zero_steps_is_the_zero_shot_classifier():
     feats, labels, centres = _clustered(seed=3)
-    res = few_shot_eval(feats, labels, centres, ks=(2,), seeds=2, steps=0)
+    res = few_shot_eval(feats, labels, centres, ks=(2,), seeds=2, steps=0, head="linear")
     assert res[2]["mean"] == pytest.approx(res[2]["zero_shot_mean"])
+
+
+def test_prototype_mixing_is_never_below_zero_shot_and_improves_with_k():
+    feats, labels, centres = _clustered(num_classes=6, per_class=40, dim=16, noise=0.35, seed=1)
+    gen = torch.Generator().manual_seed(5)
+    prompts = torch.nn.functional.normalize(centres + 0.5 * torch.randn(centres.shape, generator=gen), dim=1)
+    res = few_shot_eval(feats, labels, prompts, ks=(1, 2, 4, 8, 16), seeds=5)  # default head: mix
+    zero = res[4]["zero_shot_mean"]
+    assert 0.3 < zero < 0.9  # the prompts are informative but imperfect
+    for k in (4, 8, 16):
+        assert res[k]["mean"] >= res[k]["zero_shot_mean"]
+    means = [res[k]["mean"] for k in (1, 2, 4, 8, 16)]
+    assert means == sorted(means) and means[-1] > 0.8  # the noise-limited optimum (true centres) is ~0.9
+
+
+def test_prototype_mixing_with_no_support_weight_left_is_zero_shot():
+    feats, labels, centres = _clustered(seed=2)
+    res = few_shot_eval(feats, labels, centres, ks=(1,), seeds=2, prior=1e6)
+    assert res[1]["mean"] == pytest.approx(res[1]["zero_shot_mean"])
+    with pytest.raises(ValueError, match="few_shot_head"):
+        few_shot_eval(feats, labels, centres, ks=(1,), head="knn")

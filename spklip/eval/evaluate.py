@@ -121,7 +121,8 @@ def evaluate_embeddings(model, seen: Embedded, class_names: list[str], seen_ids:
         prompts = class_prompt_embeddings(model, [class_names[i] for i in unseen_ids])
         fs = few_shot_eval(unseen.features, _remap(unseen.labels, unseen_ids, "unseen"), prompts,
                            ks=cfg.few_shot_ks, seeds=cfg.few_shot_seeds, steps=cfg.few_shot_steps,
-                           lr=cfg.few_shot_lr, logit_scale=logit_scale_of(model), base_seed=seed)
+                           lr=cfg.few_shot_lr, logit_scale=logit_scale_of(model), base_seed=seed,
+                           head=cfg.few_shot_head, prior=cfg.few_shot_prior)
         for k, res in fs.items():
             if res is not None:
                 report.metrics[f"fewshot/{k}shot_top1"] = res["mean"]

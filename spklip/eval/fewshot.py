@@ -4,9 +4,13 @@ Protocol (stated once, used everywhere):
   * Clips of the held-out (``unseen``) classes are embedded once with the frozen visual encoder.
   * An episode (one seed) draws k support clips per class uniformly without replacement; every other clip of
     those classes is a query. k is skipped when some class has no clip left for the query set.
-  * The head is ``logits = s * f @ W.T + b`` with ``W`` initialised to the classes' text-prompt embeddings and
-    ``s`` the model's logit scale, so at step 0 it is exactly the zero-shot classifier. It is trained with
-    full-batch AdamW on the support clips (cross-entropy) for ``steps`` steps at learning rate ``lr``.
+  * Head ``mix`` (default): class c's weight is ``normalize(prior * t_c + sum of its k support features)``, the
+    text-prompt embedding t_c counted as ``prior`` pseudo-clips (a conjugate-prior mean). k = 0 is exactly the
+    zero-shot classifier; as k grows the weight moves to the visual prototype, so few-shot does not fall below
+    zero-shot when the support set is small and improves with k when the features cluster by class.
+  * Head ``linear``: ``logits = s * f @ W.T + b`` with ``W`` initialised to the prompt embeddings and ``s`` the
+    model's logit scale (step 0 is the zero-shot classifier), trained with full-batch AdamW on the support clips
+    for ``steps`` steps at learning rate ``lr`` (unregularised: it can overfit one or two support clips).
   * The score is query top-1; mean and standard deviation over ``seeds`` episodes are reported.
 All episodes of one k are trained together as one batched problem (``[S, C, D]`` weights), not in a Python loop.
 """
@@ -53,9 +57,19 @@ def train_heads(features: torch.Tensor, labels: torch.Tensor, support: torch.Ten
     return weight.detach(), bias.detach()
 
 
+def mix_heads(features: torch.Tensor, labels: torch.Tensor, support: torch.Tensor, class_embeddings: torch.Tensor,
+              prior: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights ``[S, C, D]`` = normalize(prior * prompt + sum of the class's support features), biases zero."""
+    onehot = torch.nn.functional.one_hot(labels, class_embeddings.shape[0]).float()  # [N, C]
+    sums = torch.einsum("sn,nc,nd->scd", support.float(), onehot, features)  # [S, C, D] support sums per class
+    weight = torch.nn.functional.normalize(prior * class_embeddings[None] + sums, dim=-1)
+    return weight, torch.zeros(support.shape[0], class_embeddings.shape[0])
+
+
 def few_shot_eval(features: torch.Tensor, labels: torch.Tensor, class_embeddings: torch.Tensor, *,
                   ks: Iterable[int] = (1, 2, 4, 8, 16), seeds: int = 5, steps: int = 100, lr: float = 1e-2,
-                  logit_scale: float = 100.0, base_seed: int = 0) -> dict[int, dict[str, float] | None]:
+                  logit_scale: float = 100.0, base_seed: int = 0, head: str = "mix",
+                  prior: float = 4.0) -> dict[int, dict[str, float] | None]:
     """Few-shot top-1 for every k (see the module docstring for the protocol).
 
     Args:
@@ -68,10 +82,14 @@ def few_shot_eval(features: torch.Tensor, labels: torch.Tensor, class_embeddings
         lr: Head learning rate.
         logit_scale: Multiplier of the cosine similarity (the model's learned scale).
         base_seed: Makes the episodes reproducible.
+        head: ``mix`` (prompt + support prototypes) or ``linear`` (trained head); see the module docstring.
+        prior: ``mix``: the prompt's weight in support clips.
 
     Returns:
         ``{k: {"mean", "std", "zero_shot_mean", "queries"}}`` or ``{k: None}`` when a class has <= k clips.
     """
+    if head not in ("mix", "linear"):
+        raise ValueError(f"eval.few_shot_head must be 'mix' or 'linear', got {head!r}")
     features, labels = features.float().cpu(), labels.long().cpu()
     class_embeddings = class_embeddings.float().cpu()
     counts = torch.bincount(labels, minlength=class_embeddings.shape[0])
@@ -81,7 +99,10 @@ def few_shot_eval(features: torch.Tensor, labels: torch.Tensor, class_embeddings
             out[int(k)] = None
             continue
         support = sample_support(labels, k, seeds, base_seed)  # [S, N]
-        weight, bias = train_heads(features, labels, support, class_embeddings, logit_scale, steps, lr)
+        if head == "mix":
+            weight, bias = mix_heads(features, labels, support, class_embeddings, prior)
+        else:
+            weight, bias = train_heads(features, labels, support, class_embeddings, logit_scale, steps, lr)
         out[int(k)] = _score_queries(features, labels, support, weight, bias, class_embeddings, logit_scale)
     return out
 
