@@ -70,3 +70,12 @@ def test_missing_data_and_missing_checkpoint(tmp_path, capsys):
         launcher.fit(_cfg(tmp_path / "nowhere", tmp_path))
     assert main(["eval", "--checkpoint", str(tmp_path / "no-such-checkpoint")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_small_training_splits_are_decoded_once_large_ones_stream(shards, tmp_path):
+    from spklip.train.data import materialize_train
+
+    assert materialize_train(_cfg(shards, tmp_path))  # a few hundred kB decoded: kept in the object store
+    assert not materialize_train(_cfg(shards, tmp_path, "data.materialize_max_mb=0"))
+    assert materialize_train(_cfg(shards, tmp_path, "data.materialize=yes", "data.materialize_max_mb=0"))
+    assert not materialize_train(_cfg(shards, tmp_path, "data.materialize=no"))

@@ -70,8 +70,20 @@ def ray_train_dataset(cfg: ExperimentConfig):
     ds = ray_dataset(cfg.data.path, cfg.data.train_split)
     # Shards are stored in class order and Ray Train splits rows between workers in order, so without a global
     # shuffle each worker would see only some classes (per-worker BatchNorm statistics and in-batch negatives of a
-    # few classes). One seeded all-to-all shuffle per epoch; each worker then reshuffles locally per epoch.
-    return ds.random_shuffle(seed=cfg.data.seed) if cfg.data.shuffle else ds
+    # few classes). One seeded all-to-all shuffle; each worker then reshuffles locally per epoch.
+    ds = ds.random_shuffle(seed=cfg.data.seed) if cfg.data.shuffle else ds
+    if materialize_train(cfg):  # shuffled once, decoded once: each epoch only iterates the object store
+        ds = ds.materialize()
+    return ds
+
+
+def materialize_train(cfg: ExperimentConfig) -> bool:
+    """Whether the decoded training split is kept in the object store (``data.materialize``; auto: small sets)."""
+    if cfg.data.materialize != "auto":
+        return cfg.data.materialize == "yes"
+    meta = validate_shards(cfg.data.path)
+    decoded = meta["splits"].get(cfg.data.train_split, 0) * int(np.prod(meta["clip_shape"]))  # bytes, 1 per pixel-plane
+    return decoded <= cfg.data.materialize_max_mb * 2**20
 
 
 def train_batches(shard, cfg: ExperimentConfig, epoch: int) -> Iterator[dict[str, Any]]:

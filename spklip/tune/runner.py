@@ -127,12 +127,14 @@ def _open_parent(cfg: ExperimentConfig, spec: SweepSpec, name: str, swept: list[
 
 
 def max_concurrent_trials(cfg: ExperimentConfig) -> int:
-    """Trials that fit at once: each holds 0.25 CPU (its driver) + the Train workers; one CPU stays for Ray Data."""
+    """Trials that fit at once: each holds 0.25 CPU (its driver) + the Train workers; half a CPU stays for Ray Data
+    (a small training split is decoded once, `spklip.train.data.materialize_train`, so epochs run no read tasks).
+    On 2 CPUs with one 0.5-CPU worker per trial that is two trials at once, one core each."""
     import ray
 
     cpus = ray.cluster_resources().get("CPU", 1)
     per_trial = 0.25 + max(1, cfg.scale.num_workers) * cfg.scale.cpus_per_worker
-    return max(1, int((cpus - 1) // per_trial))
+    return max(1, int((cpus - 0.5) // per_trial))
 
 
 def _tuner(spec: SweepSpec, cfg: ExperimentConfig, sweep: dict[str, Any], path: Path, num_samples: int,
