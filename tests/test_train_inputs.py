@@ -77,5 +77,5 @@ def test_small_training_splits_are_decoded_once_large_ones_stream(shards, tmp_pa
 
     assert materialize_train(_cfg(shards, tmp_path))  # a few hundred kB decoded: kept in the object store
     assert not materialize_train(_cfg(shards, tmp_path, "data.materialize_max_mb=0"))
-    assert materialize_train(_cfg(shards, tmp_path, "data.materialize=yes", "data.materialize_max_mb=0"))
-    assert not materialize_train(_cfg(shards, tmp_path, "data.materialize=no"))
+    assert materialize_train(_cfg(shards, tmp_path, "data.materialize=true", "data.materialize_max_mb=0"))
+    assert not materialize_train(_cfg(shards, tmp_path, "data.materialize=false"))

@@ -20,7 +20,7 @@ class DataCfg:
     # decode the training split once into Ray's object store, shuffled once, and only iterate it each epoch (no
     # per-epoch streaming read and all-to-all shuffle: seconds per epoch on small sets). auto: when the decoded
     # split is at most `materialize_max_mb`
-    materialize: Literal["auto", "yes", "no"] = "auto"
+    materialize: bool | Literal["auto"] = "auto"
     materialize_max_mb: int = 1024
 
     def __post_init__(self):

@@ -80,7 +80,7 @@ def ray_train_dataset(cfg: ExperimentConfig):
 def materialize_train(cfg: ExperimentConfig) -> bool:
     """Whether the decoded training split is kept in the object store (``data.materialize``; auto: small sets)."""
     if cfg.data.materialize != "auto":
-        return cfg.data.materialize == "yes"
+        return bool(cfg.data.materialize)
     meta = validate_shards(cfg.data.path)
     decoded = meta["splits"].get(cfg.data.train_split, 0) * int(np.prod(meta["clip_shape"]))  # bytes, 1 per pixel-plane
     return decoded <= cfg.data.materialize_max_mb * 2**20
