@@ -72,7 +72,8 @@ def test_table_has_one_row_per_configuration_with_intervals(store):
     assert sorted(table.seeds["t0"]["val/top1"]) == [0.93, 0.95, 0.97]
     assert len(table.seed_runs["t0"]) == 3
     md = table.to_markdown()
-    assert "Best vs runner-up (t2) on val/top1" in md and "beyond noise" in md
+    assert "Best configuration by val/top1 (max): hsfe." in md
+    assert "Best vs runner-up (hsfe-k1) on val/top1" in md and "beyond noise" in md
 
 
 def test_gaps_state_the_difference_with_its_interval(store):

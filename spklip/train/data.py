@@ -67,14 +67,33 @@ def ray_train_dataset(cfg: ExperimentConfig):
     from spklip.data.loader import ray_dataset
     if not sys.stdout.isatty():  # per-operator progress bars turn logs and CI output into noise
         ray.data.DataContext.get_current().enable_progress_bars = False
-    ds = ray_dataset(cfg.data.path, cfg.data.train_split)
     # Shards are stored in class order and Ray Train splits rows between workers in order, so without a global
     # shuffle each worker would see only some classes (per-worker BatchNorm statistics and in-batch negatives of a
-    # few classes). One seeded all-to-all shuffle; each worker then reshuffles locally per epoch.
-    ds = ds.random_shuffle(seed=cfg.data.seed) if cfg.data.shuffle else ds
-    if materialize_train(cfg):  # shuffled once, decoded once: each epoch only iterates the object store
-        ds = ds.materialize()
-    return ds
+    # few classes). A seeded global shuffle, then each worker reshuffles locally per epoch.
+    if materialize_train(cfg):
+        return in_memory_dataset(cfg)
+    ds = ray_dataset(cfg.data.path, cfg.data.train_split)
+    return ds.random_shuffle(seed=cfg.data.seed) if cfg.data.shuffle else ds  # an all-to-all pass per epoch
+
+
+def in_memory_dataset(cfg: ExperimentConfig):
+    """The training split read, shuffled (seeded) and decoded once in this process, as an in-memory Ray Dataset:
+    no read or shuffle tasks, so it cannot wait for CPUs that concurrent trials hold, and epochs only iterate."""
+    import ray.data
+
+    batch = decode_batch(_read_split(cfg.data.path, cfg.data.train_split))  # decoded numpy columns, file order
+    n = len(batch["label"])
+    order = np.random.default_rng(cfg.data.seed).permutation(n) if cfg.data.shuffle else np.arange(n)
+    rows = [{k: v[i] for k, v in batch.items()} for i in order]  # spikes [N, H, W] uint8 per row
+    return ray.data.from_items(rows, override_num_blocks=min(n, 8))
+
+
+def _read_split(path: str, split: str) -> pa.Table:
+    tables = []
+    for file in split_files(path, split):
+        with reading(file):
+            tables.append(pq.read_table(file))
+    return pa.concat_tables(tables)
 
 
 def materialize_train(cfg: ExperimentConfig) -> bool:

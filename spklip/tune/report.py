@@ -171,14 +171,19 @@ def aggregate_seeds(table: SweepTable, frame: pd.DataFrame) -> SweepTable:
     notes = [f"{len(runs)} runs: each row is one configuration, mean over its seeds; ± is the 95 % Student-t "
              "interval of the mean."]
     scored = out[out[name].notna()]
+    labels = [p for p in table.params if f"tags.{LABEL_PREFIX}{p}" in frame.columns]
+
+    def called(row) -> str:  # a configuration by its label (e.g. the study's variant), else its trial id
+        return " ".join(str(row[p]) for p in labels) or str(row["trial"])
+
     best = None
     if not scored.empty:
         best = scored.iloc[0]["run_id"]
-        notes.append(f"Best configuration by {name} ({mode}): {scored.iloc[0]['trial']}.")
+        notes.append(f"Best configuration by {name} ({mode}): {called(scored.iloc[0])}.")
     if len(scored) > 1:
         first, second = scored.iloc[0]["trial"], scored.iloc[1]["trial"]
         d = difference(seeds[first][name], seeds[second][name])
-        notes.append(f"Best vs runner-up ({second}) on {name}: {d}.")
+        notes.append(f"Best vs runner-up ({called(scored.iloc[1])}) on {name}: {d}.")
     return SweepTable(out, table.params, table.metrics, table.parent_run_id, best, notes, seeds, seed_runs)
 
 
