@@ -1,5 +1,7 @@
 """FSVE settings that sweeps explore all build, run forward/backward, and change the encoder as they should."""
 
+import dataclasses
+
 import pytest
 import torch
 from spikingjelly.activation_based import neuron
@@ -59,4 +61,25 @@ def test_seqnorm_statistics(mode):
     else:  # shared over time, scaled to the threshold: steps keep their relative scale
         torch.testing.assert_close(y.mean(dim=(0, 1)), torch.zeros(4), atol=1e-5, rtol=0)
         assert y[2].std() > 5 * y[0].std()
-        torch.testing.assert_close(norm.bn.weight, torch.full((4,), cfg.v_threshold))
+        torch.testing.assert_close(norm.bn.weight, torch.full((4,), cfg.v_threshold * cfg.tau))  # LIF divides by tau
+        paper = SeqNorm(4, dataclasses.replace(cfg, tdbn_gain="threshold"), spatial=False)
+        torch.testing.assert_close(paper.bn.weight, torch.full((4,), cfg.v_threshold))
+
+
+def test_every_spiking_layer_fires_at_initialisation():
+    """The tdBN gain and the attention-output norm keep each neuron layer near a healthy rate on sparse input; with
+    the paper's gain and no attention norm most layers fire ~3 % and spiking attention's output never fires."""
+    def rates(**fsve):
+        torch.manual_seed(0)
+        cfg = _cfg("full-snn", **fsve)
+        enc = SpikingVisualEncoder(cfg).train()
+        seen = []
+        for mod in enc.modules():
+            if isinstance(mod, neuron.BaseNode):
+                mod.register_forward_hook(lambda m, i, o: seen.append(float(o.float().mean())))
+        enc((torch.rand(4, cfg.num_planes, cfg.height, cfg.width) < 0.05).float())
+        return seen
+
+    now, before = rates(), rates(tdbn_gain="threshold", attn_norm=False)
+    assert min(now) > 0.05 and sum(now) / len(now) > 0.1
+    assert min(before) < 0.005 and sum(before) / len(before) < 0.06

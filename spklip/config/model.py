@@ -122,6 +122,10 @@ class FsveCfg:
     surrogate: Literal["atan", "sigmoid", "rect"] = "atan"  # surrogate-gradient function
     reset: Literal["hard", "soft"] = "hard"  # hard: v -> 0; soft: v -> v - threshold
     norm: Literal["bn", "tdbn", "none"] = "tdbn"  # per-step BN, threshold-scaled BN shared over time, or none
+    # tdbn's initial gain: "threshold" (V_th, as in the tdBN paper) or "threshold-tau" (V_th * tau: spikingjelly's
+    # LIF divides its input by tau, so V_th alone puts pre-activations at half the threshold and ~3 % of neurons fire)
+    tdbn_gain: Literal["threshold", "threshold-tau"] = "threshold-tau"
+    attn_norm: bool = True  # normalise spiking attention's output before its neuron (else it never reaches threshold)
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,8 @@ class SeqNorm(nn.Module):
         bn = nn.BatchNorm2d if spatial else nn.BatchNorm1d
         if self.mode == "tdbn":
             self.bn = bn(channels)
-            nn.init.constant_(self.bn.weight, cfg.v_threshold)
+            gain = cfg.v_threshold * (cfg.tau if cfg.tdbn_gain == "threshold-tau" else 1.0)
+            nn.init.constant_(self.bn.weight, gain)
         elif self.mode == "bn":
             self.bn = bn(channels * cfg.time_steps)
 
@@ -136,6 +137,8 @@ class SpikingSelfAttention(nn.Module):
         self.qk, self.av = MatMul(), MatMul()
         self.proj = layer.SeqToANNContainer(nn.Linear(dim, dim))
         self.proj_norm = SeqNorm(dim, cfg, spatial=False)
+        # q.k of sparse spikes is tiny (~d * rate^2): without a norm the output neuron never fires and attention is dead
+        self.attn_norm = SeqNorm(dim, cfg, spatial=False) if cfg.attn_norm else nn.Identity()
 
     def _heads(self, i: int, x: torch.Tensor) -> torch.Tensor:
         t, b, k, d = x.shape
@@ -146,7 +149,8 @@ class SpikingSelfAttention(nn.Module):
         q, k, v = (self._heads(i, x) for i in range(3))
         out = self.av(self.qk(q, k.transpose(-2, -1)) * self.scale, v)  # [T, B, h, K, D/h]
         t, b, h, n, dh = out.shape
-        out = self.proj(self.lifs[3](out.transpose(2, 3).reshape(t, b, n, h * dh)))  # -> [T, B, K, D]
+        out = out.transpose(2, 3).reshape(t, b, n, h * dh)  # [T, B, h, K, D/h] -> [T, B, K, D]
+        out = self.proj(self.lifs[3](self.attn_norm(out.view(t, b * n, -1)).view(out.shape)))  # SeqNorm over [T, B*K, D]
         return self.proj_norm(out.view(t, b * n, -1)).view(out.shape)
 
 
