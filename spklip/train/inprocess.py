@@ -1,0 +1,54 @@
+"""Train one config in this process, without Ray: the pure-torch loop on a training split held in memory.
+
+For quick studies and the learning tests: the same `Loop` (augmentation, class-aware loss, schedule) and the same
+evaluation protocol as a Ray Train run, on one process and one device. Each epoch reshuffles the split from
+``(data.seed, epoch)``; only full batches are used. `spklip train` (Ray Train) is the path for real runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from spklip.config import ExperimentConfig
+from spklip.loss import ClipLoss
+from spklip.train import data as train_data
+from spklip.train.checkpoint import TrainState
+from spklip.train.epoch_eval import EpochEvaluator
+from spklip.train.loop import Loop, run_training, seed_everything
+from spklip.tracking import Tracker
+
+
+def train_in_process(cfg: ExperimentConfig, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Train `cfg` to ``train.epochs`` / ``train.max_steps`` and return ``(model, final evaluation metrics)``."""
+    from spklip.model import create_model
+
+    dataset = train_data.dataset_info(cfg)
+    device = torch.device(device)
+    clips = next(train_data.eval_batches(cfg.data.path, cfg.data.train_split, 10**9))  # the whole split, decoded
+    n, bs = len(clips["caption"]), cfg.data.batch_size
+    steps = train_data.steps_per_epoch(n, cfg, 1) * cfg.train.epochs
+    steps = min(steps, cfg.train.max_steps) if cfg.train.max_steps else steps
+    seed_everything(cfg.train.seed)
+    model = create_model(cfg.model, loss_cfg=cfg.loss).to(device)
+    loop = Loop.create(cfg, model, ClipLoss(cfg.loss), device, steps)
+
+    def epoch_batches(epoch: int):
+        order = np.random.default_rng([cfg.data.seed, epoch]).permutation(n) if cfg.data.shuffle else np.arange(n)
+        for i in range(n // bs):
+            idx = order[i * bs:(i + 1) * bs]
+            yield {"spikes": clips["spikes"][idx], "label": clips["label"][idx],
+                   "caption": [clips["caption"][j] for j in idx]}
+
+    evaluator = EpochEvaluator(cfg, dataset, Tracker(None, None))
+    final: dict[str, Any] = {}
+
+    def on_epoch_end(state: TrainState) -> None:
+        if state.epoch == cfg.train.epochs or (cfg.train.max_steps and state.step >= cfg.train.max_steps):
+            final.update(evaluator.run(model, device, state.step, state.epoch, loop.autocast_dtype))
+
+    state = run_training(loop, TrainState(), epoch_batches, lambda st, m: None, on_epoch_end)
+    final.setdefault("step", state.step)
+    return model, final
