@@ -67,7 +67,7 @@ def add_gaps(table: rep.SweepTable, gaps) -> dict[str, float]:
             per_seed = [table.seeds.get(r.iloc[0]["trial"], {}).get(metric, [float(r.iloc[0][metric])])
                         for r in (rows[a], rows[b])]
             d = difference(*per_seed)
-            if d.diff != d.diff:  # NaN: the metric is missing on one side
+            if d.diff != d.diff or (d.diff == 0 and d.ci95 == 0):  # missing on one side, or the same constant
                 continue
             table.notes.append(f"Gap {a} - {b} on {metric}: {d}.")
             out[f"gap/{a}-{b}/{metric}"] = d.diff

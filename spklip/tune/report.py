@@ -165,13 +165,15 @@ def aggregate_seeds(table: SweepTable, frame: pd.DataFrame) -> SweepTable:
         row["run_id"] = group.iloc[0]["run_id"]
         rows.append(row)
     out = pd.DataFrame(rows)
+    labels = [p for p in table.params if f"tags.{LABEL_PREFIX}{p}" in frame.columns]
+    params = [p for p in table.params if p in labels or out[p].astype(str).nunique() > 1]  # held-fixed keys: noise
+    out = out.drop(columns=[p for p in table.params if p not in params])
     name, mode = table.metrics[0]
     out = out.sort_values([m for m, _ in table.metrics], ascending=[md == "min" for _, md in table.metrics],
                           na_position="last", kind="stable").reset_index(drop=True)
     notes = [f"{len(runs)} runs: each row is one configuration, mean over its seeds; ± is the 95 % Student-t "
              "interval of the mean."]
     scored = out[out[name].notna()]
-    labels = [p for p in table.params if f"tags.{LABEL_PREFIX}{p}" in frame.columns]
 
     def called(row) -> str:  # a configuration by its label (e.g. the study's variant), else its trial id
         return " ".join(str(row[p]) for p in labels) or str(row["trial"])
@@ -184,7 +186,7 @@ def aggregate_seeds(table: SweepTable, frame: pd.DataFrame) -> SweepTable:
         first, second = scored.iloc[0]["trial"], scored.iloc[1]["trial"]
         d = difference(seeds[first][name], seeds[second][name])
         notes.append(f"Best vs runner-up ({called(scored.iloc[1])}) on {name}: {d}.")
-    return SweepTable(out, table.params, table.metrics, table.parent_run_id, best, notes, seeds, seed_runs)
+    return SweepTable(out, params, table.metrics, table.parent_run_id, best, notes, seeds, seed_runs)
 
 
 def _assemble(frame: pd.DataFrame, params: list[str], metrics: list[tuple[str, str]],
