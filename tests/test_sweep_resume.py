@@ -53,6 +53,7 @@ def test_resume_after_killing_the_driver(tmp_path):
     data = build_smoke_data(tmp_path / "data")
     ray_tmp = tempfile.mkdtemp(prefix="spkr", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
     cmd = [sys.executable, "sweeps/hsfe_ablation.py", "--smoke-test", "--num-samples", "2", "--name", "resume",
+           "--max-concurrent", "1",  # one trial finished while the other trains, when the driver is killed
            "--set", f"train.run_dir={tmp_path / 'runs'}", "--set", f"data.path={data}"]
     exp = tmp_path / "runs" / "sweeps" / "resume"
     log = open(tmp_path / "first.log", "w")

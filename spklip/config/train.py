@@ -60,7 +60,7 @@ class EvalCfg:
     few_shot_steps: int = 100  # full-batch AdamW steps of the prompt-initialised linear head
     few_shot_lr: float = 1e-2  # learning rate of that head
     few_shot_head: Literal["mix", "linear"] = "mix"  # mix: prompt + support prototypes (spklip/eval/fewshot.py)
-    few_shot_prior: float = 4.0  # mix: the prompt embedding counts as this many support clips
+    few_shot_prior: float = 1.0  # mix: the prompt embedding counts as this many support clips
     batch_size: int = 32  # clips per forward pass during evaluation
     energy: bool = True  # log energy per clip (spklip.model.energy) beside accuracy
     train_clips: int = 64  # also score prompt top-1 on this many random (unaugmented) training clips each epoch

@@ -69,7 +69,7 @@ def mix_heads(features: torch.Tensor, labels: torch.Tensor, support: torch.Tenso
 def few_shot_eval(features: torch.Tensor, labels: torch.Tensor, class_embeddings: torch.Tensor, *,
                   ks: Iterable[int] = (1, 2, 4, 8, 16), seeds: int = 5, steps: int = 100, lr: float = 1e-2,
                   logit_scale: float = 100.0, base_seed: int = 0, head: str = "mix",
-                  prior: float = 4.0) -> dict[int, dict[str, float] | None]:
+                  prior: float = 1.0) -> dict[int, dict[str, float] | None]:
     """Few-shot top-1 for every k (see the module docstring for the protocol).
 
     Args:

@@ -85,10 +85,12 @@ class EpochEvaluator:
     def train_accuracy(self, model, device, autocast_dtype=None) -> dict[str, float]:
         """``trainset/top1``: prompt top-1 on ``eval.train_clips`` random training clips as stored (no augmentation),
         beside ``val/top1`` so over-fitting is visible."""
-        n, data, bs = self.cfg.eval.train_clips, self.cfg.data, self.cfg.eval.batch_size
+        data = self.cfg.data
+        n = min(self.cfg.eval.train_clips, self.dataset["split_rows"].get(data.train_split, 0))
         if not n:
             return {}
-        batches = train_data.sample_batches(data.path, data.train_split, -(-n // bs), min(bs, n), seed=data.seed + 1)
+        bs = min(self.cfg.eval.batch_size, n)
+        batches = train_data.sample_batches(data.path, data.train_split, n // bs, bs, seed=data.seed + 1)
         emb = embed_clips(model, batches, device, autocast_dtype)
         metrics, _ = closed_set(model, emb, self.dataset["class_names"], self.dataset["seen_ids"], "trainset", (1,))
         return metrics

@@ -30,6 +30,8 @@ def add_sweep_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=1,
                         help="train every configuration with this many seeds (train.seed and data.seed + 0..N-1); "
                              "the report shows mean ± 95%% interval and says when a difference is within noise")
+    parser.add_argument("--max-concurrent", type=int, default=None, metavar="N",
+                        help="trials at once (default: as many as the cluster's CPUs fit, see docs/sweeps.md)")
     parser.add_argument("--scheduler", choices=["asha", "fifo"], default=None,
                         help="asha stops weak trials after each epoch (the sweep's default); fifo runs every trial "
                              "to its last epoch")
@@ -61,6 +63,8 @@ def run_from_args(spec, args: argparse.Namespace) -> int:
         raise ConfigError("--num-samples must be >= 1")
     if args.seeds < 1:
         raise ConfigError("--seeds must be >= 1")
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise ConfigError("--max-concurrent must be >= 1")
     if args.seeds > 1 and args.resume:
         raise ConfigError("--seeds starts a sweep; a resumed sweep keeps the seeds it was started with")
     points = []
@@ -71,7 +75,8 @@ def run_from_args(spec, args: argparse.Namespace) -> int:
         if args.num_samples is not None and args.num_samples < len(points):
             raise ConfigError(f"--num-samples {args.num_samples} is fewer than the {len(points)} --first trials")
     run_sweep(spec, cfg, num_samples=args.num_samples or (len(points) or None), smoke=args.smoke_test,
-              resume=args.resume, name=args.name, points=points, seeds=args.seeds)
+              resume=args.resume, name=args.name, points=points, seeds=args.seeds,
+              max_concurrent=args.max_concurrent)
     return 0
 
 

@@ -138,7 +138,7 @@ def max_concurrent_trials(cfg: ExperimentConfig) -> int:
 
 
 def _tuner(spec: SweepSpec, cfg: ExperimentConfig, sweep: dict[str, Any], path: Path, num_samples: int,
-           resume: bool, points: list[dict[str, Any]] = ()):
+           resume: bool, points: list[dict[str, Any]] = (), max_concurrent: int | None = None):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -150,7 +150,8 @@ def _tuner(spec: SweepSpec, cfg: ExperimentConfig, sweep: dict[str, Any], path: 
     # max_t one past the last epoch: a trial that trains all its epochs ends by itself (and closes its MLflow run)
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=cfg.train.epochs + 1, grace_period=1,
                               reduction_factor=2) if single and spec.scheduler == "asha" else FIFOScheduler()
-    searcher = build_searcher(spec.space, cfg, list(spec.metrics), spec.seed, max_concurrent_trials(cfg), points)
+    searcher = build_searcher(spec.space, cfg, list(spec.metrics), spec.seed,
+                              max_concurrent or max_concurrent_trials(cfg), points)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
@@ -161,7 +162,7 @@ def _tuner(spec: SweepSpec, cfg: ExperimentConfig, sweep: dict[str, Any], path: 
 
 def run_sweep(spec: SweepSpec, cfg: ExperimentConfig, *, num_samples: int | None = None, smoke: bool = False,
               resume: bool = False, name: str | None = None,
-              points: list[dict[str, Any]] = (), seeds: int = 1) -> SweepRun:
+              points: list[dict[str, Any]] = (), seeds: int = 1, max_concurrent: int | None = None) -> SweepRun:
     """Run (or resume) a sweep and report it; see the module docstring.
 
     Args:
@@ -175,6 +176,7 @@ def run_sweep(spec: SweepSpec, cfg: ExperimentConfig, *, num_samples: int | None
         points: parameter dicts to evaluate first (`first_points`); they count towards `num_samples`.
         seeds: train every configuration this many times (``train.seed``/``data.seed`` + 0..seeds-1); the report
             aggregates them (mean, 95 % interval) and says when a difference is within noise.
+        max_concurrent: trials at once (default `max_concurrent_trials`).
     """
     from spklip.train.launcher import ensure_ray
     from spklip.tune.finish import finish_sweep
@@ -192,7 +194,7 @@ def run_sweep(spec: SweepSpec, cfg: ExperimentConfig, *, num_samples: int | None
         sweep = _new_sweep(spec, cfg, path, num_samples or (spec.smoke_samples if smoke else spec.num_samples), seeds)
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     ensure_ray(cfg.scale.address)
-    tuner = _tuner(spec, cfg, sweep, path, sweep["num_samples"], resume, list(points))
+    tuner = _tuner(spec, cfg, sweep, path, sweep["num_samples"], resume, list(points), max_concurrent)
     results = tuner.fit()
     return finish_sweep(spec, cfg, sweep, path, results)
 
