@@ -1,4 +1,5 @@
-"""Checkpoint format: one folder holding ``state.pt`` (tensors and plain values only) and ``config.json``.
+"""Checkpoint format: one folder holding ``state.pt`` (tensors and plain values only), ``state.pt.sha256`` and
+``config.json``.
 
 ``state.pt`` stores the model, optimizer and scheduler state, the step counters, every RNG state (python, numpy,
 torch CPU and CUDA) and the flat experiment config, so that a checkpoint alone rebuilds its model
@@ -6,10 +7,16 @@ torch CPU and CUDA) and the flat experiment config, so that a checkpoint alone r
 ``torch.load(weights_only=True)``: nothing in a checkpoint is unpickled as code. Frozen pretrained weights (for
 example the MiniLM text tower with ``model.text.finetune=frozen``) are left out: they are rebuilt from the
 pretrained package, which keeps checkpoints small.
+
+``state.pt.sha256`` holds the SHA-256 of ``state.pt``'s bytes in ``sha256sum`` format (``sha256sum -c
+state.pt.sha256`` checks it by hand). `read_checkpoint` verifies it before unpickling anything, so flipped bytes
+are one `CheckpointError` naming the file rather than silently corrupted weights. A checkpoint without that file
+(written before checksums were added) still loads, unverified.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 import random
@@ -25,11 +32,13 @@ from spklip.config import ExperimentConfig
 
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.json"
+CHECKSUM_SUFFIX = ".sha256"  # state.pt -> state.pt.sha256, beside it
 FORMAT_VERSION = 1
 
 
 class CheckpointError(ValueError):
-    """A checkpoint file that cannot be read (empty, truncated, not a spklip checkpoint); names the file."""
+    """A checkpoint file that cannot be read (empty, truncated, not a spklip checkpoint, or not matching its
+    checksum); names the file."""
 
 
 @dataclass
@@ -93,18 +102,71 @@ def save_checkpoint(directory: str | Path, *, model: torch.nn.Module, cfg: Exper
     }
     tmp = directory / (STATE_FILE + ".tmp")
     torch.save(payload, tmp)
+    digest = _sha256(tmp)
+    checksum = checksum_path(directory / STATE_FILE)
+    checksum.unlink(missing_ok=True)  # an older state.pt's checksum must never sit beside the new state.pt
     tmp.replace(directory / STATE_FILE)  # never leave a half-written state.pt behind
+    tmp_sum = checksum.with_name(checksum.name + ".tmp")
+    tmp_sum.write_text(f"{digest}  {STATE_FILE}\n")  # sha256sum's format
+    tmp_sum.replace(checksum)  # a crash before this leaves no checksum: the state.pt loads unverified, as old ones
     (directory / CONFIG_FILE).write_text(json.dumps(cfg.to_flat_dict(), indent=1, sort_keys=True))
     return directory
 
 
+def checksum_path(state_file: str | Path) -> Path:
+    """Where the checksum of a ``state.pt`` lives: ``state.pt.sha256`` beside it."""
+    state_file = Path(state_file)
+    return state_file.with_name(state_file.name + CHECKSUM_SUFFIX)
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def verify_checksum(state_file: str | Path) -> bool:
+    """Check ``state.pt`` against its ``state.pt.sha256``; False when there is no checksum file (a checkpoint
+    written before checksums existed: accepted, unverified), True when it matches.
+
+    Raises:
+        CheckpointError: the bytes do not match (naming ``state.pt``), or the checksum file is unreadable.
+    """
+    state_file = Path(state_file)
+    checksum = checksum_path(state_file)
+    if not checksum.exists():
+        return False
+    try:
+        expected = checksum.read_text().split()[0].lower()
+    except (OSError, UnicodeDecodeError, IndexError) as e:
+        raise CheckpointError(f"{checksum}: unreadable checksum file ({type(e).__name__})") from e
+    if len(expected) != 64 or any(c not in "0123456789abcdef" for c in expected):
+        raise CheckpointError(f"{checksum}: not a SHA-256 checksum file")
+    try:
+        actual = _sha256(state_file)
+    except OSError as e:
+        raise CheckpointError(f"{state_file}: cannot read ({e.strerror or type(e).__name__})") from e
+    if actual != expected:
+        raise CheckpointError(f"{state_file}: corrupted checkpoint (SHA-256 {actual[:12]}... does not match "
+                              f"{checksum.name}, {expected[:12]}...); use an earlier checkpoint")
+    return True
+
+
 def read_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load ``state.pt`` with ``weights_only=True``; a clear FileNotFoundError when it is missing."""
+    """Load ``state.pt`` with ``weights_only=True`` after checking it against ``state.pt.sha256``.
+
+    A checkpoint written before checksums existed (no ``state.pt.sha256``) still loads, unverified.
+
+    Raises:
+        FileNotFoundError: no ``state.pt`` there.
+        CheckpointError: bytes that do not match the checksum, or a file torch cannot read; names the file.
+        ValueError: a checkpoint of another format version.
+    """
     path = Path(directory)
     if path.is_dir():
         path = path / STATE_FILE
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {directory} (expected a folder holding {STATE_FILE})")
+    verify_checksum(path)
     try:
         with warnings.catch_warnings():  # a foreign pickle makes torch warn about its protocol before failing
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
