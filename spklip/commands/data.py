@@ -47,7 +47,8 @@ def register(subparsers) -> None:
         _build_args(p, kind)
         p.set_defaults(handler=cmd_build)
 
-    inspect = sub.add_parser("inspect", help="print a shard dataset's rows, classes, splits and bits per pixel-plane")
+    inspect = sub.add_parser("inspect", help="check every page of a shard dataset (checksums) and print its rows, "
+                             "classes, splits and bits per pixel-plane")
     inspect.add_argument("path")
     inspect.set_defaults(handler=cmd_inspect)
 
@@ -145,7 +146,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from spklip.data.shards import SPLITS, validate_shards
 
-    meta = validate_shards(args.path)
+    meta = validate_shards(args.path, pages=True)  # every page of every file, checksums verified
     n, h, w = meta["clip_shape"]
     print(f"dataset      {args.path} ({meta['kind']}, schema v{meta['schema_version']}, "
           f"fingerprint {meta['fingerprint']})")
@@ -156,6 +157,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"on disk      {meta['bytes_on_disk'] / 2**20:.2f} MiB in "
           f"{sum(len(v) for v in meta['shards'].values())} shard files, "
           f"{meta['bits_per_pixel_plane']:.3f} bits per pixel-plane")
+    print("pages        every page of every file read; page checksums verified (datasets built before spklip "
+          "wrote them have none)")
     print(f"firing rate  {_firing_rate(args.path, meta):.4f} spikes per pixel-plane (first shard)")
     sim = meta["simulator"]
     print("simulator    " + (", ".join(f"{k}={v}" for k, v in sim.items()) if sim else "none (real recordings)"))
@@ -167,13 +170,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _firing_rate(path: str, meta: dict) -> float:
-    import pyarrow.parquet as pq
-
-    from spklip.data.shards import decode_batch, reading
+    from spklip.data.shards import decode_batch, open_shard, reading
 
     first = Path(path) / next(files[0] for files in meta["shards"].values() if files)
     with reading(first):
-        table = pq.ParquetFile(first).read_row_group(0).slice(0, 64)
+        table = open_shard(first).read_row_group(0).slice(0, 64)
     return float(decode_batch(table)["spikes"].mean())
 
 

@@ -19,10 +19,9 @@ from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
-from spklip.data.shards import decode_batch, reading, split_files, validate_shards
+from spklip.data.shards import decode_batch, read_shard, reading, split_files, validate_shards
 
 READ_COLUMNS = ["clip_id", "spikes", "num_planes", "height", "width", "caption", "class_name", "label"]
 DECODED_BATCH_BYTES = 32 * 2**20  # decoded spikes per map_batches call (bounds worker memory)
@@ -41,6 +40,10 @@ def ray_dataset(path: str | os.PathLike, split: str, *, materialize: bool = Fals
 
     Raises:
         ShardError: a wrong schema or an empty split, before any Ray task starts.
+
+    Ray Data's read tasks do not verify Parquet page checksums: Ray 2.60's Parquet reader (datasource v2) sets its
+    own ``fragment_scan_options`` and drops the caller's. A corrupted page that still decodes passes here;
+    ``spklip data inspect`` (and the small-dataset path that reads through `shards.read_shard`) catch it.
     """
     import ray.data
 
@@ -132,7 +135,7 @@ class SpikeShardDataset(torch.utils.data.Dataset):
         tables = []
         for f in files:
             with reading(f):
-                tables.append(pq.read_table(f, columns=READ_COLUMNS))
+                tables.append(read_shard(f, columns=READ_COLUMNS))  # page checksums verified
         self.table = pa.concat_tables(tables).combine_chunks()
 
     def __len__(self) -> int:

@@ -8,9 +8,12 @@ On disk a dataset is a folder::
 Each row holds ``spikes`` (``numpy.packbits(bitorder="little")`` of the C-order ``[N, H, W]`` planes), its shape
 (``num_planes``, ``height``, ``width``), ``caption``, ``class_name``, ``label``, ``split``, ``source``,
 ``clip_id`` and the simulator parameters (``sim_*``; null for real recordings). Every Parquet file also carries the
-dataset header and ``schema_version`` in its key-value metadata under ``spklip``. Everything is written into a
-temporary sibling folder and renamed at the end, so a failure never leaves a partial dataset behind; an existing
-folder is replaced only when it is a spklip dataset (its manifest lists every file in it), see `spklip.outdir`.
+dataset header and ``schema_version`` in its key-value metadata under ``spklip``, and a CRC-32 page checksum on
+every page (``write_page_checksum``), which spklip's own reads verify (`open_shard`, `read_shard`; Ray Data's read
+tasks do not) and `verify_pages` (``spklip data inspect``) checks for every page of every file. Everything is
+written into a temporary sibling folder and renamed at the end, so a failure never leaves a partial dataset behind;
+an existing folder is replaced only when it is a spklip dataset (its manifest lists every file in it), see
+`spklip.outdir`.
 """
 
 from __future__ import annotations
@@ -185,7 +188,8 @@ class _ShardWriter:
         table = pa.Table.from_pylist(self.rows[split], schema=self.schema)
         clip_bytes = math.ceil(int(np.prod(self.info.clip_shape)) / 8)
         rows_per_group = max(1, ROW_GROUP_BYTES // clip_bytes)  # row groups of ~32 MB packed, whatever the clip size
-        pq.write_table(table, self.root / rel, compression="zstd", row_group_size=rows_per_group)
+        pq.write_table(table, self.root / rel, compression="zstd", row_group_size=rows_per_group,
+                       write_page_checksum=True)  # a flipped byte in a page is then an error on read, not bad data
         self.files[split].append(rel)
         self.rows[split], self.held[split] = [], 0
 
@@ -294,14 +298,46 @@ def reading(file: str | os.PathLike):
         yield
     except (OSError, pa.ArrowException) as e:
         why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if "checksum verification failed" in why:
+            raise ShardError(f"{file}: corrupted Parquet shard (a page does not match its CRC checksum: "
+                             f"{why.split('failed for ')[-1]}); rebuild the dataset") from e
         raise ShardError(f"{file}: cannot read this Parquet shard ({why}); rebuild the dataset") from e
 
 
-def validate_shards(path: str | os.PathLike) -> dict[str, Any]:
-    """Check a shard folder (manifest, files, Parquet schema and its version) and return `read_metadata`.
+def open_shard(file: str | os.PathLike) -> pq.ParquetFile:
+    """``pq.ParquetFile`` that verifies page checksums on every page it reads (files written before spklip wrote
+    checksums have none: their pages are read unverified)."""
+    return pq.ParquetFile(file, page_checksum_verification=True)
+
+
+def read_shard(file: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
+    """``pq.read_table`` of one shard file, verifying page checksums."""
+    return pq.read_table(file, columns=columns, page_checksum_verification=True)
+
+
+def verify_pages(file: str | os.PathLike) -> None:
+    """Read and decode every page of every column of `file` (one row group at a time), verifying checksums.
 
     Raises:
-        ShardError: naming the file and the problem (missing file, missing or mistyped column, wrong version).
+        ShardError: naming the file: a page that fails its checksum, or one that does not decompress or decode.
+    """
+    with reading(file):
+        shard = open_shard(file)
+        for group in range(shard.num_row_groups):
+            shard.read_row_group(group)
+
+
+def validate_shards(path: str | os.PathLike, pages: bool = False) -> dict[str, Any]:
+    """Check a shard folder (manifest, files, Parquet schema and its version) and return `read_metadata`.
+
+    Args:
+        path: the dataset folder.
+        pages: also read every page of every file (`verify_pages`): catches corrupted data pages, which the
+            footers do not show, at the cost of reading the whole dataset once.
+
+    Raises:
+        ShardError: naming the file and the problem (missing file, missing or mistyped column, wrong version,
+            with ``pages`` a corrupted page).
     """
     root = Path(path)
     meta = read_metadata(root)
@@ -320,6 +356,8 @@ def validate_shards(path: str | os.PathLike) -> dict[str, Any]:
             if header.get("schema_version") != SCHEMA_VERSION:
                 raise ShardError(f"{file}: schema version {header.get('schema_version')!r}, expected "
                                  f"{SCHEMA_VERSION}")
+            if pages:
+                verify_pages(file)
     return meta
 
 

@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 import torch
 
 from spklip.config import ExperimentConfig
-from spklip.data.shards import ShardError, decode_batch, reading, split_files, validate_shards
+from spklip.data.shards import (ShardError, decode_batch, open_shard, read_shard, reading, split_files,
+                                validate_shards)
 
 
 def dataset_info(cfg: ExperimentConfig, eval_only: bool = False, split: str | None = None) -> dict[str, Any]:
@@ -54,7 +55,7 @@ def eval_batches(path: str, split: str, batch_size: int) -> Iterator[dict[str, A
     """Every clip of `split` in file order, decoded, as torch batches of at most `batch_size`."""
     for file in split_files(path, split):
         with reading(file):
-            for record_batch in pq.ParquetFile(file).iter_batches(batch_size=batch_size):
+            for record_batch in open_shard(file).iter_batches(batch_size=batch_size):  # page checksums verified
                 yield to_torch(decode_batch(pa.Table.from_batches([record_batch])))
 
 
@@ -92,7 +93,7 @@ def _read_split(path: str, split: str) -> pa.Table:
     tables = []
     for file in split_files(path, split):
         with reading(file):
-            tables.append(pq.read_table(file))
+            tables.append(read_shard(file))  # page checksums verified
     return pa.concat_tables(tables)
 
 
@@ -148,7 +149,7 @@ def sample_batches(path: str, split: str, num_batches: int, batch_size: int, see
         local = pick[(pick >= start) & (pick < start + count)] - start
         if len(local):
             with reading(file):
-                parts.append(pq.read_table(file).take(pa.array(local)))
+                parts.append(read_shard(file).take(pa.array(local)))
         start += count
     table = pa.concat_tables(parts).take(pa.array(rng.permutation(n)))  # packed rows in random order
     for i in range(0, n, batch_size):
