@@ -20,7 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def sweep_env(ray_tmp: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1",
-               RAY_TMPDIR=ray_tmp)  # a private Ray temp root, so leftovers of this sweep can be found
+               RAY_TMPDIR=ray_tmp,  # a private Ray temp root, so leftovers of this sweep can be found
+               # save Tune's experiment state every second: a trial started after the last save is unknown to a
+               # restore, which would propose a new trial instead (and leave the killed one's run behind)
+               TUNE_GLOBAL_CHECKPOINT_S="1")
     return env
 
 
@@ -62,7 +65,7 @@ def test_resume_after_killing_the_driver(tmp_path):
     deadline = time.time() + 400
     while time.time() < deadline and first.poll() is None:  # wait: one trial done, the second one training
         if trial_runs(exp, "FINISHED") and len(list((exp / "train").glob("train-trial_id=*"))) == 2:
-            time.sleep(3)
+            time.sleep(5)
             break
         time.sleep(2)
     assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
