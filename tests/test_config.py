@@ -93,3 +93,14 @@ def test_missing_config_file_and_unknown_preset(tmp_path):
 
 def test_model_section_alone_builds():
     assert isinstance(load_preset("spklip-tiny"), ModelCfg)
+
+
+def test_yes_no_switches_parse_as_booleans_from_the_command_line():
+    from spklip.config import load_config
+    from spklip.train.launcher import _use_gpu
+
+    for text, want in (("yes", True), ("no", False), ("true", True), ("false", False)):
+        cfg = load_config(None, [f"scale.use_gpu={text}", f"data.materialize={text}"])
+        assert cfg.scale.use_gpu is want and cfg.data.materialize is want and _use_gpu(cfg) is want
+    with pytest.raises(ConfigError, match="scale.use_gpu"):
+        load_config(None, ["scale.use_gpu=maybe"])

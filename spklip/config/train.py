@@ -46,7 +46,7 @@ class TrainCfg:
 @dataclass(frozen=True)
 class ScaleCfg:
     num_workers: int = 1  # Ray Train workers (0: run the loop in-process, no worker actors)
-    use_gpu: Literal["auto", "yes", "no"] = "auto"
+    use_gpu: bool | Literal["auto"] = "auto"  # true/false (YAML's yes/no read as booleans), or auto: GPUs if any
     cpus_per_worker: float = 0.5  # fractional so that Ray Data keeps a CPU on small machines
     max_failures: int = 2  # worker restarts allowed; each resumes from the last checkpoint
     address: str = ""  # Ray cluster address ("" = RAY_ADDRESS or an in-process Ray)

@@ -113,7 +113,7 @@ def prepare_run(cfg: ExperimentConfig, *, run_name: str | None = None, storage_p
 
 def _use_gpu(cfg: ExperimentConfig) -> bool:
     if cfg.scale.use_gpu != "auto":
-        return cfg.scale.use_gpu == "yes"
+        return bool(cfg.scale.use_gpu)
     import ray
     return ray.cluster_resources().get("GPU", 0) > 0
 
