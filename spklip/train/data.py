@@ -82,19 +82,23 @@ def in_memory_dataset(cfg: ExperimentConfig):
     no read or shuffle tasks, so it cannot wait for CPUs that concurrent trials hold, and epochs only iterate."""
     import ray.data
 
-    batch = decode_batch(_read_split(cfg.data.path, cfg.data.train_split))  # decoded numpy columns, file order
-    n = len(batch["label"])
-    order = np.random.default_rng(cfg.data.seed).permutation(n) if cfg.data.shuffle else np.arange(n)
-    rows = [{k: v[i] for k, v in batch.items()} for i in order]  # spikes [N, H, W] uint8 per row
+    cols = decoded_split(cfg.data.path, cfg.data.train_split)  # numpy columns, file order
+    n = len(cols["label"])
+    if cfg.data.shuffle:
+        order = np.random.default_rng(cfg.data.seed).permutation(n)
+        cols = {k: v[order] for k, v in cols.items()}
+    keys = list(cols)
+    rows = [dict(zip(keys, values)) for values in zip(*cols.values())]  # one dict per clip: spikes [N, H, W] uint8
     return ray.data.from_items(rows, override_num_blocks=min(n, 8))
 
 
-def _read_split(path: str, split: str) -> pa.Table:
+def decoded_split(path: str, split: str) -> dict[str, np.ndarray]:
+    """A whole split read (page checksums verified) and decoded at once, in file order (`decode_batch` columns)."""
     tables = []
     for file in split_files(path, split):
         with reading(file):
-            tables.append(read_shard(file))  # page checksums verified
-    return pa.concat_tables(tables)
+            tables.append(read_shard(file))
+    return decode_batch(pa.concat_tables(tables))
 
 
 def materialize_train(cfg: ExperimentConfig) -> bool:

@@ -27,7 +27,7 @@ def train_in_process(cfg: ExperimentConfig, device: str | torch.device = "cpu") 
 
     dataset = train_data.dataset_info(cfg)
     device = torch.device(device)
-    clips = next(train_data.eval_batches(cfg.data.path, cfg.data.train_split, 10**9))  # the whole split, decoded
+    clips = train_data.to_torch(train_data.decoded_split(cfg.data.path, cfg.data.train_split))  # the whole split
     n, bs = len(clips["caption"]), cfg.data.batch_size
     steps = train_data.steps_per_epoch(n, cfg, 1) * cfg.train.epochs
     steps = min(steps, cfg.train.max_steps) if cfg.train.max_steps else steps

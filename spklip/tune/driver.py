@@ -36,11 +36,6 @@ def _log_skipped(sweep: dict[str, Any], run_name: str, params: dict[str, Any], r
     tracker.terminate("KILLED")
 
 
-TRIAL_TAG = "spklip.sweep.trial"  # on every child run: the Tune trial (one configuration) it belongs to
-SEED_TAG = "spklip.sweep.seed"  # its seed offset (0 .. seeds-1)
-LABEL_PREFIX = "spklip.sweep.label."  # the trial's steering parameters (``_variant`` -> ``...label.variant``)
-
-
 def seed_config(cfg: ExperimentConfig, offset: int) -> ExperimentConfig:
     """`cfg` with ``train.seed`` (init, augmentation, dropout) and ``data.seed`` (data order) moved by `offset`."""
     from spklip.config import apply_overrides
@@ -67,6 +62,7 @@ def trial_driver(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from spklip.train.launcher import fit
+    from spklip.tune.report import LABEL_PREFIX, SEED_TAG, TRIAL_TAG
     from spklip.tune.space import AUX_PREFIX, config_params, invalid_reason, trial_config
 
     base = ExperimentConfig.from_flat_dict(sweep["base"])
