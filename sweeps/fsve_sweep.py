@@ -1,41 +1,8 @@
-"""FSVE sweep: accuracy against energy per clip for the full-spiking visual encoder (two objectives, Pareto front).
+"""FSVE sweep: ``python sweeps/fsve_sweep.py --help``. The sweep (base config, space, metrics) is
+spklip/sweeps/fsve_sweep.py; this script only runs it, on a laptop or as ``ray job submit -- python sweeps/fsve_sweep.py``."""
 
-Swept: FSVE variant (spiking backbone + temporal encoder, or everything spiking), SNN time steps T, membrane time
-constant tau, firing threshold, surrogate-gradient function, reset mode. Objectives: validation prompt top-1
-(maximised) and energy per clip in mJ (45 nm MAC/AC accounting, minimised), searched with Optuna's NSGA-II
-multi-objective sampler; the report adds the Pareto front as a plot. No early stopping (ASHA ranks one metric).
-
-    python sweeps/fsve_sweep.py --smoke-test
-    python sweeps/fsve_sweep.py --num-samples 32 --set data.path=runs/data/moving-digits
-"""
-
-from spklip.tune import SweepSpec, main
-
-
-def space(trial, base):
-    """Define-by-run FSVE space over dotted config keys (every combination is valid)."""
-    trial.suggest_categorical("model.fsve.variant", ["snn-backbone", "full-snn"])
-    trial.suggest_int("model.fsve.time_steps", 1, 6)
-    trial.suggest_float("model.fsve.tau", 1.5, 4.0)
-    trial.suggest_float("model.fsve.v_threshold", 0.25, 1.5)
-    trial.suggest_categorical("model.fsve.surrogate", ["atan", "sigmoid", "rect"])
-    trial.suggest_categorical("model.fsve.reset", ["hard", "soft"])
-
-
-SPEC = SweepSpec(
-    name="fsve-sweep",
-    description=__doc__.splitlines()[0],
-    space=space,
-    metrics=(("val/top1", "max"), ("energy/energy_per_clip_mj", "min")),
-    base={"model_preset": "spklip-tiny-snn-backbone", "train.epochs": 10000, "train.max_steps": 600,
-          "scale.num_workers": 1, "tracking.log_model": False, "optim.lr": 3e-3, "optim.warmup_steps": 10,
-          "eval.energy": True,
-          "eval.few_shot_ks": [1], "eval.few_shot_seeds": 1},
-    smoke={"train.epochs": 1, "train.max_steps": 4, "data.batch_size": 8, "scale.max_failures": 0},
-    scheduler="fifo",
-    num_samples=24,
-    smoke_samples=2,
-)
+from spklip.sweeps.fsve_sweep import SPEC
+from spklip.tune.sweep import main
 
 if __name__ == "__main__":
     raise SystemExit(main(SPEC))

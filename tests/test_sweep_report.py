@@ -114,7 +114,7 @@ def test_stopped_trials_are_marked_killed_and_errored_ones_stay_failed(tmp_path)
     both become KILLED with the stopped tag; a trial Tune reports as errored keeps FAILED."""
     from mlflow.tracking import MlflowClient
 
-    from spklip.tune.finish import STOPPED_TAG, close_stopped_children
+    from spklip.tune.report import STOPPED_TAG, close_stopped_children
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)

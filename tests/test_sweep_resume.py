@@ -44,7 +44,7 @@ def trial_runs(exp: Path, status: str | None = None) -> list:
 def tune_results(exp: Path, run) -> bytes:
     """Tune's result.json of the trial behind a child run (run name ``train-trial_id=<id>``)."""
     trial_id = run.info.run_name.split("=", 1)[1]
-    return next(exp.glob(f"trial_driver_{trial_id}_*/result.json")).read_bytes()
+    return next(exp.glob(f"run_trial_{trial_id}_*/result.json")).read_bytes()
 
 
 def processes_under(path: str) -> list[str]:
@@ -82,7 +82,7 @@ def test_resume_after_killing_the_driver(tmp_path):
     second = subprocess.run([*cmd[:2], "--resume", "--name", "resume", *cmd[-4:]], cwd=ROOT, env=sweep_env(ray_tmp),
                             capture_output=True, text=True, timeout=500)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert len(list(exp.glob("trial_driver_*"))) == 2  # no extra trial
+    assert len(list(exp.glob("run_trial_*"))) == 2  # no extra trial
     kids = trial_runs(exp)
     assert len(kids) == 2 and all(k.info.status == "FINISHED" and "val/top1" in k.data.metrics for k in kids)
     assert tune_results(exp, done[0]) == done_results  # the trial that had finished was not run again

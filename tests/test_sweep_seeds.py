@@ -9,8 +9,8 @@ from scipy import stats
 from spklip.config import load_config
 from spklip.eval.stats import difference, summarize
 from spklip.tune import report as rep
-from spklip.tune.driver import seed_config
-from spklip.tune.finish import add_gaps
+from spklip.tune.report import add_gaps
+from spklip.tune.sweep import seed_config
 
 
 def test_summary_is_the_student_t_interval_and_one_seed_has_none():

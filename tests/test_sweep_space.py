@@ -1,13 +1,17 @@
-"""Search spaces: every sample is a valid config, conditional keys behave, the bound space survives pickling."""
+"""Search spaces: every sample is a valid config, conditional keys behave, keys and the base point are derived
+exactly from the space, and the bound space survives pickling into a fresh process whatever defined it."""
 
 import pickle
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
 
 from spklip.commands.sweep import available_sweeps, load_sweep
 from spklip.config import ConfigError, load_config
-from spklip.tune.space import config_params, invalid_reason, sample_space, swept_keys, trial_config
+from spklip.tune.space import BoundSpace, base_point, config_params, sample_space, space_keys, trial_config
+from spklip.tune.sweep import first_points, main, sweep_config
 
 HSFE = load_sweep("hsfe-ablation")
 
@@ -33,7 +37,7 @@ def test_hsfe_space_only_samples_valid_layouts(preset):
 
 def test_hsfe_space_covers_the_issue_keys_and_switches():
     base = _base("spklip-tiny")
-    keys = set(swept_keys(HSFE.space, base))
+    keys = set(space_keys(HSFE.space, base))
     assert keys == {"model.hsfe.num_subblocks", "model.hsfe.radius", "model.hsfe.step", "model.hsfe.num_branches",
                     "model.hsfe.channel_step", "model.hsfe.spatial_attention", "model.hsfe.photon_conservation",
                     "model.temporal.pos_embed"}
@@ -44,26 +48,78 @@ def test_hsfe_space_covers_the_issue_keys_and_switches():
 
 def test_invalid_combination_is_reported_not_trained():
     base = _base("spklip-tiny")  # 32 planes
-    reason = invalid_reason(base, {"model.hsfe.num_subblocks": 9, "model.hsfe.radius": 15, "model.hsfe.step": 1})
-    assert reason is not None and "planes" in reason
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="planes"):
         trial_config(base, {"model.hsfe.num_subblocks": 9, "model.hsfe.radius": 15, "model.hsfe.step": 1})
 
 
-def test_bound_space_pickles_by_script_and_samples_the_same():
-    from spklip.tune.space import define_by_run
+def _rare_space(trial, base):
+    """A key that only one of 40 x 2 categorical branches reaches: random sampling would often miss it."""
+    if trial.suggest_categorical("_family", [f"f{i}" for i in range(40)]) == "f39":
+        if trial.suggest_categorical("model.hsfe.spatial_attention", [True, False]):
+            trial.suggest_int("model.hsfe.radius", 1, 3)
 
+
+def test_space_keys_walks_every_branch_exactly():
     base = _base("spklip-tiny")
-    bound = define_by_run(HSFE.space, base)
-    again = pickle.loads(pickle.dumps(bound))
+    assert space_keys(_rare_space, base) == ["model.hsfe.spatial_attention", "model.hsfe.radius"]
+
+    def fixed(trial, base):
+        if trial.suggest_categorical("model.hsfe.num_subblocks", [1, 3]) == 1:
+            return {"model.hsfe.step": "auto"}
+
+    assert space_keys(fixed, base) == ["model.hsfe.num_subblocks", "model.hsfe.step"]  # returned constants count
+
+
+def test_base_point_reproduces_the_base_config():
+    base = _base("spklip-tiny")
+    point = base_point(HSFE.space, base)
+    hs = base.model.hsfe
+    assert point["model.hsfe.num_subblocks"] == hs.num_subblocks and point["model.hsfe.radius"] == hs.radius
+    assert point["_step_mode"] == ("auto" if hs.step == "auto" else "fixed")
+    assert trial_config(base, point) == base  # the point *is* the base config
+    fixed_step = load_config(None, {"model.hsfe.step": 4})
+    point = base_point(HSFE.space, fixed_step)
+    assert point["_step_mode"] == "fixed" and point["model.hsfe.step"] == 4
+    assert trial_config(fixed_step, point) == fixed_step
+    variant = base_point(load_sweep("baselines").space, base)
+    assert variant == {"_variant": "hsfe"}  # the one variant that leaves the base as it is
+
+    def never_the_base(trial, base):
+        trial.suggest_categorical("_x", ["a", "b"])
+        return {"model.hsfe.num_subblocks": base.model.hsfe.num_subblocks + 1}
+
+    with pytest.raises(ValueError, match="not a point"):
+        base_point(never_the_base, base)
+
+
+def test_bound_space_of_a_script_function_unpickles_in_a_fresh_process(tmp_path):
+    """OptunaSearch saves itself with plain pickle; a space from a user's script (not importable) must still load
+    in the process that resumes the sweep."""
+    script = tmp_path / "my_sweep.py"
+    script.write_text("from spklip.tune.sweep import SweepSpec\n\n"
+                      "def space(trial, base):\n"
+                      "    trial.suggest_int('model.hsfe.radius', 1, base.model.num_planes // 8)\n\n"
+                      "SPEC = SweepSpec(name='mine', space=space, metrics=(('val/top1', 'max'),))\n")
+    base = _base("spklip-tiny")
+    blob = tmp_path / "space.pkl"
+    blob.write_bytes(pickle.dumps(BoundSpace(load_sweep(str(script)).space, base)))
+    code = ("import pickle, sys, optuna\n"
+            f"bound = pickle.loads(open({str(blob)!r}, 'rb').read())\n"
+            "trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()\n"
+            "bound(trial); print(sorted(trial.params))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['model.hsfe.radius']"
+    again = pickle.loads(blob.read_bytes())  # and an importable sweep's space round-trips here as well
     assert again.base == base
+    bound = BoundSpace(HSFE.space, base)
     first = sample_space(lambda t, b: bound(t), base, 20, seed=3)
-    second = sample_space(lambda t, b: again(t), base, 20, seed=3)
+    second = sample_space(lambda t, b: pickle.loads(pickle.dumps(bound))(t), base, 20, seed=3)
     assert first == second
 
 
 def test_named_sweeps_load_and_unknown_names_fail_clearly():
-    assert {"hsfe_ablation", "fsve_sweep"} <= set(available_sweeps())
+    assert set(available_sweeps()) == {"hsfe-ablation", "fsve-sweep", "baselines"}
     assert load_sweep("fsve-sweep").metrics[1][1] == "min"  # energy is minimised
     with pytest.raises(FileNotFoundError, match="available"):
         load_sweep("no-such-sweep")
@@ -73,7 +129,8 @@ def test_fsve_space_is_valid_and_two_objective():
     spec = load_sweep("fsve-sweep")
     base = load_config(None, {"model_preset": "spklip-tiny-snn-backbone"})
     samples = sample_space(spec.space, base, 100, seed=0)
-    assert all(invalid_reason(base, p) is None for p in samples)
+    for p in samples:
+        trial_config(base, p)  # raises ConfigError on an invalid sample
     assert {p["model.fsve.variant"] for p in samples} == {"snn-backbone", "full-snn"}
     assert [m for m, _ in spec.metrics] == ["val/top1", "energy/energy_per_clip_mj"] and spec.scheduler == "fifo"
 
@@ -93,8 +150,6 @@ def test_sweep_command_parses_the_shared_flags():
 
 
 def test_sweep_config_resolves_the_spec_preset_and_keeps_user_overrides_on_top(tmp_path):
-    from spklip.tune.runner import sweep_config
-
     fsve = load_sweep("fsve-sweep")
     cfg = sweep_config(fsve, None, ["train.epochs=7"])
     assert cfg.model.fsve.variant == "snn-backbone" and cfg.model.fsve.v_threshold == 0.5  # the preset's model
@@ -109,7 +164,6 @@ def test_first_points_are_suggested_first_and_vary_only_their_key():
     """``--first model.hsfe.num_subblocks=1,3,5``: the searcher's first three trials are the base HSFE with K set
     to each value (a one-factor comparison), then it samples on its own."""
     from spklip.tune.cli import parse_first
-    from spklip.tune.runner import first_points
     from spklip.tune.space import build_searcher
 
     base = _base("spklip-tiny")
@@ -144,16 +198,16 @@ def test_first_points_are_suggested_first_and_vary_only_their_key():
     (["--first", "model.hsfe.num_subblocks"], "KEY=V1"),
 ])
 def test_bad_first_flags_fail_before_ray_starts(argv, message, tmp_path, capsys):
-    from spklip.tune.cli import main
-
     assert main(HSFE, [*argv, "--set", f"train.run_dir={tmp_path}"]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "sweeps").exists()
 
 
-def test_fsve_sweep_has_no_base_point_and_says_so(tmp_path, capsys):
-    from spklip.tune.cli import main
-
-    assert main(load_sweep("fsve-sweep"), ["--first", "model.fsve.time_steps=1,2",
-                                           "--set", f"train.run_dir={tmp_path}"]) == 2
-    assert "no base_point" in capsys.readouterr().err
+def test_fsve_sweep_first_points_vary_one_key_around_the_base():
+    fsve = load_sweep("fsve-sweep")
+    base = sweep_config(fsve)
+    points = first_points(fsve, base, "model.fsve.time_steps", [1, 2])
+    assert [p["model.fsve.time_steps"] for p in points] == [1, 2]
+    for p in points:
+        built = trial_config(base, p)
+        assert built.model.fsve.tau == base.model.fsve.tau and built.model.fsve.variant == base.model.fsve.variant

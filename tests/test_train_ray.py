@@ -9,6 +9,7 @@ The resume test uses moving digits.
 """
 
 import os
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 from spklip.config import load_config
 from spklip.data.shards import read_metadata
 from spklip.train import data as train_data
+from spklip.train import faults
 from spklip.train.checkpoint import model_from_checkpoint, read_checkpoint
 from spklip.train.epoch_eval import evaluate_model
 from spklip.train.launcher import fit
@@ -96,15 +98,27 @@ def test_two_workers_learn_and_the_run_is_fully_recorded(ray_session, tmp_path, 
         assert torch.allclose(reloaded(clips), model.encode_spikes(clips), atol=1e-5)
 
 
+@pytest.fixture
+def crash_rank0_at(monkeypatch, tmp_path):
+    """Arm spklip.train.faults: rank 0 kills its own process once at the given step; returns the marker file."""
+    def arm(step: int) -> Path:
+        marker = tmp_path / f"crashed_at_step_{step}"
+        monkeypatch.setenv(faults.CRASH_AT_STEP, str(step))
+        monkeypatch.setenv(faults.MARKER, str(marker))
+        return marker
+    return arm
+
+
 @pytest.mark.slow
-def test_killed_worker_resumes_from_the_last_checkpoint(ray_session, tmp_path, monkeypatch):
+def test_killed_worker_resumes_from_the_last_checkpoint(ray_session, tmp_path, monkeypatch, crash_rank0_at):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     data = write_digit_shards(tmp_path / "digits", clips_per_class=16)
     spe = read_metadata(data)["splits"]["train"] // 2 // 4
     cfg = _cfg(data, tmp_path, "train.epochs=2", "train.checkpoint_every=3", "scale.max_failures=1",
                "eval.energy=false")
-    result = fit(cfg, run_name="crash", fail_at_step=5)
-    assert (tmp_path / "runs" / "ray" / "crash" / ".fail_at_step_5").exists()  # rank 0 really died at step 5
+    marker = crash_rank0_at(5)
+    result = fit(cfg, run_name="crash")
+    assert marker.read_text() == "5"  # rank 0 really died at step 5
     assert result.metrics["step"] == 2 * spe and result.metrics["epoch"] == 2
     assert read_checkpoint(result.checkpoint)["step"] == 2 * spe
 

@@ -4,31 +4,41 @@ comparison table from MLflow (any experiment: without a sweep parent run, every 
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
+import sys
 from pathlib import Path
 
-SWEEP_DIR = Path(__file__).resolve().parents[2] / "sweeps"
+from spklip.sweeps import NAMES
+from spklip.tune.cli import add_sweep_args
 
 
 def available_sweeps() -> list[str]:
-    return sorted(p.stem for p in SWEEP_DIR.glob("*.py") if not p.stem.startswith("_"))
+    return sorted(n.replace("_", "-") for n in NAMES)
 
 
 def load_sweep(name: str):
-    """The `SweepSpec` of ``sweeps/NAME.py`` (or of a path to a sweep script)."""
-    path = Path(name) if name.endswith(".py") else SWEEP_DIR / f"{name.replace('-', '_')}.py"
-    if not path.exists():
-        raise FileNotFoundError(f"no sweep {name!r} (available: {', '.join(available_sweeps()) or 'none'})")
-    spec = importlib.util.spec_from_file_location(f"spklip_sweep_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    """The `SweepSpec` of spklip's sweep NAME (``spklip.sweeps.NAME``), or of a sweep script at a path."""
+    if name.endswith(".py"):
+        path = Path(name)
+        if not path.exists():
+            raise FileNotFoundError(f"no sweep script {path}")
+        module_name = f"spklip_user_sweep_{path.stem}"  # the same name on every load: a resume finds its space
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    elif name.replace("-", "_") in NAMES:
+        module = importlib.import_module(f"spklip.sweeps.{name.replace('-', '_')}")
+    else:
+        raise FileNotFoundError(f"no sweep {name!r} (available: {', '.join(available_sweeps())})")
     if not hasattr(module, "SPEC"):
-        raise ValueError(f"{path} defines no SPEC = SweepSpec(...)")
+        raise ValueError(f"{name} defines no SPEC = SweepSpec(...)")
     return module.SPEC
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from spklip.tune.cli import run_from_args
+    from spklip.tune.sweep import run_from_args  # Ray and Optuna: only when a sweep runs (`spklip --help` stays fast)
 
     return run_from_args(load_sweep(args.sweep), args)
 
@@ -41,8 +51,7 @@ def _parse_metric(text: str) -> tuple[str, str]:
 def _report(args: argparse.Namespace) -> int:
     from spklip.config import load_config
     from spklip.tracking import resolve_uri
-    from spklip.tune.finish import write_report
-    from spklip.tune.report import sweep_table
+    from spklip.tune.report import sweep_table, write_report  # pandas and MLflow: only for the report
 
     cfg = load_config(None, {})
     uri = args.uri or resolve_uri("", cfg.train.run_dir)
@@ -56,10 +65,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    from spklip.tune.cli import add_sweep_args
-
-    p = subparsers.add_parser("sweep", help="run a named sweep from sweeps/ (hsfe-ablation, fsve-sweep)")
-    p.add_argument("sweep", help=f"sweep name or script path (in {SWEEP_DIR})")
+    p = subparsers.add_parser("sweep", help=f"run a sweep ({', '.join(available_sweeps())}, or a script path)")
+    p.add_argument("sweep", help=f"sweep name ({', '.join(available_sweeps())}) or a sweep script's path")
     add_sweep_args(p)
     p.set_defaults(handler=_sweep)
     r = subparsers.add_parser("report", help="a sweep's comparison table, read back from MLflow")

@@ -51,15 +51,20 @@ def build_config(raw: dict[str, Any] | None = None, overrides: dict[str, Any] | 
     return from_dict(ExperimentConfig, nested)
 
 
-def load_config(path: str | Path | None = None, overrides: Iterable[str] | dict[str, Any] = ()) -> ExperimentConfig:
-    """Load a YAML experiment file (optional) and apply ``key=value`` strings or a dotted dict on top."""
-    raw: dict[str, Any] = {}
+def load_config(path: str | Path | None = None, overrides: Iterable[str] | dict[str, Any] = (),
+                defaults: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Load a YAML experiment file (optional) and apply ``key=value`` strings or a dotted dict on top.
+
+    `defaults` (dotted keys, e.g. a sweep's base) sit below the YAML: defaults < preset < `defaults` < YAML < overrides.
+    """
+    raw: dict[str, Any] = unflatten(defaults or {})
     if path is not None:
         p = Path(path)
         if not p.exists():
             raise ConfigError(f"config file {p} does not exist")
-        raw = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(raw, dict):
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
             raise ConfigError(f"config file {p} must hold a mapping at the top level")
+        raw = deep_merge(raw, loaded)
     flat = dict(overrides) if isinstance(overrides, dict) else parse_overrides(overrides)
     return build_config(raw, flat)

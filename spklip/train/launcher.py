@@ -3,7 +3,7 @@
 Public API (also used by the sweep layer, spklip/tune):
   * `prepare_run(cfg, ...) -> RunPlan`: every check that can fail before a worker starts, the planned step count,
     the Ray storage folder and the MLflow run (a child run when ``mlflow_parent_run_id`` is given).
-  * `build_trainer(cfg, *, run_name, storage_path, callbacks, mlflow_parent_run_id, plan) -> TorchTrainer`.
+  * `build_trainer(plan, callbacks) -> TorchTrainer`: the workers get one typed `WorkerPlan`.
   * `fit(cfg, ...) -> FitResult`: build, fit, log the best checkpoint's encoder as an MLflow model, close the run.
 Re-running with the same ``run_name`` and ``storage_path`` resumes from the latest checkpoint (same MLflow run).
 """
@@ -18,9 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from spklip.config import ExperimentConfig, apply_overrides
+import ray
+import ray.train
+import yaml
+from ray.train.torch import TorchTrainer
+
+from spklip.config import ExperimentConfig, to_dict
+from spklip.train.export import SpikeEncoder, example_input
 from spklip.train import data as train_data
-from spklip.tracking import Tracker, git_commit, resolve_uri, start_run
+from spklip.train.checkpoint import model_from_checkpoint
+from spklip.train.faults import FAULT_ENV_PREFIX
+from spklip.train.worker import WorkerPlan, train_fn_per_worker
+from spklip.tracking import Tracker, git_commit, log_torch_model, resolve_uri, start_run
 
 RUN_FILE = "spklip_run.json"  # inside {storage_path}/{run_name}: the MLflow run a resumed job keeps logging to
 WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAY_CHDIR_TO_TRIAL_DIR": "0"}
@@ -36,7 +45,6 @@ class RunPlan:
     dataset: dict[str, Any]
     total_steps: int
     tracker: Tracker
-    fail_at_step: dict[str, Any] | None = None  # tests only: kill rank 0 once at this step
 
 
 @dataclass
@@ -55,8 +63,6 @@ class FitResult:
 
 def ensure_ray(address: str = "") -> None:
     """Connect to ``address`` / ``RAY_ADDRESS`` when given, else start an in-process Ray (no-op if running)."""
-    import ray
-
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS", "")
@@ -66,9 +72,14 @@ def ensure_ray(address: str = "") -> None:
         ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", configure_logging=False)
 
 
-def _absolute(cfg: ExperimentConfig) -> ExperimentConfig:
-    return apply_overrides(cfg, {"data.path": str(Path(cfg.data.path).resolve()),
-                                 "train.run_dir": str(Path(cfg.train.run_dir).resolve())})
+def resolve_paths(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Absolute ``data.path`` and ``train.run_dir`` and an explicit ``tracking.uri``, so processes in other folders
+    (Ray workers, Tune trials, a resumed run) mean the same files and the same MLflow store."""
+    run_dir = Path(cfg.train.run_dir).resolve()
+    return dataclasses.replace(
+        cfg, data=dataclasses.replace(cfg.data, path=str(Path(cfg.data.path).resolve())),
+        train=dataclasses.replace(cfg.train, run_dir=str(run_dir)),
+        tracking=dataclasses.replace(cfg.tracking, uri=resolve_uri(cfg.tracking.uri, run_dir)))
 
 
 def _world(cfg: ExperimentConfig) -> int:
@@ -78,7 +89,7 @@ def _world(cfg: ExperimentConfig) -> int:
 def _mlflow_run(cfg: ExperimentConfig, run_name: str, run_folder: Path, dataset: dict[str, Any],
                 parent_run_id: str | None, extra_tags: dict[str, str] | None = None) -> Tracker:
     """Reuse the MLflow run of an earlier attempt of this Ray run (resume), else start a new one."""
-    uri = resolve_uri(cfg.tracking.uri, cfg.train.run_dir)
+    uri = cfg.tracking.uri
     if not cfg.tracking.enabled:
         return Tracker(uri, None)
     saved = run_folder / RUN_FILE
@@ -89,8 +100,6 @@ def _mlflow_run(cfg: ExperimentConfig, run_name: str, run_folder: Path, dataset:
     tracker = start_run(uri, cfg.tracking.experiment, cfg.train.run_dir, run_name=run_name,
                         params=cfg.to_flat_dict(), tags=tags, parent_run_id=parent_run_id)
     if tracker.enabled:
-        import yaml
-        from spklip.config import to_dict
         tracker.log_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), "config/resolved.yaml")
         run_folder.mkdir(parents=True, exist_ok=True)
         saved.write_text(json.dumps({"mlflow_run_id": tracker.run_id, "tracking_uri": uri}))
@@ -100,7 +109,7 @@ def _mlflow_run(cfg: ExperimentConfig, run_name: str, run_folder: Path, dataset:
 def prepare_run(cfg: ExperimentConfig, *, run_name: str | None = None, storage_path: str | None = None,
                 mlflow_parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> RunPlan:
     """Validate data and config, plan steps, open (or reopen) the MLflow run. Raises before any worker starts."""
-    cfg = _absolute(cfg)
+    cfg = resolve_paths(cfg)
     dataset = train_data.dataset_info(cfg)
     spe = train_data.steps_per_epoch(dataset["split_rows"][cfg.data.train_split], cfg, _world(cfg))
     total = spe * cfg.train.epochs
@@ -114,40 +123,27 @@ def prepare_run(cfg: ExperimentConfig, *, run_name: str | None = None, storage_p
 def _use_gpu(cfg: ExperimentConfig) -> bool:
     if cfg.scale.use_gpu != "auto":
         return bool(cfg.scale.use_gpu)
-    import ray
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
-def build_trainer(cfg: ExperimentConfig, *, run_name: str | None = None, storage_path: str | None = None,
-                  callbacks: Sequence[Any] = (), mlflow_parent_run_id: str | None = None,
-                  plan: RunPlan | None = None):
-    """A ready-to-fit ``TorchTrainer`` for `cfg` (see the module docstring); Ray is started if needed.
+def build_trainer(plan: RunPlan, callbacks: Sequence[Any] = ()) -> TorchTrainer:
+    """A ready-to-fit ``TorchTrainer`` for a `RunPlan` (Ray must be running: `ensure_ray`).
 
     Args:
-        cfg: The experiment config.
-        run_name: Ray run name (folder under `storage_path`); the same name resumes that run.
-        storage_path: Ray storage root (default ``<train.run_dir>/ray``; shared storage on multi-node clusters).
+        plan: from `prepare_run` (the config with absolute paths, the run name and storage, the MLflow run).
         callbacks: Ray Train callbacks, e.g. ``ray.tune.integration.ray_train.TuneReportCallback()``.
-        mlflow_parent_run_id: Makes this run an MLflow child run (sweeps).
-        plan: A `RunPlan` from `prepare_run` (built here when None).
     """
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    from spklip.train.worker import train_fn_per_worker
-
-    plan = plan or prepare_run(cfg, run_name=run_name, storage_path=storage_path,
-                               mlflow_parent_run_id=mlflow_parent_run_id)
-    ensure_ray(cfg.scale.address)
     cfg = plan.cfg
     gpu = _use_gpu(cfg)
     resources = {"CPU": cfg.scale.cpus_per_worker, **({"GPU": 1} if gpu else {})}
-    loop_config = {"cfg": cfg.to_flat_dict(), "total_steps": plan.total_steps, "dataset": plan.dataset,
-                   "tracking_uri": plan.tracker.uri, "mlflow_run_id": plan.tracker.run_id if plan.tracker.enabled
-                   else None, "fail_at_step": plan.fail_at_step,
-                   "local_run_dir": str(Path(plan.storage_path) / plan.run_name) if cfg.scale.num_workers == 0 else None}
+    worker_plan = WorkerPlan(cfg=cfg, total_steps=plan.total_steps, dataset=plan.dataset, tracking_uri=plan.tracker.uri,
+                             mlflow_run_id=plan.tracker.run_id if plan.tracker.enabled else None,
+                             local_run_dir=str(Path(plan.storage_path) / plan.run_name)
+                             if cfg.scale.num_workers == 0 else None)
+    # fault-injection switches (spklip.train.faults) reach the workers whatever environment Ray started them with
+    env = {**WORKER_ENV, **{k: v for k, v in os.environ.items() if k.startswith(FAULT_ENV_PREFIX)}}
     return TorchTrainer(
-        train_fn_per_worker, train_loop_config=loop_config,
+        train_fn_per_worker, train_loop_config={"plan": worker_plan},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scale.num_workers, use_gpu=gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
@@ -156,27 +152,22 @@ def build_trainer(cfg: ExperimentConfig, *, run_name: str | None = None, storage
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
                                                          checkpoint_score_attribute=cfg.train.metric,
                                                          checkpoint_score_order=cfg.train.metric_mode),
-            worker_runtime_env={"env_vars": WORKER_ENV}),
+            worker_runtime_env={"env_vars": env}),
         datasets={"train": train_data.ray_train_dataset(cfg)})
 
 
 def fit(cfg: ExperimentConfig, *, run_name: str | None = None, storage_path: str | None = None,
         callbacks: Sequence[Any] = (), mlflow_parent_run_id: str | None = None,
-        fail_at_step: int | None = None, tags: dict[str, str] | None = None) -> FitResult:
+        tags: dict[str, str] | None = None) -> FitResult:
     """Train `cfg` to the end and return its final evaluation metrics and checkpoints.
 
     ``tags`` are added to a new MLflow run (sweeps: trial id, seed, the trial's labels).
-    ``fail_at_step`` is fault injection for tests: rank 0 kills its own process once at that step.
     """
     t0 = time.perf_counter()
     plan = prepare_run(cfg, run_name=run_name, storage_path=storage_path, mlflow_parent_run_id=mlflow_parent_run_id,
                        tags=tags)
     ensure_ray(cfg.scale.address)  # after every check: bad input fails before Ray or any worker starts
-    if fail_at_step:
-        marker = Path(plan.storage_path) / plan.run_name / f".fail_at_step_{fail_at_step}"
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        plan.fail_at_step = {"step": fail_at_step, "marker": str(marker)}
-    trainer = build_trainer(plan.cfg, callbacks=callbacks, plan=plan)
+    trainer = build_trainer(plan, callbacks)
     try:
         result = trainer.fit()
     except BaseException:
@@ -208,17 +199,5 @@ def _finish(plan: RunPlan, result, seconds: float) -> FitResult:
 
 def log_encoder(tracker: Tracker, checkpoint_dir: str) -> str | None:
     """Rebuild the model from a checkpoint and log its spike encoder as an MLflow PyTorch model."""
-    from spklip.train.checkpoint import model_from_checkpoint
-    from spklip.train.export import SpikeEncoder, example_input
-    from spklip.tracking import log_torch_model
-
     model, _, _ = model_from_checkpoint(checkpoint_dir)
     return log_torch_model(tracker, SpikeEncoder(model).eval(), example_input(model))
-
-
-def plan_summary(plan: RunPlan) -> dict[str, Any]:
-    """A short dict for the CLI: where the run goes and what it will do."""
-    return {"run_name": plan.run_name, "storage": str(Path(plan.storage_path) / plan.run_name),
-            "total_steps": plan.total_steps, "tracking": plan.tracker.uri if plan.tracker.enabled else "off",
-            "mlflow_run_id": plan.tracker.run_id if plan.tracker.enabled else None,
-            "workers": plan.cfg.scale.num_workers, **dataclasses.asdict(plan.cfg.data)}

@@ -1,35 +1,47 @@
 """The Ray Train per-worker function: glue between Ray (shards, context, checkpoints) and the pure-torch loop.
 
-The driver (launcher.py) passes a plain dict: the flat experiment config plus facts it derived once (dataset
-metadata, planned step count, the MLflow run to log to). Every rank trains; rank 0 alone evaluates, logs to
-MLflow and attaches checkpoints; every rank calls ``ray.train.report`` at the same points.
+The driver (launcher.py) passes one typed `WorkerPlan` (``train_loop_config={"plan": plan}``): the experiment
+config plus facts it derived once (dataset metadata, planned step count, the MLflow run to log to). Every rank
+trains; rank 0 alone evaluates, logs to MLflow and attaches checkpoints; every rank calls ``ray.train.report`` at
+the same points.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ray.train
-import torch
+import ray.train.torch
 
 from spklip.config import ExperimentConfig
+from spklip.loss import ClipLoss
+from spklip.model import create_model
 from spklip.train import data as train_data
 from spklip.train.checkpoint import TrainState, read_checkpoint, restore_training, save_checkpoint, unwrap
 from spklip.train.epoch_eval import EpochEvaluator
+from spklip.train.faults import maybe_crash
 from spklip.train.loop import Loop, run_training, seed_everything
 from spklip.tracking import Tracker
 
 
+@dataclass(frozen=True)
+class WorkerPlan:
+    """What every worker needs, decided once on the driver (`spklip.train.launcher.prepare_run`)."""
+
+    cfg: ExperimentConfig  # absolute paths
+    total_steps: int  # planned optimiser steps (the LR schedule's length)
+    dataset: dict[str, Any]  # `spklip.train.data.dataset_info`: splits, classes, fingerprint
+    tracking_uri: str
+    mlflow_run_id: str | None  # rank 0 logs to this run; None: tracking off
+    local_run_dir: str | None = None  # local mode (scale.num_workers=0): spklip keeps the checkpoints itself
+
+
 def _setup_model(cfg: ExperimentConfig, world: int, rank: int):
     """Model (DDP-wrapped when world > 1), loss and device; the same seed on every rank gives the same init."""
-    from spklip.loss import ClipLoss
-    from spklip.model import create_model
-
     seed_everything(cfg.train.seed)
     model = create_model(cfg.model, loss_cfg=cfg.loss)
     if world > 1:
@@ -40,57 +52,44 @@ def _setup_model(cfg: ExperimentConfig, world: int, rank: int):
     return model, ClipLoss(cfg.loss, rank=rank, world_size=world), device
 
 
-def _maybe_fail(config: dict[str, Any], step: int, rank: int) -> None:
-    """Fault injection for tests: kill this worker process once at the given step (marker file makes it once).
-
-    It waits a few health-check intervals first: a report (and its checkpoint) counts once the controller has
-    collected it (it polls workers every 2 s), so a crash right after a report could lose that last checkpoint.
-    """
-    fail = config.get("fail_at_step")
-    if fail and rank == 0 and step == fail["step"] and not Path(fail["marker"]).exists():
-        Path(fail["marker"]).write_text(str(step))
-        time.sleep(10)
-        os._exit(1)
-
-
 def _local_checkpoints(run_dir: str) -> list[Path]:
     """Checkpoint folders written in local mode (``scale.num_workers=0``), oldest first."""
     return sorted(p for p in Path(run_dir).glob("checkpoint_step=*") if (p / "state.pt").exists())
 
 
-def _resume_point(config: dict[str, Any]):
+def _resume_point(plan: WorkerPlan):
     """The checkpoint to resume from: Ray's latest (worker restart, resumed run) or, in local mode, the newest
     folder of this run (local mode keeps checkpoints only in memory, so spklip writes them itself)."""
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None and config.get("local_run_dir"):
-        found = _local_checkpoints(config["local_run_dir"])
+    if checkpoint is None and plan.local_run_dir:
+        found = _local_checkpoints(plan.local_run_dir)
         checkpoint = ray.train.Checkpoint.from_directory(str(found[-1])) if found else None
     return checkpoint
 
 
 def train_fn_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point (``TorchTrainer(train_loop_per_worker=train_fn_per_worker)``)."""
-    _WorkerRun(config).run()
+    _WorkerRun(config["plan"]).run()
 
 
 class _WorkerRun:
     """One worker's training run: set-up and resume, then the loop with the reporting hooks."""
 
-    def __init__(self, config: dict[str, Any]):
-        self.config = config
-        self.cfg = cfg = ExperimentConfig.from_flat_dict(config["cfg"])
+    def __init__(self, plan: WorkerPlan):
+        self.plan = plan
+        self.cfg = cfg = plan.cfg
         ctx = ray.train.get_context()
         self.rank, world = ctx.get_world_rank(), ctx.get_world_size()
         self.model, loss_fn, self.device = _setup_model(cfg, world, self.rank)
-        self.loop = Loop.create(cfg, self.model, loss_fn, self.device, config["total_steps"], rank=self.rank)
+        self.loop = Loop.create(cfg, self.model, loss_fn, self.device, plan.total_steps, rank=self.rank)
         self.state = TrainState()
-        checkpoint = _resume_point(config)
+        checkpoint = _resume_point(plan)
         if checkpoint is not None:  # a restarted worker group or a resumed run: continue where the last report was
             with checkpoint.as_directory() as d:
                 self.state = restore_training(read_checkpoint(d, map_location=self.device), model=self.model,
                                               optimizer=self.loop.optimizer, scheduler=self.loop.scheduler)
-        self.tracker = Tracker(config["tracking_uri"], config["mlflow_run_id"] if self.rank == 0 else None)
-        self.evaluator = EpochEvaluator(cfg, config["dataset"], self.tracker) if self.rank == 0 else None
+        self.tracker = Tracker(plan.tracking_uri, plan.mlflow_run_id if self.rank == 0 else None)
+        self.evaluator = EpochEvaluator(cfg, plan.dataset, self.tracker) if self.rank == 0 else None
         self.last_eval: dict[str, float] = {}
         self.epoch_drained = False  # set by _epoch_batches when the epoch has no batch left
         self.checkpointed_step = -1  # step of the last report that carried a checkpoint
@@ -117,7 +116,7 @@ class _WorkerRun:
         if self.state.step == self.checkpointed_step:  # never reuse a folder name: Ray would delete it along with
             name += f"-epoch={self.state.epoch}"  # the older report's entry (on_step avoids getting here)
         self.checkpointed_step = self.state.step
-        local_dir = self.config.get("local_run_dir")
+        local_dir = self.plan.local_run_dir
         if local_dir:  # local mode: a persistent folder, the last keep_checkpoints kept
             d = self._save(Path(local_dir) / name)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(d)))
@@ -129,7 +128,7 @@ class _WorkerRun:
             ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name)
 
     def on_step(self, st: TrainState, metrics: dict[str, float]) -> None:
-        _maybe_fail(self.config, st.step, self.rank)
+        maybe_crash(st.step, self.rank)
         train = self.cfg.train
         if self.rank == 0 and st.step % train.log_every == 0:
             self.tracker.log_metrics({f"train/{k}": v for k, v in metrics.items()}, st.step)

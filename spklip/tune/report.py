@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 from spklip.config import ExperimentConfig
 from spklip.config.base import parse_value, unflatten
+from spklip.eval.stats import difference, summarize
+from spklip.tracking import PARENT_TAG
 
-PARENT_TAG = "mlflow.parentRunId"
 ROLE_TAG = "spklip.sweep.role"  # "parent" on the sweep's own run
 SWEPT_TAG = "spklip.sweep.swept"  # JSON list of the swept config keys
 METRICS_TAG = "spklip.sweep.metrics"  # JSON list of [metric, mode] pairs; the first ranks the trials
@@ -148,8 +150,6 @@ def aggregate_seeds(table: SweepTable, frame: pd.DataFrame) -> SweepTable:
     """One row per trial (configuration) from its per-seed runs: each metric's mean over seeds, a ``± 95%``
     column (Student-t half-width) and the seed count; a note says whether the best beats the runner-up beyond
     noise (Welch 95 % interval of the difference)."""
-    from spklip.eval.stats import difference, summarize
-
     runs = table.frame.assign(_trial=frame.set_index("run_id").loc[table.frame["run_id"], f"tags.{TRIAL_TAG}"].values)
     rows, seeds, seed_runs = [], {}, {}
     for trial, group in runs.groupby("_trial", sort=False):
@@ -340,6 +340,75 @@ def best_config(uri: str, run_id: str) -> ExperimentConfig:
 
 
 def config_yaml(cfg: ExperimentConfig) -> str:
-    import yaml
-
     return yaml.safe_dump(unflatten(cfg.to_flat_dict()), sort_keys=False)
+
+
+STOPPED_TAG = "spklip.sweep.stopped"
+
+
+def close_stopped_children(uri: str, experiment: str, parent_run_id: str, errored: set[str] = frozenset()) -> int:
+    """Mark the child runs of trials the scheduler (ASHA) stopped as KILLED, with a tag saying so.
+
+    A stopped trial never returns from `fit`: its MLflow run stays RUNNING, or, when the stop reaches `fit` as an
+    exception, `fit` has already marked it FAILED. Runs named in `errored` (the run names of the trials Tune
+    reports as errored) really failed and keep FAILED.
+    """
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+                              max_results=10000)
+    runs = [r for r in runs if r.info.status in ("RUNNING", "FAILED") and r.info.run_name not in errored]
+    for r in runs:
+        client.set_tag(r.info.run_id, STOPPED_TAG, "stopped by the scheduler (ASHA) before its last epoch")
+        client.set_terminated(r.info.run_id, "KILLED")
+    return len(runs)
+
+
+def write_report(table: SweepTable, out_dir: Path, uri: str) -> dict[str, Path]:
+    """table.csv, table.md, metric-vs-parameter plot, Pareto plot (two objectives) and best_config.yaml."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {"csv": table.to_csv(out_dir / "table.csv")}
+    (out_dir / "table.md").write_text(table.to_markdown() + "\n")
+    files["md"] = out_dir / "table.md"
+    if table.params and table.frame[table.metrics[0][0]].notna().any():
+        files["plot"] = plot_metric_vs_params(table, out_dir / "metric_vs_params.png")
+        curves = plot_curves(table, uri, out_dir / "curves.png")
+        if curves is not None:
+            files["curves"] = curves
+    if len(table.metrics) >= 2:
+        files["pareto"] = plot_pareto(table, out_dir / "pareto_front.png")
+    if table.best_run_id:
+        files["best"] = out_dir / "best_config.yaml"
+        files["best"].write_text(config_yaml(best_config(uri, table.best_run_id)))
+    return files
+
+
+def add_gaps(table: SweepTable, gaps) -> dict[str, float]:
+    """For each ``(column, a, b)``: the difference a - b of every table metric over seeds, as a note ("beyond" or
+    "within noise") and as ``gap/<a>-<b>/<metric>`` (+ ``.../ci95``) metrics for the parent run."""
+    out = {}
+    for column, a, b in gaps:
+        if column not in table.frame:
+            continue
+        rows = {v: table.frame[table.frame[column].astype(str) == v] for v in (a, b)}
+        if any(r.empty for r in rows.values()):
+            continue
+        for metric, _ in table.metrics:
+            per_seed = [table.seeds.get(r.iloc[0]["trial"], {}).get(metric, [float(r.iloc[0][metric])])
+                        for r in (rows[a], rows[b])]
+            d = difference(*per_seed)
+            if d.diff != d.diff or (d.diff == 0 and d.ci95 == 0):  # missing on one side, or the same constant
+                continue
+            table.notes.append(f"Gap {a} - {b} on {metric}: {d}.")
+            out[f"gap/{a}-{b}/{metric}"] = d.diff
+            if d.ci95 == d.ci95:
+                out[f"gap/{a}-{b}/{metric}/ci95"] = d.ci95
+    return out
+
+
+def tune_table(results, metrics) -> str:
+    """Without MLflow (tracking off or unreachable): the Tune result frame, for the console only."""
+    frame = results.get_dataframe()
+    cols = [c for c in frame.columns if c.startswith("config/") and not c.startswith("config/_")]
+    cols += [m for m, _ in metrics if m in frame.columns]
+    return frame[cols].to_string(index=False)
