@@ -6,7 +6,7 @@ import pytest
 
 import spklip.data.smoke as smoke
 from spklip.cli import main
-from spklip.data.dat import write_dat
+from spklip.data.dat import read_dat, write_dat
 from spklip.data.folders import read_video
 from spklip.data.loader import SpikeShardDataset
 from spklip.data.moving_digits import DigitsSpec, digit_clips
@@ -123,8 +123,6 @@ def test_simulate_and_inspect_commands(tmp_path, capsys):
     assert main(["data", "simulate", str(tmp_path / "frames.npy"), "--out", str(tmp_path / "s.npy"),
                  "--planes-per-frame", "2", "--seed", "4"]) == 0
     expected = simulate_spikes(frames, planes_per_frame=2, seed=4)
-    from spklip.data.dat import read_dat
-
     assert np.array_equal(read_dat(tmp_path / "s.dat", 8, 16), expected)
     assert np.array_equal(np.load(tmp_path / "s.npy"), expected)
     assert main(["data", "simulate", str(tmp_path / "frames.npy"), "--out", str(tmp_path / "s.txt")]) == 2
