@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from spklip.tune.smoke import build_smoke_data
+from spklip.data.smoke import build_smoke_data
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,11 +1,12 @@
 """The typed config: YAML + dotted overrides, clear errors naming the key, flat-dict round trip, derived values."""
 
 import dataclasses
+import re
 
 import pytest
 
 from spklip.config import (ConfigError, ExperimentConfig, HsfeCfg, ModelCfg, apply_overrides, list_presets,
-                           load_config, load_preset)
+                           load_config, load_preset, parse_overrides)
 
 
 def test_defaults_start_from_the_named_preset():
@@ -104,3 +105,54 @@ def test_yes_no_switches_parse_as_booleans_from_the_command_line():
         assert cfg.scale.use_gpu is want and cfg.data.materialize is want and _use_gpu(cfg) is want
     with pytest.raises(ConfigError, match="scale.use_gpu"):
         load_config(None, ["scale.use_gpu=maybe"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lr=-1", "optim.lr must be > 0, got -1.0"),
+    ("optim.lr=0", "optim.lr must be > 0, got 0.0"),
+    ("optim.lr=.nan", "optim.lr must be > 0, got nan"),
+    ("optim.weight_decay=-0.1", "optim.weight_decay must be >= 0, got -0.1"),
+    ("optim.betas=[0.9, 1.0]", "optim.betas[1] must be in [0, 1), got 1.0"),
+    ("optim.warmup_steps=-1", "optim.warmup_steps must be >= 0, got -1"),
+    ("optim.min_lr_ratio=1.5", "optim.min_lr_ratio must be in [0, 1], got 1.5"),
+    ("optim.grad_clip=-1", "optim.grad_clip must be >= 0, got -1.0"),
+    ("optim.accum_steps=0", "optim.accum_steps must be >= 1, got 0"),
+    ("train.epochs=0", "train.epochs must be >= 1, got 0"),
+    ("train.max_steps=-1", "train.max_steps must be >= 0, got -1"),
+    ("train.seed=-3", "train.seed must be >= 0, got -3"),
+    ("train.log_every=0", "train.log_every must be >= 1, got 0"),
+    ("train.checkpoint_every=-1", "train.checkpoint_every must be >= 0, got -1"),
+    ("train.keep_checkpoints=0", "train.keep_checkpoints must be >= 1, got 0"),
+    ("train.metric=''", "train.metric must not be empty"),
+    ("scale.num_workers=-1", "scale.num_workers must be >= 0, got -1"),
+    ("scale.cpus_per_worker=0", "scale.cpus_per_worker must be > 0, got 0.0"),
+    ("scale.max_failures=-2", "scale.max_failures must be >= -1, got -2"),
+    ("eval.few_shot_ks=[1, 0]", "eval.few_shot_ks[1] must be >= 1, got 0"),
+    ("eval.retrieval_ks=[0]", "eval.retrieval_ks[0] must be >= 1, got 0"),
+    ("eval.few_shot_seeds=0", "eval.few_shot_seeds must be >= 1, got 0"),
+    ("eval.few_shot_lr=-1", "eval.few_shot_lr must be > 0, got -1.0"),
+    ("eval.batch_size=0", "eval.batch_size must be >= 1, got 0"),
+    ("tracking.experiment=''", "tracking.experiment must not be empty"),
+    ("data.batch_size=0", "data.batch_size must be >= 1, got 0"),
+    ("data.seed=-1", "data.seed must be >= 0, got -1"),
+    ("data.materialize_max_mb=-1", "data.materialize_max_mb must be >= 0, got -1"),
+    ("augment.hflip=1.5", "augment.hflip must be in [0, 1], got 1.5"),
+    ("augment.spike_dropout=1", "augment.spike_dropout must be in [0, 1), got 1.0"),
+    ("augment.shift_px=-1", "augment.shift_px must be >= 0, got -1"),
+])
+def test_out_of_range_values_name_the_key_and_the_allowed_range(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=[override])
+    assert str(err.value) == message
+    with pytest.raises(ConfigError, match=re.escape(message)):  # a trial's overrides on a built config: the same
+        apply_overrides(load_config(), parse_overrides([override]))
+
+
+def test_the_edges_of_every_range_are_allowed():
+    cfg = load_config(overrides=["optim.lr=1e-9", "optim.weight_decay=0", "optim.betas=[0, 0.999]",
+                                 "optim.min_lr_ratio=1", "optim.grad_clip=0", "train.max_steps=0",
+                                 "train.checkpoint_every=0", "train.keep_checkpoints=1", "scale.num_workers=0",
+                                 "scale.max_failures=-1", "scale.cpus_per_worker=0.01", "eval.few_shot_ks=[]",
+                                 "eval.few_shot_steps=0", "eval.train_clips=0", "augment.hflip=1",
+                                 "augment.vflip=0", "augment.spike_dropout=0.99", "data.materialize_max_mb=0"])
+    assert cfg.optim.lr == 1e-9 and cfg.scale.max_failures == -1 and cfg.eval.few_shot_ks == ()

@@ -1,17 +1,19 @@
 """Dataset builders: moving-digits (deterministic, held-out pairs, real motion), video-folder from real PyAV videos,
-dat-folder from recordings, all through the `spklip data` CLI."""
+dat-folder from recordings, all through the `spklip data` CLI; the smoke-test dataset through the same builder."""
 
 import numpy as np
 import pytest
 
+import spklip.data.smoke as smoke
 from spklip.cli import main
-from spklip.data.dat import write_dat
+from spklip.data.dat import read_dat, write_dat
 from spklip.data.folders import read_video
 from spklip.data.loader import SpikeShardDataset
 from spklip.data.moving_digits import DigitsSpec, digit_clips
 from spklip.data.reconstruct import tfp
 from spklip.data.shards import read_metadata
 from spklip.data.simulate import SimParams, simulate_spikes
+from spklip.data.smoke import build_smoke_data, ensure_smoke_data, smoke_spec
 from spklip.data.splits import clip_seed
 
 SMALL = ["--digits", "0,1,2", "--motions", "left,right,still", "--clips-per-class", "5", "--unseen-classes", "2",
@@ -121,8 +123,6 @@ def test_simulate_and_inspect_commands(tmp_path, capsys):
     assert main(["data", "simulate", str(tmp_path / "frames.npy"), "--out", str(tmp_path / "s.npy"),
                  "--planes-per-frame", "2", "--seed", "4"]) == 0
     expected = simulate_spikes(frames, planes_per_frame=2, seed=4)
-    from spklip.data.dat import read_dat
-
     assert np.array_equal(read_dat(tmp_path / "s.dat", 8, 16), expected)
     assert np.array_equal(np.load(tmp_path / "s.npy"), expected)
     assert main(["data", "simulate", str(tmp_path / "frames.npy"), "--out", str(tmp_path / "s.txt")]) == 2
@@ -150,3 +150,32 @@ def test_simulate_command_streams_a_video(tmp_path):
 def test_bad_builder_arguments_are_clear_errors(tmp_path, capsys, extra):
     assert main(["data", "build", "moving-digits", "--out", str(tmp_path / "ds"), *SMALL, *extra]) == 2
     assert "spklip: error:" in capsys.readouterr().err and not (tmp_path / "ds").exists()
+
+
+@pytest.fixture
+def small_smoke(monkeypatch):
+    """The smoke dataset at 8 planes of 16 x 16 (the presets' shapes take seconds per build)."""
+    monkeypatch.setattr(smoke, "preset_clip_shape", lambda preset: (8, 16, 16))
+
+
+def test_smoke_data_is_the_cli_build_with_the_smoke_flags(tmp_path, small_smoke):
+    ours = read_metadata(build_smoke_data(tmp_path / "smoke", "spklip-tiny"))
+    assert main(["data", "build", "moving-digits", "--out", str(tmp_path / "cli"), "--planes", "8", "--height", "16",
+                 "--width", "16", *smoke.SMOKE_FLAGS, "--no-progress"]) == 0
+    assert ours["fingerprint"] == read_metadata(tmp_path / "cli")["fingerprint"]
+    assert ours["clip_shape"] == [8, 16, 16] and ours["splits"] == {"train": 32, "val": 8, "test": 8, "unseen": 6}
+
+
+def test_smoke_data_takes_the_clip_shape_of_the_preset():
+    spec = smoke_spec("spklip-small")
+    assert (spec.num_planes, spec.height, spec.width) == (64, 96, 128)
+    assert (spec.digits, spec.motions, spec.clips_per_class) == ((0, 1, 2), ("left", "right", "up"), 6)
+
+
+def test_ensure_smoke_data_builds_once_and_keeps_real_data(tmp_path, small_smoke, monkeypatch):
+    built = ensure_smoke_data(tmp_path / "missing", tmp_path / "runs", "spklip-tiny")
+    assert built == tmp_path / "runs" / "data" / "smoke-digits" and read_metadata(built)["num_clips"] == 54
+    monkeypatch.setattr(smoke, "build_smoke_data", lambda *a: pytest.fail("built the smoke data twice"))
+    assert ensure_smoke_data(tmp_path / "missing", tmp_path / "runs") == built  # already there
+    assert ensure_smoke_data(built, tmp_path / "elsewhere") == built  # data.path holds shards: used as it is
+    assert not (tmp_path / "elsewhere").exists()

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
+from spklip.data.build import build_dataset
+from spklip.data.moving_digits import DigitsSpec
 from spklip.data.shards import Clip, DatasetInfo, write_shards
+from spklip.data.simulate import SimParams
 
 MOTIONS = ["left", "right", "up", "down", "still", "blinks"]
 
@@ -52,12 +55,9 @@ def write_motion_shards(out: Path, per_class: int = 12, unseen: tuple[int, ...] 
 def write_digit_shards(out: Path, clips_per_class: int = 30, shape: tuple[int, int, int] = (16, 32, 32),
                        digits: tuple[int, ...] = (1, 7), motions: tuple[str, ...] = ("left", "right", "up"),
                        unseen: int = 2, seed: int = 0) -> Path:
-    """A tiny moving-digits shard folder (spklip.data.moving_digits): len(digits) x len(motions) classes."""
-    from spklip.data.moving_digits import DigitsSpec, digit_clips
-    from spklip.data.simulate import SimParams
-
+    """A tiny moving-digits shard folder, built like `spklip data build moving-digits` (spklip.data.build):
+    len(digits) x len(motions) classes."""
     spec = DigitsSpec(num_planes=shape[0], height=shape[1], width=shape[2], digits=digits, motions=motions,
                       clips_per_class=clips_per_class, unseen_classes=unseen, seed=seed)
-    info, clips, _ = digit_clips(spec, SimParams(seed=seed))
-    write_shards(clips, out, info)
+    build_dataset(out, "moving-digits", spec, SimParams(seed=seed))
     return out

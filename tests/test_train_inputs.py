@@ -79,3 +79,19 @@ def test_small_training_splits_are_decoded_once_large_ones_stream(shards, tmp_pa
     assert not materialize_train(_cfg(shards, tmp_path, "data.materialize_max_mb=0"))
     assert materialize_train(_cfg(shards, tmp_path, "data.materialize=true", "data.materialize_max_mb=0"))
     assert not materialize_train(_cfg(shards, tmp_path, "data.materialize=false"))
+
+
+@pytest.mark.parametrize("setting, key", [("optim.lr=-1", "optim.lr"), ("data.batch_size=0", "data.batch_size"),
+                                          ("optim.weight_decay=-1", "optim.weight_decay"),
+                                          ("train.keep_checkpoints=0", "train.keep_checkpoints"),
+                                          ("scale.cpus_per_worker=0", "scale.cpus_per_worker"),
+                                          ("augment.hflip=2", "augment.hflip")])
+def test_an_out_of_range_value_stops_train_before_ray_or_mlflow(shards, tmp_path, monkeypatch, capsys, setting, key):
+    # `no_ray` refuses Ray; the MLflow run and the run folder would show on disk under `run_dir`
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the default store: <run_dir>/mlflow.db
+    run_dir = tmp_path / "runs"
+    assert main(["train", "--config", "configs/tiny.yaml", "--name", "bad", "--set", f"data.path={shards}",
+                 "--set", f"train.run_dir={run_dir}", "--set", setting]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"spklip: error: {key} must be "), err
+    assert not (run_dir / "ray").exists() and not (run_dir / "mlflow.db").exists() and not run_dir.exists()

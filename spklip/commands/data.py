@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
+from tqdm import tqdm
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+from spklip.data.dat import write_dat
+from spklip.data.folders import FolderSpec, read_frames
+from spklip.data.shards import SPLITS, decode_batch, open_shard, reading, validate_shards
+from spklip.data.simulate import SimParams, iter_simulate
 
 
 def _csv(kind):
@@ -95,57 +98,46 @@ def _build_args(p: argparse.ArgumentParser, kind: str) -> None:
 
 def clip_shape(args: argparse.Namespace) -> tuple[int, int, int]:
     """(N, H, W) from ``--model PRESET``, overridden by ``--planes/--height/--width``."""
-    from spklip.config import load_preset
+    from spklip.data.build import preset_clip_shape  # spklip.data.build imports torch (seconds): only for builds
 
-    preset = load_preset(args.model)
-    return (args.planes or preset.num_planes, args.height or preset.height, args.width or preset.width)
+    n, h, w = preset_clip_shape(args.model)
+    return args.planes or n, args.height or h, args.width or w
 
 
-def make_clips(args: argparse.Namespace):
-    """The builder for ``args.kind``: ``(DatasetInfo, clip iterator, clip count)``."""
-    from spklip.data.simulate import SimParams
+def dataset_spec(args: argparse.Namespace):
+    """The builder's spec and simulator for ``args.kind``: ``(DigitsSpec | FolderSpec, SimParams | None)``."""
+    from spklip.data.moving_digits import MOTIONS, DigitsSpec  # imports torch (seconds): only for builds
 
     n, h, w = clip_shape(args)
     sim = None
     if args.kind != "dat-folder":
         sim = SimParams(args.threshold, args.planes_per_frame, args.seed, args.mismatch, args.dark_current)
     if args.kind == "moving-digits":
-        from spklip.data.moving_digits import MOTIONS, DigitsSpec, digit_clips
-
         spec = DigitsSpec(num_planes=n, height=h, width=w, digits=args.digits, motions=args.motions or tuple(MOTIONS),
                           clips_per_class=args.clips_per_class, unseen_classes=args.unseen_classes,
                           val_frac=args.val_frac, test_frac=args.test_frac, speed=args.speed,
                           digit_size=args.digit_size, clutter=args.clutter, background=args.background,
                           source=args.source, seed=args.seed)
-        return digit_clips(spec, sim)
-    from spklip.data.folders import FolderSpec, dat_clips, video_clips
-
+        return spec, sim
     extra = ({"frame_stride": args.frame_stride, "pad_short": args.pad_short} if args.kind == "video-folder" else
              {"dat_height": args.dat_height, "dat_width": args.dat_width, "plane_offset": args.plane_offset,
               "plane_stride": args.plane_stride, "spatial": args.spatial})
     spec = FolderSpec(root=args.root, num_planes=n, height=h, width=w, unseen_classes=args.unseen_classes,
                       unseen=args.unseen, val_frac=args.val_frac, test_frac=args.test_frac, seed=args.seed, **extra)
-    return video_clips(spec, sim) if args.kind == "video-folder" else dat_clips(spec)
+    return spec, sim
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from spklip.data.build import build_dataset, build_summary  # imports torch (seconds): only for builds
 
-    from spklip.data.shards import check_out_dir, write_shards
-
-    check_out_dir(args.out, args.overwrite)  # before any clip is made: refuse early, delete nothing
-    info, clips, total = make_clips(args)
-    clips = tqdm(clips, total=total, desc=f"build {args.kind}", unit="clip", disable=args.no_progress)
-    meta = write_shards(clips, args.out, info, target_shard_mb=args.shard_mb, overwrite=args.overwrite)
-    print(f"wrote {meta['num_clips']} clips of {tuple(meta['clip_shape'])} to {args.out} "
-          f"({meta['bytes_on_disk'] / 2**20:.2f} MiB, {meta['bits_per_pixel_plane']:.3f} bits per pixel-plane, "
-          f"fingerprint {meta['fingerprint']})")
+    spec, sim = dataset_spec(args)
+    meta = build_dataset(args.out, args.kind, spec, sim, overwrite=args.overwrite, shard_mb=args.shard_mb,
+                         progress=not args.no_progress)
+    print(build_summary(meta, args.out))
     return 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from spklip.data.shards import SPLITS, validate_shards
-
     meta = validate_shards(args.path, pages=True)  # every page of every file, checksums verified
     n, h, w = meta["clip_shape"]
     print(f"dataset      {args.path} ({meta['kind']}, schema v{meta['schema_version']}, "
@@ -170,66 +162,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _firing_rate(path: str, meta: dict) -> float:
-    from spklip.data.shards import decode_batch, open_shard, reading
-
     first = Path(path) / next(files[0] for files in meta["shards"].values() if files)
     with reading(first):
         table = open_shard(first).read_row_group(0).slice(0, 64)
     return float(decode_batch(table)["spikes"].mean())
 
 
-def _read_frames(path: Path, height: int | None, width: int | None, max_frames: int | None) -> Iterator[np.ndarray]:
-    """Frames of a video, a .npy array or an image folder, one at a time (videos are streamed)."""
-    count = 0
-    for frame in _frames_of(path, height, width):
-        if max_frames is not None and count >= max_frames:
-            return
-        count += 1
-        yield frame
-
-
-def _frames_of(path: Path, height: int | None, width: int | None) -> Iterator[np.ndarray]:
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
-    if path.suffix == ".npy":
-        arr = np.load(path, mmap_mode="r")
-        if (height or width) and arr.shape[1:3] != (height or arr.shape[1], width or arr.shape[2]):
-            raise ValueError("--height/--width resizing is for videos and images; resize the .npy beforehand")
-        yield from arr
-    elif path.is_dir():
-        from PIL import Image
-
-        files = sorted(f for f in path.iterdir() if f.suffix.lower() in IMAGE_EXTS)
-        if not files:
-            raise ValueError(f"{path} holds no images ({'/'.join(IMAGE_EXTS)})")
-        for f in files:
-            img = Image.open(f).convert("L")
-            if height or width:
-                img = img.resize((width or img.width, height or img.height), Image.BILINEAR)
-            yield np.asarray(img)
-    else:
-        import av
-
-        try:
-            with av.open(str(path)) as container:
-                for frame in container.decode(container.streams.video[0]):
-                    yield frame.reformat(width=width or frame.width, height=height or frame.height,
-                                         format="gray").to_ndarray()
-        except (av.error.FFmpegError, IndexError) as e:
-            raise ValueError(f"{path}: cannot decode video ({e})") from e
-
-
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from spklip.data.dat import write_dat
-    from spklip.data.simulate import iter_simulate
-
     out = Path(args.out)
     if out.suffix not in (".dat", ".npy"):
         raise ValueError(f"--out must end in .dat or .npy, got {out.name}")
-    frames = tqdm(_read_frames(Path(args.input), args.height, args.width, args.max_frames), desc="simulate",
-                  unit="frame")
+    frames = tqdm(read_frames(args.input, args.height, args.width, args.max_frames), desc="simulate", unit="frame")
     chunks = iter_simulate(frames, threshold=args.threshold, planes_per_frame=args.planes_per_frame, seed=args.seed,
                            mismatch=args.mismatch, dark_current=args.dark_current)
     if out.suffix == ".dat":

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from spklip.commands.common import add_set_flag
+
 
 def _models(args: argparse.Namespace) -> int:
     import torch
@@ -95,8 +97,7 @@ def register(subparsers) -> None:
                               "freshly initialised from the preset (seeded).")
     p.add_argument("--model", action="append", required=True, metavar="NAME",
                    help="preset name, repeatable to compare side by side (e.g. spklip-tiny, spklip-tiny-full-snn)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="model override applied to every --model, e.g. --set fsve.time_steps=4")
+    add_set_flag(p, help="model override applied to every --model, e.g. --set fsve.time_steps=4")
     p.add_argument("--batch", type=int, default=2, help="clips per forward (default 2)")
     p.add_argument("--rate", type=float, default=0.1, help="firing rate of the random input spikes (default 0.1)")
     p.add_argument("--spikes", help=".npy file of [B,N,H,W] or [N,H,W] spike planes instead of random ones")

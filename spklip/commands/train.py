@@ -6,15 +6,16 @@ import argparse
 import json
 import sys
 
+from spklip.commands.common import add_set_flag
+from spklip.config import apply_overrides, load_config, parse_overrides
+
 
 def _train(args: argparse.Namespace) -> int:
-    from spklip.config import load_config
-    from spklip.train.launcher import fit
-
     overrides = list(args.set)
     if args.address:
         overrides.append(f"scale.address={args.address}")
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)  # every value checked here: a bad one stops before Ray or MLflow
+    from spklip.train.launcher import fit  # imports Ray and torch (seconds): only once the config is valid
     result = fit(cfg, run_name=args.name, storage_path=args.storage)
     summary = {"run_name": result.run_name, "storage": result.storage_path, "seconds": round(result.seconds, 1),
                "best_checkpoint": result.best_checkpoint, "latest_checkpoint": result.checkpoint,
@@ -24,9 +25,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    import torch
+    import torch  # torch and the training package take seconds to import: only the commands that need them do
 
-    from spklip.config import apply_overrides, parse_overrides
     from spklip.train import data as train_data
     from spklip.train.checkpoint import model_from_checkpoint
     from spklip.train.epoch_eval import check_report_out, evaluate_model, write_report
@@ -58,8 +58,7 @@ def register(subparsers) -> None:
                               "in-process Ray unless --address (or RAY_ADDRESS) names a cluster. Re-running with "
                               "the same --name resumes that run from its latest checkpoint.")
     p.add_argument("--config", help="experiment YAML (e.g. configs/tiny.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="dotted config override, repeatable (e.g. --set train.epochs=3)")
+    add_set_flag(p)
     p.add_argument("--address", default="", help="Ray cluster address (default: RAY_ADDRESS or in-process Ray)")
     p.add_argument("--name", default=None, help="run name (default <preset>-<timestamp>); an existing one resumes")
     p.add_argument("--storage", default=None, help="Ray storage root (default <train.run_dir>/ray)")
@@ -71,8 +70,7 @@ def register(subparsers) -> None:
     e.add_argument("--checkpoint", required=True, help="checkpoint folder (holds state.pt)")
     e.add_argument("--data", default=None, help="shard folder (default: the one the model was trained on)")
     e.add_argument("--split", default="test", help="seen-class split for closed-set and retrieval (default test)")
-    e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override eval settings, e.g. --set eval.few_shot_seeds=10")
+    add_set_flag(e, help="override eval settings, e.g. --set eval.few_shot_seeds=10")
     e.add_argument("--out", default=None, help="folder for metrics.json, tables and the confusion plot (replaces "
                    "only an earlier spklip eval report)")
     e.set_defaults(handler=_eval)

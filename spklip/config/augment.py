@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from spklip.config.base import ConfigError
+from spklip.config.base import check_range
 
 
 @dataclass(frozen=True)
@@ -20,11 +20,8 @@ class AugmentCfg:
         return bool(self.time_shift or self.shift_px or self.spike_dropout or self.hflip or self.vflip)
 
     def __post_init__(self):
-        if self.time_shift < 0 or self.shift_px < 0:
-            raise ConfigError(f"augment.time_shift and augment.shift_px must be >= 0, got {self.time_shift}, "
-                              f"{self.shift_px}")
-        for key in ("spike_dropout", "hflip", "vflip"):
-            value = getattr(self, key)
-            if not 0.0 <= value < 1.0 + (key != "spike_dropout"):
-                raise ConfigError(f"augment.{key} must be in [0, 1{')' if key == 'spike_dropout' else ']'}, "
-                                  f"got {value}")
+        check_range("augment.time_shift", self.time_shift, 0)
+        check_range("augment.shift_px", self.shift_px, 0)
+        check_range("augment.spike_dropout", self.spike_dropout, 0, 1, high_open=True)  # 1 would drop every spike
+        check_range("augment.hflip", self.hflip, 0, 1)
+        check_range("augment.vflip", self.vflip, 0, 1)

@@ -11,6 +11,7 @@ No I/O happens at import time.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -19,7 +20,34 @@ import yaml
 
 
 class ConfigError(ValueError):
-    """A config key is unknown or a value has the wrong type; the message names the dotted key."""
+    """A config key is unknown or a value has the wrong type or is out of range; the message names the dotted key."""
+
+
+def _range_text(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    if low is not None and high is not None:
+        return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{'>' if low_open else '>='} {low:g}"
+    return f"{'<' if high_open else '<='} {high:g}"
+
+
+def check_range(key: str, value: float, low: float | None = None, high: float | None = None, *,
+                low_open: bool = False, high_open: bool = False) -> None:
+    """Raise ConfigError naming `key` and the allowed range unless ``low <= value <= high`` (strict where open).
+
+    NaN and the infinities lie outside every range. Used by the sections' ``__post_init__``, so a bad value fails
+    where the config is built (``load_config``, ``apply_overrides``), before Ray or MLflow start.
+    """
+    ok = (math.isfinite(value) and (low is None or (value > low if low_open else value >= low))
+          and (high is None or (value < high if high_open else value <= high)))
+    if not ok:
+        raise ConfigError(f"{key} must be {_range_text(low, high, low_open, high_open)}, got {value!r}")
+
+
+def check_nonempty(key: str, value: str) -> None:
+    """Raise ConfigError naming `key` if the string `value` is empty."""
+    if not value:
+        raise ConfigError(f"{key} must not be empty")
 
 
 def _type_name(tp: Any) -> str:

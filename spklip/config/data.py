@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from spklip.config.base import ConfigError
+from spklip.config.base import check_nonempty, check_range
 
 
 @dataclass(frozen=True)
@@ -24,8 +24,8 @@ class DataCfg:
     materialize_max_mb: int = 1024
 
     def __post_init__(self):
-        if self.batch_size < 1:
-            raise ConfigError(f"data.batch_size must be >= 1, got {self.batch_size}")
+        check_range("data.batch_size", self.batch_size, 1)
+        check_range("data.seed", self.seed, 0)  # numpy seed sequences take no negative entropy
+        check_range("data.materialize_max_mb", self.materialize_max_mb, 0)
         for key in ("path", "train_split", "val_split", "zero_shot_split"):
-            if not getattr(self, key):
-                raise ConfigError(f"data.{key} must not be empty")
+            check_nonempty(f"data.{key}", getattr(self, key))

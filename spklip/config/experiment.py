@@ -13,7 +13,8 @@ from typing import Any, Iterable
 import yaml
 
 from spklip.config.augment import AugmentCfg
-from spklip.config.base import ConfigError, deep_merge, from_dict, parse_overrides, to_flat_dict, unflatten
+from spklip.config.base import (ConfigError, check_nonempty, deep_merge, from_dict, parse_overrides, to_flat_dict,
+                                 unflatten)
 from spklip.config.data import DataCfg
 from spklip.config.model import LossCfg, ModelCfg, load_preset_dict
 from spklip.config.train import EvalCfg, OptimCfg, ScaleCfg, TrackingCfg, TrainCfg
@@ -31,6 +32,9 @@ class ExperimentConfig:
     scale: ScaleCfg = field(default_factory=ScaleCfg)
     eval: EvalCfg = field(default_factory=EvalCfg)
     tracking: TrackingCfg = field(default_factory=TrackingCfg)
+
+    def __post_init__(self):  # each section checks its own values when it is built; this is the top level's
+        check_nonempty("model_preset", self.model_preset)
 
     def to_flat_dict(self) -> dict[str, Any]:
         return to_flat_dict(self)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from spklip.config.base import ConfigError
+from spklip.config.base import ConfigError, check_nonempty, check_range
 
 
 @dataclass(frozen=True)
@@ -19,10 +19,16 @@ class OptimCfg:
     accum_steps: int = 1  # gradient accumulation steps per optimiser step
 
     def __post_init__(self):
-        if self.accum_steps < 1:
-            raise ConfigError(f"optim.accum_steps must be >= 1, got {self.accum_steps}")
+        check_range("optim.lr", self.lr, 0, low_open=True)
+        check_range("optim.weight_decay", self.weight_decay, 0)
         if len(self.betas) != 2:
             raise ConfigError(f"optim.betas must hold two values, got {list(self.betas)}")
+        for i, beta in enumerate(self.betas):
+            check_range(f"optim.betas[{i}]", beta, 0, 1, high_open=True)
+        check_range("optim.warmup_steps", self.warmup_steps, 0)
+        check_range("optim.min_lr_ratio", self.min_lr_ratio, 0, 1)
+        check_range("optim.grad_clip", self.grad_clip, 0)
+        check_range("optim.accum_steps", self.accum_steps, 1)
 
 
 @dataclass(frozen=True)
@@ -39,8 +45,14 @@ class TrainCfg:
     run_dir: str = "runs"  # local root for Ray storage, MLflow sqlite file and artifacts
 
     def __post_init__(self):
-        if self.epochs < 1:
-            raise ConfigError(f"train.epochs must be >= 1, got {self.epochs}")
+        check_range("train.epochs", self.epochs, 1)
+        check_range("train.max_steps", self.max_steps, 0)
+        check_range("train.seed", self.seed, 0)  # numpy seed sequences take no negative entropy
+        check_range("train.log_every", self.log_every, 1)
+        check_range("train.checkpoint_every", self.checkpoint_every, 0)
+        check_range("train.keep_checkpoints", self.keep_checkpoints, 1)
+        check_nonempty("train.metric", self.metric)
+        check_nonempty("train.run_dir", self.run_dir)
 
 
 @dataclass(frozen=True)
@@ -50,6 +62,11 @@ class ScaleCfg:
     cpus_per_worker: float = 0.5  # fractional so that Ray Data keeps a CPU on small machines
     max_failures: int = 2  # worker restarts allowed; each resumes from the last checkpoint
     address: str = ""  # Ray cluster address ("" = RAY_ADDRESS or an in-process Ray)
+
+    def __post_init__(self):
+        check_range("scale.num_workers", self.num_workers, 0)
+        check_range("scale.cpus_per_worker", self.cpus_per_worker, 0, low_open=True)
+        check_range("scale.max_failures", self.max_failures, -1)  # Ray's FailureConfig: -1 retries forever
 
 
 @dataclass(frozen=True)
@@ -69,10 +86,16 @@ class EvalCfg:
     # random training micro-batches (precise BN, spklip/eval/precise_bn.py); 0 keeps the running averages
 
     def __post_init__(self):
-        if self.train_clips < 0:
-            raise ConfigError(f"eval.train_clips must be >= 0, got {self.train_clips}")
-        if self.bn_recal_batches < 0:
-            raise ConfigError(f"eval.bn_recal_batches must be >= 0, got {self.bn_recal_batches}")
+        for key in ("few_shot_ks", "retrieval_ks"):
+            for i, k in enumerate(getattr(self, key)):
+                check_range(f"eval.{key}[{i}]", k, 1)
+        check_range("eval.few_shot_seeds", self.few_shot_seeds, 1)
+        check_range("eval.few_shot_steps", self.few_shot_steps, 0)
+        check_range("eval.few_shot_lr", self.few_shot_lr, 0, low_open=True)
+        check_range("eval.few_shot_prior", self.few_shot_prior, 0)
+        check_range("eval.batch_size", self.batch_size, 1)
+        check_range("eval.train_clips", self.train_clips, 0)
+        check_range("eval.bn_recal_batches", self.bn_recal_batches, 0)
 
 
 @dataclass(frozen=True)
@@ -82,3 +105,6 @@ class TrackingCfg:
     experiment: str = "spklip"
     run_name: str = ""
     log_model: bool = True  # log the best checkpoint's visual encoder as an MLflow PyTorch model
+
+    def __post_init__(self):
+        check_nonempty("tracking.experiment", self.experiment)

@@ -13,10 +13,14 @@ Taking N planes from a clip:
   touched); ``spatial="subsample"`` centre-crops to the target aspect ratio and picks evenly spaced rows/columns
   (nearest neighbour keeps each pixel's firing statistics, unlike OR-pooling), ``spatial="crop"`` cuts a centred
   H x W window.
+
+Frames for ``spklip data simulate`` (`read_frames`: a video, a ``.npy`` array or a folder of images) and for
+``video-folder`` (`read_video`) come from one PyAV decoder, `iter_video`.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from dataclasses import dataclass
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+from PIL import Image
 
 from spklip.data.dat import read_dat
 from spklip.data.shards import Clip, DatasetInfo
@@ -31,6 +36,7 @@ from spklip.data.simulate import SimParams, simulate_spikes
 from spklip.data.splits import assign_splits, choose_unseen_classes, clip_seed, humanize
 
 VIDEO_EXTS = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".mpg", ".mpeg")
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 @dataclass(frozen=True)
@@ -89,25 +95,72 @@ def _plan(spec: FolderSpec, kind: str, exts: tuple[str, ...], sim: SimParams | N
     return info, plan
 
 
-def read_video(path: Path, height: int, width: int) -> np.ndarray:
-    """Decode a video with PyAV to gray uint8 ``[T, H, W]``, scaled to cover H x W (aspect kept) and centre-cropped."""
-    import av
+def iter_video(path: str | os.PathLike, height: int | None = None, width: int | None = None, *,
+               cover: bool = False) -> Iterator[np.ndarray]:
+    """Stream the frames of a video, decoded with PyAV, as gray uint8 ``[H, W]`` arrays (one frame in memory).
+
+    ``cover=False``: each frame is scaled to ``height x width`` (a size not given keeps the frame's).
+    ``cover=True``: scaled to cover ``height x width`` with the aspect ratio kept, then centre-cropped to it.
+
+    Raises:
+        ValueError: naming `path`, when it is not a video PyAV can decode.
+    """
+    import av  # optional dependency (the `video` extra): only reading a video needs it
 
     try:
         with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            frames = []
-            for frame in container.decode(stream):
+            for frame in container.decode(container.streams.video[0]):
+                if not cover:
+                    yield frame.reformat(width=width or frame.width, height=height or frame.height,
+                                         format="gray").to_ndarray()
+                    continue
                 scale = max(height / frame.height, width / frame.width)
                 h, w = max(height, round(frame.height * scale)), max(width, round(frame.width * scale))
                 img = frame.reformat(width=w, height=h, format="gray").to_ndarray()  # [h, w] uint8
                 top, left = (h - height) // 2, (w - width) // 2
-                frames.append(img[top:top + height, left:left + width])
+                yield img[top:top + height, left:left + width]
     except (av.error.FFmpegError, IndexError) as e:
         raise ValueError(f"{path}: cannot decode video ({e})") from e
+
+
+def read_video(path: Path, height: int, width: int) -> np.ndarray:
+    """Decode a video with PyAV to gray uint8 ``[T, H, W]``, scaled to cover H x W (aspect kept) and centre-cropped."""
+    frames = list(iter_video(path, height, width, cover=True))
     if not frames:
         raise ValueError(f"{path}: no video frames")
     return np.stack(frames)
+
+
+def read_frames(path: str | os.PathLike, height: int | None = None, width: int | None = None,
+                max_frames: int | None = None) -> Iterator[np.ndarray]:
+    """Frames ``[H, W]`` (or ``[H, W, 3]`` from a ``.npy``) of a video, a ``.npy`` array ``[T, H, W(, 3)]`` or a
+    folder of images, one at a time (videos are streamed, ``.npy`` files memory-mapped), at most `max_frames`.
+
+    Videos and images are resized to ``height x width`` (a size not given is kept); a ``.npy`` must already be that
+    size. Raises FileNotFoundError or ValueError naming `path`.
+    """
+    return itertools.islice(_frames(Path(path), height, width), max_frames)
+
+
+def _frames(path: Path, height: int | None, width: int | None) -> Iterator[np.ndarray]:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    if path.suffix == ".npy":
+        arr = np.load(path, mmap_mode="r")
+        if (height or width) and arr.shape[1:3] != (height or arr.shape[1], width or arr.shape[2]):
+            raise ValueError("--height/--width resizing is for videos and images; resize the .npy beforehand")
+        yield from arr
+    elif path.is_dir():
+        files = sorted(f for f in path.iterdir() if f.suffix.lower() in IMAGE_EXTS)
+        if not files:
+            raise ValueError(f"{path} holds no images ({'/'.join(IMAGE_EXTS)})")
+        for f in files:
+            img = Image.open(f).convert("L")
+            if height or width:
+                img = img.resize((width or img.width, height or img.height), Image.BILINEAR)
+            yield np.asarray(img)
+    else:
+        yield from iter_video(path, height, width)
 
 
 def _frame_window(frames: np.ndarray, needed: int, stride: int, pad: bool, path: Path) -> np.ndarray:
