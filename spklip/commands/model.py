@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from spklip.commands.common import add_set_flag
+from spklip.config import add_set_flag
 
 
 def _models(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from spklip.commands.common import add_set_flag
+from spklip.config import add_set_flag
 from spklip.config import apply_overrides, load_config, parse_overrides
 
 

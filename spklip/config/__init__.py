@@ -1,7 +1,7 @@
 """One typed experiment config, end to end (see experiment.py for precedence)."""
 
 from spklip.config.augment import AugmentCfg
-from spklip.config.base import ConfigError, apply_overrides, from_dict, parse_overrides, to_dict, to_flat_dict
+from spklip.config.base import ConfigError, add_set_flag, apply_overrides, from_dict, parse_overrides, to_dict, to_flat_dict
 from spklip.config.data import DataCfg
 from spklip.config.experiment import ExperimentConfig, build_config, load_config
 from spklip.config.model import (BackboneCfg, FsveCfg, HsfeCfg, LossCfg, ModelCfg, TemporalCfg, TextCfg,
@@ -10,7 +10,7 @@ from spklip.config.train import EvalCfg, OptimCfg, ScaleCfg, TrackingCfg, TrainC
 
 __all__ = [
     "AugmentCfg",
-    "ConfigError", "apply_overrides", "from_dict", "parse_overrides", "to_dict", "to_flat_dict", "DataCfg",
+    "ConfigError", "add_set_flag", "apply_overrides", "from_dict", "parse_overrides", "to_dict", "to_flat_dict", "DataCfg",
     "ExperimentConfig", "build_config", "load_config", "BackboneCfg", "FsveCfg", "HsfeCfg", "LossCfg", "ModelCfg",
     "TemporalCfg", "TextCfg", "list_presets", "load_preset", "EvalCfg", "OptimCfg", "ScaleCfg", "TrackingCfg",
     "TrainCfg",

@@ -10,6 +10,7 @@ No I/O happens at import time.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import types
@@ -204,6 +205,9 @@ def parse_value(text: str) -> Any:
         return text
 
 
+SET_HELP = "dotted config override, repeatable (e.g. --set train.epochs=3)"
+
+
 def parse_overrides(items: typing.Iterable[str]) -> dict[str, Any]:
     """``["a.b=1", "c=x"]`` -> ``{"a.b": 1, "c": "x"}``; a missing ``=`` is an error."""
     out = {}
@@ -213,6 +217,12 @@ def parse_overrides(items: typing.Iterable[str]) -> dict[str, Any]:
         key, _, value = item.partition("=")
         out[key.strip()] = parse_value(value)
     return out
+
+
+def add_set_flag(parser: argparse.ArgumentParser, help: str = SET_HELP, dest: str = "set") -> None:
+    """The repeatable ``--set KEY=VALUE`` flag of every spklip command and sweep script; the raw strings land in
+    ``args.<dest>`` (`parse_overrides` or `spklip.config.load_config` read them)."""
+    parser.add_argument("--set", dest=dest, action="append", default=[], metavar="KEY=VALUE", help=help)
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import argparse
 
 import yaml
 
-from spklip.config import ConfigError
+from spklip.config import ConfigError, add_set_flag
 
 
 def add_sweep_args(parser: argparse.ArgumentParser) -> None:
@@ -22,8 +22,7 @@ def add_sweep_args(parser: argparse.ArgumentParser) -> None:
                         help="restore an interrupted sweep (the newest one, or --name); finished trials are not rerun")
     parser.add_argument("--name", default=None, help="sweep folder under <train.run_dir>/sweeps (default: NAME-time)")
     parser.add_argument("--config", default=None, help="experiment YAML the sweep's base config starts from")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="dotted config override, repeatable (e.g. --set train.epochs=3)")
+    add_set_flag(parser, dest="overrides")
     parser.add_argument("--first", default=None, metavar="KEY=V1,V2,...",
                         help="first run one trial per value of one swept parameter, every other swept parameter at "
                              "the base config's value (a controlled comparison); with --num-samples above their "

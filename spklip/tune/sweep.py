@@ -31,12 +31,12 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from spklip.config import ConfigError, ExperimentConfig, load_config
+from spklip.data.smoke import ensure_smoke_data
 from spklip.eval.stats import summarize
 from spklip.tracking import Tracker, start_run
 from spklip.train.launcher import ensure_ray, fit, resolve_paths
 from spklip.tune import report as rep
 from spklip.tune.cli import add_sweep_args, parse_first
-from spklip.tune.smoke import ensure_smoke_data
 from spklip.tune.space import (AUX_PREFIX, SpaceFn, base_point, build_searcher, config_params, space_keys,
                                 trial_config)
 
@@ -323,8 +323,9 @@ def run_from_args(spec: SweepSpec, args: argparse.Namespace) -> int:
     if args.scheduler:
         spec = dataclasses.replace(spec, scheduler=args.scheduler)
     cfg = sweep_config(spec, args.config, args.overrides, smoke=args.smoke_test)
-    if args.smoke_test and not args.resume:
-        cfg = ensure_smoke_data(cfg)
+    if args.smoke_test and not args.resume:  # data.path if it holds shards, else the smoke set (built once)
+        data = ensure_smoke_data(cfg.data.path, cfg.train.run_dir, cfg.model_preset)
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(data)))
     if args.num_samples is not None and args.num_samples < 1:
         raise ConfigError("--num-samples must be >= 1")
     if args.seeds < 1:
