@@ -1,0 +1,100 @@
+"""The layering docs/architecture.md describes, checked on the source: what each part may import, and no import
+circle between spklip's modules. Read with ``ast`` (nothing is imported), so an import anywhere, even inside a
+function, counts."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1] / "spklip"
+
+# part -> parts of spklip it must never import (directly, at any level), and third-party packages it must not use
+LAYERS = {
+    "spklip.config": ({"spklip.model", "spklip.data", "spklip.eval", "spklip.loss", "spklip.train", "spklip.tune",
+                       "spklip.commands", "spklip.cli", "spklip.tracking", "spklip.sweeps"}, {"ray", "mlflow", "torch"}),
+    "spklip.model": ({"spklip.data", "spklip.eval", "spklip.train", "spklip.tune", "spklip.commands", "spklip.cli",
+                      "spklip.tracking", "spklip.sweeps"}, {"ray", "mlflow"}),
+    "spklip.loss": ({"spklip.train", "spklip.tune", "spklip.commands", "spklip.cli", "spklip.tracking"},
+                    {"ray", "mlflow"}),
+    "spklip.data": ({"spklip.eval", "spklip.train", "spklip.tune", "spklip.commands", "spklip.cli",
+                     "spklip.tracking", "spklip.sweeps"}, {"mlflow"}),  # ray only inside data.loader.ray_dataset
+    "spklip.eval": ({"spklip.train", "spklip.tune", "spklip.commands", "spklip.cli", "spklip.tracking",
+                     "spklip.sweeps"}, {"ray", "mlflow"}),
+    "spklip.train": ({"spklip.tune", "spklip.commands", "spklip.cli", "spklip.sweeps"}, set()),
+    "spklip.tune": ({"spklip.commands", "spklip.cli", "spklip.sweeps"}, set()),
+    "spklip.sweeps": ({"spklip.commands", "spklip.cli", "spklip.train"}, set()),
+}
+RAY_IN_DATA = {"spklip.data.loader"}  # Ray Data reading: the one place spklip.data touches Ray (lazily)
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> list[str]:
+    """Every module the file imports, wherever the import statement is."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # `from spklip.tune import report` imports the module spklip.tune.report
+            out += [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in MODULES else node.module
+                    for a in node.names]
+    return out
+
+
+MODULES = {_module_name(p): p for p in ROOT.rglob("*.py")}
+
+
+def _within(name: str, part: str) -> bool:
+    return name == part or name.startswith(part + ".")
+
+
+@pytest.mark.parametrize("part", sorted(LAYERS))
+def test_each_part_imports_only_what_it_may(part):
+    banned_parts, banned_packages = LAYERS[part]
+    bad = []
+    for name, path in MODULES.items():
+        if not _within(name, part):
+            continue
+        for imported in _imports(path):
+            top = imported.split(".")[0]
+            if any(_within(imported, b) for b in banned_parts):
+                bad.append(f"{name} imports {imported}")
+            elif top in banned_packages and not (top == "ray" and name in RAY_IN_DATA):
+                bad.append(f"{name} imports {imported}")
+    assert not bad, "\n".join(bad)
+
+
+def test_no_import_circle():
+    graph = {}
+    for name, path in MODULES.items():
+        deps = set()
+        for imported in _imports(path):
+            if not imported.startswith("spklip"):
+                continue
+            if imported in MODULES and imported != name:
+                deps.add(imported)
+        graph[name] = deps
+    seen, stack, cycles = set(), [], []
+
+    def visit(node):
+        if node in stack:
+            cycles.append(" -> ".join(stack[stack.index(node):] + [node]))
+            return
+        if node in seen:
+            return
+        seen.add(node)
+        stack.append(node)
+        for dep in sorted(graph.get(node, ())):
+            # a package's __init__ importing its own submodules is how packages work, not a circle
+            if not (_within(dep, node) and MODULES[node].name == "__init__.py"):
+                visit(dep)
+        stack.pop()
+
+    for node in sorted(graph):
+        visit(node)
+    assert not cycles, "\n".join(cycles)
