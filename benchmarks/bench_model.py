@@ -26,6 +26,7 @@ from spklip.model.energy import estimate_energy
 from spklip.model.hsfe import HSFE, cut_subblocks
 from spklip.model.reference import hsfe_reference
 from spklip.model.spklip import build_visual_tower
+from spklip.torchutil import maybe_autocast
 
 
 def sync(device: torch.device) -> None:
@@ -48,8 +49,8 @@ def median_time(fn, reps: int, device: torch.device, warmup: int = 1) -> float:
 
 
 def autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu",
-                                                                                                   enabled=False)
+    """bf16 autocast on a GPU, plain fp32 on the CPU."""
+    return maybe_autocast(device, torch.bfloat16 if device.type == "cuda" else None)
 
 
 def spikes_for(cfg, batch: int, device: torch.device, rate: float = 0.1) -> torch.Tensor:

@@ -6,8 +6,8 @@ import pytest
 
 from spklip.cli import main
 from spklip.data.loader import SpikeShardDataset
+from spklip.data.read import eval_batches
 from spklip.data.shards import ShardError, validate_shards, write_shards
-from spklip.train.data import eval_batches
 from test_data_shards import INFO, make_clips
 
 

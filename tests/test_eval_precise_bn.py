@@ -1,5 +1,5 @@
 """Precise BatchNorm (spklip/eval/precise_bn.py) on the real spklip-tiny model, and the random training sample it
-is fed (spklip.train.data.sample_batches)."""
+is fed (spklip.data.read.sample_batches)."""
 
 import numpy as np
 import pytest
@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from spklip.config import load_config
+from spklip.data.read import sample_batches
 from spklip.eval.precise_bn import batchnorm_layers, recalibrate_batchnorm
 from spklip.model import create_model
-from spklip.train import data as train_data
 from test_train_fixtures import write_motion_shards
 
 SHAPE = ["model.num_planes=32", "model.height=64", "model.width=64"]
@@ -117,14 +117,14 @@ def test_a_model_without_batchnorm_is_left_alone():
 
 def test_sample_batches_draws_without_replacement_from_the_whole_split(tmp_path):
     data = write_motion_shards(tmp_path / "motion", per_class=12, val_per_class=4)  # 4 seen classes x 8 train
-    batches = list(train_data.sample_batches(str(data), "train", num_batches=3, batch_size=8, seed=0))
+    batches = list(sample_batches(str(data), "train", num_batches=3, batch_size=8, seed=0))
     assert [len(b["caption"]) for b in batches] == [8, 8, 8]
     labels = torch.cat([b["label"] for b in batches])
     assert len(set(labels.tolist())) == 4  # every class: not the first rows of a class-ordered file
     assert len({len(set(b["label"].tolist())) > 1 for b in batches}) == 1  # batches mix classes
-    again = list(train_data.sample_batches(str(data), "train", num_batches=3, batch_size=8, seed=0))
+    again = list(sample_batches(str(data), "train", num_batches=3, batch_size=8, seed=0))
     assert all(torch.equal(a["spikes"], b["spikes"]) for a, b in zip(batches, again))  # seeded
-    full = list(train_data.sample_batches(str(data), "train", num_batches=100, batch_size=8, seed=1))
+    full = list(sample_batches(str(data), "train", num_batches=100, batch_size=8, seed=1))
     assert len(full) == 4  # 32 clips: as many full batches as the split holds
     spikes = torch.cat([b["spikes"] for b in full]).flatten(1)
     assert len(np.unique(spikes.numpy(), axis=0)) == 32  # without replacement

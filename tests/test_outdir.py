@@ -14,8 +14,8 @@ import pytest
 from spklip.cli import main
 from spklip.data.shards import read_metadata, write_shards
 from spklip.eval.evaluate import EvalReport
+from spklip.eval.report import REPORT_MARKER, write_report
 from spklip.outdir import HOST, RefusedError, clear_stale
-from spklip.train.epoch_eval import REPORT_MARKER, write_report
 from test_data_shards import INFO, make_clips
 
 BUILD = ["data", "build", "moving-digits", "--digits", "0,1", "--motions", "left,right", "--clips-per-class", "2",

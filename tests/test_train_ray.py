@@ -17,11 +17,11 @@ import pytest
 import torch
 
 from spklip.config import load_config
+from spklip.data.read import dataset_info, eval_batches
 from spklip.data.shards import read_metadata
-from spklip.train import data as train_data
+from spklip.eval.run import evaluate_model
 from spklip.train import faults
 from spklip.train.checkpoint import model_from_checkpoint, read_checkpoint
-from spklip.train.epoch_eval import evaluate_model
 from spklip.train.launcher import fit
 from test_train_fixtures import write_digit_shards, write_motion_shards
 
@@ -82,7 +82,7 @@ def test_two_workers_learn_and_the_run_is_fully_recorded(ray_session, tmp_path, 
 
     # The best checkpoint alone rebuilds the model and reproduces the evaluation reported for it.
     model, ck_cfg, payload = model_from_checkpoint(result.best_checkpoint)
-    report = evaluate_model(model, ck_cfg, train_data.dataset_info(ck_cfg), torch.device("cpu"))
+    report = evaluate_model(model, ck_cfg, dataset_info(ck_cfg), torch.device("cpu"))
     for key in ("val/top1", "val/top5", "val/t2v/R1", "zeroshot/top1", "fewshot/4shot_top1"):
         assert report.metrics[key] == pytest.approx(payload["metrics"][key], abs=1e-6), key
 
@@ -93,7 +93,7 @@ def test_two_workers_learn_and_the_run_is_fully_recorded(ray_session, tmp_path, 
         reloaded = mlflow.pytorch.load_model(result.model_uri)
     finally:
         mlflow.set_tracking_uri(None)
-    clips = next(train_data.eval_batches(str(data), "val", 3))["spikes"]
+    clips = next(eval_batches(str(data), "val", 3))["spikes"]
     with torch.no_grad():
         assert torch.allclose(reloaded(clips), model.encode_spikes(clips), atol=1e-5)
 

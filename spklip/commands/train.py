@@ -6,8 +6,7 @@ import argparse
 import json
 import sys
 
-from spklip.config import add_set_flag
-from spklip.config import apply_overrides, load_config, parse_overrides
+from spklip.config import add_set_flag, apply_overrides, load_config, parse_overrides
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -27,9 +26,10 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     import torch  # torch and the training package take seconds to import: only the commands that need them do
 
-    from spklip.train import data as train_data
+    from spklip.data.read import dataset_info
+    from spklip.eval.report import check_report_out, write_report
+    from spklip.eval.run import evaluate_model
     from spklip.train.checkpoint import model_from_checkpoint
-    from spklip.train.epoch_eval import check_report_out, evaluate_model, write_report
 
     if args.out:
         check_report_out(args.out)  # refuse a folder spklip did not write before spending time on the evaluation
@@ -38,7 +38,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.data:
         overrides["data.path"] = args.data
     cfg = apply_overrides(cfg, overrides)
-    dataset = train_data.dataset_info(cfg, eval_only=True, split=args.split)
+    dataset = dataset_info(cfg, eval_only=True, split=args.split)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     report = evaluate_model(model.to(device), cfg, dataset, device, split=args.split, prefix=args.split)
     print(f"checkpoint {args.checkpoint} (step {payload['step']}, epoch {payload['epoch']}) on "

@@ -1,14 +1,18 @@
 """Loading spike shards: Ray Data (``read_parquet`` -> bit-unpacking in ``map_batches`` -> torch batches) for
 distributed training, and a plain PyTorch ``Dataset`` on the same decoding for single-process use.
 
-Batches look the same on both paths::
+Both build on `spklip.data.read` (its `to_torch` and `read_split`), so their batches look like every other
+path's::
 
-    {"spikes": uint8 [B, N, H, W], "label": int64 [B], "caption": list[str], "class_name": list[str]}
+    {"spikes": uint8 [B, N, H, W], "label": int64 [B], "caption": list[str], "class_name": list[str],
+     "clip_id": list[str]}
 
-(``clip_id`` rides along as a list of str.) Per-epoch shuffling is a seeded local shuffle buffer
-(``torch_batches(..., epoch=e)``): the order changes every epoch and is the same for the same (seed, epoch) on the
-same input order. Several training workers read disjoint parts with ``Dataset.streaming_split(n)`` (Ray Train does
-this itself for ``get_dataset_shard``).
+Per-epoch shuffling is a seeded local shuffle buffer (``torch_batches(..., epoch=e)``): the order changes every
+epoch and is the same for the same (seed, epoch) on the same input order. Several training workers read disjoint
+parts with ``Dataset.streaming_split(n)`` (Ray Train does this itself for ``get_dataset_shard``).
+
+Ray is imported inside the functions that need it, never at module level: `spklip.data` is part of the model
+library, which ``spklip eval``, `SpikeShardDataset` users and `train_in_process` import without Ray.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from spklip.data.shards import decode_batch, read_shard, reading, split_files, validate_shards
+from spklip.data.read import read_split, to_torch
+from spklip.data.shards import decode_batch, split_files, validate_shards
 
 READ_COLUMNS = ["clip_id", "spikes", "num_planes", "height", "width", "caption", "class_name", "label"]
 DECODED_BATCH_BYTES = 32 * 2**20  # decoded spikes per map_batches call (bounds worker memory)
@@ -45,7 +50,7 @@ def ray_dataset(path: str | os.PathLike, split: str, *, materialize: bool = Fals
     own ``fragment_scan_options`` and drops the caller's. A corrupted page that still decodes passes here;
     ``spklip data inspect`` (and the small-dataset path that reads through `shards.read_shard`) catch it.
     """
-    import ray.data
+    import ray.data  # lazy: see the module docstring
 
     meta = validate_shards(path)
     files = split_files(path, split, meta)
@@ -55,22 +60,14 @@ def ray_dataset(path: str | os.PathLike, split: str, *, materialize: bool = Fals
     return ds.materialize() if materialize else ds
 
 
-def _to_torch(batch: dict[str, np.ndarray]) -> dict[str, Any]:
-    # Copies: Ray hands out read-only views of its object store, which torch must not alias.
-    return {"spikes": torch.from_numpy(np.array(batch["spikes"], dtype=np.uint8, order="C")),
-            "label": torch.from_numpy(np.array(batch["label"], dtype=np.int64)),
-            "caption": [str(c) for c in batch["caption"]], "class_name": [str(c) for c in batch["class_name"]],
-            "clip_id": [str(c) for c in batch["clip_id"]]}
-
-
 def _collate_fn():
-    from ray.data.collate_fn import NumpyBatchCollateFn
+    from ray.data.collate_fn import NumpyBatchCollateFn  # lazy: see the module docstring
 
     class ClipCollate(NumpyBatchCollateFn):
         """Numpy batch -> tensors for ``spikes``/``label`` and lists for the strings (not default-collatable)."""
 
         def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-            return _to_torch(batch)
+            return to_torch(batch)
 
     return ClipCollate()
 
@@ -96,11 +93,11 @@ def torch_batches(data: Any, batch_size: int, *, epoch: int = 0, seed: int = 0, 
         "clip_id": list[str]}``.
     """
     if device is None:
-        from ray.train.utils import _in_ray_train_worker
+        from ray.train.utils import _in_ray_train_worker  # lazy: see the module docstring
 
         device = "cpu"
         if _in_ray_train_worker():
-            from ray.train.torch import get_device
+            from ray.train.torch import get_device  # lazy: see the module docstring
 
             device = get_device()
     kwargs = {}
@@ -131,12 +128,7 @@ class SpikeShardDataset(torch.utils.data.Dataset):
     def __init__(self, path: str | os.PathLike, split: str):
         self.path, self.split = Path(path), split
         self.meta = validate_shards(path)
-        files = split_files(path, split, self.meta)
-        tables = []
-        for f in files:
-            with reading(f):
-                tables.append(read_shard(f, columns=READ_COLUMNS))  # page checksums verified
-        self.table = pa.concat_tables(tables).combine_chunks()
+        self.table = read_split(path, split, READ_COLUMNS, self.meta).combine_chunks()  # page checksums verified
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -150,6 +142,6 @@ class SpikeShardDataset(torch.utils.data.Dataset):
         bad = [i for i in indices if not -n <= i < n]
         if bad:
             raise IndexError(f"index {bad[0]} out of range for {n} clips")
-        batch = _to_torch(decode_batch(self.table.take(pa.array([i % n for i in indices], pa.int64()))))
+        batch = to_torch(decode_batch(self.table.take(pa.array([i % n for i in indices], pa.int64()))))
         return [{"spikes": batch["spikes"][k], "label": batch["label"][k], "caption": batch["caption"][k],
                  "class_name": batch["class_name"][k], "clip_id": batch["clip_id"][k]} for k in range(len(indices))]

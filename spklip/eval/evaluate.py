@@ -11,7 +11,6 @@ Every model of the registry (SPKLIP, FSVE, baselines) goes through the same func
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -20,7 +19,7 @@ import torch
 from spklip.config import EvalCfg
 from spklip.eval.fewshot import few_shot_eval
 from spklip.eval.metrics import confusion_matrix, text_video_retrieval, topk_accuracy
-from spklip.train.checkpoint import unwrap
+from spklip.torchutil import eval_mode, maybe_autocast, unwrap
 
 
 @dataclass
@@ -47,18 +46,13 @@ class EvalReport:
 def embed_clips(model: torch.nn.Module, batches: Iterable[dict[str, Any]], device: torch.device,
                 autocast_dtype: torch.dtype | None = None) -> Embedded:
     """Run the visual and text encoders over every batch (eval mode, no grad) and stack the results on CPU."""
-    model = unwrap(model)
-    was_training = model.training
-    model.eval()
-    ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
     feats, texts, labels, captions = [], [], [], []
-    with ctx:
+    with eval_mode(unwrap(model)) as model, maybe_autocast(device, autocast_dtype):
         for batch in batches:
             feats.append(model.encode_spikes(batch["spikes"].to(device)).float().cpu())  # [B, D]
             texts.append(model.encode_text(list(batch["caption"])).float().cpu())  # [B, D]
             labels.append(torch.as_tensor(batch["label"]).long().cpu())
             captions.extend(batch["caption"])
-    model.train(was_training)
     if not feats:
         raise ValueError("evaluation split is empty: no clips to embed")
     return Embedded(torch.cat(feats), torch.cat(texts), torch.cat(labels), captions)
@@ -67,12 +61,8 @@ def embed_clips(model: torch.nn.Module, batches: Iterable[dict[str, Any]], devic
 @torch.no_grad()
 def class_prompt_embeddings(model: torch.nn.Module, names: list[str]) -> torch.Tensor:
     """``[C, D]`` template-averaged, normalised prompt embeddings (the model's cached `class_embeddings`)."""
-    model = unwrap(model)
-    was_training = model.training
-    model.eval()
-    emb = model.class_embeddings(list(names)).float().cpu()
-    model.train(was_training)
-    return emb
+    with eval_mode(unwrap(model)) as model:
+        return model.class_embeddings(list(names)).float().cpu()
 
 
 def _remap(labels: torch.Tensor, class_ids: list[int], split: str) -> torch.Tensor:
@@ -143,7 +133,7 @@ def _markdown(header: list[str], rows: Iterable[Iterable[Any]]) -> str:
 
 def confusion_figure(cm: torch.Tensor, names: list[str]):
     """A matplotlib figure of the confusion matrix (rows true, columns predicted)."""
-    import matplotlib
+    import matplotlib  # lazy: heavy, and only the confusion plot needs it
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

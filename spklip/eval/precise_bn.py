@@ -17,13 +17,12 @@ Training is unaffected (train-mode BatchNorm never reads its running statistics)
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Iterable
 
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from spklip.train.checkpoint import unwrap
+from spklip.torchutil import eval_mode, maybe_autocast, unwrap
 
 
 def batchnorm_layers(model: torch.nn.Module) -> list[_BatchNorm]:
@@ -53,29 +52,25 @@ def recalibrate_batchnorm(model: torch.nn.Module, batches: Iterable[dict[str, An
     bns = batchnorm_layers(model)
     if not bns:
         return 0
-    model = unwrap(model)
-    was_training = model.training
     saved = [(bn.momentum, bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone())
              for bn in bns]
-    model.eval()
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative moving average: every batch weighs the same
-        bn.train()
-    ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
     used, done = 0, False
-    try:
-        with ctx:
-            for batch in batches:
-                model.encode_spikes(batch["spikes"].to(device))
-                used += 1
-        done = True
-    finally:
-        for bn, (momentum, mean, var, tracked) in zip(bns, saved):
-            bn.momentum = momentum
-            if used == 0 or not done:  # nothing seen, or an error: keep the old statistics, not half-made ones
-                bn.running_mean.copy_(mean)
-                bn.running_var.copy_(var)
-                bn.num_batches_tracked.copy_(tracked)
-        model.train(was_training)
+    with eval_mode(unwrap(model)) as model:  # dropout off; only the BatchNorms run in train mode
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative moving average: every batch weighs the same
+            bn.train()
+        try:
+            with maybe_autocast(device, autocast_dtype):
+                for batch in batches:
+                    model.encode_spikes(batch["spikes"].to(device))
+                    used += 1
+            done = True
+        finally:
+            for bn, (momentum, mean, var, tracked) in zip(bns, saved):
+                bn.momentum = momentum
+                if used == 0 or not done:  # nothing seen, or an error: keep the old statistics, not half-made ones
+                    bn.running_mean.copy_(mean)
+                    bn.running_var.copy_(var)
+                    bn.num_batches_tracked.copy_(tracked)
     return used

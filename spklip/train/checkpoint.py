@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from spklip.config import ExperimentConfig
+from spklip.torchutil import unwrap
 
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.json"
@@ -49,11 +50,6 @@ class TrainState:
     epoch: int = 0
     batch_in_epoch: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The bare module inside a DDP / FSDP wrapper (or the model itself)."""
-    return getattr(model, "module", model)
 
 
 def rng_state() -> dict[str, Any]:

@@ -13,9 +13,11 @@ import numpy as np
 import torch
 
 from spklip.config import ExperimentConfig
+from spklip.data.read import dataset_info, decoded_split, to_torch
 from spklip.loss import ClipLoss
-from spklip.train import data as train_data
+from spklip.model import create_model
 from spklip.train.checkpoint import TrainState
+from spklip.train.data import steps_per_epoch
 from spklip.train.epoch_eval import EpochEvaluator
 from spklip.train.loop import Loop, run_training, seed_everything
 from spklip.tracking import Tracker
@@ -23,13 +25,11 @@ from spklip.tracking import Tracker
 
 def train_in_process(cfg: ExperimentConfig, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """Train `cfg` to ``train.epochs`` / ``train.max_steps`` and return ``(model, final evaluation metrics)``."""
-    from spklip.model import create_model
-
-    dataset = train_data.dataset_info(cfg)
+    dataset = dataset_info(cfg)
     device = torch.device(device)
-    clips = train_data.to_torch(train_data.decoded_split(cfg.data.path, cfg.data.train_split))  # the whole split
+    clips = to_torch(decoded_split(cfg.data.path, cfg.data.train_split))  # the whole split
     n, bs = len(clips["caption"]), cfg.data.batch_size
-    steps = train_data.steps_per_epoch(n, cfg, 1) * cfg.train.epochs
+    steps = steps_per_epoch(n, cfg, 1) * cfg.train.epochs
     steps = min(steps, cfg.train.max_steps) if cfg.train.max_steps else steps
     seed_everything(cfg.train.seed)
     model = create_model(cfg.model, loss_cfg=cfg.loss).to(device)

@@ -20,7 +20,8 @@ import torch
 from spklip.config import ExperimentConfig
 from spklip.data.augment import augment_batch
 from spklip.loss import caption_keys
-from spklip.train.checkpoint import TrainState, unwrap
+from spklip.torchutil import maybe_autocast, unwrap
+from spklip.train.checkpoint import TrainState
 from spklip.train.schedule import build_optimizer, build_scheduler
 
 Batch = dict[str, Any]  # {"spikes": uint8 [B, N, H, W], "caption": list[str], "label": int64 [B], ...}
@@ -87,9 +88,7 @@ class Loop:
         return None
 
     def autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+        return maybe_autocast(self.device, self.autocast_dtype)
 
     def micro_step(self, batch: Batch, scale: float, sync: bool, epoch: int = 0, index: int = 0) -> dict[str, float]:
         """Forward + backward of micro-batch `index` of `epoch` (augmented); gradients are all-reduced only when

@@ -21,7 +21,8 @@ from spklip.config import ExperimentConfig
 from spklip.loss import ClipLoss
 from spklip.model import create_model
 from spklip.train import data as train_data
-from spklip.train.checkpoint import TrainState, read_checkpoint, restore_training, save_checkpoint, unwrap
+from spklip.torchutil import unwrap
+from spklip.train.checkpoint import TrainState, read_checkpoint, restore_training, save_checkpoint
 from spklip.train.epoch_eval import EpochEvaluator
 from spklip.train.faults import maybe_crash
 from spklip.train.loop import Loop, run_training, seed_everything
@@ -34,7 +35,7 @@ class WorkerPlan:
 
     cfg: ExperimentConfig  # absolute paths
     total_steps: int  # planned optimiser steps (the LR schedule's length)
-    dataset: dict[str, Any]  # `spklip.train.data.dataset_info`: splits, classes, fingerprint
+    dataset: dict[str, Any]  # `spklip.data.read.dataset_info`: splits, classes, fingerprint
     tracking_uri: str
     mlflow_run_id: str | None  # rank 0 logs to this run; None: tracking off
     local_run_dir: str | None = None  # local mode (scale.num_workers=0): spklip keeps the checkpoints itself

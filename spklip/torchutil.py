@@ -1,0 +1,36 @@
+"""Small torch helpers shared by the model library, evaluation and training (pure torch: no ray, no mlflow).
+
+They live here, outside `spklip.model` (whose package import builds the preset registry) and outside
+`spklip.train`, so that evaluation, checkpoints and the training loop use them without importing each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare module inside a DDP / FSDP wrapper (or the model itself)."""
+    return getattr(model, "module", model)
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``model.eval()`` for the block, then ``model.train(<the flag it had before>)``, also on an error."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def maybe_autocast(device: torch.device | str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to `dtype` on `device`'s type, or a context that changes nothing when `dtype` is None
+    (full fp32; `spklip.train.loop.resolve_precision` picks the dtype)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
