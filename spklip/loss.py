@@ -1,11 +1,11 @@
 """STCL: symmetric InfoNCE between spike-video and text embeddings (CLIP loss), multi-worker aware, with
 class-aware (multi-positive) targets when captions repeat in a batch.
 
-With ``world_size > 1`` the features of every rank are all-gathered *with gradients* (the local slice of the
-gathered tensor is replaced by the rank's own tensor, whose autograd graph is intact; the other slices come from
-an autograd-aware all_gather), so N workers with batch b compute the same loss and, after DDP's gradient
-averaging, the same gradients as one worker with batch N*b. ``local_loss=True`` instead scores only the local rows
-against all gathered columns (less memory, same gradients after averaging). Pure torch; no ray import.
+With ``world_size > 1`` the features of every rank are all-gathered *with gradients* (torch.distributed.nn's
+autograd-aware all_gather, whose backward sums each slice's gradient over the ranks), so N workers with batch b
+compute the same loss and, after DDP's gradient averaging, the same gradients as one worker with batch N*b.
+``local_loss=True`` instead scores only the local rows against all gathered columns (less memory, same gradients
+after averaging). Pure torch; no ray import.
 """
 
 from __future__ import annotations
@@ -14,32 +14,21 @@ import hashlib
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 import torch.nn.functional as F
 from torch import nn
 
 from spklip.config.model import LossCfg
 
 
-class _AllGather(torch.autograd.Function):
-    """all_gather whose backward returns this rank's slice of the all-reduced (summed) incoming gradient."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        ctx.rank, ctx.world = dist.get_rank(), dist.get_world_size()
-        parts = [torch.empty_like(x) for _ in range(ctx.world)]
-        dist.all_gather(parts, x.contiguous())
-        return torch.cat(parts, dim=0)  # [world*b, D]
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous()
-        dist.all_reduce(grad)  # every rank's loss depends on every rank's features
-        return grad.chunk(ctx.world, dim=0)[ctx.rank]
-
-
 def gather_features(x: torch.Tensor, world_size: int) -> torch.Tensor:
-    """``[b, D] -> [world_size*b, D]`` in rank order, differentiable (identity for one worker)."""
-    return x if world_size == 1 else _AllGather.apply(x)
+    """``[b, D] -> [world_size*b, D]`` in rank order, differentiable (identity for one worker).
+
+    torch.distributed.nn's all_gather (as open_clip) backpropagates by a reduce-scatter of the incoming gradients:
+    each rank gets the sum over ranks of the gradient of its own slice (every rank's loss depends on every rank's
+    features). torch 2.13 marks it deprecated (a FutureWarning) in favour of a private functional collective.
+    """
+    return x if world_size == 1 else torch.cat(dist_nn.all_gather(x), dim=0)  # world x [b, D] -> [world*b, D]
 
 
 def gather_keys(keys: torch.Tensor, world_size: int) -> torch.Tensor:

@@ -20,13 +20,13 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 from urllib.parse import urlparse
 
 PARENT_TAG = "mlflow.parentRunId"
-PARAM_VALUE_LIMIT = 6000  # MLflow's limit on one param value
-BATCH_LIMIT = 100  # params / metrics per log_batch call
+PARAM_VALUE_LIMIT = 6000  # MLflow's limit on one param value (it rejects longer ones; we truncate)
 
 
 def resolve_uri(uri: str, run_dir: str | Path) -> str:
@@ -84,7 +84,7 @@ class Tracker:
     @property
     def client(self):
         if self._client is None:
-            from mlflow.tracking import MlflowClient
+            from mlflow.tracking import MlflowClient  # on first use: importing mlflow costs ~1 s
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
 
@@ -105,22 +105,24 @@ class Tracker:
             self.disable(f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
             return None
 
+    # One log_batch call each: MLflow's client splits it into batches within the server's limits (100 params/tags,
+    # 1000 metrics per request). It logs synchronously unless MLFLOW_ENABLE_ASYNC_LOGGING=true, MLflow's own switch
+    # (then errors surface in MLflow's logging thread instead of disabling the tracker).
+    # mlflow.entities is imported on first use, not at the top: it costs ~1 s, and `spklip --help` imports this.
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if not self.enabled:
             return
         from mlflow.entities import Metric
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items() if v is not None]
-        for i in range(0, len(items), BATCH_LIMIT):
-            self.call(self.client.log_batch, self.run_id, metrics=items[i:i + BATCH_LIMIT])
+        self.call(self.client.log_batch, self.run_id, metrics=items)
 
     def log_params(self, params: dict[str, Any]) -> None:
         if not self.enabled:
             return
         from mlflow.entities import Param
-        items = [Param(k, str(v)[:PARAM_VALUE_LIMIT]) for k, v in params.items()]
-        for i in range(0, len(items), BATCH_LIMIT):
-            self.call(self.client.log_batch, self.run_id, params=items[i:i + BATCH_LIMIT])
+        self.call(self.client.log_batch, self.run_id,
+                  params=[Param(k, str(v)[:PARAM_VALUE_LIMIT]) for k, v in params.items()])
 
     def set_tags(self, tags: dict[str, str]) -> None:
         if not self.enabled:
@@ -168,6 +170,21 @@ def start_run(uri: str, experiment: str, run_dir: str | Path, *, run_name: str =
     return tracker
 
 
+@contextmanager
+def fluent_tracking_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API (``mlflow.start_run``, ``mlflow.search_runs``: no ``tracking_uri`` argument) at `uri`
+    for the block. set_tracking_uri also exports ``MLFLOW_TRACKING_URI``; the previous value is put back after
+    (None unsets it, so later runs resolve their own URI again)."""
+    import mlflow  # on first use: importing mlflow costs ~1 s
+
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
 def log_torch_model(tracker: Tracker, model, input_example, name: str = "visual_encoder") -> str | None:
     """Log `model` as an MLflow PyTorch model (pickle format, so stateful spiking modules reload as themselves).
 
@@ -179,16 +196,11 @@ def log_torch_model(tracker: Tracker, model, input_example, name: str = "visual_
         return None
 
     def _log():
-        import mlflow
+        import mlflow  # on first use: importing mlflow (and its pytorch flavour) costs seconds
         import mlflow.pytorch
-        previous = os.environ.get("MLFLOW_TRACKING_URI")  # set_tracking_uri also exports it: put it back after
-        try:
-            mlflow.set_tracking_uri(tracker.uri)
-            with mlflow.start_run(run_id=tracker.run_id):
-                info = mlflow.pytorch.log_model(model, name=name, input_example=input_example,
-                                                serialization_format="pickle", pip_requirements=[])
-        finally:
-            mlflow.set_tracking_uri(previous)  # None unsets it, so later runs resolve their own URI again
+        with fluent_tracking_uri(tracker.uri), mlflow.start_run(run_id=tracker.run_id):
+            info = mlflow.pytorch.log_model(model, name=name, input_example=input_example,
+                                            serialization_format="pickle", pip_requirements=[])
         return info.model_uri
 
     return tracker.call(_log)

@@ -2,18 +2,26 @@
 
 import dataclasses
 import re
+import subprocess
+import sys
 
 import pytest
 
-from spklip.config import (ConfigError, ExperimentConfig, HsfeCfg, ModelCfg, apply_overrides, list_presets,
-                           load_config, load_preset, parse_overrides)
+from spklip.config import ConfigError, ExperimentConfig, HsfeCfg, ModelCfg, apply_overrides, from_dict, load_config
+from spklip.config import parse_overrides
+from spklip.model.registry import get_model_config, list_models
+
+
+def load_preset(name: str) -> ModelCfg:
+    """A preset's dict typed on its own (what ``model_preset`` starts the model section from)."""
+    return from_dict(ModelCfg, get_model_config(name), prefix="model.")
 
 
 def test_defaults_start_from_the_named_preset():
     cfg = load_config()
     assert cfg.model_preset == "spklip-tiny"
     assert cfg.model == load_preset("spklip-tiny")
-    assert "spklip-tiny" in list_presets()
+    assert "spklip-tiny" in list_models()
 
 
 def test_yaml_then_overrides_take_precedence(tmp_path):
@@ -94,6 +102,12 @@ def test_missing_config_file_and_unknown_preset(tmp_path):
 
 def test_model_section_alone_builds():
     assert isinstance(load_preset("spklip-tiny"), ModelCfg)
+
+
+def test_config_and_the_preset_registry_import_no_torch():
+    code = ("import sys, spklip.config, spklip.model.registry; spklip.config.load_config(); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_yes_no_switches_parse_as_booleans_from_the_command_line():

@@ -83,3 +83,42 @@ def test_every_spiking_layer_fires_at_initialisation():
     now, before = rates(), rates(tdbn_gain="threshold", attn_norm=False)
     assert min(now) > 0.05 and sum(now) / len(now) > 0.1
     assert min(before) < 0.005 and sum(before) / len(before) < 0.06
+
+
+class _HandWrittenTdbn(torch.nn.Module):
+    """Reference: spklip's tdBN before it used spikingjelly's ThresholdDependentBatchNorm (kept here only)."""
+
+    def __init__(self, channels: int, cfg, spatial: bool):
+        super().__init__()
+        self.bn = (torch.nn.BatchNorm2d if spatial else torch.nn.BatchNorm1d)(channels)
+        torch.nn.init.constant_(self.bn.weight, cfg.v_threshold * (cfg.tau if cfg.tdbn_gain == "threshold-tau" else 1.0))
+
+    def forward(self, x):
+        return self.bn(x.flatten(0, 1)).view(x.shape)  # [T, N, C, *S] -> [T*N, C, *S] -> back
+
+
+@pytest.mark.parametrize("spatial", [True, False])
+@pytest.mark.parametrize("fsve", [{}, {"tdbn_gain": "threshold"}, {"tau": 4 / 3, "v_threshold": 0.5},
+                                  {"tau": 1.5, "v_threshold": 0.3, "tdbn_gain": "threshold"}])
+def test_tdbn_is_the_hand_written_one(spatial, fsve):
+    """Same init (gain, bias, buffers, state_dict keys), same outputs and gradients in train mode, same running
+    statistics after training steps, same outputs in eval mode: bit for bit."""
+    cfg = _cfg("full-snn", time_steps=3, norm="tdbn", **fsve).fsve
+    new, old = SeqNorm(6, cfg, spatial=spatial), _HandWrittenTdbn(6, cfg, spatial=spatial)
+    assert new.state_dict().keys() == old.state_dict().keys()
+    for key, value in old.state_dict().items():
+        assert torch.equal(new.state_dict()[key], value), key
+    torch.manual_seed(0)
+    shape = (3, 5, 6, 4, 4) if spatial else (3, 5, 6)
+    for _ in range(3):  # train mode: batch statistics, running averages move
+        x = (torch.randn(shape) * 3 + 1).requires_grad_()
+        y_new, y_old = new.train()(x), old.train()(x)
+        assert torch.equal(y_new, y_old)
+        g = torch.randn(shape)
+        grads_new = torch.autograd.grad(y_new, (x, new.bn.weight, new.bn.bias), g)  # input, gain, bias
+        grads_old = torch.autograd.grad(y_old, (x, old.bn.weight, old.bn.bias), g)
+        assert all(torch.equal(a, b) for a, b in zip(grads_new, grads_old))
+    for key, value in old.state_dict().items():
+        assert torch.equal(new.state_dict()[key], value), key
+    x = torch.randn(shape)
+    assert torch.equal(new.eval()(x), old.eval()(x))

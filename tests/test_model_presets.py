@@ -8,8 +8,8 @@ arithmetic is done (the real-compute numbers are in benchmarks/bench_model.py).
 import pytest
 import torch
 
-from spklip.config import ModelCfg, load_preset
-from spklip.model import Spklip, create_model, list_models
+from spklip.config import ConfigError, ModelCfg, load_config
+from spklip.model import Spklip, add_model_config, create_model, list_models, registry, resolve_cfg
 
 CPU_PRESETS = [n for n in list_models() if "paper" not in n]
 PAPER_PRESETS = [n for n in list_models() if "paper" in n]
@@ -24,7 +24,7 @@ def test_registry_has_the_required_presets():
     for name in ["spklip-paper", "spklip-small", "spklip-tiny", "spklip-tiny-snn-backbone", "spklip-tiny-full-snn",
                  "spklip-paper-snn-backbone", "spklip-paper-full-snn", "tfp-resnet-tiny", "spike-rate-mlp-tiny"]:
         assert name in list_models()
-    p = load_preset("spklip-paper")
+    p = resolve_cfg("spklip-paper")
     assert (p.num_planes, p.height, p.width, p.hsfe.num_subblocks, p.hsfe.radius, p.hsfe.step,
             p.hsfe.features, p.backbone.width) == (250, 240, 320, 5, 30, 45, 64, 64)
 
@@ -90,6 +90,45 @@ def test_overrides_and_errors():
         create_model("nope")
     with pytest.raises(ValueError, match="model.hsfe"):
         create_model("spklip-tiny", hsfe__radius=40)  # a 81-plane window on a 32-plane clip
+
+
+@pytest.fixture
+def own_registry(monkeypatch):
+    """Presets added in a test stay in it."""
+    monkeypatch.setattr(registry, "_ADDED", {})
+
+
+def test_add_model_config_from_yaml(tmp_path, own_registry):
+    path = tmp_path / "my-tiny.yaml"
+    path.write_text("arch: spike-rate-mlp\nnum_planes: 16\nheight: 16\nwidth: 16\nembed_dim: 24\n")
+    assert add_model_config(path) == "my-tiny"
+    assert "my-tiny" in list_models() and "spklip-tiny" in list_models()
+    model = create_model("my-tiny", embed_dim=32)
+    assert (model.cfg.arch, model.cfg.num_planes, model.cfg.embed_dim) == ("spike-rate-mlp", 16, 32)
+    out = model.eval().encode_spikes(_spikes(model.cfg))
+    assert out.shape == (2, 32)
+    cfg = load_config(overrides=["model_preset=my-tiny", "model.height=8"])  # the config resolves it too
+    assert (cfg.model.arch, cfg.model.height, cfg.model.width) == ("spike-rate-mlp", 8, 16)
+
+
+def test_add_model_config_from_a_dict_and_its_errors(own_registry):
+    assert add_model_config({"embed_dim": 32, "hsfe": {"radius": 3}}, name="mine") == "mine"
+    preset = registry.get_model_config("mine")
+    preset["hsfe"]["radius"] = 9  # a copy: the registry keeps its own
+    assert resolve_cfg("mine").hsfe.radius == 3 and resolve_cfg("mine").embed_dim == 32
+    add_model_config({"embed_dim": 48}, name="mine")  # adding a name again replaces it
+    assert resolve_cfg("mine").embed_dim == 48
+    with pytest.raises(ConfigError, match=r"unknown model preset 'nope'; available: .*mine.*spklip-tiny"):
+        create_model("nope")
+    with pytest.raises(ConfigError, match="unknown model preset 'nope'"):
+        load_config(overrides=["model_preset=nope"])
+    add_model_config({"hsfe": {"radiuss": 3}}, name="typo")
+    with pytest.raises(ConfigError, match=r"model\.hsfe\.radiuss"):  # checked when built
+        create_model("typo")
+    with pytest.raises(ValueError, match="built-in"):
+        add_model_config({"embed_dim": 8}, name="spklip-tiny")
+    with pytest.raises(ValueError, match="needs a name"):
+        add_model_config({"embed_dim": 8})
 
 
 @pytest.mark.parametrize("name", ["spklip-tiny", "spklip-tiny-full-snn"])

@@ -1,10 +1,12 @@
 """MLflow tracking: local sqlite default with an explicit artifact folder, child runs, failure tolerance."""
 
+import os
 import socket
 
+import mlflow
 import pytest
 
-from spklip.tracking import PARENT_TAG, Tracker, artifact_location, resolve_uri, start_run
+from spklip.tracking import PARENT_TAG, Tracker, artifact_location, fluent_tracking_uri, resolve_uri, start_run
 
 
 def _closed_port() -> int:
@@ -65,3 +67,29 @@ def test_disabled_tracker_does_nothing():
     tracker = Tracker("sqlite:////nonexistent/dir/mlflow.db", None)
     tracker.log_metrics({"loss": 1.0}, step=1)
     assert tracker.call(pytest.fail, "must not be called") is None
+
+
+def test_more_params_and_metrics_than_one_request_holds(tmp_path, monkeypatch):
+    """Tracker hands MLflow's client one log_batch per call; the client splits it within the server's limits (100
+    params/tags, 1000 metrics per request), and every value arrives."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = resolve_uri("", tmp_path)
+    run = start_run(uri, "exp", tmp_path, params={f"p{i}": i for i in range(250)}, tags={"long": "x"})
+    run.set_tags({f"t{i}": str(i) for i in range(150)})
+    run.log_metrics({f"m{i}": float(i) for i in range(1200)}, step=3)
+    got = run.client.get_run(run.run_id)
+    assert run.enabled and got.data.params == {f"p{i}": str(i) for i in range(250)}
+    assert all(got.data.tags[f"t{i}"] == str(i) for i in range(150))
+    assert got.data.metrics == {f"m{i}": float(i) for i in range(1200)}
+
+
+@pytest.mark.parametrize("before", [None, "http://127.0.0.1:5000"])
+def test_fluent_tracking_uri_puts_the_environment_back(tmp_path, monkeypatch, before):
+    if before is None:
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    else:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", before)
+    uri = resolve_uri("sqlite:///" + str(tmp_path / "x.db"), tmp_path)
+    with fluent_tracking_uri(uri):
+        assert mlflow.get_tracking_uri() == uri
+    assert os.environ.get("MLFLOW_TRACKING_URI") == before

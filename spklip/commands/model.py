@@ -1,4 +1,8 @@
-"""``spklip models`` (the preset registry) and ``spklip energy`` (per-layer MAC/SOP energy, ANN vs FSVE)."""
+"""``spklip models`` (the preset registry) and ``spklip energy`` (per-layer MAC/SOP energy, ANN vs FSVE).
+
+torch and the model modules are imported inside the handlers: every ``spklip`` command line imports this module
+to build its parser, and torch costs seconds.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from spklip.config import add_set_flag
+from spklip.config import add_set_flag, parse_overrides
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -56,7 +60,6 @@ def _spikes(args: argparse.Namespace, cfg):
 def _energy(args: argparse.Namespace) -> int:
     import torch
 
-    from spklip.config import parse_overrides
     from spklip.model import resolve_cfg
     from spklip.model.energy import compare_markdown, estimate_energy
     from spklip.model.spklip import build_visual_tower

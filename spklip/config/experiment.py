@@ -16,8 +16,9 @@ from spklip.config.augment import AugmentCfg
 from spklip.config.base import (ConfigError, check_nonempty, deep_merge, from_dict, parse_overrides, to_flat_dict,
                                  unflatten)
 from spklip.config.data import DataCfg
-from spklip.config.model import LossCfg, ModelCfg, load_preset_dict
+from spklip.config.model import LossCfg, ModelCfg
 from spklip.config.train import EvalCfg, OptimCfg, ScaleCfg, TrackingCfg, TrainCfg
+from spklip.model.registry import UnknownModelError, get_model_config
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,11 @@ def build_config(raw: dict[str, Any] | None = None, overrides: dict[str, Any] | 
     preset = nested.get("model_preset", ExperimentConfig.model_preset)
     if not isinstance(preset, str):
         raise ConfigError(f"model_preset: expected a string, got {preset!r}")
-    nested["model"] = deep_merge(load_preset_dict(preset), nested.get("model", {}))
+    try:
+        preset_dict = get_model_config(preset)
+    except UnknownModelError as e:
+        raise ConfigError(str(e)) from None  # the message lists the preset names
+    nested["model"] = deep_merge(preset_dict, nested.get("model", {}))
     return from_dict(ExperimentConfig, nested)
 
 

@@ -1,19 +1,15 @@
 """Model-side config: one dataclass per tower (HSFE, backbone, temporal encoder, text, FSVE) and the loss.
 
-Named architectures live as JSON files in ``spklip/model/presets/`` (``spklip-tiny.json`` ...); each holds a partial
-`ModelCfg` dict, defaults fill the rest. Derived sizes (window length 2r+1, sub-block placement) are properties.
+Named architectures (presets: partial `ModelCfg` dicts, defaults fill the rest) are in the registry,
+`spklip.model.registry`. Derived sizes (window length 2r+1, sub-block placement) are properties.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
-from spklip.config.base import ConfigError, from_dict
-
-PRESET_DIR = Path(__file__).resolve().parent.parent / "model" / "presets"
+from spklip.config.base import ConfigError
 
 
 @dataclass(frozen=True)
@@ -157,18 +153,3 @@ class ModelCfg:
         if self.arch == "spklip":
             self.hsfe.layout(self.num_planes)  # raises a ConfigError naming the bad key if the sub-blocks don't fit
 
-
-def list_presets() -> list[str]:
-    """Names of the JSON presets shipped in spklip/model/presets/."""
-    return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
-
-
-def load_preset_dict(name: str) -> dict:
-    path = PRESET_DIR / f"{name}.json"
-    if not path.exists():
-        raise ConfigError(f"unknown model preset {name!r}; available: {', '.join(list_presets())}")
-    return json.loads(path.read_text())
-
-
-def load_preset(name: str) -> ModelCfg:
-    return from_dict(ModelCfg, load_preset_dict(name), prefix="model.")

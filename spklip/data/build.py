@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 from tqdm import tqdm
 
-from spklip.config import load_preset
+from spklip.config import load_config
 from spklip.data.folders import FolderSpec, dat_clips, video_clips
 from spklip.data.moving_digits import DigitsSpec, digit_clips
 from spklip.data.shards import Clip, DatasetInfo, check_out_dir, write_shards
@@ -25,7 +25,7 @@ KINDS = ("moving-digits", "video-folder", "dat-folder")
 
 def preset_clip_shape(preset: str) -> tuple[int, int, int]:
     """``(N, H, W)``: the clip shape model `preset` is built for, so data and model agree."""
-    cfg = load_preset(preset)
+    cfg = load_config(overrides={"model_preset": preset}).model
     return cfg.num_planes, cfg.height, cfg.width
 
 

@@ -1,25 +1,28 @@
-"""Model registry: JSON presets in spklip/model/presets/ -> ModelCfg -> Spklip."""
+"""Preset name or ModelCfg (+ overrides) -> ModelCfg -> Spklip. The presets themselves: spklip/model/registry.py."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from spklip.config.base import apply_overrides
-from spklip.config.model import LossCfg, ModelCfg, list_presets, load_preset
+from spklip.config.base import ConfigError, apply_overrides, from_dict
+from spklip.config.model import LossCfg, ModelCfg
+from spklip.model.registry import UnknownModelError, get_model_config
 from spklip.model.spklip import Spklip
 
 
-def list_models() -> list[str]:
-    """Names accepted by `create_model` (one per JSON file in spklip/model/presets/)."""
-    return list_presets()
-
-
 def resolve_cfg(name_or_cfg: str | ModelCfg, **overrides: Any) -> ModelCfg:
-    """A preset name or ModelCfg, with overrides applied.
+    """A preset name (see `spklip.model.list_models`) or ModelCfg, with overrides applied.
 
     Overrides are ModelCfg keys; nested keys use ``__`` (``hsfe__radius=3``) or a dict (``hsfe={"radius": 3}``).
     """
-    cfg = load_preset(name_or_cfg) if isinstance(name_or_cfg, str) else name_or_cfg
+    if isinstance(name_or_cfg, str):
+        try:
+            preset = get_model_config(name_or_cfg)
+        except UnknownModelError as e:
+            raise ConfigError(str(e)) from None  # the message lists the preset names
+        cfg = from_dict(ModelCfg, preset, prefix="model.")
+    else:
+        cfg = name_or_cfg
     if not isinstance(cfg, ModelCfg):
         raise TypeError(f"create_model expects a preset name or a ModelCfg, got {type(name_or_cfg).__name__}")
     flat: dict[str, Any] = {}

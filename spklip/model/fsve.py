@@ -40,26 +40,27 @@ def make_neuron(cfg: FsveCfg) -> nn.Module:
 class SeqNorm(nn.Module):
     """Batch norm for ``[T, N, C, *spatial]``.
 
-    ``tdbn``: one BN shared over time (statistics over T, N and space), weight initialised to the firing threshold
-    (threshold-dependent BN). ``bn``: separate statistics and affine parameters per time step. ``none``: identity.
+    ``tdbn``: spikingjelly's threshold-dependent BN (one BN shared over time: statistics over T, N and space; weight
+    initialised to ``alpha * V_th`` with alpha = tau for ``tdbn_gain="threshold-tau"``, 1 for ``"threshold"``).
+    ``bn``: separate statistics and affine parameters per time step. ``none``: identity.
     """
 
     def __init__(self, channels: int, cfg: FsveCfg, spatial: bool):
         super().__init__()
         self.mode, self.t = cfg.norm, cfg.time_steps
-        bn = nn.BatchNorm2d if spatial else nn.BatchNorm1d
         if self.mode == "tdbn":
-            self.bn = bn(channels)
-            gain = cfg.v_threshold * (cfg.tau if cfg.tdbn_gain == "threshold-tau" else 1.0)
-            nn.init.constant_(self.bn.weight, gain)
+            tdbn = layer.ThresholdDependentBatchNorm2d if spatial else layer.ThresholdDependentBatchNorm1d
+            alpha = cfg.tau if cfg.tdbn_gain == "threshold-tau" else 1.0
+            self.bn = tdbn(alpha=alpha, v_th=cfg.v_threshold, num_features=channels)
         elif self.mode == "bn":
+            bn = nn.BatchNorm2d if spatial else nn.BatchNorm1d
             self.bn = bn(channels * cfg.time_steps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "none":
             return x
         if self.mode == "tdbn":
-            return self.bn(x.flatten(0, 1)).view(x.shape)  # [T, N, C, *S] -> [T*N, C, *S] -> back
+            return self.bn(x)  # [T, N, C, *S], BN over T*N folded into the batch (multi-step module)
         t, n, c = x.shape[:3]
         rest = x.shape[3:]
         per_step = x.transpose(0, 1).reshape(n, t * c, *rest)  # [T, N, C, *S] -> [N, T*C, *S]

@@ -27,8 +27,10 @@ def build_visual_tower(cfg: ModelCfg) -> nn.Module:
     return SpikeVisualEncoder(cfg)
 
 
-class SpikeEncoder(nn.Module):
-    """``encode_spikes`` as a stand-alone module (shares the model's weights): what gets traced/exported."""
+class SpikeEncoderView(nn.Module):
+    """A view of a whole `Spklip` as a module ``spikes -> encode_spikes(spikes)`` (shares the model's weights, text
+    tower included), for ``torch.jit.trace``. Not `spklip.train.export.SpikeEncoder`, the stand-alone visual tower
+    + L2 norm that training logs to MLflow."""
 
     def __init__(self, model: "Spklip"):
         super().__init__()
@@ -77,10 +79,10 @@ class Spklip(nn.Module):
             raise ValueError("encode_text expects a non-empty list of strings")
         return F.normalize(self.text(list(texts)), dim=-1)
 
-    def spike_encoder(self) -> SpikeEncoder:
+    def spike_encoder(self) -> SpikeEncoderView:
         """A module mapping spikes ``[B, N, H, W]`` -> normalised ``[B, D]``; ``torch.jit.trace`` works on it (the
         forward has no data-dependent Python control flow), e.g. for logging to MLflow."""
-        return SpikeEncoder(self)
+        return SpikeEncoderView(self)
 
     def scale(self) -> torch.Tensor:
         """exp(log-scale) clamped at the maximum (100 by default)."""

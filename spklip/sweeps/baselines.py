@@ -18,12 +18,12 @@ interval and whether it is beyond noise. Model overrides (``--set model.hsfe.nor
     python sweeps/baselines.py --smoke-test
 """
 
-from spklip.config.model import load_preset_dict
+from spklip.model.registry import get_model_config
 from spklip.tune.sweep import SweepSpec, main
 
 
 def _fsve(preset: str) -> dict:
-    return {f"model.fsve.{k}": v for k, v in load_preset_dict(preset)["fsve"].items()}
+    return {f"model.fsve.{k}": v for k, v in get_model_config(preset)["fsve"].items()}
 
 
 VARIANTS = {

@@ -9,7 +9,9 @@ from torch import nn
 
 class SpikeEncoder(nn.Module):
     """``[B, N, H, W]`` spikes (uint8/bool/float) -> ``[B, D]`` L2-normalised embeddings: ``Spklip.encode_spikes``
-    without the text tower, so the logged model is small and needs no tokenizer.
+    without the text tower, so the logged model is small and needs no tokenizer. (`Spklip.spike_encoder()` returns
+    a `SpikeEncoderView` of the whole model instead.) Logged models are pickled, so they reload by this class's
+    import path: renaming or moving it makes earlier runs' models unloadable.
 
     Args:
         model: a trained `spklip.model.Spklip`.

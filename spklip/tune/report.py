@@ -19,7 +19,7 @@ import yaml
 from spklip.config import ExperimentConfig
 from spklip.config.base import parse_value, unflatten
 from spklip.eval.stats import difference, summarize
-from spklip.tracking import PARENT_TAG
+from spklip.tracking import PARENT_TAG, fluent_tracking_uri
 
 ROLE_TAG = "spklip.sweep.role"  # "parent" on the sweep's own run
 SWEPT_TAG = "spklip.sweep.swept"  # JSON list of the swept config keys
@@ -71,21 +71,14 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-def _runs_frame(client, experiment_id: str, filter_string: str = "") -> pd.DataFrame:
-    """All runs of one experiment (paged) as rows of run id, name, status, start time, params, metrics, tags."""
-    rows, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000, page_token=token)
-        for r in page:
-            row = {"run_id": r.info.run_id, "trial": r.info.run_name, "status": r.info.status,
-                   "start_time": r.info.start_time}
-            row.update({f"params.{k}": v for k, v in r.data.params.items()})
-            row.update({f"metrics.{k}": v for k, v in r.data.metrics.items()})
-            row.update({f"tags.{k}": v for k, v in r.data.tags.items()})
-            rows.append(row)
-        token = page.token
-        if not token:
-            return pd.DataFrame(rows)
+def _runs_frame(uri: str, experiment_id: str, filter_string: str = "") -> pd.DataFrame:
+    """All runs of one experiment as rows: ``mlflow.search_runs``' columns (run_id, status, start_time, params.*,
+    metrics.*, tags.*, ...) and ``trial``, the run name."""
+    import mlflow  # on first use: importing mlflow costs ~1 s
+
+    with fluent_tracking_uri(uri):  # search_runs takes no tracking URI
+        frame = mlflow.search_runs([experiment_id], filter_string=filter_string, output_format="pandas")
+    return frame.assign(trial=frame.get("tags.mlflow.runName"))
 
 
 def find_parent(client, experiment_id: str, parent_run_id: str | None = None):
@@ -123,7 +116,7 @@ def sweep_table(experiment: str, *, uri: str, parent_run_id: str | None = None,
         raise ValueError(f"no MLflow experiment {experiment!r} at {uri} (experiments: {', '.join(names) or 'none'})")
     parent = find_parent(client, exp.experiment_id, parent_run_id)
     filt = f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'" if parent else ""
-    frame = _runs_frame(client, exp.experiment_id, filt)
+    frame = _runs_frame(uri, exp.experiment_id, filt)
     if parent is None and not frame.empty and f"tags.{ROLE_TAG}" in frame:
         frame = frame[frame[f"tags.{ROLE_TAG}"] != "parent"]
     if frame.empty:
