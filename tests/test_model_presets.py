@@ -54,9 +54,11 @@ def test_paper_preset_shapes_on_meta(name):
         model = create_model(name)
         spikes = torch.zeros(1, 250, 240, 320, dtype=torch.uint8)
         out = model(spikes, ["a spike video of diving."])
-        (out["spike_features"].sum() + out["text_features"].sum()).backward()
+        logits = out["logit_scale"] * out["spike_features"] @ out["text_features"].T
+        logits.sum().backward()
     assert out["spike_features"].shape == (1, 256) and out["text_features"].shape == (1, 256)
-    assert all(p.grad is not None for p in model.visual.parameters())
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not unused, unused  # DDP runs without find_unused_parameters
 
 
 def test_uint8_and_float_inputs_agree_and_bad_shapes_are_named():
@@ -141,3 +143,26 @@ def test_spike_encoder_traces_saves_and_reloads(name, tmp_path):
         torch.jit.save(traced, tmp_path / "enc.pt")
         other = _spikes(cfg, b=3, seed=5).float()  # another batch size and content than the trace's
         torch.testing.assert_close(torch.jit.load(tmp_path / "enc.pt")(other), encoder(other))
+
+
+VARIANTS = ([(n, {}) for n in CPU_PRESETS]  # the paper presets: test_paper_preset_shapes_on_meta
+            + [("spklip-tiny", {"model.text.finetune": f}) for f in ("last-n", "full")]
+            + [("spklip-tiny", {"model.text.kind": "clip-text"}), ("spklip-tiny", {"model.hsfe.norm": "bn"}),
+               ("spklip-tiny", {"model.hsfe.num_subblocks": 1}), ("spklip-tiny", {"model.temporal.pos_embed": False})])
+
+
+@pytest.mark.parametrize("name, overrides", VARIANTS, ids=[f"{n}{'-' if o else ''}{'-'.join(map(str, o.values()))}"
+                                                           for n, o in VARIANTS])
+def test_every_trainable_parameter_gets_a_gradient(name, overrides):
+    """Training runs DDP without find_unused_parameters: a trainable parameter the loss never reaches would make
+    DDP wait for its gradient forever (or error). One training step of the real loss must reach all of them."""
+    from spklip.loss import ClipLoss
+
+    cfg = load_config(None, {"model_preset": name, **overrides})
+    torch.manual_seed(0)
+    model = create_model(cfg.model, loss_cfg=cfg.loss).train()
+    out = model(_spikes(cfg.model), ["a spike video of a 3 moving left.", "a spike video of a 7 moving up."])
+    terms = ClipLoss(cfg.loss)(out["spike_features"], out["text_features"], out["logit_scale"])
+    sum(v for k, v in terms.items() if k.endswith("_loss")).backward()
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not unused, unused

@@ -60,6 +60,8 @@ class HFTextTower(nn.Module):
             raise ValueError("model.text.kind=hf needs model.text.pretrained (a local path or a cached hub name)")
         tok, model = _load_hf(name)
         self.tokenizer, self.encoder = tok, copy.deepcopy(model)  # each Spklip owns (and may fine-tune) a copy
+        if getattr(self.encoder, "pooler", None) is not None:  # BERT's [CLS] pooler: this tower mean-pools instead,
+            self.encoder.pooler = None  # and a parameter no loss reaches would need DDP's find_unused_parameters
         self.max_length = min(cfg.context_length, getattr(tok, "model_max_length", 512))
         self.frozen = cfg.finetune == "frozen"
         if cfg.finetune != "full":
