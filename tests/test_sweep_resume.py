@@ -1,6 +1,5 @@
 """`--resume` after the sweep's driver is killed mid-run: the sweep finishes and no finished trial runs again."""
 
-import json
 import os
 import signal
 import subprocess
@@ -31,11 +30,13 @@ def trial_runs(exp: Path, status: str | None = None) -> list:
     """The sweep's MLflow child runs (optionally only those with `status`)."""
     from mlflow.tracking import MlflowClient
 
-    if not (exp / "spklip_sweep.json").exists():
+    from spklip.tune.sweep import SWEEP_FILE, SweepContext
+
+    if not (exp / SWEEP_FILE).exists():
         return []
-    sweep = json.loads((exp / "spklip_sweep.json").read_text())
-    client = MlflowClient(tracking_uri=sweep["tracking_uri"])
-    parent = client.get_run(sweep["parent_run_id"])
+    ctx = SweepContext.load(exp)
+    client = MlflowClient(tracking_uri=ctx.tracking_uri)
+    parent = client.get_run(ctx.parent_run_id)
     filt = f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'" + (f" and attributes.status = '{status}'"
                                                                     if status else "")
     return client.search_runs([parent.info.experiment_id], filter_string=filt)
@@ -88,9 +89,11 @@ def test_resume_after_killing_the_driver(tmp_path):
     assert tune_results(exp, done[0]) == done_results  # the trial that had finished was not run again
     from mlflow.tracking import MlflowClient
 
-    sweep = json.loads((exp / "spklip_sweep.json").read_text())
-    client = MlflowClient(tracking_uri=sweep["tracking_uri"])
+    from spklip.tune.sweep import SweepContext
+
+    ctx = SweepContext.load(exp)
+    client = MlflowClient(tracking_uri=ctx.tracking_uri)
     assert len(client.get_metric_history(done[0].info.run_id, "val/top1")) == 1
-    assert client.get_run(sweep["parent_run_id"]).info.status == "FINISHED"
+    assert client.get_run(ctx.parent_run_id).info.status == "FINISHED"
     table = (exp / "report" / "table.md").read_text()
     assert sum(line.startswith("| train-trial_id=") for line in table.splitlines()) == 2
