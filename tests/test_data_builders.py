@@ -283,3 +283,14 @@ def test_simulate_covers_and_centre_crops_as_build_does(tmp_path):
     assert main(["data", "simulate", str(tmp_path / "imgs"), "--out", str(tmp_path / "i.npy"), "--height", "10",
                  "--width", "10", "--threshold", "1"]) == 0
     assert np.load(tmp_path / "i.npy").all()  # a stretched image would show the dark sides
+
+
+def test_a_sensor_size_no_recording_fits_is_one_error(tmp_path, capsys):
+    for j in range(3):
+        (tmp_path / "rec" / "jump").mkdir(parents=True, exist_ok=True)
+        write_dat(tmp_path / "rec" / "jump" / f"c{j}.dat", np.zeros((4, 8, 8), np.uint8))
+    assert main(["data", "build", "dat-folder", "--root", str(tmp_path / "rec"), "--dat-height", "5", "--dat-width",
+                 "5", "--planes", "2", "--height", "4", "--width", "4", "--out", str(tmp_path / "ds"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not divisible by 8" in err and not (tmp_path / "ds").exists()

@@ -31,7 +31,7 @@ from typing import Callable, Iterator
 import numpy as np
 from PIL import Image
 
-from spklip.data.dat import dat_num_planes, read_dat
+from spklip.data.dat import dat_num_planes, plane_bytes, read_dat
 from spklip.data.shards import Clip, DatasetInfo, Skipped
 from spklip.data.simulate import SimParams, simulate_spikes
 from spklip.data.parallel import Mapper, serial_map
@@ -181,6 +181,8 @@ def folder_plan(spec: FolderSpec, kind: str, sim: SimParams | None, *, skip_bad:
     exts = VIDEO_EXTS if kind == "video-folder" else (".dat",)
     probe = probe_video if kind == "video-folder" else functools.partial(probe_dat, spec=spec)
     classes, skipped = scan_inputs(spec.root, exts)
+    if kind == "dat-folder":
+        plane_bytes(spec.dat_height, spec.dat_width)  # a sensor size no file can fit: one error, not one per file
     bad = check_inputs([f for _, files in classes for f in files], probe, skip_bad=skip_bad, pmap=pmap)
     bad_paths = {b.path for b in bad}
     kept = [(name, [f for f in files if str(f) not in bad_paths]) for name, files in classes]
