@@ -109,13 +109,90 @@ def main() -> None:
     p.add_argument("--no-ray", action="store_true", help="skip the Ray Data read")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (2 spin-waiting threads made "
                    "torch.stack in the DataLoader collate 20x slower on a loaded 2-core machine)")
+    add_parallel_build_args(p)
     args = p.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
     print(f"torch threads: {args.threads}; load average: {' '.join(open('/proc/loadavg').read().split()[:3])}")
-    bench_simulator(args.frames, args.repeats)
-    bench_shards(args.clips_per_class, args.repeats, not args.no_ray)
+    if not args.parallel_build:
+        bench_simulator(args.frames, args.repeats)
+        bench_shards(args.clips_per_class, args.repeats, not args.no_ray)
+    if not args.no_parallel_build:
+        bench_parallel_build(args)
+
+
+UCF101_VIDEOS, PAPER_PLANES, PAPER_H, PAPER_W = 13_320, 250, 240, 320  # UCF101 at the paper's clip size
+
+
+def add_parallel_build_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("parallel build (spklip data build --workers)")
+    g.add_argument("--parallel-build", action="store_true", help="run only the parallel-build benchmark")
+    g.add_argument("--no-parallel-build", action="store_true", help="skip the parallel-build benchmark")
+    g.add_argument("--build-clips-per-class", type=int, default=4,
+                   help="moving-digits clips per class built serially and with the workers (80 classes)")
+    g.add_argument("--build-workers", type=int, default=2, help="Ray workers (CPUs of the local Ray instance)")
+    g.add_argument("--paper-clips", type=int, default=2, help="paper-size clips (250 planes of 240x320, 4 planes "
+                   "per frame) simulated and written, for the UCF101 projection")
+
+
+def bench_parallel_build(args: argparse.Namespace) -> None:
+    """clips/s of a moving-digits build in one process vs a Ray Data build with `--build-workers` workers (same
+    fingerprint), and the projected time of UCF101 at the paper's size on 64 cores: 13,320 x the simulation time
+    of one paper-size clip on one core / (64 x the measured parallel efficiency), next to the time the driver
+    (packing, hashing and compressing every clip into the shards, in one process) needs for the whole set."""
+    import ray
+    import ray.data
+
+    from spklip.data.build import build_dataset
+    from spklip.data.moving_digits import DigitsSpec
+    from spklip.data.shards import Clip, DatasetInfo
+
+    workers = args.build_workers
+    spec, sim = DigitsSpec(clips_per_class=args.build_clips_per_class), SimParams()
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        serial = build_dataset(Path(tmp) / "serial", "moving-digits", spec, sim)
+        t_serial = time.perf_counter() - t
+        ray.init(address="local", num_cpus=workers, include_dashboard=False, configure_logging=False)
+        try:
+            ray.data.DataContext.get_current().enable_progress_bars = False
+            warm = DigitsSpec(digits=(0,), motions=("left", "right"), clips_per_class=workers, unseen_classes=0)
+            build_dataset(Path(tmp) / "warm", "moving-digits", warm, sim, workers=workers)  # workers import torch
+            t = time.perf_counter()
+            parallel = build_dataset(Path(tmp) / "parallel", "moving-digits", spec, sim, workers=workers)
+            t_parallel = time.perf_counter() - t
+        finally:
+            ray.shutdown()
+        assert parallel["fingerprint"] == serial["fingerprint"], "a parallel build differs from the serial one"
+        n = serial["num_clips"]
+        speedup = t_serial / t_parallel
+        print(f"build moving-digits {n} clips of {tuple(serial['clip_shape'])}: 1 process {n / t_serial:.1f} "
+              f"clips/s, {workers} Ray workers {n / t_parallel:.1f} clips/s ({speedup:.2f}x; same fingerprint "
+              f"{serial['fingerprint']}; load average {open('/proc/loadavg').read().split()[0]})")
+
+        y, x = np.mgrid[0:PAPER_H, 0:PAPER_W]
+        ppf = 4
+        frames = np.stack([0.5 + 0.5 * np.sin((x + 3 * t) / 17.0) * np.cos((y - 2 * t) / 23.0)
+                           for t in range(-(-PAPER_PLANES // ppf))])  # [63, 240, 320]
+        clips = []
+        t = time.perf_counter()
+        for i in range(args.paper_clips):
+            spikes = simulate_spikes(frames, planes_per_frame=ppf, seed=i)[:PAPER_PLANES]
+            clips.append(Clip(spikes=spikes, label=0, caption="c", split="train", source="synthetic",
+                              clip_id=f"c{i}", sim_seed=i))
+        t_sim = (time.perf_counter() - t) / args.paper_clips
+        info = DatasetInfo("video-folder", ["c"], [], (PAPER_PLANES, PAPER_H, PAPER_W), sim.to_dict())
+        t = time.perf_counter()
+        write_shards(clips, Path(tmp) / "paper", info)
+        t_write = (time.perf_counter() - t) / args.paper_clips
+    cores, efficiency = 64, min(1.0, speedup / workers)
+    compute = UCF101_VIDEOS * t_sim / (cores * efficiency)
+    driver = UCF101_VIDEOS * t_write
+    print(f"UCF101 at the paper's size ({UCF101_VIDEOS} videos, {PAPER_PLANES} planes of {PAPER_H}x{PAPER_W}): "
+          f"{t_sim:.2f} s to simulate a clip on one core, {t_write:.2f} s to write it in the driver; on {cores} cores "
+          f"at the measured efficiency {efficiency:.2f}: simulation {compute / 60:.1f} min, driver writes "
+          f"{driver / 60:.1f} min, so about {max(compute, driver) / 60:.1f} min (video decoding not included)")
 
 
 if __name__ == "__main__":

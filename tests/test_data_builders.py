@@ -179,3 +179,118 @@ def test_ensure_smoke_data_builds_once_and_keeps_real_data(tmp_path, small_smoke
     assert ensure_smoke_data(tmp_path / "missing", tmp_path / "runs") == built  # already there
     assert ensure_smoke_data(built, tmp_path / "elsewhere") == built  # data.path holds shards: used as it is
     assert not (tmp_path / "elsewhere").exists()
+
+
+def write_clip(path, frames, codec):
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=10)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for f in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        out.mux(stream.encode())
+
+
+def test_video_folder_says_what_it_skips_and_reads_what_pyav_decodes(tmp_path, capsys):
+    from PIL import Image
+
+    rng = np.random.default_rng(6)
+    root = tmp_path / "videos"
+    for cls in ("jump", "wave_hands", "empty", "docs"):
+        (root / cls).mkdir(parents=True)
+    write_video(root / "jump" / "a.avi", rng.integers(0, 256, (8, 24, 32, 3), np.uint8))
+    write_clip(root / "jump" / "b.m4v", rng.integers(0, 256, (8, 24, 32, 3), np.uint8), "mpeg4")
+    write_clip(root / "wave_hands" / "c.wmv", rng.integers(0, 256, (8, 24, 32, 3), np.uint8), "wmv2")
+    gif = [Image.fromarray(f) for f in rng.integers(0, 256, (8, 24, 32, 3), np.uint8)]
+    gif[0].save(root / "wave_hands" / "d.gif", save_all=True, append_images=gif[1:], duration=100)
+    (root / "jump" / "notes.txt").write_text("x")
+    (root / "docs" / "readme.txt").write_text("x")
+    (root / "list.txt").write_text("x")
+    base = ["data", "build", "video-folder", "--root", str(root), "--planes", "6", "--height", "12", "--width", "12",
+            "--unseen", "wave hands", "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "ds")]) == 0
+    err = capsys.readouterr().err
+    meta = read_metadata(tmp_path / "ds")
+    assert meta["class_names"] == ["jump", "wave hands"] and meta["unseen_classes"] == ["wave hands"]
+    assert meta["splits"] == {"train": 2, "val": 0, "test": 0, "unseen": 2}  # .m4v, .wmv and .gif are read
+    skipped = {s["path"]: s["reason"] for s in meta["skipped"]}
+    assert skipped == {str(root / "docs"): "class folder left out: holds no video files (found .txt)",
+                       str(root / "empty"): "class folder left out: holds no video files (empty)",
+                       str(root / "jump" / "notes.txt"): "not a video file",
+                       str(root / "list.txt"): "not a class folder (a file at the top level)"}
+    for path, reason in skipped.items():
+        assert f"spklip: warning: skipped {path}: {reason}\n" in err
+    assert "spklip: warning: class 'jump' has 2 clips: its val and test splits will be empty\n" in err
+    assert meta["builder"]["root"] == str(root) and meta["builder"]["unseen"] == ["wave hands"]
+    assert not {"dat_height", "dat_width", "plane_offset", "plane_stride", "spatial"} & set(meta["builder"])
+    # An unreadable video: refused before any clip is made, with the list; --skip-bad leaves it out and lists it.
+    (root / "jump" / "broken.mp4").write_bytes(b"not a video" * 50)
+    assert main([*base, "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert f"spklip: cannot read {root / 'jump' / 'broken.mp4'}: cannot decode video" in err
+    assert "1 of 5 inputs cannot be read" in err and not (tmp_path / "bad").exists()
+    assert main([*base, "--out", str(tmp_path / "skip"), "--skip-bad"]) == 0
+    meta = read_metadata(tmp_path / "skip")
+    assert meta["num_clips"] == 4 and str(root / "jump" / "broken.mp4") in {s["path"] for s in meta["skipped"]}
+
+
+def test_unseen_takes_folder_names_and_class_names(tmp_path):
+    for cls in ("bag_moves_up", "BrushHair", "jump"):
+        (tmp_path / "rec" / cls).mkdir(parents=True)
+        for j in range(2):
+            write_dat(tmp_path / "rec" / cls / f"c{j}.dat", np.zeros((4, 8, 8), np.uint8))
+    base = ["data", "build", "dat-folder", "--root", str(tmp_path / "rec"), "--dat-height", "8", "--dat-width", "8",
+            "--planes", "4", "--height", "8", "--width", "8", "--val-frac", "0", "--test-frac", "0", "--no-progress"]
+    for i, unseen in enumerate(["bag_moves_up,BrushHair", "bag moves up,brush hair", "Bag Moves Up,BrushHair"]):
+        assert main([*base, "--unseen", unseen, "--out", str(tmp_path / f"ds{i}")]) == 0
+        meta = read_metadata(tmp_path / f"ds{i}")
+        assert sorted(meta["unseen_classes"]) == ["bag moves up", "brush hair"] and meta["seen_classes"] == ["jump"]
+        assert not {"frame_stride", "pad_short"} & set(meta["builder"])
+    assert main([*base, "--unseen", "bag moves down", "--out", str(tmp_path / "no")]) == 2
+
+
+def test_dat_folder_errors_name_the_file_once(tmp_path, capsys):
+    (tmp_path / "rec" / "jump").mkdir(parents=True)
+    write_dat(tmp_path / "rec" / "jump" / "c0.dat", np.zeros((6, 8, 8), np.uint8))
+    base = ["data", "build", "dat-folder", "--root", str(tmp_path / "rec"), "--dat-height", "8", "--dat-width", "8",
+            "--val-frac", "0", "--test-frac", "0", "--no-progress", "--out", str(tmp_path / "ds")]
+    path = str(tmp_path / "rec" / "jump" / "c0.dat")
+    for extra, what in ((["--planes", "9", "--height", "8", "--width", "8"], "6 planes, but planes up to 9"),
+                        (["--planes", "4", "--height", "12", "--width", "8", "--spatial", "crop"], "cannot crop")):
+        capsys.readouterr()
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert what in err and err.count(path) == err.count("\n") and not (tmp_path / "ds").exists(), err
+
+
+def test_simulate_covers_and_centre_crops_as_build_does(tmp_path):
+    from PIL import Image
+
+    frames = np.random.default_rng(7).integers(0, 256, (5, 24, 32, 3), np.uint8)
+    write_video(tmp_path / "v.avi", frames)
+    assert main(["data", "simulate", str(tmp_path / "v.avi"), "--out", str(tmp_path / "v.npy"), "--height", "16",
+                 "--width", "16", "--seed", "3"]) == 0
+    expected = simulate_spikes(read_video(tmp_path / "v.avi", 16, 16), seed=3)  # what video-folder simulates
+    assert np.array_equal(np.load(tmp_path / "v.npy"), expected)
+    assert main(["data", "simulate", str(tmp_path / "v.avi"), "--out", str(tmp_path / "h.npy"),
+                 "--height", "12"]) == 0
+    assert np.load(tmp_path / "h.npy").shape == (5, 12, 16)  # one side given: the aspect ratio is kept
+    (tmp_path / "imgs").mkdir()
+    img = np.zeros((20, 40), np.uint8)
+    img[:, 6:34] = 255  # a bright centre band, the whole 10 x 10 once covered and cropped
+    Image.fromarray(img).save(tmp_path / "imgs" / "0.png")
+    assert main(["data", "simulate", str(tmp_path / "imgs"), "--out", str(tmp_path / "i.npy"), "--height", "10",
+                 "--width", "10", "--threshold", "1"]) == 0
+    assert np.load(tmp_path / "i.npy").all()  # a stretched image would show the dark sides
+
+
+def test_a_sensor_size_no_recording_fits_is_one_error(tmp_path, capsys):
+    for j in range(3):
+        (tmp_path / "rec" / "jump").mkdir(parents=True, exist_ok=True)
+        write_dat(tmp_path / "rec" / "jump" / f"c{j}.dat", np.zeros((4, 8, 8), np.uint8))
+    assert main(["data", "build", "dat-folder", "--root", str(tmp_path / "rec"), "--dat-height", "5", "--dat-width",
+                 "5", "--planes", "2", "--height", "4", "--width", "4", "--out", str(tmp_path / "ds"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not divisible by 8" in err and not (tmp_path / "ds").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,11 @@ def _build_args(p: argparse.ArgumentParser, kind: str) -> None:
     p.add_argument("--test-frac", type=float, default=0.2, help="share of each seen class's clips for test")
     p.add_argument("--shard-mb", type=float, default=64.0, help="close a shard file at this many MB of spikes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    par = p.add_argument_group("parallel build (a Ray Data pipeline; the same dataset as a one-process build)")
+    par.add_argument("--workers", type=int, help="build with this many Ray workers (a local Ray instance unless "
+                     "--address/RAY_ADDRESS names a cluster, whose CPUs it then caps)")
+    par.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or None,
+                     help="build on this Ray cluster (auto, HOST:PORT, ray://...; default $RAY_ADDRESS)")
     if kind == "moving-digits":
         p.add_argument("--clips-per-class", type=int, default=20)
         p.add_argument("--digits", type=_csv(int), default=tuple(range(10)), help="e.g. 0,1,7 (default all)")
@@ -80,7 +86,10 @@ def _build_args(p: argparse.ArgumentParser, kind: str) -> None:
     else:
         p.add_argument("--root", required=True, help="folder of class folders")
         p.add_argument("--unseen-classes", type=int, default=0, help="hold out this many classes (seeded draw)")
-        p.add_argument("--unseen", type=_csv(str), default=(), help="hold out these class folders (comma list)")
+        p.add_argument("--unseen", type=_csv(str), default=(),
+                       help="hold out these classes: folder names (bag_moves_up) or class names (bag moves up)")
+        p.add_argument("--skip-bad", action="store_true", help="leave out inputs that cannot be read (listed on "
+                       "stderr and in the manifest) instead of refusing the build")
     if kind == "video-folder":
         p.add_argument("--frame-stride", type=int, default=1, help="take every k-th video frame")
         p.add_argument("--pad-short", action="store_true", help="hold the last frame of too-short videos")
@@ -131,8 +140,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     from spklip.data.build import build_dataset, build_summary  # imports torch (seconds): only for builds
 
     spec, sim = dataset_spec(args)
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
     meta = build_dataset(args.out, args.kind, spec, sim, overwrite=args.overwrite, shard_mb=args.shard_mb,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, skip_bad=getattr(args, "skip_bad", False),
+                         workers=args.workers, address=args.address)
     print(build_summary(meta, args.out))
     return 0
 

@@ -1,26 +1,50 @@
 """Building a spike shard dataset: a builder's spec -> clips -> Parquet shards, the one path that ``spklip data
 build``, the smoke-test data (`spklip.data.smoke`) and the test fixtures all take.
 
-`build_dataset` checks the output folder before a single clip is made (refuse early, delete nothing), then streams
-the clips of ``kind`` through `write_shards`, which writes into a hidden sibling folder and renames it into place
-when complete (docs/data.md, "What `--out` may replace").
+`plan_dataset` lists (and checks) the inputs of ``kind`` and splits the work into parts a worker makes alone (a
+moving-digits class, one video, one recording); `build_dataset` checks the output folder before a single clip is
+made (refuse early, delete nothing), maps the parts in this process or, when asked (``workers``/``address``), as a
+Ray Data pipeline (`spklip.data.parallel`), and streams the clips in build order through `write_shards`, which writes
+into a hidden sibling folder and renames it into place when complete (docs/data.md, "What `--out` may replace").
+Every clip's randomness comes from its own seed: the same dataset (fingerprint, shard files) whatever the
+parallelism.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import math
 import os
+import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
+import numpy as np
 from tqdm import tqdm
 
 from spklip.config import load_config
-from spklip.data.folders import FolderSpec, dat_clips, video_clips
-from spklip.data.moving_digits import DigitsSpec, digit_clips
+from spklip.data.folders import FolderSpec, UnreadableInputs, dat_clip, folder_plan, video_clip
+from spklip.data.moving_digits import (DIGIT_WORDS, MOTIONS, DigitsSpec, _pools, _render_class, digit_clips,
+                                       load_digits)
+from spklip.data.parallel import Mapper, ray_mapper, serial_map
 from spklip.data.shards import Clip, DatasetInfo, check_out_dir, write_shards
-from spklip.data.simulate import SimParams
+from spklip.data.simulate import SimParams, simulate_spikes
+from spklip.data.splits import assign_splits, clip_seed
 
 KINDS = ("moving-digits", "video-folder", "dat-folder")
+
+
+@dataclass
+class BuildPlan:
+    """What a build makes, in parts a worker can make alone, in build order."""
+
+    info: DatasetInfo  # the header (and the inputs left out, `info.skipped`)
+    parts: list[Any]  # picklable work items: a moving-digits label, a `folders.FolderItem`
+    make: Callable[[Any], Iterable[Clip]]  # one part -> its clips (a module function with its arguments bound)
+    total: int  # clips over all parts
+    notes: list[str]  # warnings for the user (a folder class whose val/test split is empty)
 
 
 def preset_clip_shape(preset: str) -> tuple[int, int, int]:
@@ -29,38 +53,84 @@ def preset_clip_shape(preset: str) -> tuple[int, int, int]:
     return cfg.num_planes, cfg.height, cfg.width
 
 
-def dataset_clips(kind: str, spec: DigitsSpec | FolderSpec,
-                  sim: SimParams | None) -> tuple[DatasetInfo, Iterator[Clip], int]:
-    """The header, a lazy clip iterator and the clip count of builder `kind` (one of `KINDS`).
+def digit_class_clips(spec: DigitsSpec, sim: SimParams, info: DatasetInfo, label: int) -> Iterator[Clip]:
+    """The clips of one moving-digits class (rendered together, each simulated with its own seed): the same clips
+    `moving_digits.digit_clips` yields for that label."""
+    images, labels = load_digits(spec.source)
+    digit, motion = spec.class_pairs[label]
+    rng = np.random.default_rng([spec.seed, label, 1])
+    splits = (["unseen"] * spec.clips_per_class if label in info.unseen_labels else
+              assign_splits(spec.clips_per_class, spec.val_frac, spec.test_frac, rng))
+    n_frames = math.ceil(spec.num_planes / sim.planes_per_frame)
+    video, picks = _render_class(spec, digit, motion, label, splits, images, _pools(labels, spec), n_frames)
+    for j, split in enumerate(splits):
+        seed = clip_seed(spec.seed, label, j)
+        spikes = simulate_spikes(video[j], threshold=sim.threshold, planes_per_frame=sim.planes_per_frame,
+                                 seed=seed, mismatch=sim.mismatch, dark_current=sim.dark_current)
+        yield Clip(spikes=spikes[:spec.num_planes], label=label, split=split, sim_seed=seed,
+                   caption=f"the digit {DIGIT_WORDS[digit]} {MOTIONS[motion][0]}",
+                   source=f"{spec.source}:{picks[j]}", clip_id=f"{label:03d}-{j:05d}")
 
-    ``moving-digits`` takes a `DigitsSpec`, ``video-folder`` and ``dat-folder`` a `FolderSpec`; `sim` is the
-    simulator (None for ``dat-folder``: real recordings are not simulated).
-    """
+
+def plan_dataset(kind: str, spec: DigitsSpec | FolderSpec, sim: SimParams | None, *, skip_bad: bool = False,
+                 pmap: Mapper = serial_map) -> BuildPlan:
+    """The plan of builder `kind` (one of `KINDS`): ``moving-digits`` takes a `DigitsSpec`, ``video-folder`` and
+    ``dat-folder`` a `FolderSpec`; `sim` is the simulator (None for ``dat-folder``: real recordings are not
+    simulated). Folder inputs are all checked first (`folders.check_inputs`, mapped with `pmap`): a bad one is an
+    error listing every bad one, or with `skip_bad` left out and listed in ``info.skipped``."""
     if kind not in KINDS:
         raise ValueError(f"unknown dataset kind {kind!r}; choose from {', '.join(KINDS)}")
     want = DigitsSpec if kind == "moving-digits" else FolderSpec
     if not isinstance(spec, want):
         raise TypeError(f"{kind} is built from a {want.__name__}, got {type(spec).__name__}")
     if kind == "moving-digits":
-        return digit_clips(spec, sim)
-    return video_clips(spec, sim) if kind == "video-folder" else dat_clips(spec)
+        info, _, total = digit_clips(spec, sim)  # the header only: its clip iterator is lazy and left unused
+        make = functools.partial(digit_class_clips, spec, sim, info)
+        return BuildPlan(info, list(range(len(spec.class_pairs))), make, total, [])
+    plan = folder_plan(spec, kind, sim, skip_bad=skip_bad, pmap=pmap)
+    make = (functools.partial(video_clip, spec, sim, plan.info) if kind == "video-folder" else
+            functools.partial(dat_clip, spec, plan.info))
+    return BuildPlan(plan.info, plan.items, make, len(plan.items), plan.notes)
+
+
+def dataset_clips(kind: str, spec: DigitsSpec | FolderSpec,
+                  sim: SimParams | None) -> tuple[DatasetInfo, Iterator[Clip], int]:
+    """The header, a lazy clip iterator (in this process) and the clip count of builder `kind` (see `plan_dataset`)."""
+    plan = plan_dataset(kind, spec, sim)
+    return plan.info, serial_map(plan.make, plan.parts), plan.total
 
 
 def build_dataset(out: str | os.PathLike, kind: str, spec: DigitsSpec | FolderSpec, sim: SimParams | None = None,
-                  *, overwrite: bool = False, shard_mb: float = 64.0, progress: bool = False) -> dict[str, Any]:
+                  *, overwrite: bool = False, shard_mb: float = 64.0, progress: bool = False, skip_bad: bool = False,
+                  workers: int | None = None, address: str | None = None) -> dict[str, Any]:
     """Build the `kind` dataset `spec` describes into the folder `out` and return its metadata (`read_metadata`).
 
     Args:
         out: the dataset folder; refused unless absent or (with `overwrite`) empty or a spklip dataset.
-        kind, spec, sim: see `dataset_clips`.
+        kind, spec, sim: see `plan_dataset`.
         overwrite: replace an existing spklip dataset, only once the new one is complete.
         shard_mb: a split's Parquet file is closed at this many MB of packed spikes.
         progress: show a tqdm bar over the clips.
+        skip_bad: leave out the inputs that cannot be read (listed in the manifest) instead of refusing.
+        workers, address: run the checks and the clips as a Ray Data pipeline, on a local Ray instance with
+            `workers` CPUs, or on the cluster at `address` (both None: in this process). Same dataset either way.
+
+    What was skipped (and why) and warnings are printed on stderr, one line each.
     """
     check_out_dir(out, overwrite)  # before any clip is made: refuse early, delete nothing
-    info, clips, total = dataset_clips(kind, spec, sim)
-    clips = tqdm(clips, total=total, desc=f"build {kind}", unit="clip", disable=not progress)
-    return write_shards(clips, out, info, target_shard_mb=shard_mb, overwrite=overwrite)
+    parallel = workers is not None or bool(address)
+    with ray_mapper(workers=workers, address=address) if parallel else contextlib.nullcontext(serial_map) as pmap:
+        try:
+            plan = plan_dataset(kind, spec, sim, skip_bad=skip_bad, pmap=pmap)
+        except UnreadableInputs as e:  # the whole list, one line each, above the one-line error
+            for b in e.bad:
+                print(f"spklip: cannot read {b.path}: {b.reason}", file=sys.stderr)
+            raise
+        for line in [f"skipped {s.path}: {s.reason}" for s in plan.info.skipped] + plan.notes:
+            print(f"spklip: warning: {line}", file=sys.stderr)
+        clips = tqdm(pmap(plan.make, plan.parts), total=plan.total, desc=f"build {kind}", unit="clip",
+                     disable=not progress)
+        return write_shards(clips, out, plan.info, target_shard_mb=shard_mb, overwrite=overwrite)
 
 
 def build_summary(meta: dict[str, Any], out: str | os.PathLike) -> str:

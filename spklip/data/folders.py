@@ -20,23 +20,29 @@ Frames for ``spklip data simulate`` (`read_frames`: a video, a ``.npy`` array or
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image
 
-from spklip.data.dat import read_dat
-from spklip.data.shards import Clip, DatasetInfo
+from spklip.data.dat import dat_num_planes, plane_bytes, read_dat
+from spklip.data.shards import Clip, DatasetInfo, Skipped
 from spklip.data.simulate import SimParams, simulate_spikes
-from spklip.data.splits import assign_splits, choose_unseen_classes, clip_seed, humanize
+from spklip.data.parallel import Mapper, serial_map
+from spklip.data.splits import assign_splits, choose_unseen_classes, clip_seed, empty_split_warning, humanize
 
-VIDEO_EXTS = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".mpg", ".mpeg")
+# containers FFmpeg (PyAV) decodes, by extension; `check_inputs` then opens each file and decodes a frame
+VIDEO_EXTS = (".avi", ".mp4", ".m4v", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".gif", ".wmv", ".asf", ".flv",
+              ".f4v", ".3gp", ".3g2", ".ogv", ".ts", ".mts", ".m2ts", ".vob", ".mxf", ".dv", ".y4m", ".nut")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+VIDEO_FIELDS = ("frame_stride", "pad_short")  # FolderSpec fields only video-folder uses
+DAT_FIELDS = ("dat_height", "dat_width", "plane_offset", "plane_stride", "spatial")  # ... only dat-folder uses
 
 
 @dataclass(frozen=True)
@@ -48,7 +54,7 @@ class FolderSpec:
     height: int = 64
     width: int = 64
     unseen_classes: int = 0  # classes to hold out, drawn with the seed (ignored if `unseen` is given)
-    unseen: tuple[str, ...] = ()  # folder names to hold out
+    unseen: tuple[str, ...] = ()  # class folder names (or class names as words) to hold out
     val_frac: float = 0.2
     test_frac: float = 0.2
     seed: int = 0
@@ -61,38 +67,151 @@ class FolderSpec:
     spatial: str = "subsample"  # recording: "subsample" (aspect crop + nearest rows/cols) or "crop"
 
 
-def scan_classes(root: str | os.PathLike, exts: tuple[str, ...]) -> list[tuple[str, list[Path]]]:
-    """``[(folder name, sorted clip files)]`` for every class folder holding files with one of ``exts``."""
-    base = Path(root)
+@dataclass(frozen=True)
+class FolderItem:
+    """One clip to make: its class label, index within the class, file and split."""
+
+    label: int
+    index: int
+    path: Path
+    split: str
+
+
+@dataclass
+class FolderPlan:
+    """What a folder build makes: the header (with the skipped inputs), the clips in build order, and warnings."""
+
+    info: DatasetInfo
+    items: list[FolderItem]
+    notes: list[str]
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(f for f in folder.iterdir() if not f.name.startswith("."))  # hidden files: never inputs
+
+
+def scan_inputs(root: str | os.PathLike, exts: tuple[str, ...]) -> tuple[list[tuple[str, list[Path]]], list[Skipped]]:
+    """``[(folder name, sorted clip files)]`` for every class folder holding files with one of ``exts``, and what
+    was left out and why: top-level files, empty class folders or ones without such files, other files in class
+    folders (hidden files and folders are ignored). Paths are absolute."""
+    base = Path(root).expanduser().absolute()
     if not base.is_dir():
         raise FileNotFoundError(f"{base} is not a folder")
-    classes = [(d.name, sorted(f for f in d.iterdir() if f.suffix.lower() in exts))
-               for d in sorted(base.iterdir()) if d.is_dir()]
-    classes = [(name, files) for name, files in classes if files]
+    what = "video" if exts == VIDEO_EXTS else "/".join(exts)
+    classes, skipped = [], []
+    for entry in _files(base):
+        if not entry.is_dir():
+            skipped.append(Skipped(str(entry), "not a class folder (a file at the top level)"))
+            continue
+        found = _files(entry)
+        files = [f for f in found if f.is_file() and f.suffix.lower() in exts]
+        others = [f for f in found if f not in files]
+        if not files:
+            kinds = sorted({f.suffix.lower() or ("a folder" if f.is_dir() else "no extension") for f in others})
+            why = f"holds no {what} files" + (f" (found {', '.join(kinds)})" if kinds else " (empty)")
+            skipped.append(Skipped(str(entry), f"class folder left out: {why}"))
+            continue
+        skipped += [Skipped(str(f), f"not a {what} file") for f in others]
+        classes.append((entry.name, files))
     if not classes:
-        raise ValueError(f"{base} holds no class folders with {'/'.join(exts)} files (expected ROOT/<class>/<clip>)")
-    return classes
+        raise ValueError(f"{base} holds no class folders with {what} files (expected ROOT/<class>/<clip>)")
+    return classes, skipped
 
 
-def _plan(spec: FolderSpec, kind: str, exts: tuple[str, ...], sim: SimParams | None):
-    classes = scan_classes(spec.root, exts)
+def probe_video(path: Path) -> str | None:
+    """None if PyAV opens `path` and decodes a frame, else why not."""
+    frames = iter_video(path)
+    try:
+        return None if next(frames, None) is not None else "no video frames"
+    except (ValueError, OSError) as e:
+        return str(e).removeprefix(f"{path}: ").replace(f": '{path}'", "")  # FFmpeg names the file too
+    finally:
+        frames.close()
+
+
+def probe_dat(path: Path, spec: FolderSpec) -> str | None:
+    """None if `path` is a recording of the sensor size with the planes the build takes, else why not."""
+    need = spec.plane_offset + (spec.num_planes - 1) * spec.plane_stride + 1
+    try:
+        total = dat_num_planes(path, spec.dat_height, spec.dat_width)
+        if total < need:
+            return (f"{total} planes, but planes up to {need} are needed (--plane-offset {spec.plane_offset}, "
+                    f"--planes {spec.num_planes}, --plane-stride {spec.plane_stride})")
+        read_dat(path, spec.dat_height, spec.dat_width, start=spec.plane_offset, count=1)
+    except (ValueError, OSError) as e:
+        return str(e).removeprefix(f"{path}: ")
+    return None
+
+
+def _probe(probe: Callable[[Path], str | None], path: Path) -> list[Skipped]:
+    why = probe(path)
+    return [] if why is None else [Skipped(str(path), why)]
+
+
+class UnreadableInputs(ValueError):
+    """Inputs that cannot be read (`bad`: each with the reason), found before any clip was made."""
+
+    def __init__(self, bad: list[Skipped], total: int):
+        self.bad = bad
+        super().__init__(f"{len(bad)} of {total} inputs cannot be read (fix or remove them, or pass --skip-bad to "
+                         f"leave them out); the first: {bad[0].path}: {bad[0].reason}")
+
+
+def check_inputs(paths: list[Path], probe: Callable[[Path], str | None], *, skip_bad: bool = False,
+                 pmap: Mapper = serial_map) -> list[Skipped]:
+    """Probe every input before a clip is made: the bad ones with the reason, or (unless `skip_bad`)
+    `UnreadableInputs` listing them. `pmap` maps the probe over the paths (`spklip.data.parallel`)."""
+    bad = list(pmap(functools.partial(_probe, probe), paths))
+    if bad and not skip_bad:
+        raise UnreadableInputs(bad, len(paths))
+    return bad
+
+
+def _builder_args(spec: FolderSpec, kind: str) -> dict:
+    """The spec as stored in the manifest: an absolute root, without the other folder kind's fields."""
+    unused = DAT_FIELDS if kind == "video-folder" else VIDEO_FIELDS
+    args = {k: (list(v) if isinstance(v, tuple) else v) for k, v in spec.__dict__.items() if k not in unused}
+    return {**args, "root": str(Path(spec.root).expanduser().absolute())}
+
+
+def folder_plan(spec: FolderSpec, kind: str, sim: SimParams | None, *, skip_bad: bool = False,
+                pmap: Mapper = serial_map) -> FolderPlan:
+    """List and check the inputs of a `kind` folder build (``video-folder`` or ``dat-folder``) and plan its clips:
+    held-out classes, the split of each clip, the header. Class folders without any readable file are left out."""
+    exts = VIDEO_EXTS if kind == "video-folder" else (".dat",)
+    probe = probe_video if kind == "video-folder" else functools.partial(probe_dat, spec=spec)
+    classes, skipped = scan_inputs(spec.root, exts)
+    if kind == "dat-folder":
+        plane_bytes(spec.dat_height, spec.dat_width)  # a sensor size no file can fit: one error, not one per file
+    bad = check_inputs([f for _, files in classes for f in files], probe, skip_bad=skip_bad, pmap=pmap)
+    bad_paths = {b.path for b in bad}
+    kept = [(name, [f for f in files if str(f) not in bad_paths]) for name, files in classes]
+    skipped += bad
+    for name, files in kept:
+        if not files:
+            skipped.append(Skipped(str(Path(spec.root).expanduser().absolute() / name),
+                                   "class folder left out: none of its files can be read"))
+    classes = [(name, files) for name, files in kept if files]
+    if not classes:
+        raise ValueError(f"{spec.root}: no class folder holds a readable file")
     names = [name for name, _ in classes]
     unseen = choose_unseen_classes(names, spec.unseen_classes, list(spec.unseen), spec.seed)
+    notes = []
     for label, (name, files) in enumerate(classes):
         if label not in unseen:
             assign_splits(len(files), spec.val_frac, spec.test_frac, np.random.default_rng(0))  # fail early
-    builder = {k: (list(v) if isinstance(v, tuple) else v) for k, v in spec.__dict__.items()}
+            notes.append(empty_split_warning(f"class {name!r}", len(files), spec.val_frac, spec.test_frac))
     info = DatasetInfo(kind=kind, class_names=[humanize(n) for n in names], unseen_labels=sorted(unseen),
                        clip_shape=(spec.num_planes, spec.height, spec.width),
                        simulator=None if sim is None else {k: v for k, v in sim.to_dict().items() if k != "seed"},
-                       builder=builder)
-    plan = []
+                       builder=_builder_args(spec, kind), skipped=skipped)
+    items = []
     for label, (name, files) in enumerate(classes):
         rng = np.random.default_rng([spec.seed, label, 1])
         splits = (["unseen"] * len(files) if label in unseen else
                   assign_splits(len(files), spec.val_frac, spec.test_frac, rng))
-        plan += [(label, j, f, s) for j, (f, s) in enumerate(zip(files, splits))]
-    return info, plan
+        items += [FolderItem(label, j, f, s) for j, (f, s) in enumerate(zip(files, splits))]
+    return FolderPlan(info, items, [n for n in notes if n])
 
 
 def iter_video(path: str | os.PathLike, height: int | None = None, width: int | None = None, *,
@@ -136,8 +255,9 @@ def read_frames(path: str | os.PathLike, height: int | None = None, width: int |
     """Frames ``[H, W]`` (or ``[H, W, 3]`` from a ``.npy``) of a video, a ``.npy`` array ``[T, H, W(, 3)]`` or a
     folder of images, one at a time (videos are streamed, ``.npy`` files memory-mapped), at most `max_frames`.
 
-    Videos and images are resized to ``height x width`` (a size not given is kept); a ``.npy`` must already be that
-    size. Raises FileNotFoundError or ValueError naming `path`.
+    Videos and images are scaled to cover ``height x width`` (aspect kept) and centre-cropped, as ``video-folder``
+    builds do; with only one of the two given, the other follows the aspect ratio (nothing is cropped). A ``.npy``
+    must already be that size. Raises FileNotFoundError or ValueError naming `path`.
     """
     return itertools.islice(_frames(Path(path), height, width), max_frames)
 
@@ -156,11 +276,35 @@ def _frames(path: Path, height: int | None, width: int | None) -> Iterator[np.nd
             raise ValueError(f"{path} holds no images ({'/'.join(IMAGE_EXTS)})")
         for f in files:
             img = Image.open(f).convert("L")
-            if height or width:
-                img = img.resize((width or img.width, height or img.height), Image.BILINEAR)
-            yield np.asarray(img)
+            yield np.asarray(_cover_crop(img, *cover_size(img.height, img.width, height, width)))
+    elif height or width:
+        first = next(iter_video(path), None)  # the video's own size, for the side not given
+        h, w = cover_size(*(first.shape if first is not None else (height or 1, width or 1)), height, width)
+        yield from iter_video(path, h, w, cover=True)
     else:
-        yield from iter_video(path, height, width)
+        yield from iter_video(path)
+
+
+def cover_size(frame_h: int, frame_w: int, height: int | None, width: int | None) -> tuple[int, int]:
+    """The output size for frames of ``frame_h x frame_w``: ``height x width``; a side not given follows the
+    aspect ratio (none given: the frame's own size)."""
+    if height and width:
+        return height, width
+    if height:
+        return height, max(1, round(frame_w * height / frame_h))
+    if width:
+        return max(1, round(frame_h * width / frame_w)), width
+    return frame_h, frame_w
+
+
+def _cover_crop(img: Image.Image, height: int, width: int) -> Image.Image:
+    """`img` scaled to cover ``height x width`` (aspect kept) and centre-cropped to it (what `iter_video` does)."""
+    if (img.height, img.width) == (height, width):
+        return img
+    scale = max(height / img.height, width / img.width)
+    h, w = max(height, round(img.height * scale)), max(width, round(img.width * scale))
+    top, left = (h - height) // 2, (w - width) // 2
+    return img.resize((w, h), Image.BILINEAR).crop((left, top, left + width, top + height))
 
 
 def _frame_window(frames: np.ndarray, needed: int, stride: int, pad: bool, path: Path) -> np.ndarray:
@@ -175,22 +319,22 @@ def _frame_window(frames: np.ndarray, needed: int, stride: int, pad: bool, path:
     return frames[start:start + span:stride]
 
 
+def video_clip(spec: FolderSpec, sim: SimParams, info: DatasetInfo, item: FolderItem) -> list[Clip]:
+    """The clip of one video (decoded, windowed, simulated with the clip's own seed): what a build worker makes."""
+    needed = math.ceil(spec.num_planes / sim.planes_per_frame)
+    label, j, path, split = item.label, item.index, item.path, item.split
+    frames = _frame_window(read_video(path, spec.height, spec.width), needed, spec.frame_stride, spec.pad_short, path)
+    seed = clip_seed(spec.seed, label, j)
+    spikes = simulate_spikes(frames, threshold=sim.threshold, planes_per_frame=sim.planes_per_frame,
+                             seed=seed, mismatch=sim.mismatch, dark_current=sim.dark_current)
+    return [Clip(spikes=spikes[:spec.num_planes], label=label, caption=info.class_names[label], split=split,
+                 source=str(path), clip_id=f"{path.parent.name}/{path.name}", sim_seed=seed)]
+
+
 def video_clips(spec: FolderSpec, sim: SimParams) -> tuple[DatasetInfo, Iterator[Clip], int]:
     """The header, a lazy clip iterator and the clip count for a folder of class folders of videos."""
-    info, plan = _plan(spec, "video-folder", VIDEO_EXTS, sim)
-    needed = math.ceil(spec.num_planes / sim.planes_per_frame)
-
-    def clips() -> Iterator[Clip]:
-        for label, j, path, split in plan:
-            frames = _frame_window(read_video(path, spec.height, spec.width), needed, spec.frame_stride,
-                                   spec.pad_short, path)
-            seed = clip_seed(spec.seed, label, j)
-            spikes = simulate_spikes(frames, threshold=sim.threshold, planes_per_frame=sim.planes_per_frame,
-                                     seed=seed, mismatch=sim.mismatch, dark_current=sim.dark_current)
-            yield Clip(spikes=spikes[:spec.num_planes], label=label, caption=info.class_names[label], split=split,
-                       source=str(path), clip_id=f"{path.parent.name}/{path.name}", sim_seed=seed)
-
-    return info, clips(), len(plan)
+    plan = folder_plan(spec, "video-folder", sim)
+    return plan.info, serial_map(functools.partial(video_clip, spec, sim, plan.info), plan.items), len(plan.items)
 
 
 def take_planes(path: Path, spec: FolderSpec) -> np.ndarray:
@@ -213,17 +357,17 @@ def take_planes(path: Path, spec: FolderSpec) -> np.ndarray:
     return np.ascontiguousarray(planes[:, rows[:, None], cols[None, :]])  # [N, H, W]
 
 
+def dat_clip(spec: FolderSpec, info: DatasetInfo, item: FolderItem) -> list[Clip]:
+    """The clip of one recording: what a build worker makes."""
+    try:
+        spikes = take_planes(item.path, spec)
+    except ValueError as e:
+        raise ValueError(str(e) if str(item.path) in str(e) else f"{item.path}: {e}") from e  # path named once
+    return [Clip(spikes=spikes, label=item.label, caption=info.class_names[item.label], split=item.split,
+                 source=str(item.path), clip_id=f"{item.path.parent.name}/{item.path.name}")]
+
+
 def dat_clips(spec: FolderSpec) -> tuple[DatasetInfo, Iterator[Clip], int]:
     """The header, a lazy clip iterator and the clip count for a folder of class folders of ``.dat`` recordings."""
-    info, plan = _plan(spec, "dat-folder", (".dat",), None)
-
-    def clips() -> Iterator[Clip]:
-        for label, _, path, split in plan:
-            try:
-                spikes = take_planes(path, spec)
-            except ValueError as e:
-                raise ValueError(f"{path}: {e}") from e
-            yield Clip(spikes=spikes, label=label, caption=info.class_names[label], split=split,
-                       source=str(path), clip_id=f"{path.parent.name}/{path.name}")
-
-    return info, clips(), len(plan)
+    plan = folder_plan(spec, "dat-folder", None)
+    return plan.info, serial_map(functools.partial(dat_clip, spec, plan.info), plan.items), len(plan.items)

@@ -67,6 +67,14 @@ class Clip:
     sim_seed: int | None = None  # the simulator seed of this clip (None for real recordings)
 
 
+@dataclass(frozen=True)
+class Skipped:
+    """An input a build left out, and why (listed in the manifest under ``skipped``, not part of the header)."""
+
+    path: str
+    reason: str
+
+
 @dataclass
 class DatasetInfo:
     """The dataset-level header written into every shard and the manifest."""
@@ -77,6 +85,7 @@ class DatasetInfo:
     clip_shape: tuple[int, int, int]  # (N, H, W)
     simulator: dict[str, Any] | None  # SimParams.to_dict() without the per-clip seed; None for recordings
     builder: dict[str, Any] = field(default_factory=dict)  # the builder's arguments, for provenance
+    skipped: list[Skipped] = field(default_factory=list)  # inputs left out (manifest only: not in the header)
 
     def header(self) -> dict[str, Any]:
         return {"schema_version": SCHEMA_VERSION, "kind": self.kind, "class_names": list(self.class_names),
@@ -200,7 +209,8 @@ class _ShardWriter:
         pixel_planes = sum(self.counts.values()) * int(np.prod(self.info.clip_shape))
         return {**header, "fingerprint": fingerprint[:16], "splits": self.counts,
                 "shards": {s: f for s, f in self.files.items() if f}, "num_clips": sum(self.counts.values()),
-                "bytes_on_disk": nbytes, "bits_per_pixel_plane": 8 * nbytes / max(pixel_planes, 1)}
+                "bytes_on_disk": nbytes, "bits_per_pixel_plane": 8 * nbytes / max(pixel_planes, 1),
+                "skipped": [{"path": s.path, "reason": s.reason} for s in self.info.skipped]}
 
 
 def write_shards(clips: Iterable[Clip], out_dir: str | os.PathLike, info: DatasetInfo, *,
@@ -269,7 +279,8 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     Returns:
         dict with ``schema_version``, ``kind``, ``class_names`` (by label id), ``unseen_labels``, ``seen_labels``,
         ``seen_classes``, ``unseen_classes``, ``clip_shape`` [N, H, W], ``simulator`` (None for recordings),
-        ``builder``, ``splits`` (clips per split), ``shards`` (files per split), ``num_clips``,
+        ``builder``, ``splits`` (clips per split), ``shards`` (files per split), ``num_clips``, ``skipped``
+        (``[{"path", "reason"}]``: inputs the build left out; empty for datasets built before it existed),
         ``bytes_on_disk``, ``bits_per_pixel_plane`` and ``fingerprint`` (a stable 16-hex-digit content hash:
         the same clips, labels, captions and header give the same value; an MLflow tag).
 
@@ -288,6 +299,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     meta["seen_labels"] = [i for i in range(len(meta["class_names"])) if i not in unseen]
     meta["seen_classes"] = [meta["class_names"][i] for i in meta["seen_labels"]]
     meta["unseen_classes"] = [meta["class_names"][i] for i in sorted(unseen)]
+    meta.setdefault("skipped", [])
     return meta
 
 

@@ -24,6 +24,17 @@ def split_counts(n: int, val_frac: float, test_frac: float) -> tuple[int, int, i
     return n - n_val - n_test, n_val, n_test
 
 
+def empty_split_warning(what: str, n: int, val_frac: float, test_frac: float) -> str | None:
+    """The warning for `what` (``class 'jump'``) whose ``n`` clips leave val or test empty although its fraction is
+    above 0, else None."""
+    _, n_val, n_test = split_counts(n, val_frac, test_frac)
+    empty = [s for s, k, frac in (("val", n_val, val_frac), ("test", n_test, test_frac)) if frac > 0 and k == 0]
+    if not empty:
+        return None
+    return (f"{what} has {n} clip{'s' * (n != 1)}: its {' and '.join(empty)} split{'s' * (len(empty) > 1)} "
+            "will be empty")
+
+
 def assign_splits(n: int, val_frac: float, test_frac: float, rng: np.random.Generator) -> list[str]:
     """A seeded random split name for each of the ``n`` clips of one seen class."""
     n_train, n_val, n_test = split_counts(n, val_frac, test_frac)
@@ -50,12 +61,16 @@ def choose_unseen_pairs(rows: int, cols: int, count: int, seed: int) -> list[tup
 
 
 def choose_unseen_classes(names: list[str], count: int, explicit: list[str] | None, seed: int) -> set[int]:
-    """Held-out class indices: the ``explicit`` names if given, else ``count`` classes drawn with ``seed``."""
+    """Held-out class indices: the ``explicit`` names if given, else ``count`` classes drawn with ``seed``.
+
+    An explicit name is a folder name (``bag_moves_up``) or the class name ``data inspect`` shows (``bag moves up``).
+    """
     if explicit:
-        unknown = sorted(set(explicit) - set(names))
+        index = {**{humanize(n): i for i, n in enumerate(names)}, **{n: i for i, n in enumerate(names)}}
+        unknown = [n for n in explicit if n not in index and humanize(n) not in index]
         if unknown:
             raise ValueError(f"unseen classes {unknown} are not class folders (classes: {', '.join(names)})")
-        return {names.index(n) for n in explicit}
+        return {index.get(n, index.get(humanize(n))) for n in explicit}
     if not 0 <= count < len(names):
         raise ValueError(f"cannot hold out {count} of {len(names)} classes (at least one class must be seen)")
     return set(np.random.default_rng([seed, 104729]).permutation(len(names))[:count].tolist())
