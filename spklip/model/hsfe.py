@@ -1,16 +1,17 @@
 """HSFE: the hierarchical spike feature extractor (sub-block windowing + MTF + SA + residual trunk).
 
-Every batch element and every sub-block go through each layer in one call: the K overlapping windows are cut with
-``unfold`` and folded into the batch (``[B,N,H,W] -> [B*K, 2r+1, H, W]``), and the M MTF branches run as one conv
-whose weights are masked to each branch's centred crop (equivalent to M convs on cropped inputs; a slow reference
-with explicit loops is `spklip.model.reference.hsfe_reference`).
+Every batch element and every sub-block go through each layer in one call (on CPU: in a few cache-sized chunks,
+below): the K overlapping windows are cut with ``unfold`` and folded into the batch (``[B,N,H,W] -> [B*K, 2r+1, H,
+W]``), and the M MTF branches run as one conv whose weights are masked to each branch's centred crop (equivalent to
+M convs on cropped inputs; a slow reference with explicit loops is `spklip.model.reference.hsfe_reference`).
 
 Grouping (`HSFE.forward`): on a CPU, one batch of all B*K sub-blocks makes every activation B*K times a sub-block's
 (paper size: 197 MB per 64x240x320 map at B=2, K=5) and the convs memory-bound, while one sub-block's (19.7 MB)
 stays in the last-level cache between layers. So the sub-blocks run through the whole extractor in chunks whose
 largest activation fits a cache budget (`HsfeCfg.chunk_mb`; "auto": the cache read from sysfs on CPU, one batch on
 a GPU, where a big batch is what keeps the device busy). The output is the same as one batch (tested to 1e-5,
-gradients too); a BatchNorm that is training normalises over the whole batch, so it always gets one batch.
+gradients too); a BatchNorm that is training normalises over the whole batch, so it always gets one batch, as does
+`torch.jit.trace` (a trace would freeze the chunk count of the traced batch size).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def cpu_cache_mb(cache_dir: Path = CPU_CACHE_DIR) -> float:
             best = (level, mib, shared)
     if best is None:
         return FALLBACK_CACHE_MB
-    return min(best[1], MAX_CACHE_MB_PER_CPU * best[2])
+    return min(best[1], MAX_CACHE_MB_PER_CPU * max(best[2], 1))
 
 
 def chunk_size(num_blocks: int, block_bytes: int, budget_bytes: float) -> int:
