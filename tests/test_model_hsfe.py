@@ -1,13 +1,15 @@
-"""HSFE: sub-block layout, batched windows == explicit slices, batched extractor == slow per-sample loop."""
+"""HSFE: sub-block layout, batched windows == explicit slices, batched extractor == slow per-sample loop,
+cache-sized chunks == one batch == the per-sub-block loop (outputs and gradients)."""
 
+import copy
 import dataclasses
 
 import pytest
 import torch
 
-from spklip.config import ConfigError, HsfeCfg
-from spklip.model.hsfe import HSFE, cut_subblocks
-from spklip.model.reference import hsfe_reference
+from spklip.config import ConfigError, HsfeCfg, load_config
+from spklip.model.hsfe import FALLBACK_CACHE_MB, HSFE, chunk_size, cpu_cache_mb, cut_subblocks
+from spklip.model.reference import hsfe_reference, hsfe_subblock_loop
 
 
 def L(k, r, s):  # noqa: E743 - a layout-only config (one branch fits any window)
@@ -123,3 +125,120 @@ def test_normalised_trunk_blocks_start_as_the_identity_and_features_are_unit_sca
     # with BN the clip-dependent part is of unit order; without it the between-clip spread is a small fraction
     spread = lambda t: (t.var(dim=0).mean() / t.pow(2).mean()).item()
     assert spread(out) > 0.2 > spread(plain)
+
+
+def _randomise_bn(hsfe):
+    for bn in (m for m in hsfe.modules() if isinstance(m, torch.nn.BatchNorm2d)):  # statistics far from 0/1
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.data.normal_()
+
+
+def _run(hsfe, blocks, budget):
+    """Output and the gradients of a fixed random loss w.r.t. the input and every parameter, at `budget`."""
+    hsfe.zero_grad()
+    hsfe.chunk_budget = budget
+    x = blocks.clone().requires_grad_(True)
+    out = hsfe(x)
+    weights = torch.linspace(-1, 1, out.numel()).view_as(out)  # a loss that weighs every output differently
+    (out * weights).sum().backward()
+    return out.detach(), [x.grad] + [p.grad.clone() for p in hsfe.parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize("changes, batch, planes, hw", [
+    ({}, 3, 20, (9, 11)),
+    ({"stride": 2}, 2, 20, (10, 7)),
+    ({"num_subblocks": "auto", "step": 4}, 2, 20, (8, 8)),  # K = 4
+    ({"num_subblocks": 1}, 4, 12, (6, 9)),
+    ({"photon_conservation": True, "spatial_attention": False}, 2, 16, (7, 7)),
+    ({"norm": "bn"}, 2, 20, (9, 11)),
+])
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_chunked_hsfe_equals_one_batch_and_the_subblock_loop(changes, batch, planes, hw, mode):
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(SMALL, **changes)
+    hsfe = HSFE(cfg).train(mode == "train")
+    if cfg.photon_conservation:
+        torch.nn.init.normal_(hsfe.branch1.theta)
+    _randomise_bn(hsfe)
+    k, step, offset = cfg.layout(planes)
+    spikes = (torch.rand(batch, planes, *hw) < 0.3).float()
+    blocks = cut_subblocks(spikes, cfg.window, k, step, offset)
+    n, per_block = blocks.shape[0], hsfe.block_bytes(blocks)
+    want, _ = _run(hsfe, blocks, 0)  # one batch
+    # gradients in float64: a parameter's gradient sums over every sub-block and pixel, and chunks change the order
+    # of that sum (float32 rounding ~1e-7 relative on sums of thousands of terms); the maths must agree exactly
+    hsfe64, blocks64 = copy.deepcopy(hsfe).double(), blocks.double()
+    _, want_grads = _run(hsfe64, blocks64, 0)
+    if mode == "eval" or cfg.norm == "none":  # a training BatchNorm sees the whole batch: no per-sub-block loop
+        with torch.no_grad():
+            torch.testing.assert_close(hsfe_subblock_loop(hsfe, blocks), want, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(hsfe_reference(hsfe, spikes, planes), want, atol=1e-5, rtol=1e-5)
+    for per_call in sorted({1, 2, 3, n - 1}):
+        if not 1 <= per_call < n:
+            continue
+        budget = per_call * per_block + per_block // 2  # fits per_call sub-blocks, not per_call + 1
+        assert chunk_size(n, per_block, budget) == per_call
+        hsfe.chunk_budget = budget
+        chunked = mode == "eval" or cfg.norm == "none"  # a training BatchNorm keeps one batch
+        assert hsfe.subblocks_per_call(blocks) == (per_call if chunked else n)
+        out, _ = _run(hsfe, blocks, budget)
+        torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+        _, grads = _run(hsfe64, blocks64, budget * 2)  # same per_call: float64 doubles block_bytes
+        assert len(grads) == len(want_grads)
+        for g, w in zip(grads, want_grads):
+            torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+
+
+def test_a_training_batchnorm_and_a_gpu_keep_one_batch_the_cpu_chunks_by_its_cache():
+    hsfe = HSFE(dataclasses.replace(SMALL, norm="bn"))
+    blocks = torch.zeros(6, SMALL.window, 8, 8)
+    hsfe.chunk_budget = hsfe.block_bytes(blocks)  # room for one sub-block
+    assert hsfe.train().subblocks_per_call(blocks) == 6
+    assert hsfe.eval().subblocks_per_call(blocks) == 1
+    hsfe.chunk_budget = 0
+    assert hsfe.subblocks_per_call(blocks) == 6
+    paper = HSFE(HsfeCfg()).eval()  # the paper's extractor: 64 maps of 240x320 per sub-block
+    big = torch.empty(1, 61, 240, 320).expand(10, -1, -1, -1)  # B*K = 10 sub-blocks, one sub-block of memory
+    assert paper.block_bytes(big) == 64 * 240 * 320 * 4
+    assert paper.chunk_budget == "auto"
+    assert paper.subblocks_per_call(big) == chunk_size(10, 64 * 240 * 320 * 4, cpu_cache_mb() * 2 ** 20)
+    assert paper.subblocks_per_call(big.to("meta")) == 10  # "auto" off the CPU: one batch
+    assert HSFE(HsfeCfg(chunk_mb=40)).subblocks_per_call(big.to("meta")) == 2  # a number applies everywhere
+    assert HSFE(HsfeCfg(chunk_mb=0)).subblocks_per_call(big) == 10
+
+
+def _cache(root, name, level, kind, size, cpus):
+    d = root / name
+    d.mkdir()
+    for key, value in {"level": level, "type": kind, "size": size, "shared_cpu_list": cpus}.items():
+        (d / key).write_text(f"{value}\n")
+
+
+def test_cpu_cache_is_the_last_level_capped_per_sharing_cpu(tmp_path):
+    _cache(tmp_path, "index0", 1, "Data", "48K", "0")
+    _cache(tmp_path, "index1", 1, "Instruction", "64K", "0")
+    _cache(tmp_path, "index2", 2, "Unified", "2048K", "0")
+    _cache(tmp_path, "index3", 3, "Unified", "32768K", "0-7")
+    assert cpu_cache_mb(tmp_path) == 32.0
+    vm = tmp_path / "vm"
+    vm.mkdir()
+    _cache(vm, "index2", 2, "Unified", "2048K", "0")
+    _cache(vm, "index3", 3, "Unified", "491520K", "0-1")  # a VM reporting its host's L3 to 2 vCPUs
+    assert cpu_cache_mb(vm) == 32.0  # 16 MiB per sharing CPU
+    l2 = tmp_path / "l2"
+    l2.mkdir()
+    _cache(l2, "index0", 2, "Unified", "4M", "0,1")
+    assert cpu_cache_mb(l2) == 4.0
+    assert cpu_cache_mb(tmp_path / "missing") == FALLBACK_CACHE_MB
+
+
+def test_chunk_mb_is_auto_or_a_non_negative_int():
+    assert HsfeCfg().chunk_mb == "auto"
+    assert load_config(overrides=["model.hsfe.chunk_mb=8"]).model.hsfe.chunk_mb == 8
+    assert HSFE(HsfeCfg(chunk_mb=8)).chunk_budget == 8 * 2 ** 20
+    for bad in (-1, "big", 1.5, True):
+        with pytest.raises(ConfigError, match="chunk_mb"):
+            HsfeCfg(chunk_mb=bad)
+    with pytest.raises(ConfigError, match="chunk_mb"):
+        load_config(overrides=["model.hsfe.chunk_mb=-2"])

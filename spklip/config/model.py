@@ -27,6 +27,9 @@ class HsfeCfg:
     stride: int = 1  # spatial stride of the first branch conv (1 = full resolution, as in the paper)
     norm: Literal["none", "bn"] = "none"  # none: the authors' extractor (no normalisation); bn: BatchNorm after
     # the branch convs, the fuse conv and each trunk conv, the last one of every residual block zero-initialised
+    chunk_mb: int | Literal["auto"] = "auto"  # cache budget (MiB) for one call's largest activation: the B*K
+    # sub-blocks run in chunks that fit it (speed only, same output); 0: one batch; "auto": the CPU's last-level
+    # cache on CPU, one batch on a GPU (see spklip/model/hsfe.py)
 
     @property
     def window(self) -> int:
@@ -75,6 +78,9 @@ class HsfeCfg:
         if self.num_branches < 1 or self.window - 2 * self.channel_step * (self.num_branches - 1) < 1:
             raise ConfigError(f"model.hsfe: {self.num_branches} branches with channel_step {self.channel_step} "
                               f"do not fit a window of {self.window} planes")
+        if self.chunk_mb != "auto" and not (type(self.chunk_mb) is int and self.chunk_mb >= 0):
+            raise ConfigError(f"model.hsfe.chunk_mb must be 'auto' or an int >= 0 (0: one batch), "
+                              f"got {self.chunk_mb!r}")
 
 
 @dataclass(frozen=True)

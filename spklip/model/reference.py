@@ -3,6 +3,9 @@
 Uses the *same parameters* as a vectorised `HSFE`, but slices every window and every branch crop explicitly and
 convolves with the cropped weights, one sample and one sub-block at a time. Tests assert equality with the batched
 path; benchmarks/bench_model.py times both. Not used in training.
+
+`hsfe_subblock_loop` is the other reference: the module's own layers called once per sub-block (the authors' grouping,
+one sub-block per call), the baseline for the cache-sized chunks of `HSFE.forward`.
 """
 
 from __future__ import annotations
@@ -46,3 +49,8 @@ def hsfe_reference(hsfe: HSFE, spikes: torch.Tensor, num_planes: int) -> torch.T
             start = offset + i * step
             out.append(hsfe_reference_block(hsfe, spikes[b:b + 1, start:start + hsfe.cfg.window]))
     return torch.cat(out, dim=0)
+
+
+def hsfe_subblock_loop(hsfe: HSFE, blocks: torch.Tensor) -> torch.Tensor:
+    """``[B*K, 2r+1, H, W] -> [B*K, F, H', W']``, one `HSFE.extract` call per sub-block (a loop over all B*K)."""
+    return torch.cat([hsfe.extract(blocks[i:i + 1]) for i in range(blocks.shape[0])], dim=0)
