@@ -115,7 +115,7 @@ class Node:
         """SIGKILL every process of the node at once: a machine lost, not a drained node."""
         _kill(self.pids(), signal.SIGKILL)
 
-    def stop(self, grace_s: float = 8.0) -> list[int]:
+    def stop(self, grace_s: float = 4.0) -> list[int]:
         """SIGTERM the group, then SIGKILL whatever is left of the node; returns what survived both."""
         try:
             os.killpg(self.proc.pid, signal.SIGTERM)
