@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test test-fast bench-data bench-model clean cluster-up cluster-down cluster-status mlflow-ui train
+.PHONY: install demo test test-fast bench-data bench-model bench-gpu clean cluster-up cluster-down cluster-status mlflow-ui train
 
 install: $(STAMP)  ## build .venv (CPU torch without a GPU; idempotent)
 
@@ -51,6 +51,9 @@ bench-data: install  ## simulator, shard write and Ray Data read throughput
 
 bench-model: install  ## forward/backward clips/s and GMAC per clip for each preset; batched vs loop HSFE
 	$(PY) benchmarks/bench_model.py
+
+bench-gpu:  ## the prepared GPU check (tools/gpu_check.sh; < 5 min on one GPU): figures to $$OUT/gpu_check.json or stdout
+	VENV=$(VENV) bash tools/gpu_check.sh
 
 cluster-up: install  ## private local Ray head + MLflow server (loopback, token auth, PIDs/logs in runs/cluster)
 	RUN_DIR=$(RUN_DIR) VENV=$(VENV) bash cluster/local.sh up

@@ -1,17 +1,29 @@
-"""Multi-node manifests: they parse, carry the fields KubeRay / the Ray launcher need, pin one image, and the job's
+"""Multi-node manifests, checked offline against schemas: the cluster-launcher config (cluster/aws.yaml) against
+the schema that ships inside the ray package (ray/autoscaler/ray-schema.json) and Ray's own `ray up` checks; the
+KubeRay RayCluster / RayJob against tests/schemas/kuberay-minimal.schema.json, a HAND-KEPT MINIMAL schema (no
+package ships the KubeRay CRDs; see the file's $comment and docs/cluster.md). Each schema is shown to reject a
+misspelt field. Beyond the schemas: one pinned image everywhere, the shared volume on every pod, and the job's
 entrypoint names a real sweep script whose storage lies on the shared volume."""
 
+import copy
+import json
 import re
 import shlex
 import tomllib
 from pathlib import Path
 
+import jsonschema
 import pytest
+import ray.autoscaler
 import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 KUBERAY = ROOT / "cluster" / "kuberay"
+AWS = ROOT / "cluster" / "aws.yaml"
 RAY_VERSION = re.search(r"ray\[[^\]]*\]==([\d.]+)", (ROOT / "pyproject.toml").read_text()).group(1)
+LAUNCHER_SCHEMA = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+KUBERAY_SCHEMA = json.loads((Path(__file__).parent / "schemas" / "kuberay-minimal.schema.json").read_text())
 
 
 def _load(path):
@@ -28,6 +40,52 @@ def _pods(spec):
     yield "head", spec["headGroupSpec"]["template"]["spec"]
     for group in spec["workerGroupSpecs"]:
         yield group["groupName"], group["template"]["spec"]
+
+
+def _errors(schema: dict, doc: dict) -> list[str]:
+    validator = jsonschema.validators.validator_for(schema)
+    validator.check_schema(schema)
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator(schema).iter_errors(doc)]
+
+
+def _rename(doc: dict, path: str, new: str) -> dict:
+    """A copy of ``doc`` with the key at ``path`` (slash-separated, list indices as numbers) renamed to ``new``."""
+    doc = copy.deepcopy(doc)
+    *parents, key = path.split("/")
+    node = doc
+    for p in parents:
+        node = node[int(p)] if isinstance(node, list) else node[p]
+    node[new] = node.pop(key)
+    return doc
+
+
+@pytest.mark.parametrize("name", ["raycluster.yaml", "rayjob.yaml"])
+def test_kuberay_manifest_matches_the_schema(name):
+    assert _errors(KUBERAY_SCHEMA, _load(KUBERAY / name)) == []
+
+
+@pytest.mark.parametrize("name,path,typo", [
+    ("raycluster.yaml", "spec/enableInTreeAutoscaling", "enableInTreeAutoScaling"),
+    ("raycluster.yaml", "spec/workerGroupSpecs/0/maxReplicas", "maxReplica"),
+    ("raycluster.yaml", "spec/headGroupSpec/template/spec/containers/0/volumeMounts", "volumeMount"),
+    ("raycluster.yaml", "spec/workerGroupSpecs/0/template/spec/tolerations", "toleration"),
+    ("rayjob.yaml", "spec/shutdownAfterJobFinishes", "shutdownAfterJobFinished"),
+    ("rayjob.yaml", "spec/rayClusterSpec/authOptions", "authOption"),
+    ("rayjob.yaml", "spec/rayClusterSpec/headGroupSpec/template/spec/volumes/0/persistentVolumeClaim/claimName",
+     "claimname"),
+])
+def test_kuberay_schema_rejects_a_misspelt_field(name, path, typo):
+    errors = _errors(KUBERAY_SCHEMA, _rename(_load(KUBERAY / name), path, typo))
+    assert errors and any(typo in e for e in errors), errors
+
+
+@pytest.mark.parametrize("group,field,value", [("head", "rayStartParams", {"num-cpus": 0}),  # KubeRay: strings
+                                               ("worker", "replicas", "1"), ("worker", "groupName", "")])
+def test_kuberay_schema_rejects_wrong_types(group, field, value):
+    doc = _load(KUBERAY / "raycluster.yaml")
+    target = doc["spec"]["headGroupSpec"] if group == "head" else doc["spec"]["workerGroupSpecs"][0]
+    target[field] = value
+    assert _errors(KUBERAY_SCHEMA, doc)
 
 
 @pytest.mark.parametrize("name,kind", [("raycluster.yaml", "RayCluster"), ("rayjob.yaml", "RayJob")])
@@ -63,11 +121,28 @@ def test_rayjob_entrypoint_runs_a_real_sweep_on_shared_storage():
     assert doc["spec"]["shutdownAfterJobFinishes"] is True
 
 
+def test_aws_launcher_config_matches_rays_schema():
+    cfg = _load(AWS)
+    assert _errors(LAUNCHER_SCHEMA, cfg) == []
+    # the schema requires only cluster_name and provider; a launchable GPU cluster needs these too
+    assert {"max_workers", "auth", "available_node_types", "head_node_type", "head_start_ray_commands",
+            "worker_start_ray_commands"} <= set(cfg)
+    validate_config(prepare_config(copy.deepcopy(cfg)))  # what `ray up` runs: defaults filled in, then the checks
+
+
+@pytest.mark.parametrize("path,typo", [
+    ("head_start_ray_commands", "head_start_ray_comands"),
+    ("available_node_types/ray.worker.gpu/min_workers", "min_worker"),
+    ("docker/image", "imge"),
+    ("auth/ssh_user", "ssh_usr"),
+])
+def test_launcher_schema_rejects_a_misspelt_field(path, typo):
+    errors = _errors(LAUNCHER_SCHEMA, _rename(_load(AWS), path, typo))
+    assert errors and any(typo in e for e in errors), errors
+
+
 def test_aws_launcher_config():
-    cfg = _load(ROOT / "cluster" / "aws.yaml")
-    for key in ["cluster_name", "max_workers", "provider", "auth", "available_node_types", "head_node_type",
-                "head_start_ray_commands", "worker_start_ray_commands"]:
-        assert key in cfg, key
+    cfg = _load(AWS)
     assert cfg["provider"]["type"] == "aws" and cfg["head_node_type"] in cfg["available_node_types"]
     assert any("g5" in t["node_config"]["InstanceType"] for t in cfg["available_node_types"].values())
     head = " ".join(cfg["head_start_ray_commands"])

@@ -62,6 +62,8 @@ class ScaleCfg:
     cpus_per_worker: float = 0.5  # fractional so that Ray Data keeps a CPU on small machines
     max_failures: int = 2  # worker restarts allowed; each resumes from the last checkpoint
     address: str = ""  # Ray cluster address ("" = RAY_ADDRESS or an in-process Ray)
+    placement: Literal["PACK", "SPREAD"] = "PACK"  # Train workers' placement group: PACK fills few nodes (Ray's
+    # default), SPREAD puts one worker per node where it can (best effort: what is left takes them all)
 
     def __post_init__(self):
         check_range("scale.num_workers", self.num_workers, 0)

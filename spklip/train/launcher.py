@@ -146,7 +146,8 @@ def build_trainer(plan: RunPlan, callbacks: Sequence[Any] = ()) -> TorchTrainer:
     return TorchTrainer(
         train_fn_per_worker, train_loop_config={"plan": worker_plan},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scale.num_workers, use_gpu=gpu,
-                                               resources_per_worker=resources),
+                                               resources_per_worker=resources,
+                                               placement_strategy=cfg.scale.placement),
         run_config=ray.train.RunConfig(
             name=plan.run_name, storage_path=plan.storage_path, callbacks=list(callbacks),
             failure_config=ray.train.FailureConfig(max_failures=cfg.scale.max_failures),

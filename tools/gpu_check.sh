@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# The GPU check of issue 14, prepared to run once on a lent GPU machine in well under 5 minutes (`make bench-gpu`):
+#   1. bf16 autocast training steps (spklip's own Loop: model, STCL loss, AdamW) of spklip-small and spklip-paper:
+#      clips/s, peak GPU memory, every loss finite;
+#   2. HSFE batched vs the authors' per-sample/per-sub-block loop (spklip.model.reference) on the GPU: both outputs
+#      agree (fp32, TF32 off) and the speed-up;
+#   3. one Ray Train run with a GPU worker (`spklip train`, scale.use_gpu=true, so Ray Train's TorchConfig picks the
+#      nccl backend) on tiny moving digits built by `spklip data build moving-digits`;
+#   4. the spike simulator on the GPU if it has a torch path (skipped with a line when it is numpy only).
+# Figures go to $OUT/gpu_check.json when OUT is set, else to stdout, as one JSON object; a section that fails records
+# its error there and the script exits 1 after finishing the others.
+#
+# Without a GPU it refuses, unless GPU_CHECK_ALLOW_CPU=1: then the same steps run tiny on the CPU (shrunken clips,
+# batch 2, one timed step, a gloo Ray worker) so that the script itself is testable where no GPU is lent.
+# Environment: VENV (default .venv; built with `make install` when it cannot import spklip, ray and torch; on a
+# machine without a package index point pip at carried wheels: PIP_NO_INDEX=1 PIP_FIND_LINKS=/path/to/wheels),
+# GPU_CHECK_STEPS (timed training steps, default 5 on GPU), GPU_CHECK_SMALL_BATCH (64), GPU_CHECK_PAPER_BATCH (8).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+VENV=${VENV:-.venv}
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1
+
+gpu_present() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
+if ! gpu_present && [ "${GPU_CHECK_ALLOW_CPU:-0}" != 1 ]; then
+    echo "gpu_check: no GPU (nvidia-smi -L fails); set GPU_CHECK_ALLOW_CPU=1 to run the same steps tiny on the CPU" >&2
+    exit 2
+fi
+if ! "$VENV/bin/python" -c 'import spklip, ray, torch' 2>/dev/null; then
+    echo "gpu_check: building $VENV (make install)" >&2
+    make --no-print-directory install VENV="$VENV" >&2
+fi
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/spklip-gpu-check.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+
+PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$VENV/bin/python" - "$WORK" <<'PY'
+import gc
+import inspect
+import json
+import math
+import os
+import re
+import resource
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, "benchmarks")
+from bench_model import bench_loop_vs_batched  # noqa: E402  (benchmarks/ is no package)
+
+from spklip.config import load_config  # noqa: E402
+from spklip.data import simulate  # noqa: E402
+from spklip.loss import ClipLoss  # noqa: E402
+from spklip.model import create_model  # noqa: E402
+from spklip.train.loop import Loop, seed_everything  # noqa: E402
+
+work = Path(sys.argv[1])
+gpu = torch.cuda.is_available()
+device = torch.device("cuda" if gpu else "cpu")
+steps = int(os.environ.get("GPU_CHECK_STEPS", 5 if gpu else 1))
+batches = {"spklip-small": int(os.environ.get("GPU_CHECK_SMALL_BATCH", 64 if gpu else 2)),
+           "spklip-paper": int(os.environ.get("GPU_CHECK_PAPER_BATCH", 8 if gpu else 2))}
+# CPU mode: the same presets on 16 planes of 32x32 (sub-blocks re-laid out for 16 planes)
+TINY = ["model.num_planes=16", "model.height=32", "model.width=32", "model.hsfe.stride=1", "model.hsfe.radius=3",
+        "model.hsfe.step=4", "model.hsfe.num_subblocks=auto"]
+report = {"device": torch.cuda.get_device_name() if gpu else "cpu (GPU_CHECK_ALLOW_CPU=1: tiny sizes)",
+          "torch": torch.__version__, "cuda": torch.version.cuda, "mode": "gpu" if gpu else "cpu-tiny"}
+failed = []
+
+
+def section(name):
+    def wrap(fn):
+        t0 = time.perf_counter()
+        try:
+            report[name] = fn()
+        except Exception as e:  # record it and go on with the other sections
+            failed.append(name)
+            report[name] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-3000:]}
+        report[name]["section_seconds"] = round(time.perf_counter() - t0, 1)
+        print(f"gpu_check: {name}: {report[name]}"[:2000], file=sys.stderr)
+    return wrap
+
+
+def sync():
+    if gpu:
+        torch.cuda.synchronize()
+
+
+def train_steps(preset: str, batch: int) -> dict:
+    cfg = load_config(None, [f"model_preset={preset}", "train.precision=bf16", *([] if gpu else TINY)])
+    seed_everything(0)
+    model = create_model(cfg.model, loss_cfg=cfg.loss).to(device).train()
+    loop = Loop.create(cfg, model, ClipLoss(cfg.loss), device, total_steps=steps + 2)
+    n, h, w = cfg.model.num_planes, cfg.model.height, cfg.model.width
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(batch) % 4
+    data = {"spikes": (torch.rand(batch, n, h, w, generator=g) < 0.1).to(torch.uint8),  # [B, N, H, W]
+            "caption": [f"a spike video of digit {int(c)} moving." for c in labels], "label": labels}
+    losses = []
+
+    def step():
+        losses.append(loop.micro_step(data, scale=1.0, sync=True)["loss"])
+        loop.optimizer_step()
+
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
+    step()  # warm-up: cuDNN algorithm search, allocator
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    sec = (time.perf_counter() - t0) / steps
+    peak = torch.cuda.max_memory_allocated() / 2**30 if gpu else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return {"batch": batch, "clip": [n, h, w], "timed_steps": steps, "sec_per_step": round(sec, 4),
+            "clips_per_s": round(batch / sec, 2), ("peak_gpu_mem_gib" if gpu else "peak_host_rss_gib"): round(peak, 2),
+            "losses": [round(x, 4) for x in losses], "loss_finite": all(math.isfinite(x) for x in losses)}
+
+
+def train_with_oom_retry(preset: str) -> dict:
+    batch = batches[preset]
+    while True:
+        try:
+            out = train_steps(preset, batch)
+            if not out["loss_finite"]:
+                raise FloatingPointError(f"non-finite loss: {out['losses']}")
+            return out
+        except torch.cuda.OutOfMemoryError:
+            gc.collect()  # the failed attempt's model and activations
+            torch.cuda.empty_cache()
+            if batch == 1:
+                raise
+            batch //= 2  # recorded in the result's "batch"
+
+
+for preset in ("spklip-small", "spklip-paper"):
+    section(f"train_bf16/{preset}")(lambda preset=preset: train_with_oom_retry(preset))
+
+
+@section("hsfe_batched_vs_loop")
+def _():
+    torch.backends.cudnn.allow_tf32 = False  # fp32 convs both ways, so the two outputs agree to 1e-5
+    torch.backends.cuda.matmul.allow_tf32 = False
+    rows = [bench_loop_vs_batched("spklip-small" if gpu else "spklip-tiny", device, 8 if gpu else 2, 3 if gpu else 1)]
+    if gpu:
+        rows.append(bench_loop_vs_batched("spklip-paper", device, 2, 2))
+    return {"rows": rows}
+
+
+@section("ray_train_gpu_worker")
+def _():
+    data, runs = work / "digits", work / "runs"
+    py = [sys.executable, "-m", "spklip.cli"]
+    subprocess.run([*py, "data", "build", "moving-digits", "--out", str(data), "--digits", "0,1",
+                    "--motions", "left,right", "--clips-per-class", "12", "--seed", "0", "--no-progress"],
+                   check=True, capture_output=True, text=True, timeout=300)
+    sets = [f"data.path={data}", f"train.run_dir={runs}", "scale.num_workers=1",
+            f"scale.use_gpu={'true' if gpu else 'false'}", f"scale.cpus_per_worker={2 if gpu else 0.5}",
+            "train.epochs=1", "train.max_steps=4", "train.log_every=1", "eval.few_shot_ks=[1]",
+            "eval.few_shot_seeds=1", "eval.few_shot_steps=5", "eval.bn_recal_batches=1", "tracking.log_model=false"]
+    t0 = time.perf_counter()
+    run = subprocess.run([*py, "train", "--config", "configs/tiny.yaml", "--name", "gpu-check",
+                          *[a for s in sets for a in ("--set", s)]], capture_output=True, text=True, timeout=400)
+    wall = time.perf_counter() - t0
+    if run.returncode != 0:
+        raise RuntimeError(f"spklip train exited {run.returncode}: {(run.stdout + run.stderr)[-3000:]}")
+    summary = json.loads(run.stdout[run.stdout.rindex("\n{") + 1:] if "\n{" in run.stdout else run.stdout)
+    log = run.stdout + run.stderr
+    return {"wall_s": round(wall, 1), "fit_seconds": summary["seconds"], "step": summary["metrics"].get("step"),
+            "val_top1": summary["metrics"].get("val/top1"), "use_gpu": gpu,
+            "backend": "nccl (Ray Train TorchConfig: backend None + GPU workers)" if gpu else "gloo",
+            "nccl_in_log": bool(re.search(r"nccl", log, re.I))}
+
+
+@section("simulator_gpu")
+def _():
+    if "torch" not in inspect.getsource(simulate):
+        return {"skipped": "spklip.data.simulate is numpy only (no torch path): nothing to run on the GPU"}
+    raise RuntimeError("spklip.data.simulate now has torch code: give it a GPU timing in this section")
+
+
+report["failed_sections"] = failed
+text = json.dumps(report, indent=1, default=str)
+out = os.environ.get("OUT")
+if out:
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "gpu_check.json").write_text(text + "\n")
+    print(f"gpu_check: wrote {Path(out) / 'gpu_check.json'}", file=sys.stderr)
+else:
+    print(text)
+sys.exit(1 if failed else 0)
+PY
