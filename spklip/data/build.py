@@ -14,24 +14,20 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-import numpy as np
 from tqdm import tqdm
 
 from spklip.config import load_config
 from spklip.data.folders import FolderSpec, UnreadableInputs, dat_clip, folder_plan, video_clip
-from spklip.data.moving_digits import (DIGIT_WORDS, MOTIONS, DigitsSpec, _pools, _render_class, digit_clips,
-                                       load_digits)
+from spklip.data.moving_digits import DigitsSpec, digit_class_clips, digit_clips
 from spklip.data.parallel import Mapper, ray_mapper, serial_map
 from spklip.data.shards import Clip, DatasetInfo, check_out_dir, write_shards
-from spklip.data.simulate import SimParams, simulate_spikes
-from spklip.data.splits import assign_splits, clip_seed
+from spklip.data.simulate import SimParams
 
 KINDS = ("moving-digits", "video-folder", "dat-folder")
 
@@ -51,25 +47,6 @@ def preset_clip_shape(preset: str) -> tuple[int, int, int]:
     """``(N, H, W)``: the clip shape model `preset` is built for, so data and model agree."""
     cfg = load_config(overrides={"model_preset": preset}).model
     return cfg.num_planes, cfg.height, cfg.width
-
-
-def digit_class_clips(spec: DigitsSpec, sim: SimParams, info: DatasetInfo, label: int) -> Iterator[Clip]:
-    """The clips of one moving-digits class (rendered together, each simulated with its own seed): the same clips
-    `moving_digits.digit_clips` yields for that label."""
-    images, labels = load_digits(spec.source)
-    digit, motion = spec.class_pairs[label]
-    rng = np.random.default_rng([spec.seed, label, 1])
-    splits = (["unseen"] * spec.clips_per_class if label in info.unseen_labels else
-              assign_splits(spec.clips_per_class, spec.val_frac, spec.test_frac, rng))
-    n_frames = math.ceil(spec.num_planes / sim.planes_per_frame)
-    video, picks = _render_class(spec, digit, motion, label, splits, images, _pools(labels, spec), n_frames)
-    for j, split in enumerate(splits):
-        seed = clip_seed(spec.seed, label, j)
-        spikes = simulate_spikes(video[j], threshold=sim.threshold, planes_per_frame=sim.planes_per_frame,
-                                 seed=seed, mismatch=sim.mismatch, dark_current=sim.dark_current)
-        yield Clip(spikes=spikes[:spec.num_planes], label=label, split=split, sim_seed=seed,
-                   caption=f"the digit {DIGIT_WORDS[digit]} {MOTIONS[motion][0]}",
-                   source=f"{spec.source}:{picks[j]}", clip_id=f"{label:03d}-{j:05d}")
 
 
 def plan_dataset(kind: str, spec: DigitsSpec | FolderSpec, sim: SimParams | None, *, skip_bad: bool = False,
