@@ -4,8 +4,10 @@ build``, the smoke-test data (`spklip.data.smoke`) and the test fixtures all tak
 `plan_dataset` lists (and checks) the inputs of ``kind`` and splits the work into parts a worker makes alone (a
 moving-digits class, one video, one recording); `build_dataset` checks the output folder before a single clip is
 made (refuse early, delete nothing), maps the parts in this process or, when asked (``workers``/``address``), as a
-Ray Data pipeline (`spklip.data.parallel`), and streams the clips in build order through `write_shards`, which writes
-into a hidden sibling folder and renames it into place when complete (docs/data.md, "What `--out` may replace").
+Ray Data pipeline (`spklip.data.parallel`), packs each clip into its shard row where the part is made (`part_rows`:
+`shards.clip_row` checks, bit-packs and hashes it), and streams the rows in build order through `write_rows`, which
+writes into a hidden sibling folder and renames it into place when complete (docs/data.md, "What `--out` may
+replace").
 Every clip's randomness comes from its own seed: the same dataset (fingerprint, shard files) whatever the
 parallelism.
 """
@@ -26,7 +28,7 @@ from spklip.config import load_config
 from spklip.data.folders import FolderSpec, UnreadableInputs, dat_clip, folder_plan, video_clip
 from spklip.data.moving_digits import DigitsSpec, digit_class_clips, digit_clips
 from spklip.data.parallel import Mapper, ray_mapper, serial_map
-from spklip.data.shards import Clip, DatasetInfo, check_out_dir, write_shards
+from spklip.data.shards import Clip, DatasetInfo, Row, check_out_dir, clip_row, write_rows
 from spklip.data.simulate import SimParams
 
 KINDS = ("moving-digits", "video-folder", "dat-folder")
@@ -70,6 +72,13 @@ def plan_dataset(kind: str, spec: DigitsSpec | FolderSpec, sim: SimParams | None
     return BuildPlan(plan.info, plan.items, make, len(plan.items), plan.notes)
 
 
+def part_rows(make: Callable[[Any], Iterable[Clip]], info: DatasetInfo, part: Any) -> Iterator[Row]:
+    """The shard rows of one part: its clips made and packed (`shards.clip_row`: checked, bit-packed, hashed)
+    where the part runs, a Ray worker in a parallel build, so the driver only appends rows and writes files."""
+    for clip in make(part):
+        yield clip_row(clip, info)
+
+
 def dataset_clips(kind: str, spec: DigitsSpec | FolderSpec,
                   sim: SimParams | None) -> tuple[DatasetInfo, Iterator[Clip], int]:
     """The header, a lazy clip iterator (in this process) and the clip count of builder `kind` (see `plan_dataset`)."""
@@ -105,9 +114,9 @@ def build_dataset(out: str | os.PathLike, kind: str, spec: DigitsSpec | FolderSp
             raise
         for line in [f"skipped {s.path}: {s.reason}" for s in plan.info.skipped] + plan.notes:
             print(f"spklip: warning: {line}", file=sys.stderr)
-        clips = tqdm(pmap(plan.make, plan.parts), total=plan.total, desc=f"build {kind}", unit="clip",
-                     disable=not progress)
-        return write_shards(clips, out, plan.info, target_shard_mb=shard_mb, overwrite=overwrite)
+        rows = tqdm(pmap(functools.partial(part_rows, plan.make, plan.info), plan.parts), total=plan.total,
+                    desc=f"build {kind}", unit="clip", disable=not progress)
+        return write_rows(rows, out, plan.info, target_shard_mb=shard_mb, overwrite=overwrite)
 
 
 def build_summary(meta: dict[str, Any], out: str | os.PathLike) -> str:
