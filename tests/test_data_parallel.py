@@ -1,14 +1,16 @@
 """Parallel builds (`--workers`, a Ray Data pipeline): the same dataset, fingerprint and shard files as the
 one-process build, whatever the parallelism; a bad input is the same one-line error, with nothing left behind."""
 
+import functools
+
 import numpy as np
 import pytest
 
 from spklip.cli import main
-from spklip.data.build import build_dataset, plan_dataset
+from spklip.data.build import build_dataset, part_rows, plan_dataset
 from spklip.data.moving_digits import DigitsSpec, digit_clips
-from spklip.data.parallel import serial_map
-from spklip.data.shards import read_metadata, read_shard
+from spklip.data.parallel import ray_mapper, serial_map
+from spklip.data.shards import clip_row, read_metadata, read_shard
 from spklip.data.simulate import SimParams
 from test_data_builders import SMALL, write_video
 
@@ -34,6 +36,19 @@ def test_the_plan_makes_the_clips_digit_clips_yields():
         assert (a.clip_id, a.split, a.caption, a.source, a.sim_seed) == (b.clip_id, b.split, b.caption, b.source,
                                                                          b.sim_seed)
         assert np.array_equal(a.spikes, b.spikes)
+
+
+def test_workers_pack_the_rows_the_driver_packs(ray_session):
+    """The rows the Ray workers pack (check, bit-pack, hash) are the rows a one-process build packs from its clips."""
+    spec = DigitsSpec(num_planes=6, height=12, width=12, digits=(0, 1), motions=("left", "grow"), clips_per_class=3)
+    plan = plan_dataset("moving-digits", spec, SimParams(seed=2))
+    rows = functools.partial(part_rows, plan.make, plan.info)
+    with ray_mapper(workers=2) as pmap:
+        packed_by_workers = list(pmap(rows, plan.parts))
+    _, clips, _ = digit_clips(spec, SimParams(seed=2))
+    packed_serially = [clip_row(clip, plan.info) for clip in clips]
+    assert len(packed_by_workers) == 12 and packed_by_workers == packed_serially  # every column and the digest
+    assert packed_by_workers == list(serial_map(rows, plan.parts))
 
 
 def test_moving_digits_with_two_workers_is_the_serial_build(tmp_path, ray_session):

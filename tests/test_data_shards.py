@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from spklip.data.loader import SpikeShardDataset
-from spklip.data.shards import (Clip, DatasetInfo, ShardError, read_metadata, unpack_spikes, validate_shards,
-                                write_shards)
+from spklip.data.shards import (Clip, DatasetInfo, ShardError, clip_row, read_metadata, unpack_spikes,
+                                validate_shards, write_rows, write_shards)
 
 SHAPE = (6, 8, 5)  # N*H*W = 240, and 5 columns: packing does not need H*W % 8 == 0
 
@@ -64,6 +64,22 @@ def test_fingerprint_is_stable_and_content_sensitive(tmp_path):
     changed[0].spikes = 1 - changed[0].spikes
     c = write_shards(changed, tmp_path / "c", INFO)["fingerprint"]
     assert a == b != c
+
+
+def test_rows_packed_ahead_write_the_same_files(tmp_path):
+    """`write_rows` of rows packed elsewhere (`clip_row`, a parallel build's workers) is `write_shards` of the clips:
+    the same manifest and fingerprint and byte-identical files; a duplicate id is still found by the writer."""
+    clips = make_clips()
+    a = write_shards(clips, tmp_path / "a", INFO, target_shard_mb=50 / 2**20)  # 2 clips a file
+    rows = [clip_row(clip, INFO) for clip in clips]
+    b = write_rows(rows, tmp_path / "b", INFO, target_shard_mb=50 / 2**20)
+    assert a == b and len(a["shards"]["train"]) > 1
+    for files in a["shards"].values():
+        for rel in files:
+            assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+    with pytest.raises(ShardError, match="duplicate clip_id 'c0-0'"):
+        write_rows(rows + rows[:1], tmp_path / "c", INFO)
+    assert not (tmp_path / "c").exists()
 
 
 def test_shards_split_at_target_size(tmp_path):

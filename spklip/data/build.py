@@ -4,8 +4,10 @@ build``, the smoke-test data (`spklip.data.smoke`) and the test fixtures all tak
 `plan_dataset` lists (and checks) the inputs of ``kind`` and splits the work into parts a worker makes alone (a
 moving-digits class, one video, one recording); `build_dataset` checks the output folder before a single clip is
 made (refuse early, delete nothing), maps the parts in this process or, when asked (``workers``/``address``), as a
-Ray Data pipeline (`spklip.data.parallel`), and streams the clips in build order through `write_shards`, which writes
-into a hidden sibling folder and renames it into place when complete (docs/data.md, "What `--out` may replace").
+Ray Data pipeline (`spklip.data.parallel`), packs each clip into its shard row where the part is made (`part_rows`:
+`shards.clip_row` checks, bit-packs and hashes it), and streams the rows in build order through `write_rows`, which
+writes into a hidden sibling folder and renames it into place when complete (docs/data.md, "What `--out` may
+replace").
 Every clip's randomness comes from its own seed: the same dataset (fingerprint, shard files) whatever the
 parallelism.
 """
@@ -14,24 +16,20 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-import numpy as np
 from tqdm import tqdm
 
 from spklip.config import load_config
 from spklip.data.folders import FolderSpec, UnreadableInputs, dat_clip, folder_plan, video_clip
-from spklip.data.moving_digits import (DIGIT_WORDS, MOTIONS, DigitsSpec, _pools, _render_class, digit_clips,
-                                       load_digits)
+from spklip.data.moving_digits import DigitsSpec, digit_class_clips, digit_clips
 from spklip.data.parallel import Mapper, ray_mapper, serial_map
-from spklip.data.shards import Clip, DatasetInfo, check_out_dir, write_shards
-from spklip.data.simulate import SimParams, simulate_spikes
-from spklip.data.splits import assign_splits, clip_seed
+from spklip.data.shards import Clip, DatasetInfo, Row, check_out_dir, clip_row, write_rows
+from spklip.data.simulate import SimParams
 
 KINDS = ("moving-digits", "video-folder", "dat-folder")
 
@@ -53,25 +51,6 @@ def preset_clip_shape(preset: str) -> tuple[int, int, int]:
     return cfg.num_planes, cfg.height, cfg.width
 
 
-def digit_class_clips(spec: DigitsSpec, sim: SimParams, info: DatasetInfo, label: int) -> Iterator[Clip]:
-    """The clips of one moving-digits class (rendered together, each simulated with its own seed): the same clips
-    `moving_digits.digit_clips` yields for that label."""
-    images, labels = load_digits(spec.source)
-    digit, motion = spec.class_pairs[label]
-    rng = np.random.default_rng([spec.seed, label, 1])
-    splits = (["unseen"] * spec.clips_per_class if label in info.unseen_labels else
-              assign_splits(spec.clips_per_class, spec.val_frac, spec.test_frac, rng))
-    n_frames = math.ceil(spec.num_planes / sim.planes_per_frame)
-    video, picks = _render_class(spec, digit, motion, label, splits, images, _pools(labels, spec), n_frames)
-    for j, split in enumerate(splits):
-        seed = clip_seed(spec.seed, label, j)
-        spikes = simulate_spikes(video[j], threshold=sim.threshold, planes_per_frame=sim.planes_per_frame,
-                                 seed=seed, mismatch=sim.mismatch, dark_current=sim.dark_current)
-        yield Clip(spikes=spikes[:spec.num_planes], label=label, split=split, sim_seed=seed,
-                   caption=f"the digit {DIGIT_WORDS[digit]} {MOTIONS[motion][0]}",
-                   source=f"{spec.source}:{picks[j]}", clip_id=f"{label:03d}-{j:05d}")
-
-
 def plan_dataset(kind: str, spec: DigitsSpec | FolderSpec, sim: SimParams | None, *, skip_bad: bool = False,
                  pmap: Mapper = serial_map) -> BuildPlan:
     """The plan of builder `kind` (one of `KINDS`): ``moving-digits`` takes a `DigitsSpec`, ``video-folder`` and
@@ -91,6 +70,13 @@ def plan_dataset(kind: str, spec: DigitsSpec | FolderSpec, sim: SimParams | None
     make = (functools.partial(video_clip, spec, sim, plan.info) if kind == "video-folder" else
             functools.partial(dat_clip, spec, plan.info))
     return BuildPlan(plan.info, plan.items, make, len(plan.items), plan.notes)
+
+
+def part_rows(make: Callable[[Any], Iterable[Clip]], info: DatasetInfo, part: Any) -> Iterator[Row]:
+    """The shard rows of one part: its clips made and packed (`shards.clip_row`: checked, bit-packed, hashed)
+    where the part runs, a Ray worker in a parallel build, so the driver only appends rows and writes files."""
+    for clip in make(part):
+        yield clip_row(clip, info)
 
 
 def dataset_clips(kind: str, spec: DigitsSpec | FolderSpec,
@@ -128,9 +114,9 @@ def build_dataset(out: str | os.PathLike, kind: str, spec: DigitsSpec | FolderSp
             raise
         for line in [f"skipped {s.path}: {s.reason}" for s in plan.info.skipped] + plan.notes:
             print(f"spklip: warning: {line}", file=sys.stderr)
-        clips = tqdm(pmap(plan.make, plan.parts), total=plan.total, desc=f"build {kind}", unit="clip",
-                     disable=not progress)
-        return write_shards(clips, out, plan.info, target_shard_mb=shard_mb, overwrite=overwrite)
+        rows = tqdm(pmap(functools.partial(part_rows, plan.make, plan.info), plan.parts), total=plan.total,
+                    desc=f"build {kind}", unit="clip", disable=not progress)
+        return write_rows(rows, out, plan.info, target_shard_mb=shard_mb, overwrite=overwrite)
 
 
 def build_summary(meta: dict[str, Any], out: str | os.PathLike) -> str:

@@ -152,8 +152,7 @@ def _render(images: np.ndarray, theta: np.ndarray, height: int, width: int) -> n
 
 def digit_clips(spec: DigitsSpec, sim: SimParams) -> tuple[DatasetInfo, Iterator[Clip], int]:
     """The dataset header, a lazy iterator over its clips, and the clip count (for a progress bar)."""
-    images, labels = load_digits(spec.source)
-    pools = _pools(labels, spec)
+    load_digits(spec.source)  # a source that is not installed is an error here, before the first clip (cached)
     unseen = set(choose_unseen_pairs(len(spec.digits), len(spec.motions), spec.num_unseen, spec.seed))
     pairs = spec.class_pairs
     unseen_labels = [i for i, (d, m) in enumerate(pairs)
@@ -164,21 +163,29 @@ def digit_clips(spec: DigitsSpec, sim: SimParams) -> tuple[DatasetInfo, Iterator
                        simulator={k: v for k, v in sim.to_dict().items() if k != "seed"}, builder=builder)
 
     def clips() -> Iterator[Clip]:
-        n_frames = math.ceil(spec.num_planes / sim.planes_per_frame)
-        for label, (digit, motion) in enumerate(pairs):
-            rng = np.random.default_rng([spec.seed, label, 1])
-            splits = (["unseen"] * spec.clips_per_class if label in unseen_labels else
-                      assign_splits(spec.clips_per_class, spec.val_frac, spec.test_frac, rng))
-            video, picks = _render_class(spec, digit, motion, label, splits, images, pools, n_frames)
-            for j, split in enumerate(splits):
-                seed = clip_seed(spec.seed, label, j)
-                spikes = simulate_spikes(video[j], threshold=sim.threshold, planes_per_frame=sim.planes_per_frame,
-                                         seed=seed, mismatch=sim.mismatch, dark_current=sim.dark_current)
-                yield Clip(spikes=spikes[:spec.num_planes], label=label, split=split, sim_seed=seed,
-                           caption=f"the digit {DIGIT_WORDS[digit]} {MOTIONS[motion][0]}",
-                           source=f"{spec.source}:{picks[j]}", clip_id=f"{label:03d}-{j:05d}")
+        for label in range(len(pairs)):
+            yield from digit_class_clips(spec, sim, info, label)
 
     return info, clips(), len(pairs) * spec.clips_per_class
+
+
+def digit_class_clips(spec: DigitsSpec, sim: SimParams, info: DatasetInfo, label: int) -> Iterator[Clip]:
+    """The clips of one class (`info` is `digit_clips`' header): rendered together, each simulated with its own
+    seed, so a class is a part a worker makes alone (`spklip.data.build`) and the clips do not depend on which."""
+    images, labels = load_digits(spec.source)
+    digit, motion = spec.class_pairs[label]
+    rng = np.random.default_rng([spec.seed, label, 1])
+    splits = (["unseen"] * spec.clips_per_class if label in info.unseen_labels else
+              assign_splits(spec.clips_per_class, spec.val_frac, spec.test_frac, rng))
+    n_frames = math.ceil(spec.num_planes / sim.planes_per_frame)
+    video, picks = _render_class(spec, digit, motion, label, splits, images, _pools(labels, spec), n_frames)
+    for j, split in enumerate(splits):
+        seed = clip_seed(spec.seed, label, j)
+        spikes = simulate_spikes(video[j], threshold=sim.threshold, planes_per_frame=sim.planes_per_frame,
+                                 seed=seed, mismatch=sim.mismatch, dark_current=sim.dark_current)
+        yield Clip(spikes=spikes[:spec.num_planes], label=label, split=split, sim_seed=seed,
+                   caption=f"the digit {DIGIT_WORDS[digit]} {MOTIONS[motion][0]}",
+                   source=f"{spec.source}:{picks[j]}", clip_id=f"{label:03d}-{j:05d}")
 
 
 def _render_class(spec: DigitsSpec, digit: int, motion: str, label: int, splits: list[str], images: np.ndarray,

@@ -141,6 +141,55 @@ def decode_batch(batch: pa.Table | dict[str, Any]) -> dict[str, np.ndarray]:
     return {"spikes": spikes, "label": np.asarray(cols["label"], dtype=np.int64), **text}
 
 
+@dataclass(frozen=True)
+class Row:
+    """One clip packed for its shard (`clip_row`): what a worker hands the driver, which only appends it."""
+
+    values: dict[str, Any]  # the Parquet row: SCHEMA's column -> value (spikes bit-packed)
+    digest: str  # blake2b of the packed spikes, label, split and caption: the clip's part of the fingerprint
+
+    @property
+    def clip_id(self) -> str:
+        return self.values["clip_id"]
+
+    @property
+    def split(self) -> str:
+        return self.values["split"]
+
+
+def clip_row(clip: Clip, info: DatasetInfo) -> Row:
+    """Check `clip` against the dataset header `info`, bit-pack its spikes and hash it: the per-clip work of a
+    build, pure (no state), so a parallel build's workers do it and the driver only appends the rows in order.
+
+    Raises:
+        ShardError: the clip's shape, values, split or label does not fit `info` (a duplicate ``clip_id`` is
+            found when the row is added, `write_rows`).
+    """
+    spikes = np.asarray(clip.spikes)
+    if spikes.shape != tuple(info.clip_shape):
+        raise ShardError(f"clip {clip.clip_id}: shape {spikes.shape} differs from the dataset's "
+                         f"{tuple(info.clip_shape)}")
+    if spikes.dtype != np.uint8 or (spikes.size and spikes.max() > 1):
+        raise ShardError(f"clip {clip.clip_id}: spikes must be uint8 in {{0, 1}}")
+    if clip.split not in SPLITS:
+        raise ShardError(f"clip {clip.clip_id}: unknown split {clip.split!r} (expected one of {SPLITS})")
+    if not 0 <= clip.label < len(info.class_names):
+        raise ShardError(f"clip {clip.clip_id}: label {clip.label} outside 0..{len(info.class_names) - 1}")
+    if (clip.label in info.unseen_labels) != (clip.split == "unseen"):
+        raise ShardError(f"clip {clip.clip_id}: split {clip.split!r} does not fit label {clip.label} "
+                         "(clips of held-out classes go to 'unseen', all others to train/val/test)")
+    packed = pack_spikes(spikes)
+    digest = hashlib.blake2b(packed + json.dumps([clip.label, clip.split, clip.caption]).encode(),
+                             digest_size=16).hexdigest()
+    sim = info.simulator or {}
+    n, h, w = spikes.shape
+    return Row({"clip_id": clip.clip_id, "spikes": packed, "num_planes": n, "height": h, "width": w,
+                "caption": clip.caption, "class_name": info.class_names[clip.label], "label": int(clip.label),
+                "split": clip.split, "source": clip.source, "sim_threshold": sim.get("threshold"),
+                "sim_planes_per_frame": sim.get("planes_per_frame"), "sim_seed": clip.sim_seed,
+                "sim_mismatch": sim.get("mismatch"), "sim_dark_current": sim.get("dark_current")}, digest)
+
+
 class _ShardWriter:
     """Buffers rows per split and flushes a Parquet file whenever a split's buffer reaches the target size."""
 
@@ -153,41 +202,17 @@ class _ShardWriter:
         self.counts = dict.fromkeys(SPLITS, 0)
         self.digests: dict[str, str] = {}
 
-    def add(self, clip: Clip) -> None:
-        row = self._row(clip)
-        self.rows[clip.split].append(row)
-        self.held[clip.split] += len(row["spikes"])
-        self.counts[clip.split] += 1
-        if self.held[clip.split] >= self.target:
-            self.flush(clip.split)
-
-    def _row(self, clip: Clip) -> dict:
-        info = self.info
-        spikes = np.asarray(clip.spikes)
-        if spikes.shape != tuple(info.clip_shape):
-            raise ShardError(f"clip {clip.clip_id}: shape {spikes.shape} differs from the dataset's "
-                             f"{tuple(info.clip_shape)}")
-        if spikes.dtype != np.uint8 or (spikes.size and spikes.max() > 1):
-            raise ShardError(f"clip {clip.clip_id}: spikes must be uint8 in {{0, 1}}")
-        if clip.split not in SPLITS:
-            raise ShardError(f"clip {clip.clip_id}: unknown split {clip.split!r} (expected one of {SPLITS})")
-        if not 0 <= clip.label < len(info.class_names):
-            raise ShardError(f"clip {clip.clip_id}: label {clip.label} outside 0..{len(info.class_names) - 1}")
-        if (clip.label in info.unseen_labels) != (clip.split == "unseen"):
-            raise ShardError(f"clip {clip.clip_id}: split {clip.split!r} does not fit label {clip.label} "
-                             "(clips of held-out classes go to 'unseen', all others to train/val/test)")
-        if clip.clip_id in self.digests:
-            raise ShardError(f"duplicate clip_id {clip.clip_id!r}")
-        packed = pack_spikes(spikes)
-        self.digests[clip.clip_id] = hashlib.blake2b(
-            packed + json.dumps([clip.label, clip.split, clip.caption]).encode(), digest_size=16).hexdigest()
-        sim = info.simulator or {}
-        n, h, w = spikes.shape
-        return {"clip_id": clip.clip_id, "spikes": packed, "num_planes": n, "height": h, "width": w,
-                "caption": clip.caption, "class_name": info.class_names[clip.label], "label": int(clip.label),
-                "split": clip.split, "source": clip.source, "sim_threshold": sim.get("threshold"),
-                "sim_planes_per_frame": sim.get("planes_per_frame"), "sim_seed": clip.sim_seed,
-                "sim_mismatch": sim.get("mismatch"), "sim_dark_current": sim.get("dark_current")}
+    def add_row(self, row: Row) -> None:
+        """Append a ready row (`clip_row`) to its split, writing the split's file once it is full."""
+        if row.clip_id in self.digests:
+            raise ShardError(f"duplicate clip_id {row.clip_id!r}")
+        self.digests[row.clip_id] = row.digest
+        split = row.split
+        self.rows[split].append(row.values)
+        self.held[split] += len(row.values["spikes"])
+        self.counts[split] += 1
+        if self.held[split] >= self.target:
+            self.flush(split)
 
     def flush(self, split: str) -> None:
         if not self.rows[split]:
@@ -230,6 +255,18 @@ def write_shards(clips: Iterable[Clip], out_dir: str | os.PathLike, info: Datase
         spklip.outdir.RefusedError: ``out_dir`` is a file, a link, or a folder that is not a spklip dataset or
             holds files its manifest does not list (with or without ``overwrite``); it is left untouched.
     """
+    return write_rows((clip_row(clip, info) for clip in clips), out_dir, info, target_shard_mb=target_shard_mb,
+                      overwrite=overwrite)
+
+
+def write_rows(rows: Iterable[Row], out_dir: str | os.PathLike, info: DatasetInfo, *,
+               target_shard_mb: float = 64.0, overwrite: bool = False) -> dict[str, Any]:
+    """`write_shards` for clips already packed with `clip_row` (by a parallel build's workers): the rows are
+    appended in the order given and written; the same files and fingerprint as `write_shards` of their clips.
+
+    The fingerprint is the SHA-256 of the header and the clips' digests sorted by ``clip_id``, so it does not
+    depend on the order the rows come in (the shard files do).
+    """
     out = Path(out_dir)
     check_out_dir(out, overwrite)
     if set(info.unseen_labels) - set(range(len(info.class_names))):
@@ -237,8 +274,8 @@ def write_shards(clips: Iterable[Clip], out_dir: str | os.PathLike, info: Datase
     tmp = make_temp(out)  # also clears what an interrupted earlier build left beside `out`
     try:
         writer = _ShardWriter(tmp, info, int(target_shard_mb * 2**20))
-        for clip in clips:
-            writer.add(clip)
+        for row in rows:
+            writer.add_row(row)
         for split in SPLITS:
             writer.flush(split)
         if not writer.digests:
