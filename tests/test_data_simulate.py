@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from spklip.data.simulate import SimParams, SpikeSimulator, iter_simulate, simulate_spikes
+from spklip.data.simulate import SimParams, SpikeSimulator, iter_simulate, simulate_spikes, to_intensity
 
 
 def reference_simulation(planes, initial, theta):
@@ -16,6 +16,63 @@ def reference_simulation(planes, initial, theta):
         out[n] = fire
         acc = acc - theta * fire
     return out
+
+
+def slow_simulation(frames, params: SimParams) -> np.ndarray:
+    """The simulator as it was before the fused kernel (one video in memory, float64, one numpy pass per
+    operation and plane): interpolate, draw the dark current in plane order, integrate-and-fire plane by plane.
+    The fast simulator must give exactly these bits for a seed."""
+    f = to_intensity(frames)  # [T, H, W] float64
+    t, h, w = f.shape
+    p = params.planes_per_frame
+    sim = SpikeSimulator(params, h, w)  # the seeded initial charge and threshold map
+    _, _, dark_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(params.seed).spawn(3))
+    dark = dark_rng.random((t * p, h, w)) * (2.0 * params.dark_current) if params.dark_current > 0 else None
+    nxt = np.concatenate([f[1:], f[-1:]])  # the last frame is held
+    slope = nxt - f
+    weights = np.arange(p, dtype=np.float64) / p
+    charge, out = sim.initial.copy(), np.zeros((t * p, h, w), np.uint8)
+    for n in range(t * p):
+        k, j = divmod(n, p)
+        plane = slope[k] * weights[j] + f[k] if weights[j] else f[k].copy()
+        if dark is not None:
+            plane = np.minimum(plane + dark[n], 1.0)
+        charge = charge + plane
+        fire = charge >= sim.theta
+        charge = charge - fire * sim.theta
+        out[n] = fire
+    return out
+
+
+SLOW_CASES = [  # (frames seed, shape, params): gray/RGB, uint8/float, every noise option, threshold 1 (the edge)
+    (0, (9, 6, 7), SimParams()),
+    (1, (7, 5, 4), SimParams(threshold=1.5, planes_per_frame=3, seed=11, mismatch=0.2)),
+    (2, (6, 8, 6, 3), SimParams(planes_per_frame=2, seed=5, dark_current=0.05)),
+    (3, (11, 4, 9), SimParams(threshold=1.0, planes_per_frame=4, seed=7, mismatch=0.5, dark_current=0.3)),
+    (4, (5, 3, 5, 3), SimParams(threshold=5.0, planes_per_frame=5, seed=2, dark_current=0.01)),
+    (5, (13, 16, 16), SimParams(threshold=1.0, seed=3)),
+]
+
+
+def _slow_case_frames(seed, shape):
+    rng = np.random.default_rng(seed)
+    if seed % 2:
+        return rng.random(shape)
+    frames = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    frames[:, 0] = 255  # saturated rows: charge 1 per plane, so threshold 1 fires every plane
+    return frames
+
+
+@pytest.mark.parametrize("seed, shape, params", SLOW_CASES)
+def test_bit_identical_to_the_slow_per_plane_simulator(seed, shape, params):
+    frames = _slow_case_frames(seed, shape)
+    expected = slow_simulation(frames, params)
+    kwargs = dict(threshold=params.threshold, planes_per_frame=params.planes_per_frame, seed=params.seed,
+                  mismatch=params.mismatch, dark_current=params.dark_current)
+    assert expected.any()
+    for chunk in (1, 3, 64):
+        assert np.array_equal(simulate_spikes(frames, chunk_planes=chunk, **kwargs), expected), chunk
+    assert np.array_equal(simulate_spikes(iter(frames), chunk_planes=5, **kwargs), expected)
 
 
 def test_count_per_pixel_is_floor_of_initial_plus_summed_intensity():
