@@ -3,7 +3,19 @@
 import numpy as np
 import pytest
 
-from spklip.data.simulate import SimParams, SpikeSimulator, iter_simulate, simulate_spikes, to_intensity
+from spklip.data.simulate import (SimParams, SpikeSimulator, default_chunk_planes, iter_simulate, simulate_spikes,
+                                  simulator_backend, to_intensity)
+
+
+@pytest.fixture(params=["c", "numpy"])
+def backend(request, monkeypatch):
+    """Run a test with the fused C kernel and with the numpy loop (they must give the same bits)."""
+    if request.param == "numpy":
+        monkeypatch.setenv("SPKLIP_SIMULATOR", "numpy")
+    elif simulator_backend() != "c":
+        pytest.skip("no C compiler here: only the numpy loop runs")
+    assert simulator_backend() == request.param
+    return request.param
 
 
 def reference_simulation(planes, initial, theta):
@@ -64,7 +76,7 @@ def _slow_case_frames(seed, shape):
 
 
 @pytest.mark.parametrize("seed, shape, params", SLOW_CASES)
-def test_bit_identical_to_the_slow_per_plane_simulator(seed, shape, params):
+def test_bit_identical_to_the_slow_per_plane_simulator(seed, shape, params, backend):
     frames = _slow_case_frames(seed, shape)
     expected = slow_simulation(frames, params)
     kwargs = dict(threshold=params.threshold, planes_per_frame=params.planes_per_frame, seed=params.seed,
@@ -89,7 +101,7 @@ def test_count_per_pixel_is_floor_of_initial_plus_summed_intensity():
         assert np.array_equal(spikes.sum(0), expected), trial
 
 
-def test_matches_slow_reference_with_interpolation_and_mismatch():
+def test_matches_slow_reference_with_interpolation_and_mismatch(backend):
     rng = np.random.default_rng(1)
     frames = rng.random((6, 5, 4))
     params = SimParams(threshold=1.5, planes_per_frame=3, seed=11, mismatch=0.2)
@@ -102,7 +114,7 @@ def test_matches_slow_reference_with_interpolation_and_mismatch():
     assert sim.theta.std() > 0 and sim.theta.min() >= 1.0
 
 
-def test_rgb_iterator_and_chunking_give_the_same_bits():
+def test_rgb_iterator_and_chunking_give_the_same_bits(backend):
     rng = np.random.default_rng(2)
     rgb = rng.integers(0, 256, size=(10, 8, 6, 3), dtype=np.uint8)
     gray = rgb / 255.0 @ np.array([0.299, 0.587, 0.114])
@@ -131,6 +143,9 @@ def test_seed_and_noise_options_change_the_output():
     ({"threshold": 0.5}, np.zeros((2, 4, 4)), "threshold must be >= 1"),
     ({"planes_per_frame": 0}, np.zeros((2, 4, 4)), "planes_per_frame"),
     ({}, np.full((2, 4, 4), 2.0), r"\[0, 1\]"),
+    ({}, np.full((2, 4, 4), np.nan), r"\[0, 1\]"),
+    ({}, np.full((2, 4, 4), np.inf), r"\[0, 1\]"),
+    ({"chunk_planes": 0}, np.zeros((2, 4, 4)), "chunk_planes"),
     ({}, np.zeros((2, 4, 4), np.int32), "dtype"),
     ({}, np.zeros((2, 4, 4, 2)), "RGB"),
     ({}, np.zeros((0, 4, 4)), "no frames"),
@@ -138,3 +153,20 @@ def test_seed_and_noise_options_change_the_output():
 def test_bad_inputs(kwargs, frames, match):
     with pytest.raises(ValueError, match=match):
         simulate_spikes(frames, **kwargs)
+
+
+def test_streaming_api_and_default_chunk():
+    rng = np.random.default_rng(4)
+    frames = rng.random((7, 6, 8))
+    params = SimParams(planes_per_frame=3, seed=9, dark_current=0.1)
+    sim = SpikeSimulator(params, 6, 8)
+    parts = [sim.feed_frames(frames[:1]), sim.feed_frames(frames[1:5]), sim.feed_frames(frames[5:]), sim.finish()]
+    assert [p.shape[0] for p in parts] == [0, 12, 6, 3]
+    assert np.array_equal(np.concatenate(parts), slow_simulation(frames, params))
+    with pytest.raises(ValueError, match="frame size"):
+        sim.feed_frames(np.zeros((1, 5, 8)))
+    planes = rng.random((5, 6, 8))  # fire(): per-plane intensities, no interpolation
+    once = SpikeSimulator(SimParams(seed=2), 6, 8)
+    assert np.array_equal(once.fire(planes), slow_simulation(planes, SimParams(seed=2)))
+    assert default_chunk_planes(1080, 1920) == 16 and default_chunk_planes(64, 64) == 256
+    assert [c.shape[0] for c in iter_simulate(np.zeros((40, 1080 // 8, 1920 // 8)), planes_per_frame=3)] == [120]
