@@ -29,12 +29,13 @@ def preset_clip_shape(preset: str) -> tuple[int, int, int]:
     return cfg.num_planes, cfg.height, cfg.width
 
 
-def dataset_clips(kind: str, spec: DigitsSpec | FolderSpec,
-                  sim: SimParams | None) -> tuple[DatasetInfo, Iterator[Clip], int]:
+def dataset_clips(kind: str, spec: DigitsSpec | FolderSpec, sim: SimParams | None,
+                  chunk_planes: int | None = None) -> tuple[DatasetInfo, Iterator[Clip], int]:
     """The header, a lazy clip iterator and the clip count of builder `kind` (one of `KINDS`).
 
     ``moving-digits`` takes a `DigitsSpec`, ``video-folder`` and ``dat-folder`` a `FolderSpec`; `sim` is the
-    simulator (None for ``dat-folder``: real recordings are not simulated).
+    simulator (None for ``dat-folder``: real recordings are not simulated); `chunk_planes` bounds the simulator's
+    memory (`spklip.data.simulate.simulate_spikes`; the bits do not depend on it).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown dataset kind {kind!r}; choose from {', '.join(KINDS)}")
@@ -43,11 +44,12 @@ def dataset_clips(kind: str, spec: DigitsSpec | FolderSpec,
         raise TypeError(f"{kind} is built from a {want.__name__}, got {type(spec).__name__}")
     if kind == "moving-digits":
         return digit_clips(spec, sim)
-    return video_clips(spec, sim) if kind == "video-folder" else dat_clips(spec)
+    return video_clips(spec, sim, chunk_planes=chunk_planes) if kind == "video-folder" else dat_clips(spec)
 
 
 def build_dataset(out: str | os.PathLike, kind: str, spec: DigitsSpec | FolderSpec, sim: SimParams | None = None,
-                  *, overwrite: bool = False, shard_mb: float = 64.0, progress: bool = False) -> dict[str, Any]:
+                  *, overwrite: bool = False, shard_mb: float = 64.0, progress: bool = False,
+                  chunk_planes: int | None = None) -> dict[str, Any]:
     """Build the `kind` dataset `spec` describes into the folder `out` and return its metadata (`read_metadata`).
 
     Args:
@@ -56,9 +58,10 @@ def build_dataset(out: str | os.PathLike, kind: str, spec: DigitsSpec | FolderSp
         overwrite: replace an existing spklip dataset, only once the new one is complete.
         shard_mb: a split's Parquet file is closed at this many MB of packed spikes.
         progress: show a tqdm bar over the clips.
+        chunk_planes: spike planes the simulator holds at once (see `dataset_clips`).
     """
     check_out_dir(out, overwrite)  # before any clip is made: refuse early, delete nothing
-    info, clips, total = dataset_clips(kind, spec, sim)
+    info, clips, total = dataset_clips(kind, spec, sim, chunk_planes)
     clips = tqdm(clips, total=total, desc=f"build {kind}", unit="clip", disable=not progress)
     return write_shards(clips, out, info, target_shard_mb=shard_mb, overwrite=overwrite)
 
