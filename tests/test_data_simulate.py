@@ -170,3 +170,24 @@ def test_streaming_api_and_default_chunk():
     assert np.array_equal(once.fire(planes), slow_simulation(planes, SimParams(seed=2)))
     assert default_chunk_planes(1080, 1920) == 16 and default_chunk_planes(64, 64) == 256
     assert [c.shape[0] for c in iter_simulate(np.zeros((40, 1080 // 8, 1920 // 8)), planes_per_frame=3)] == [120]
+
+
+def test_kernel_is_built_once_into_the_user_cache_and_falls_back_to_numpy(tmp_path, monkeypatch):
+    import spklip.data.simulate as simulate
+
+    frames = np.random.default_rng(6).integers(0, 256, (6, 8, 8), np.uint8)
+    expected = slow_simulation(frames, SimParams(planes_per_frame=2, seed=1))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    simulate._load_kernel.cache_clear()
+    try:
+        if simulate._load_kernel() is not None:  # a C compiler here: built into the cache, reused from there
+            assert len(list((tmp_path / "cache" / "spklip").glob("spklip-simulate-*.so"))) == 1
+            simulate._load_kernel.cache_clear()
+            assert simulate._load_kernel() is not None
+        monkeypatch.setattr(simulate, "_KERNEL_C", "not C")  # a failing build: the numpy loop, same bits
+        simulate._load_kernel.cache_clear()
+        assert simulate._load_kernel() is None and simulator_backend() == "numpy"
+        assert np.array_equal(simulate_spikes(frames, planes_per_frame=2, seed=1), expected)
+    finally:
+        monkeypatch.undo()
+        simulate._load_kernel.cache_clear()

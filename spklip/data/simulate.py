@@ -147,13 +147,15 @@ void spklip_fire(const double *restrict a, const double *restrict b, double *res
 _KERNEL_FLAGS = ("-O3", "-shared", "-fPIC", "-ffp-contract=off", "-fno-trapping-math")
 
 
-def _cache_dir() -> Path:
+def _cache_dir() -> Path | None:
+    """The per-user cache folder for the built kernel, or None where it cannot be made (then nothing is cached: a
+    shared folder such as /tmp would let another user plant the library)."""
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "spklip"
     try:
         base.mkdir(parents=True, exist_ok=True)
-        return base
-    except OSError:
-        return Path(tempfile.gettempdir())
+        return base if os.access(base, os.W_OK) else None
+    except (OSError, RuntimeError):  # RuntimeError: no home folder
+        return None
 
 
 @functools.lru_cache(maxsize=None)
@@ -182,16 +184,18 @@ def _load_kernel():
 def _build_kernel(cc: list[str], flags: tuple[str, ...]):
     """Compile (once: cached by a hash of the source and the command) and load the kernel; None on failure."""
     key = hashlib.sha256("\0".join([_KERNEL_C, *cc, *flags, platform.machine(), sys.platform]).encode())
-    lib_path = _cache_dir() / f"spklip-simulate-{key.hexdigest()[:16]}.so"
+    name, cache = f"spklip-simulate-{key.hexdigest()[:16]}.so", _cache_dir()
     try:
-        if not lib_path.exists():
-            with tempfile.TemporaryDirectory(dir=lib_path.parent) as tmp:
-                src, built = Path(tmp) / "simulate.c", Path(tmp) / "simulate.so"
-                src.write_text(_KERNEL_C)
-                subprocess.run([*cc, *flags, "-o", str(built), str(src)], check=True, capture_output=True,
-                               timeout=120)
-                os.replace(built, lib_path)  # atomic: concurrent builders each rename a complete file
-        return ctypes.CDLL(str(lib_path)).spklip_fire  # ctypes releases the GIL during the call
+        if cache is not None and (cache / name).exists():
+            return ctypes.CDLL(str(cache / name)).spklip_fire  # ctypes releases the GIL during the call
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:  # no cache: a private folder of the system's temp
+            src, built = Path(tmp) / "simulate.c", Path(tmp) / name
+            src.write_text(_KERNEL_C)
+            subprocess.run([*cc, *flags, "-o", str(built), str(src)], check=True, capture_output=True, timeout=120)
+            if cache is None:
+                return ctypes.CDLL(str(built)).spklip_fire  # loaded: the file may go with its folder
+            os.replace(built, cache / name)  # atomic: concurrent builders each rename a complete file
+        return ctypes.CDLL(str(cache / name)).spklip_fire
     except (OSError, subprocess.SubprocessError):
         return None
 
