@@ -166,8 +166,8 @@ _KERNEL_FLAGS = ("-O3", "-shared", "-fPIC", "-ffp-contract=off", "-fno-trapping-
 def _cache_dir() -> Path | None:
     """The per-user cache folder for the built kernel, or None where it cannot be made (then nothing is cached: a
     shared folder such as /tmp would let another user plant the library)."""
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "spklip"
     try:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "spklip"
         base.mkdir(parents=True, exist_ok=True)
         return base if os.access(base, os.W_OK) else None
     except (OSError, RuntimeError):  # RuntimeError: no home folder
