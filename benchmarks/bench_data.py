@@ -1,18 +1,23 @@
 """Data-pipeline throughput (``make bench-data``): simulator, shard writing, Ray Data / DataLoader read+decode.
 
 Prints medians over repeats, and ratios measured in the same run against a reference:
-* simulator: the chunked cumulative-sum simulator vs the textbook per-plane loop (vectorised over pixels only),
-  both on 240x320 frames with 4 planes per frame;
+* simulator: `simulate_spikes` (the fused kernel, or its numpy fallback: the backend is printed) vs the textbook
+  per-plane loop (vectorised over pixels only) on the same 240x320 frames (float64 with 4 planes per frame, and
+  uint8 with 1), timed alternately in CPU time, equal bits checked; the load (``uptime``) before and after; and the simulator's peak traced memory
+  (tracemalloc: numpy buffers included) streaming 1080p frames with the default chunk;
 * storage: bits per pixel-plane on disk for a moving-digits dataset vs 8 (uint8 planes) and 1 (raw packbits).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -20,15 +25,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from spklip.data.shards import write_shards  # noqa: E402
-from spklip.data.simulate import SimParams, SpikeSimulator, simulate_spikes  # noqa: E402
+from spklip.data.simulate import (SimParams, SpikeSimulator, default_chunk_planes, iter_simulate,  # noqa: E402
+                                  simulate_spikes, simulator_backend)
 
 
-def median_time(fn, repeats: int) -> float:
+def median_time(fn, repeats: int, clock=time.perf_counter) -> float:
     times = []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t = clock()
         fn()
-        times.append(time.perf_counter() - t)
+        times.append(clock() - t)
     return statistics.median(times)
 
 
@@ -46,18 +52,50 @@ def reference_simulator(frames: np.ndarray, ppf: int, threshold: float, seed: in
     return out
 
 
+def load() -> str:
+    """``uptime``'s line (the load averages), or /proc/loadavg where there is no uptime."""
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "load average: " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def bench_simulator(frames_n: int, repeats: int) -> None:
     rng = np.random.default_rng(0)
     y, x = np.mgrid[0:240, 0:320]
     frames = np.stack([0.5 + 0.5 * np.sin((x + 3 * t) / 17.0) * np.cos((y - 2 * t) / 23.0)
                        for t in range(frames_n)]) * rng.uniform(0.8, 1.0, (1, 240, 320))  # [T, 240, 320]
-    ppf = 4
-    new = median_time(lambda: simulate_spikes(frames, planes_per_frame=ppf, seed=0), repeats)
-    ref = median_time(lambda: reference_simulator(frames, ppf, 2.0, 0), repeats)
-    assert np.array_equal(simulate_spikes(frames, planes_per_frame=ppf), reference_simulator(frames, ppf, 2.0, 0))
-    pp = frames_n * ppf * 240 * 320
-    print(f"simulator 240x320, {frames_n} frames x {ppf} planes: {pp / new / 1e6:.1f} M pixel-planes/s "
-          f"(reference per-plane loop {pp / ref / 1e6:.1f} M/s; ratio {ref / new:.2f}x), medians of {repeats}")
+    print(f"simulator: before: {load()}")
+    # float frames with 4 interpolated planes per frame; uint8 frames (decoded video) with 1, the CLI default
+    for name, fr, ppf in (("float64", frames, 4), ("uint8", np.round(frames * 255).astype(np.uint8), 1)):
+        def reference(fr=fr, ppf=ppf):  # the loop takes intensities: the uint8 -> [0, 1] conversion is timed too
+            return reference_simulator(fr / 255.0 if fr.dtype == np.uint8 else fr, ppf, 2.0, 0)
+
+        assert np.array_equal(simulate_spikes(fr, planes_per_frame=ppf), reference())
+        new, ref = [], []
+        for _ in range(repeats):  # alternately, so both see the same machine; CPU time (both single-threaded)
+            new.append(median_time(lambda: simulate_spikes(fr, planes_per_frame=ppf, seed=0), 1, time.process_time))
+            ref.append(median_time(reference, 1, time.process_time))
+        new_s, ref_s = statistics.median(new), statistics.median(ref)
+        pp = frames_n * ppf * 240 * 320
+        print(f"simulator ({simulator_backend()}) 240x320 {name}, {frames_n} frames x {ppf} planes: "
+              f"{pp / new_s / 1e6:.1f} M pixel-planes/s (reference per-plane loop {pp / ref_s / 1e6:.1f} M/s; "
+              f"ratio {ref_s / new_s:.2f}x; rounds {' / '.join(f'{r / n:.2f}' for r, n in zip(ref, new))}), "
+              f"CPU-time medians of {repeats}, equal bits")
+    print(f"simulator: after: {load()}")
+
+
+def bench_simulator_memory(frames_n: int) -> None:
+    """Peak traced memory streaming 1080p uint8 frames through `iter_simulate` (default chunk, P = 1 and 4)."""
+    base = np.random.default_rng(1).integers(0, 256, (1080, 1920), np.uint8)
+    for ppf in (1, 4):
+        tracemalloc.start()
+        planes = sum(c.shape[0] for c in iter_simulate((np.roll(base, t, axis=1) for t in range(frames_n)),
+                                                       planes_per_frame=ppf))
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        print(f"simulator memory 1080p, {frames_n} frames x {ppf} planes ({planes} planes, chunk "
+              f"{default_chunk_planes(1080, 1920)} planes): peak {peak / 2**20:.0f} MiB traced (tracemalloc)")
 
 
 def bench_shards(clips_per_class: int, repeats: int, ray_read: bool) -> None:
@@ -105,18 +143,25 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--frames", type=int, default=32, help="240x320 frames simulated")
     p.add_argument("--clips-per-class", type=int, default=10, help="moving-digits clips per class (80 classes)")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds (the simulator's are alternated)")
+    p.add_argument("--memory-frames", type=int, default=32, help="1080p frames streamed for the memory figure")
+    p.add_argument("--quick", action="store_true", help="a short run that proves the benchmark works (8 frames, "
+                   "3 rounds, 4 memory frames, 2 clips per class, no Ray): not for figures")
     p.add_argument("--no-ray", action="store_true", help="skip the Ray Data read")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (2 spin-waiting threads made "
                    "torch.stack in the DataLoader collate 20x slower on a loaded 2-core machine)")
     add_parallel_build_args(p)
     args = p.parse_args()
+    if args.quick:
+        args.frames, args.repeats, args.memory_frames, args.clips_per_class, args.no_ray = 8, 3, 4, 2, True
+        args.build_clips_per_class, args.paper_clips = 1, 1
     import torch
 
     torch.set_num_threads(args.threads)
     print(f"torch threads: {args.threads}; load average: {' '.join(open('/proc/loadavg').read().split()[:3])}")
     if not args.parallel_build:
         bench_simulator(args.frames, args.repeats)
+        bench_simulator_memory(args.memory_frames)
         bench_shards(args.clips_per_class, args.repeats, not args.no_ray)
     if not args.no_parallel_build:
         bench_parallel_build(args)

@@ -6,8 +6,9 @@ import pytest
 
 import spklip.data.smoke as smoke
 from spklip.cli import main
+from spklip.data import folders
 from spklip.data.dat import read_dat, write_dat
-from spklip.data.folders import read_video
+from spklip.data.folders import read_video, read_video_window
 from spklip.data.loader import SpikeShardDataset
 from spklip.data.moving_digits import DigitsSpec, digit_clips
 from spklip.data.reconstruct import tfp
@@ -68,6 +69,49 @@ def write_video(path, frames, fps=10):
         out.mux(stream.encode())
 
 
+def write_coded_video(path, frames, codec, gop, b_frames, fps=25):
+    """A lossy video with inter frames: keyframes every `gop` frames, `b_frames` reordered B-frames."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.codec_context.gop_size = gop
+        stream.codec_context.max_b_frames = b_frames
+        if codec == "libx264":
+            stream.codec_context.options = {"keyint": str(gop), "min-keyint": "1", "scenecut": "0",
+                                            "bframes": str(b_frames)}
+        for f in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        out.mux(stream.encode())
+
+
+@pytest.mark.parametrize("name, codec, gop, b_frames", [
+    ("v.avi", "mpeg4", 7, 2), ("v.mp4", "mpeg4", 5, 0), ("v.mp4", "libx264", 6, 3), ("v.mkv", "mpeg2video", 9, 2),
+    ("v.avi", "ffv1", 1, 0),
+])
+def test_video_window_seeks_and_gives_the_full_decode_frames(tmp_path, monkeypatch, name, codec, gop, b_frames):
+    t = np.arange(40)[:, None, None, None]
+    y, x = np.mgrid[0:48, 0:64][:, None, :, :, None]
+    frames = ((128 + 100 * np.sin((x + 5 * t) / 7.0) * np.cos((y - 3 * t) / 9.0)) * [1, 0.8, 0.6]).astype(np.uint8)
+    path = tmp_path / name
+    write_coded_video(path, frames, codec, gop, b_frames)
+    full = read_video(path, 16, 20)  # [40, 16, 20]
+    calls = []
+    gray = folders._gray
+    monkeypatch.setattr(folders, "_gray", lambda *a, **k: calls.append(1) or gray(*a, **k))
+    for needed, stride, pad in [(6, 1, False), (5, 3, False), (1, 1, False), (13, 3, False), (40, 1, False),
+                                (30, 2, True)]:
+        calls.clear()
+        expected = folders._frame_window(full, needed, stride, pad, path)
+        got = read_video_window(path, 16, 20, needed, stride, pad)
+        assert got.shape == (needed, 16, 20) and np.array_equal(got, expected), (needed, stride)
+        if (needed - 1) * stride + 1 <= 40:
+            assert len(calls) == needed  # only the window's frames were converted (the seek found them)
+    with pytest.raises(ValueError, match="--pad-short"):
+        read_video_window(path, 16, 20, 30, 2)
+
+
 def test_video_folder_from_real_videos(tmp_path):
     rng = np.random.default_rng(0)
     for cls in ("ApplyEyeMakeup", "brush_hair"):
@@ -77,7 +121,7 @@ def test_video_folder_from_real_videos(tmp_path):
     out = tmp_path / "ds"
     args = ["data", "build", "video-folder", "--root", str(tmp_path / "videos"), "--out", str(out), "--planes", "12",
             "--height", "16", "--width", "16", "--planes-per-frame", "2", "--unseen", "brush_hair",
-            "--val-frac", "0", "--test-frac", "0.34", "--seed", "3", "--no-progress"]
+            "--val-frac", "0", "--test-frac", "0.34", "--seed", "3", "--no-progress", "--chunk-planes", "5"]
     assert main(args) == 0
     meta = read_metadata(out)
     assert meta["class_names"] == ["apply eye makeup", "brush hair"] and meta["unseen_classes"] == ["brush hair"]
@@ -119,13 +163,16 @@ def test_simulate_and_inspect_commands(tmp_path, capsys):
     frames = np.random.default_rng(2).integers(0, 256, (9, 8, 16), np.uint8)
     np.save(tmp_path / "frames.npy", frames)
     assert main(["data", "simulate", str(tmp_path / "frames.npy"), "--out", str(tmp_path / "s.dat"),
-                 "--planes-per-frame", "2", "--seed", "4"]) == 0
+                 "--planes-per-frame", "2", "--seed", "4", "--chunk-planes", "3"]) == 0
     assert main(["data", "simulate", str(tmp_path / "frames.npy"), "--out", str(tmp_path / "s.npy"),
                  "--planes-per-frame", "2", "--seed", "4"]) == 0
     expected = simulate_spikes(frames, planes_per_frame=2, seed=4)
     assert np.array_equal(read_dat(tmp_path / "s.dat", 8, 16), expected)
     assert np.array_equal(np.load(tmp_path / "s.npy"), expected)
     assert main(["data", "simulate", str(tmp_path / "frames.npy"), "--out", str(tmp_path / "s.txt")]) == 2
+    with pytest.raises(SystemExit):  # an argparse error: the usage line and exit status 2
+        main(["data", "simulate", str(tmp_path / "frames.npy"), "--out", str(tmp_path / "z.dat"), "--chunk-planes",
+              "0"])
     build(tmp_path, "ds")
     capsys.readouterr()
     assert main(["data", "inspect", str(tmp_path / "ds")]) == 0

@@ -3,7 +3,19 @@
 import numpy as np
 import pytest
 
-from spklip.data.simulate import SimParams, SpikeSimulator, iter_simulate, simulate_spikes
+from spklip.data.simulate import (SimParams, SpikeSimulator, default_chunk_planes, iter_simulate, simulate_spikes,
+                                  simulator_backend, to_intensity)
+
+
+@pytest.fixture(params=["c", "numpy"])
+def backend(request, monkeypatch):
+    """Run a test with the fused C kernel and with the numpy loop (they must give the same bits)."""
+    if request.param == "numpy":
+        monkeypatch.setenv("SPKLIP_SIMULATOR", "numpy")
+    elif simulator_backend() != "c":
+        pytest.skip("no C compiler here: only the numpy loop runs")
+    assert simulator_backend() == request.param
+    return request.param
 
 
 def reference_simulation(planes, initial, theta):
@@ -16,6 +28,63 @@ def reference_simulation(planes, initial, theta):
         out[n] = fire
         acc = acc - theta * fire
     return out
+
+
+def slow_simulation(frames, params: SimParams) -> np.ndarray:
+    """The simulator as it was before the fused kernel (one video in memory, float64, one numpy pass per
+    operation and plane): interpolate, draw the dark current in plane order, integrate-and-fire plane by plane.
+    The fast simulator must give exactly these bits for a seed."""
+    f = to_intensity(frames)  # [T, H, W] float64
+    t, h, w = f.shape
+    p = params.planes_per_frame
+    sim = SpikeSimulator(params, h, w)  # the seeded initial charge and threshold map
+    _, _, dark_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(params.seed).spawn(3))
+    dark = dark_rng.random((t * p, h, w)) * (2.0 * params.dark_current) if params.dark_current > 0 else None
+    nxt = np.concatenate([f[1:], f[-1:]])  # the last frame is held
+    slope = nxt - f
+    weights = np.arange(p, dtype=np.float64) / p
+    charge, out = sim.initial.copy(), np.zeros((t * p, h, w), np.uint8)
+    for n in range(t * p):
+        k, j = divmod(n, p)
+        plane = slope[k] * weights[j] + f[k] if weights[j] else f[k].copy()
+        if dark is not None:
+            plane = np.minimum(plane + dark[n], 1.0)
+        charge = charge + plane
+        fire = charge >= sim.theta
+        charge = charge - fire * sim.theta
+        out[n] = fire
+    return out
+
+
+SLOW_CASES = [  # (frames seed, shape, params): gray/RGB, uint8/float, every noise option, threshold 1 (the edge)
+    (0, (9, 6, 7), SimParams()),
+    (1, (7, 5, 4), SimParams(threshold=1.5, planes_per_frame=3, seed=11, mismatch=0.2)),
+    (2, (6, 8, 6, 3), SimParams(planes_per_frame=2, seed=5, dark_current=0.05)),
+    (3, (11, 4, 9), SimParams(threshold=1.0, planes_per_frame=4, seed=7, mismatch=0.5, dark_current=0.3)),
+    (4, (5, 3, 5, 3), SimParams(threshold=5.0, planes_per_frame=5, seed=2, dark_current=0.01)),
+    (5, (13, 16, 16), SimParams(threshold=1.0, seed=3)),
+]
+
+
+def _slow_case_frames(seed, shape):
+    rng = np.random.default_rng(seed)
+    if seed % 2:
+        return rng.random(shape)
+    frames = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    frames[:, 0] = 255  # saturated rows: charge 1 per plane, so threshold 1 fires every plane
+    return frames
+
+
+@pytest.mark.parametrize("seed, shape, params", SLOW_CASES)
+def test_bit_identical_to_the_slow_per_plane_simulator(seed, shape, params, backend):
+    frames = _slow_case_frames(seed, shape)
+    expected = slow_simulation(frames, params)
+    kwargs = dict(threshold=params.threshold, planes_per_frame=params.planes_per_frame, seed=params.seed,
+                  mismatch=params.mismatch, dark_current=params.dark_current)
+    assert expected.any()
+    for chunk in (1, 3, 64):
+        assert np.array_equal(simulate_spikes(frames, chunk_planes=chunk, **kwargs), expected), chunk
+    assert np.array_equal(simulate_spikes(iter(frames), chunk_planes=5, **kwargs), expected)
 
 
 def test_count_per_pixel_is_floor_of_initial_plus_summed_intensity():
@@ -32,7 +101,7 @@ def test_count_per_pixel_is_floor_of_initial_plus_summed_intensity():
         assert np.array_equal(spikes.sum(0), expected), trial
 
 
-def test_matches_slow_reference_with_interpolation_and_mismatch():
+def test_matches_slow_reference_with_interpolation_and_mismatch(backend):
     rng = np.random.default_rng(1)
     frames = rng.random((6, 5, 4))
     params = SimParams(threshold=1.5, planes_per_frame=3, seed=11, mismatch=0.2)
@@ -45,7 +114,7 @@ def test_matches_slow_reference_with_interpolation_and_mismatch():
     assert sim.theta.std() > 0 and sim.theta.min() >= 1.0
 
 
-def test_rgb_iterator_and_chunking_give_the_same_bits():
+def test_rgb_iterator_and_chunking_give_the_same_bits(backend):
     rng = np.random.default_rng(2)
     rgb = rng.integers(0, 256, size=(10, 8, 6, 3), dtype=np.uint8)
     gray = rgb / 255.0 @ np.array([0.299, 0.587, 0.114])
@@ -74,6 +143,9 @@ def test_seed_and_noise_options_change_the_output():
     ({"threshold": 0.5}, np.zeros((2, 4, 4)), "threshold must be >= 1"),
     ({"planes_per_frame": 0}, np.zeros((2, 4, 4)), "planes_per_frame"),
     ({}, np.full((2, 4, 4), 2.0), r"\[0, 1\]"),
+    ({}, np.full((2, 4, 4), np.nan), r"\[0, 1\]"),
+    ({}, np.full((2, 4, 4), np.inf), r"\[0, 1\]"),
+    ({"chunk_planes": 0}, np.zeros((2, 4, 4)), "chunk_planes"),
     ({}, np.zeros((2, 4, 4), np.int32), "dtype"),
     ({}, np.zeros((2, 4, 4, 2)), "RGB"),
     ({}, np.zeros((0, 4, 4)), "no frames"),
@@ -81,3 +153,41 @@ def test_seed_and_noise_options_change_the_output():
 def test_bad_inputs(kwargs, frames, match):
     with pytest.raises(ValueError, match=match):
         simulate_spikes(frames, **kwargs)
+
+
+def test_streaming_api_and_default_chunk():
+    rng = np.random.default_rng(4)
+    frames = rng.random((7, 6, 8))
+    params = SimParams(planes_per_frame=3, seed=9, dark_current=0.1)
+    sim = SpikeSimulator(params, 6, 8)
+    parts = [sim.feed_frames(frames[:1]), sim.feed_frames(frames[1:5]), sim.feed_frames(frames[5:]), sim.finish()]
+    assert [p.shape[0] for p in parts] == [0, 12, 6, 3]
+    assert np.array_equal(np.concatenate(parts), slow_simulation(frames, params))
+    with pytest.raises(ValueError, match="frame size"):
+        sim.feed_frames(np.zeros((1, 5, 8)))
+    planes = rng.random((5, 6, 8))  # fire(): per-plane intensities, no interpolation
+    once = SpikeSimulator(SimParams(seed=2), 6, 8)
+    assert np.array_equal(once.fire(planes), slow_simulation(planes, SimParams(seed=2)))
+    assert default_chunk_planes(1080, 1920) == 16 and default_chunk_planes(64, 64) == 256
+    assert [c.shape[0] for c in iter_simulate(np.zeros((40, 1080 // 8, 1920 // 8)), planes_per_frame=3)] == [120]
+
+
+def test_kernel_is_built_once_into_the_user_cache_and_falls_back_to_numpy(tmp_path, monkeypatch):
+    import spklip.data.simulate as simulate
+
+    frames = np.random.default_rng(6).integers(0, 256, (6, 8, 8), np.uint8)
+    expected = slow_simulation(frames, SimParams(planes_per_frame=2, seed=1))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    simulate._load_kernel.cache_clear()
+    try:
+        if simulate._load_kernel() is not None:  # a C compiler here: built into the cache, reused from there
+            assert len(list((tmp_path / "cache" / "spklip").glob("spklip-simulate-*.so"))) == 1
+            simulate._load_kernel.cache_clear()
+            assert simulate._load_kernel() is not None
+        monkeypatch.setattr(simulate, "_KERNEL_C", "not C")  # a failing build: the numpy loop, same bits
+        simulate._load_kernel.cache_clear()
+        assert simulate._load_kernel() is None and simulator_backend() == "numpy"
+        assert np.array_equal(simulate_spikes(frames, planes_per_frame=2, seed=1), expected)
+    finally:
+        monkeypatch.undo()
+        simulate._load_kernel.cache_clear()

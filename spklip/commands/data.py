@@ -19,13 +19,23 @@ def _csv(kind):
     return lambda text: tuple(kind(x.strip()) for x in text.split(",") if x.strip())
 
 
-def _sim_args(p: argparse.ArgumentParser) -> None:
+def _sim_args(p: argparse.ArgumentParser, chunk: bool = True) -> None:
     g = p.add_argument_group("simulator")
     g.add_argument("--threshold", type=float, default=2.0, help="charge to fire, >= 1 (default 2)")
     g.add_argument("--planes-per-frame", type=int, default=1, help="spike planes per video frame (interpolated)")
     g.add_argument("--mismatch", type=float, default=0.0, help="relative std of per-pixel thresholds (0 = off)")
     g.add_argument("--dark-current", type=float, default=0.0, help="mean dark charge per pixel and plane (0 = off)")
     g.add_argument("--seed", type=int, default=0)
+    if chunk:  # (moving-digits renders each clip whole: its simulator takes no chunk size yet)
+        g.add_argument("--chunk-planes", type=_positive, help="spike planes simulated and held at once; bounds memory "
+                       "(default: 32 MiB of spikes, at most 256 planes; the bits do not depend on it)")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def register(subparsers) -> None:
@@ -102,7 +112,7 @@ def _build_args(p: argparse.ArgumentParser, kind: str) -> None:
                        help="subsample: aspect crop + evenly spaced rows/cols; crop: centred H x W window")
         p.add_argument("--seed", type=int, default=0, help="seeds the split assignment")
     else:
-        _sim_args(p)
+        _sim_args(p, chunk=kind == "video-folder")
 
 
 def clip_shape(args: argparse.Namespace) -> tuple[int, int, int]:
@@ -144,7 +154,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     meta = build_dataset(args.out, args.kind, spec, sim, overwrite=args.overwrite, shard_mb=args.shard_mb,
                          progress=not args.no_progress, skip_bad=getattr(args, "skip_bad", False),
-                         workers=args.workers, address=args.address)
+                         workers=args.workers, address=args.address,
+                         chunk_planes=getattr(args, "chunk_planes", None))
     print(build_summary(meta, args.out))
     return 0
 
@@ -186,7 +197,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         raise ValueError(f"--out must end in .dat or .npy, got {out.name}")
     frames = tqdm(read_frames(args.input, args.height, args.width, args.max_frames), desc="simulate", unit="frame")
     chunks = iter_simulate(frames, threshold=args.threshold, planes_per_frame=args.planes_per_frame, seed=args.seed,
-                           mismatch=args.mismatch, dark_current=args.dark_current)
+                           mismatch=args.mismatch, dark_current=args.dark_current, chunk_planes=args.chunk_planes)
     if out.suffix == ".dat":
         planes = write_dat(out, chunks)
         shape = None

@@ -52,11 +52,12 @@ def preset_clip_shape(preset: str) -> tuple[int, int, int]:
 
 
 def plan_dataset(kind: str, spec: DigitsSpec | FolderSpec, sim: SimParams | None, *, skip_bad: bool = False,
-                 pmap: Mapper = serial_map) -> BuildPlan:
+                 pmap: Mapper = serial_map, chunk_planes: int | None = None) -> BuildPlan:
     """The plan of builder `kind` (one of `KINDS`): ``moving-digits`` takes a `DigitsSpec`, ``video-folder`` and
     ``dat-folder`` a `FolderSpec`; `sim` is the simulator (None for ``dat-folder``: real recordings are not
-    simulated). Folder inputs are all checked first (`folders.check_inputs`, mapped with `pmap`): a bad one is an
-    error listing every bad one, or with `skip_bad` left out and listed in ``info.skipped``."""
+    simulated); `chunk_planes` bounds the simulator's memory for videos (`simulate_spikes`; the bits do not depend on
+    it). Folder inputs are all checked first (`folders.check_inputs`, mapped with `pmap`): a bad one is an error
+    listing every bad one, or with `skip_bad` left out and listed in ``info.skipped``."""
     if kind not in KINDS:
         raise ValueError(f"unknown dataset kind {kind!r}; choose from {', '.join(KINDS)}")
     want = DigitsSpec if kind == "moving-digits" else FolderSpec
@@ -67,7 +68,7 @@ def plan_dataset(kind: str, spec: DigitsSpec | FolderSpec, sim: SimParams | None
         make = functools.partial(digit_class_clips, spec, sim, info)
         return BuildPlan(info, list(range(len(spec.class_pairs))), make, total, [])
     plan = folder_plan(spec, kind, sim, skip_bad=skip_bad, pmap=pmap)
-    make = (functools.partial(video_clip, spec, sim, plan.info) if kind == "video-folder" else
+    make = (functools.partial(video_clip, spec, sim, plan.info, chunk_planes=chunk_planes) if kind == "video-folder" else
             functools.partial(dat_clip, spec, plan.info))
     return BuildPlan(plan.info, plan.items, make, len(plan.items), plan.notes)
 
@@ -79,16 +80,17 @@ def part_rows(make: Callable[[Any], Iterable[Clip]], info: DatasetInfo, part: An
         yield clip_row(clip, info)
 
 
-def dataset_clips(kind: str, spec: DigitsSpec | FolderSpec,
-                  sim: SimParams | None) -> tuple[DatasetInfo, Iterator[Clip], int]:
+def dataset_clips(kind: str, spec: DigitsSpec | FolderSpec, sim: SimParams | None,
+                  chunk_planes: int | None = None) -> tuple[DatasetInfo, Iterator[Clip], int]:
     """The header, a lazy clip iterator (in this process) and the clip count of builder `kind` (see `plan_dataset`)."""
-    plan = plan_dataset(kind, spec, sim)
+    plan = plan_dataset(kind, spec, sim, chunk_planes=chunk_planes)
     return plan.info, serial_map(plan.make, plan.parts), plan.total
 
 
 def build_dataset(out: str | os.PathLike, kind: str, spec: DigitsSpec | FolderSpec, sim: SimParams | None = None,
                   *, overwrite: bool = False, shard_mb: float = 64.0, progress: bool = False, skip_bad: bool = False,
-                  workers: int | None = None, address: str | None = None) -> dict[str, Any]:
+                  workers: int | None = None, address: str | None = None,
+                  chunk_planes: int | None = None) -> dict[str, Any]:
     """Build the `kind` dataset `spec` describes into the folder `out` and return its metadata (`read_metadata`).
 
     Args:
@@ -100,6 +102,7 @@ def build_dataset(out: str | os.PathLike, kind: str, spec: DigitsSpec | FolderSp
         skip_bad: leave out the inputs that cannot be read (listed in the manifest) instead of refusing.
         workers, address: run the checks and the clips as a Ray Data pipeline, on a local Ray instance with
             `workers` CPUs, or on the cluster at `address` (both None: in this process). Same dataset either way.
+        chunk_planes: spike planes the simulator holds at once (see `plan_dataset`).
 
     What was skipped (and why) and warnings are printed on stderr, one line each.
     """
@@ -107,7 +110,7 @@ def build_dataset(out: str | os.PathLike, kind: str, spec: DigitsSpec | FolderSp
     parallel = workers is not None or bool(address)
     with ray_mapper(workers=workers, address=address) if parallel else contextlib.nullcontext(serial_map) as pmap:
         try:
-            plan = plan_dataset(kind, spec, sim, skip_bad=skip_bad, pmap=pmap)
+            plan = plan_dataset(kind, spec, sim, skip_bad=skip_bad, pmap=pmap, chunk_planes=chunk_planes)
         except UnreadableInputs as e:  # the whole list, one line each, above the one-line error
             for b in e.bad:
                 print(f"spklip: cannot read {b.path}: {b.reason}", file=sys.stderr)

@@ -15,7 +15,8 @@ Taking N planes from a clip:
   H x W window.
 
 Frames for ``spklip data simulate`` (`read_frames`: a video, a ``.npy`` array or a folder of images) and for
-``video-folder`` (`read_video`) come from one PyAV decoder, `iter_video`.
+``video-folder`` (`read_video_window`: only the window's frames are decoded, after seeking to the keyframe before
+it) come from one PyAV decoder setup.
 """
 
 from __future__ import annotations
@@ -229,17 +230,20 @@ def iter_video(path: str | os.PathLike, height: int | None = None, width: int | 
     try:
         with av.open(str(path)) as container:
             for frame in container.decode(container.streams.video[0]):
-                if not cover:
-                    yield frame.reformat(width=width or frame.width, height=height or frame.height,
-                                         format="gray").to_ndarray()
-                    continue
-                scale = max(height / frame.height, width / frame.width)
-                h, w = max(height, round(frame.height * scale)), max(width, round(frame.width * scale))
-                img = frame.reformat(width=w, height=h, format="gray").to_ndarray()  # [h, w] uint8
-                top, left = (h - height) // 2, (w - width) // 2
-                yield img[top:top + height, left:left + width]
+                yield _gray(frame, height, width, cover)
     except (av.error.FFmpegError, IndexError) as e:
         raise ValueError(f"{path}: cannot decode video ({e})") from e
+
+
+def _gray(frame, height: int | None, width: int | None, cover: bool) -> np.ndarray:
+    """One decoded PyAV frame -> gray uint8 ``[H, W]`` (see `iter_video` for ``cover``)."""
+    if not cover:
+        return frame.reformat(width=width or frame.width, height=height or frame.height, format="gray").to_ndarray()
+    scale = max(height / frame.height, width / frame.width)
+    h, w = max(height, round(frame.height * scale)), max(width, round(frame.width * scale))
+    img = frame.reformat(width=w, height=h, format="gray").to_ndarray()  # [h, w] uint8
+    top, left = (h - height) // 2, (w - width) // 2
+    return img[top:top + height, left:left + width]
 
 
 def read_video(path: Path, height: int, width: int) -> np.ndarray:
@@ -248,6 +252,49 @@ def read_video(path: Path, height: int, width: int) -> np.ndarray:
     if not frames:
         raise ValueError(f"{path}: no video frames")
     return np.stack(frames)
+
+
+def read_video_window(path: Path, height: int, width: int, needed: int, stride: int = 1,
+                      pad: bool = False) -> np.ndarray:
+    """The ``needed`` centred frames (every ``stride``-th) of a video as gray uint8 ``[needed, H, W]``, covering
+    H x W: the frames ``_frame_window(read_video(...))`` gives, decoding only from the keyframe before the window.
+
+    One demux pass (no decoding) lists the packets' timestamps, which gives the frame count and the window's
+    presentation timestamps; the decoder then starts at the last keyframe whose timestamp is at or before the
+    window (so every frame of the window has its references) and stops after the window. Where the timestamps
+    cannot be trusted (missing or repeated) or a window frame does not come out, it falls back to decoding
+    everything; a too-short video also takes that path (it needs every frame, or the error).
+    """
+    import av  # optional dependency (the `video` extra): only reading a video needs it
+
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            packets = [(p.pts, p.dts, p.is_keyframe) for p in container.demux(stream) if p.size]  # decode order
+            pts = sorted(p[0] for p in packets) if all(p[0] is not None for p in packets) else None
+            span = (needed - 1) * stride + 1
+            if pts is None or len(set(pts)) != len(pts) or len(pts) < span:
+                return _frame_window(read_video(path, height, width), needed, stride, pad, path)
+            start = (len(pts) - span) // 2
+            targets = pts[start:start + span:stride]  # [needed] presentation timestamps of the window
+            keys = [(t, d) for t, d, key in packets if key and t <= targets[0]]
+            if not keys:  # no keyframe before the window: decode everything
+                return _frame_window(read_video(path, height, width), needed, stride, pad, path)
+            key_pts, key_dts = max(keys)
+            container.seek(key_pts if key_dts is None else key_dts, stream=stream)  # lands on that keyframe
+            wanted, frames = set(targets), {}
+            for frame in container.decode(stream):
+                if frame.pts in wanted:
+                    frames[frame.pts] = _gray(frame, height, width, cover=True)
+                    if len(frames) == needed:
+                        break
+                elif frame.pts is not None and frame.pts > targets[-1]:
+                    break
+    except (av.error.FFmpegError, IndexError) as e:
+        raise ValueError(f"{path}: cannot decode video ({e})") from e
+    if len(frames) != needed:
+        return _frame_window(read_video(path, height, width), needed, stride, pad, path)
+    return np.stack([frames[t] for t in targets])
 
 
 def read_frames(path: str | os.PathLike, height: int | None = None, width: int | None = None,
@@ -319,22 +366,26 @@ def _frame_window(frames: np.ndarray, needed: int, stride: int, pad: bool, path:
     return frames[start:start + span:stride]
 
 
-def video_clip(spec: FolderSpec, sim: SimParams, info: DatasetInfo, item: FolderItem) -> list[Clip]:
-    """The clip of one video (decoded, windowed, simulated with the clip's own seed): what a build worker makes."""
+def video_clip(spec: FolderSpec, sim: SimParams, info: DatasetInfo, item: FolderItem,
+               chunk_planes: int | None = None) -> list[Clip]:
+    """The clip of one video (only the window's frames decoded: `read_video_window`; simulated with the clip's own
+    seed; `chunk_planes` bounds the simulator's memory): what a build worker makes."""
     needed = math.ceil(spec.num_planes / sim.planes_per_frame)
     label, j, path, split = item.label, item.index, item.path, item.split
-    frames = _frame_window(read_video(path, spec.height, spec.width), needed, spec.frame_stride, spec.pad_short, path)
+    frames = read_video_window(path, spec.height, spec.width, needed, spec.frame_stride, spec.pad_short)
     seed = clip_seed(spec.seed, label, j)
     spikes = simulate_spikes(frames, threshold=sim.threshold, planes_per_frame=sim.planes_per_frame,
-                             seed=seed, mismatch=sim.mismatch, dark_current=sim.dark_current)
+                             seed=seed, mismatch=sim.mismatch, dark_current=sim.dark_current, chunk_planes=chunk_planes)
     return [Clip(spikes=spikes[:spec.num_planes], label=label, caption=info.class_names[label], split=split,
                  source=str(path), clip_id=f"{path.parent.name}/{path.name}", sim_seed=seed)]
 
 
-def video_clips(spec: FolderSpec, sim: SimParams) -> tuple[DatasetInfo, Iterator[Clip], int]:
+def video_clips(spec: FolderSpec, sim: SimParams, *,
+                chunk_planes: int | None = None) -> tuple[DatasetInfo, Iterator[Clip], int]:
     """The header, a lazy clip iterator and the clip count for a folder of class folders of videos."""
     plan = folder_plan(spec, "video-folder", sim)
-    return plan.info, serial_map(functools.partial(video_clip, spec, sim, plan.info), plan.items), len(plan.items)
+    make = functools.partial(video_clip, spec, sim, plan.info, chunk_planes=chunk_planes)
+    return plan.info, serial_map(make, plan.items), len(plan.items)
 
 
 def take_planes(path: Path, spec: FolderSpec) -> np.ndarray:

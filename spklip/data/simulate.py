@@ -6,9 +6,17 @@ light intensity (luminance in [0, 1]) plane by plane; the accumulator starts at 
 residual charge is kept). Since the charge per plane is at most 1 and ``threshold >= 1``, a pixel fires at most once
 per plane, and after n planes the spike count is exactly ``floor((initial + summed charge) / threshold)``.
 
-The simulator steps through time (the state is sequential) with in-place operations vectorised over pixels; only the
-residual charge ``[H, W]`` crosses chunk boundaries, so memory is bounded by the chunk size, not the video length.
-The tests check the count identity above and a textbook per-plane reference.
+Speed: one fused C kernel (`_KERNEL_C`, built once per machine with the system C compiler into a user cache, loaded
+with ctypes) does every plane of a frame pair in one pass over the pixels, in cache-sized pixel blocks. It performs
+the numpy loop's float64 operations in the same order (built with ``-ffp-contract=off``: no fused multiply-add, no
+-ffast-math), so its bits are the loop's; where no compiler is found (or ``SPKLIP_SIMULATOR=numpy``) the same loop
+runs in numpy, plane by plane, with the same result. `simulator_backend` says which one runs. The state is
+sequential in time per pixel, so a closed form over many planes (a cumulative sum with threshold crossings) cannot
+reproduce the loop's rounding; the kernel keeps the loop's arithmetic instead.
+
+Memory: frames are converted to float64 one at a time and only the residual charge and the previous frame ``[H, W]``
+cross frame boundaries; the spikes of ``chunk_planes`` planes are held before they are handed on, so memory is
+bounded by the chunk size, not the video length (at 1080p: ~50 MB of float64 state plus the chunk).
 
 ``planes_per_frame > 1`` emulates a 20-40 kHz sensor looking at a 25-30 fps video: between frames t and t+1 the
 planes see ``f_t + (j / P) (f_{t+1} - f_t)``, j = 0..P-1 (linear interpolation); the last frame is held.
@@ -17,12 +25,24 @@ Optional, off by default: fixed-pattern threshold mismatch (per-pixel threshold 
 z ~ N(0, 1), clipped to >= 1) and dark current (extra charge ``U(0, 2 * dark_current)`` per pixel and plane, so a
 dark pixel fires at about ``dark_current / threshold`` spikes per plane). Every random draw comes from generators
 spawned from ``seed``, consumed in plane order, so the output is bit-for-bit the same for a seed whatever the
-chunking.
+chunking or the backend.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -66,8 +86,8 @@ def to_intensity(frames: np.ndarray, *, single: bool = False) -> np.ndarray:
         arr = arr / 255.0
     elif np.issubdtype(arr.dtype, np.floating):
         arr = arr.astype(np.float64, copy=False)
-        if arr.size and not (np.isfinite(arr).all() and arr.min() >= 0.0 and arr.max() <= 1.0):
-            raise ValueError(f"float frames must lie in [0, 1], got values in [{np.nanmin(arr)}, {np.nanmax(arr)}]"
+        if arr.size and not (arr.min() >= 0.0 and arr.max() <= 1.0):  # NaN propagates: fails too
+            raise ValueError(f"float frames must lie in [0, 1], got values in [{arr.min()}, {arr.max()}]"
                              "; divide 8-bit frames by 255 or pass them as uint8")
     else:
         raise ValueError(f"frames must be uint8 or float in [0, 1], got dtype {arr.dtype}")
@@ -82,23 +102,136 @@ def to_intensity(frames: np.ndarray, *, single: bool = False) -> np.ndarray:
     return arr
 
 
-def _frame_chunks(frames: np.ndarray | Iterable[np.ndarray], chunk: int) -> Iterator[np.ndarray]:
-    """Normalise an array or an iterator of frames/chunks into float64 ``[<=chunk, H, W]`` blocks."""
+SPIKE_CHUNK_BYTES = 32 << 20  # the default chunk: as many planes as fit in 32 MiB of uint8 spikes (at most 256)
+_DARK_BYTES = 32 << 20  # dark-current draws held at once (float64 planes)
+_BLOCK = 1024  # pixels per kernel block: a, b, charge, threshold and the dark planes stay in the L1/L2 cache
+
+_KERNEL_C = r"""
+#include <stddef.h>
+#include <stdint.h>
+/* Integrate-and-fire `planes` planes a + w[j] (b - a) of one frame pair, exactly as simulate.py's numpy loop:
+   the same float64 operations in the same order, pixel by pixel (pixels are independent). */
+#define STEP(J, TH, DARK) { \
+        double p = s * w[J] + ai; \
+        DARK \
+        const double x = c + p; \
+        const double r = x >= (TH) ? (TH) : 0.0; \
+        c = x - r; \
+        out[(ptrdiff_t)(J) * n + i] = (uint8_t)(x >= (TH)); \
+    }
+#define DARK_ON p = p + dark[(ptrdiff_t)j * n + i]; p = p < 1.0 ? p : 1.0;
+#define DARK_OFF
+/* PP planes known at compile time: each pixel's planes in turn, unrolled, the charge kept in a register */
+#define PIXELS(TH, DARK, PP) \
+    for (ptrdiff_t i = i0; i < i1; i++) { \
+        const double ai = a[i], s = b[i] - ai, th = (TH); \
+        double c = charge[i]; \
+        for (int j = 0; j < (PP); j++) STEP(j, th, DARK) \
+        charge[i] = c; \
+    }
+/* any number of planes: plane by plane over the block (which stays in the cache) */
+#define PLANES(TH, DARK) \
+    for (int j = 0; j < planes; j++) \
+        for (ptrdiff_t i = i0; i < i1; i++) { \
+            const double ai = a[i], s = b[i] - ai, th = (TH); \
+            double c = charge[i]; \
+            STEP(j, th, DARK) \
+            charge[i] = c; \
+        }
+#define BY_PLANES(TH, DARK) \
+    if (planes == 1) PIXELS(TH, DARK, 1) \
+    else if (planes == 2) PIXELS(TH, DARK, 2) \
+    else if (planes == 4) PIXELS(TH, DARK, 4) \
+    else PLANES(TH, DARK)
+#ifdef SPKLIP_CLONES /* x86-64: an AVX2 build chosen at load time where the CPU has it, else SSE2 */
+__attribute__((target_clones("avx2", "default")))
+#endif
+void spklip_fire(const double *restrict a, const double *restrict b, double *restrict charge,
+                 const double *restrict theta, double theta0, const double *restrict w, int planes,
+                 const double *restrict dark, uint8_t *restrict out, ptrdiff_t n, ptrdiff_t block) {
+    for (ptrdiff_t i0 = 0; i0 < n; i0 += block) {
+        const ptrdiff_t i1 = i0 + block < n ? i0 + block : n;
+        if (theta && dark) { BY_PLANES(theta[i], DARK_ON) }
+        else if (theta) { BY_PLANES(theta[i], DARK_OFF) }
+        else if (dark) { BY_PLANES(theta0, DARK_ON) }
+        else { BY_PLANES(theta0, DARK_OFF) }
+    }
+}
+"""
+# -ffp-contract=off: no fused multiply-add (the numpy loop rounds the product); -fno-trapping-math only lets the
+# compiler turn the compares into vector selects (no FP exceptions are observed); no -ffast-math, no -march.
+_KERNEL_FLAGS = ("-O3", "-shared", "-fPIC", "-ffp-contract=off", "-fno-trapping-math")
+
+
+def _cache_dir() -> Path | None:
+    """The per-user cache folder for the built kernel, or None where it cannot be made (then nothing is cached: a
+    shared folder such as /tmp would let another user plant the library)."""
+    try:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "spklip"
+        base.mkdir(parents=True, exist_ok=True)
+        return base if os.access(base, os.W_OK) else None
+    except (OSError, RuntimeError):  # RuntimeError: no home folder
+        return None
+
+
+@functools.lru_cache(maxsize=None)
+def _load_kernel():
+    """The compiled kernel (ctypes function), built on first use into the user cache; None where that fails."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "aarch64", "arm64") or sys.platform == "win32":
+        return None  # only 64-bit targets whose double arithmetic is plain IEEE (no x87 extended precision)
+    compilers = [shlex.split(c) for c in (os.environ.get("CC"), sysconfig.get_config_var("CC"), "cc") if c]
+    cc = next((c for c in compilers if c and shutil.which(c[0])), None)
+    if cc is None:
+        return None
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    for flags in ([(*_KERNEL_FLAGS, "-DSPKLIP_CLONES")] if x86 else []) + [_KERNEL_FLAGS]:
+        fn = _build_kernel(cc, flags)
+        if fn is not None:
+            break
+    else:
+        return None
+    ptr = ctypes.c_void_p
+    fn.argtypes = [ptr, ptr, ptr, ptr, ctypes.c_double, ptr, ctypes.c_int, ptr, ptr, ctypes.c_ssize_t,
+                   ctypes.c_ssize_t]
+    fn.restype = None
+    return fn
+
+
+def _build_kernel(cc: list[str], flags: tuple[str, ...]):
+    """Compile (once: cached by a hash of the source and the command) and load the kernel; None on failure."""
+    key = hashlib.sha256("\0".join([_KERNEL_C, *cc, *flags, platform.machine(), sys.platform]).encode())
+    name, cache = f"spklip-simulate-{key.hexdigest()[:16]}.so", _cache_dir()
+    try:
+        if cache is not None and (cache / name).exists():
+            return ctypes.CDLL(str(cache / name)).spklip_fire  # ctypes releases the GIL during the call
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:  # no cache: a private folder of the system's temp
+            src, built = Path(tmp) / "simulate.c", Path(tmp) / name
+            src.write_text(_KERNEL_C)
+            subprocess.run([*cc, *flags, "-o", str(built), str(src)], check=True, capture_output=True, timeout=120)
+            if cache is None:
+                return ctypes.CDLL(str(built)).spklip_fire  # loaded: the file may go with its folder
+            os.replace(built, cache / name)  # atomic: concurrent builders each rename a complete file
+        return ctypes.CDLL(str(cache / name)).spklip_fire
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def simulator_backend() -> str:
+    """``"c"`` (the fused kernel) or ``"numpy"`` (no C compiler, or ``SPKLIP_SIMULATOR=numpy``): same bits."""
+    if os.environ.get("SPKLIP_SIMULATOR", "").lower() == "numpy":
+        return "numpy"
+    return "c" if _load_kernel() is not None else "numpy"
+
+
+def _iter_intensity(frames: np.ndarray | Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    """An array or an iterator of frames/chunks -> float64 ``[H, W]`` intensity frames, converted one at a time."""
     if isinstance(frames, np.ndarray):
-        for start in range(0, frames.shape[0], chunk):
-            yield to_intensity(frames[start:start + chunk])
+        to_intensity(frames[:0])  # check dtype and shape up front
+        for t in range(frames.shape[0]):
+            yield to_intensity(frames[t:t + 1])[0]
         return
-    buf: list[np.ndarray] = []
-    held = 0
     for item in frames:
-        block = to_intensity(item, single=True)
-        buf.append(block)
-        held += block.shape[0]
-        if held >= chunk:
-            yield np.concatenate(buf)
-            buf, held = [], 0
-    if buf:
-        yield np.concatenate(buf)
+        yield from to_intensity(item, single=True)
 
 
 class SpikeSimulator:
@@ -114,97 +247,166 @@ class SpikeSimulator:
         self.params, self.shape = params, (height, width)
         init_rng, mismatch_rng, self._dark_rng = (np.random.default_rng(s)
                                                   for s in np.random.SeedSequence(params.seed).spawn(3))
-        theta = np.full(self.shape, float(params.threshold))
+        self._theta_map = None  # [H, W] per-pixel threshold with mismatch, else the scalar threshold everywhere
         if params.mismatch > 0:
-            theta = np.maximum(theta * (1.0 + params.mismatch * mismatch_rng.standard_normal(self.shape)), 1.0)
-        self.theta = theta  # [H, W] per-pixel threshold
-        self.initial = init_rng.random(self.shape) * theta  # [H, W] starting charge, uniform below threshold
-        self.charge = self.initial.copy()  # [H, W] residual charge carried between chunks
+            theta = np.full(self.shape, float(params.threshold))
+            self._theta_map = np.maximum(theta * (1.0 + params.mismatch * mismatch_rng.standard_normal(self.shape)),
+                                         1.0)
+        self.charge = init_rng.random(self.shape) * self._theta  # [H, W] charge, from a uniform start below threshold
         self._pending: np.ndarray | None = None  # last frame, waiting for its successor to interpolate
+        self._weights = np.arange(params.planes_per_frame, dtype=np.float64) / params.planes_per_frame  # [P]
+        self._kernel = _load_kernel() if simulator_backend() == "c" else None
+        self._scratch: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # the numpy loop's temporaries
+
+    @property
+    def _theta(self) -> np.ndarray | float:
+        """The per-pixel map with mismatch, else the scalar threshold (the same values, no [H, W] array)."""
+        return self._theta_map if self._theta_map is not None else float(self.params.threshold)
+
+    @property
+    def theta(self) -> np.ndarray:
+        """``[H, W]`` per-pixel threshold."""
+        return self._theta_map if self._theta_map is not None else np.full(self.shape, float(self.params.threshold))
+
+    @property
+    def initial(self) -> np.ndarray:
+        """``[H, W]`` starting charge, uniform below threshold (drawn again from the seed: it is not kept)."""
+        init_rng = np.random.default_rng(np.random.SeedSequence(self.params.seed).spawn(3)[0])
+        return init_rng.random(self.shape) * self._theta
 
     def fire(self, planes: np.ndarray) -> np.ndarray:
         """Integrate ``[n, H, W]`` per-plane intensities and return ``[n, H, W]`` uint8 spikes."""
-        return self._integrate(planes, np.zeros_like(planes), np.zeros(1))
-
-    def _integrate(self, start: np.ndarray, slope: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        """Integrate-and-fire over the planes ``start[t] + w * slope[t]`` for t in frames, w in ``weights``.
-
-        The loop runs over time only (the state is sequential); each step is a handful of in-place operations on
-        an ``[H, W]`` plane, vectorised over pixels and cache-resident, which measured ~4x faster than an
-        equivalent cumulative sum over ``[n, H, W]`` blocks (numpy's cumsum along axis 0 is slow).
-        """
-        m, p = start.shape[0], len(weights)
-        out = np.zeros((m * p, *self.shape), dtype=np.uint8)  # [m*P, H, W]
-        dark = None
-        if self.params.dark_current > 0:  # drawn per chunk in plane order: the same stream whatever the chunking
-            dark = self._dark_rng.random(out.shape) * (2.0 * self.params.dark_current)  # [m*P, H, W]
-        charge, plane, reset = self.charge, np.empty(self.shape), np.empty(self.shape)
-        theta = self.theta if self.params.mismatch > 0 else float(self.params.threshold)  # scalar: faster compares
-        fire = np.empty(self.shape, dtype=bool)
-        for t in range(m):
-            for j, w in enumerate(weights):
-                if w:
-                    np.multiply(slope[t], w, out=plane)
-                    plane += start[t]
-                else:
-                    np.copyto(plane, start[t])
-                if dark is not None:
-                    plane += dark[t * p + j]
-                    np.minimum(plane, 1.0, out=plane)  # the pixel saturates at the brightest charge
-                charge += plane
-                np.greater_equal(charge, theta, out=fire)
-                np.multiply(fire, theta, out=reset)  # (a masked `where=` subtract is several times slower)
-                charge -= reset
-                out[t * p + j] = fire
+        out = np.empty(planes.shape, dtype=np.uint8)
+        zero = np.zeros(1)
+        for n, plane in enumerate(planes):
+            plane = np.ascontiguousarray(plane, dtype=np.float64)
+            self._fire_pair(plane, plane, zero, out[n:n + 1])
         return out
+
+    def step(self, frame: np.ndarray, out: np.ndarray) -> bool:
+        """Take the next frame's ``[H, W]`` intensities; write the previous frame's P planes (interpolated towards
+        this one) into ``out[:P]`` and return True, or return False for the first frame."""
+        if frame.shape != self.shape:
+            raise ValueError(f"frame size {frame.shape} differs from the first frames' {self.shape}")
+        frame = np.ascontiguousarray(frame, dtype=np.float64)
+        prev, self._pending = self._pending, frame
+        if prev is None:
+            return False
+        self._fire_pair(prev, frame, self._weights, out[:len(self._weights)])
+        return True
+
+    def step_last(self, out: np.ndarray) -> bool:
+        """Write the last frame's P planes (held constant: it has no successor) into ``out[:P]``; False if none."""
+        if self._pending is None:
+            return False
+        last, self._pending = self._pending, None
+        self._fire_pair(last, last, self._weights, out[:len(self._weights)])
+        return True
 
     def feed_frames(self, frames: np.ndarray) -> np.ndarray:
         """Feed ``[m, H, W]`` frame intensities; returns the spikes of every frame whose successor is now known."""
         if frames.shape[1:] != self.shape:
             raise ValueError(f"frame size {frames.shape[1:]} differs from the first frames' {self.shape}")
-        seq = frames if self._pending is None else np.concatenate([self._pending[None], frames])  # [m(+1), H, W]
-        self._pending = seq[-1]
-        return self._interpolate_and_fire(seq[:-1], seq[1:])
+        p = len(self._weights)
+        out = np.empty((frames.shape[0] * p, *self.shape), dtype=np.uint8)  # [m*P, H, W]
+        done = 0
+        for frame in frames:
+            done += self.step(frame, out[done * p:])
+        return out[:done * p]
 
     def finish(self) -> np.ndarray:
         """Emit the planes of the last frame (held constant: it has no successor)."""
-        if self._pending is None:
-            return np.zeros((0, *self.shape), dtype=np.uint8)
-        last, self._pending = self._pending[None], None
-        return self._interpolate_and_fire(last, last)
+        out = np.empty((len(self._weights), *self.shape), dtype=np.uint8)
+        return out if self.step_last(out) else out[:0]
 
-    def _interpolate_and_fire(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """Planes between frames a[t] and b[t]: ``a + (j / P) (b - a)``, j = 0..P-1, then integrate them."""
-        if a.shape[0] == 0:
-            return np.zeros((0, *self.shape), dtype=np.uint8)
-        weights = np.arange(self.params.planes_per_frame, dtype=np.float64) / self.params.planes_per_frame  # [P]
-        return self._integrate(a, b - a, weights)  # [m*P, H, W]
+    def _fire_pair(self, a: np.ndarray, b: np.ndarray, weights: np.ndarray, out: np.ndarray) -> None:
+        """Integrate-and-fire the planes ``a + w (b - a)``, w in `weights`, into ``out [len(weights), H, W]``.
+
+        The dark current is drawn in plane order, a few planes at a time (bounded memory, the same stream)."""
+        dc = self.params.dark_current
+        group = len(weights) if dc == 0 else max(1, min(len(weights), _DARK_BYTES // (8 * a.size)))
+        for j in range(0, len(weights), group):
+            w = weights[j:j + group]
+            dark = None
+            if dc > 0:
+                dark = self._dark_rng.random((len(w), *self.shape))  # [g, H, W]
+                dark *= 2.0 * dc
+            if self._kernel is not None:
+                theta = self._theta_map
+                self._kernel(a.ctypes.data, b.ctypes.data, self.charge.ctypes.data,
+                             None if theta is None else theta.ctypes.data, float(self.params.threshold),
+                             w.ctypes.data, len(w), None if dark is None else dark.ctypes.data,
+                             out[j:j + len(w)].ctypes.data, a.size, _BLOCK)
+            else:
+                self._fire_numpy(a, b, w, dark, out[j:j + len(w)])
+
+    def _fire_numpy(self, a: np.ndarray, b: np.ndarray, weights: np.ndarray, dark: np.ndarray | None,
+                    out: np.ndarray) -> None:
+        """The same loop in numpy: one in-place ``[H, W]`` pass per operation and plane (the kernel's reference)."""
+        if self._scratch is None:
+            self._scratch = np.empty(self.shape), np.empty(self.shape), np.empty(self.shape, dtype=bool)
+        plane, reset, fire = self._scratch
+        charge = self.charge
+        theta = self._theta  # a scalar without mismatch: faster compares
+        slope = b - a
+        for j, w in enumerate(weights):
+            if w:
+                np.multiply(slope, w, out=plane)
+                plane += a
+            else:
+                np.copyto(plane, a)
+            if dark is not None:
+                plane += dark[j]
+                np.minimum(plane, 1.0, out=plane)  # the pixel saturates at the brightest charge
+            charge += plane
+            np.greater_equal(charge, theta, out=fire)
+            np.multiply(fire, theta, out=reset)  # (a masked `where=` subtract is several times slower)
+            charge -= reset
+            out[j] = fire
+
+
+def default_chunk_planes(height: int, width: int) -> int:
+    """Planes per chunk when none is given: as many as fit in `SPIKE_CHUNK_BYTES` of spikes, 1 to 256."""
+    return max(1, min(256, SPIKE_CHUNK_BYTES // max(1, height * width)))
 
 
 def iter_simulate(frames: np.ndarray | Iterable[np.ndarray], *, threshold: float = 2.0, planes_per_frame: int = 1,
                   seed: int = 0, mismatch: float = 0.0, dark_current: float = 0.0,
-                  chunk_planes: int = 64) -> Iterator[np.ndarray]:
+                  chunk_planes: int | None = None) -> Iterator[np.ndarray]:
     """Stream spikes chunk by chunk: same arguments as `simulate_spikes`, yields ``[n_i, H, W]`` uint8 blocks.
 
-    Memory stays bounded by ``chunk_planes`` planes whatever the video length, so long videos can be written
-    straight to a ``.dat`` file with `spklip.data.dat.write_dat`.
+    Each block holds ``max(1, chunk_planes // planes_per_frame)`` frames' planes (the last one fewer), so memory
+    stays bounded by ``chunk_planes`` whatever the video length; long videos can be written straight to a ``.dat``
+    file with `spklip.data.dat.write_dat`.
     """
     params = SimParams(threshold, planes_per_frame, seed, mismatch, dark_current)
+    if chunk_planes is not None and chunk_planes < 1:
+        raise ValueError(f"chunk_planes must be >= 1, got {chunk_planes}")
+    p = params.planes_per_frame
     sim: SpikeSimulator | None = None
-    for block in _frame_chunks(frames, max(1, chunk_planes // params.planes_per_frame)):
+    out, filled, per_chunk = None, 0, 0
+    for frame in _iter_intensity(frames):
         if sim is None:
-            sim = SpikeSimulator(params, *block.shape[1:])
-        out = sim.feed_frames(block)
-        if out.shape[0]:
-            yield out
+            sim = SpikeSimulator(params, *frame.shape)
+            per_chunk = max(1, (chunk_planes or default_chunk_planes(*frame.shape)) // p) * p
+        if out is None:
+            out, filled = np.empty((per_chunk, *sim.shape), dtype=np.uint8), 0  # [chunk, H, W], handed on whole
+        if sim.step(frame, out[filled:]):
+            filled += p
+            if filled == per_chunk:
+                yield out
+                out = None
     if sim is None:
         raise ValueError("no frames to simulate (empty video or array)")
-    yield sim.finish()
+    if out is None:
+        out, filled = np.empty((p, *sim.shape), dtype=np.uint8), 0
+    sim.step_last(out[filled:])
+    yield out[:filled + p]
 
 
 def simulate_spikes(frames: np.ndarray | Iterable[np.ndarray], *, threshold: float = 2.0, planes_per_frame: int = 1,
                     seed: int = 0, mismatch: float = 0.0, dark_current: float = 0.0,
-                    chunk_planes: int = 64) -> np.ndarray:
+                    chunk_planes: int | None = None) -> np.ndarray:
     """Simulate a spike camera watching a video.
 
     Args:
@@ -215,7 +417,7 @@ def simulate_spikes(frames: np.ndarray | Iterable[np.ndarray], *, threshold: flo
         seed: seeds the initial charge (and mismatch / dark current); equal seeds give identical spikes.
         mismatch: relative std of a per-pixel threshold (fixed-pattern noise); 0 = off.
         dark_current: mean extra charge per pixel and plane; 0 = off.
-        chunk_planes: planes processed at once (bounds memory).
+        chunk_planes: planes simulated per block (bounds memory); default: 32 MiB of spikes (`default_chunk_planes`).
 
     Returns:
         uint8 ``[T * planes_per_frame, H, W]`` spikes in {0, 1}.
@@ -223,6 +425,6 @@ def simulate_spikes(frames: np.ndarray | Iterable[np.ndarray], *, threshold: flo
     Raises:
         ValueError: bad parameters, float frames outside [0, 1], a wrong shape or dtype, or no frames.
     """
-    return np.concatenate(list(iter_simulate(frames, threshold=threshold, planes_per_frame=planes_per_frame,
-                                             seed=seed, mismatch=mismatch, dark_current=dark_current,
-                                             chunk_planes=chunk_planes)))
+    chunks = list(iter_simulate(frames, threshold=threshold, planes_per_frame=planes_per_frame, seed=seed,
+                                mismatch=mismatch, dark_current=dark_current, chunk_planes=chunk_planes))
+    return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
