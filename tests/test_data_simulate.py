@@ -173,21 +173,22 @@ def test_streaming_api_and_default_chunk():
 
 
 def test_kernel_is_built_once_into_the_user_cache_and_falls_back_to_numpy(tmp_path, monkeypatch):
-    import spklip.data.simulate as simulate
+    import spklip.data.simkernel as simkernel
 
     frames = np.random.default_rng(6).integers(0, 256, (6, 8, 8), np.uint8)
     expected = slow_simulation(frames, SimParams(planes_per_frame=2, seed=1))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    simulate._load_kernel.cache_clear()
+    simkernel.load_kernel.cache_clear()
     try:
-        if simulate._load_kernel() is not None:  # a C compiler here: built into the cache, reused from there
+        if simkernel.load_kernel() is not None:  # a C compiler here: built into the cache, reused from there
             assert len(list((tmp_path / "cache" / "spklip").glob("spklip-simulate-*.so"))) == 1
-            simulate._load_kernel.cache_clear()
-            assert simulate._load_kernel() is not None
-        monkeypatch.setattr(simulate, "_KERNEL_C", "not C")  # a failing build: the numpy loop, same bits
-        simulate._load_kernel.cache_clear()
-        assert simulate._load_kernel() is None and simulator_backend() == "numpy"
+            simkernel.load_kernel.cache_clear()
+            assert simkernel.load_kernel() is not None
+        (tmp_path / "bad.c").write_text("not C")
+        monkeypatch.setattr(simkernel, "KERNEL_SOURCE", tmp_path / "bad.c")  # a failing build: the numpy loop, same bits
+        simkernel.load_kernel.cache_clear()
+        assert simkernel.load_kernel() is None and simulator_backend() == "numpy"
         assert np.array_equal(simulate_spikes(frames, planes_per_frame=2, seed=1), expected)
     finally:
         monkeypatch.undo()
-        simulate._load_kernel.cache_clear()
+        simkernel.load_kernel.cache_clear()

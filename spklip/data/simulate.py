@@ -6,7 +6,7 @@ light intensity (luminance in [0, 1]) plane by plane; the accumulator starts at 
 residual charge is kept). Since the charge per plane is at most 1 and ``threshold >= 1``, a pixel fires at most once
 per plane, and after n planes the spike count is exactly ``floor((initial + summed charge) / threshold)``.
 
-Speed: one fused C kernel (`_KERNEL_C`, built once per machine with the system C compiler into a user cache, loaded
+Speed: one fused C kernel (`spklip/data/simkernel.c`, built once per machine with the system C compiler into a user cache, loaded
 with ctypes) does every plane of a frame pair in one pass over the pixels, in cache-sized pixel blocks. It performs
 the numpy loop's float64 operations in the same order (built with ``-ffp-contract=off``: no fused multiply-add, no
 -ffast-math), so its bits are the loop's; where no compiler is found (or ``SPKLIP_SIMULATOR=numpy``) the same loop
@@ -30,22 +30,14 @@ chunking or the backend.
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import hashlib
 import os
-import platform
-import shlex
-import shutil
-import subprocess
-import sys
-import sysconfig
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+
+from spklip.data.simkernel import BLOCK, load_kernel
 
 LUMA_BT601 = np.array([0.299, 0.587, 0.114])  # RGB -> luminance weights (the GRAY conversion SpikeCV uses)
 
@@ -104,123 +96,13 @@ def to_intensity(frames: np.ndarray, *, single: bool = False) -> np.ndarray:
 
 SPIKE_CHUNK_BYTES = 32 << 20  # the default chunk: as many planes as fit in 32 MiB of uint8 spikes (at most 256)
 _DARK_BYTES = 32 << 20  # dark-current draws held at once (float64 planes)
-_BLOCK = 1024  # pixels per kernel block: a, b, charge, threshold and the dark planes stay in the L1/L2 cache
-
-_KERNEL_C = r"""
-#include <stddef.h>
-#include <stdint.h>
-/* Integrate-and-fire `planes` planes a + w[j] (b - a) of one frame pair, exactly as simulate.py's numpy loop:
-   the same float64 operations in the same order, pixel by pixel (pixels are independent). */
-#define STEP(J, TH, DARK) { \
-        double p = s * w[J] + ai; \
-        DARK \
-        const double x = c + p; \
-        const double r = x >= (TH) ? (TH) : 0.0; \
-        c = x - r; \
-        out[(ptrdiff_t)(J) * n + i] = (uint8_t)(x >= (TH)); \
-    }
-#define DARK_ON p = p + dark[(ptrdiff_t)j * n + i]; p = p < 1.0 ? p : 1.0;
-#define DARK_OFF
-/* PP planes known at compile time: each pixel's planes in turn, unrolled, the charge kept in a register */
-#define PIXELS(TH, DARK, PP) \
-    for (ptrdiff_t i = i0; i < i1; i++) { \
-        const double ai = a[i], s = b[i] - ai, th = (TH); \
-        double c = charge[i]; \
-        for (int j = 0; j < (PP); j++) STEP(j, th, DARK) \
-        charge[i] = c; \
-    }
-/* any number of planes: plane by plane over the block (which stays in the cache) */
-#define PLANES(TH, DARK) \
-    for (int j = 0; j < planes; j++) \
-        for (ptrdiff_t i = i0; i < i1; i++) { \
-            const double ai = a[i], s = b[i] - ai, th = (TH); \
-            double c = charge[i]; \
-            STEP(j, th, DARK) \
-            charge[i] = c; \
-        }
-#define BY_PLANES(TH, DARK) \
-    if (planes == 1) PIXELS(TH, DARK, 1) \
-    else if (planes == 2) PIXELS(TH, DARK, 2) \
-    else if (planes == 4) PIXELS(TH, DARK, 4) \
-    else PLANES(TH, DARK)
-#ifdef SPKLIP_CLONES /* x86-64: an AVX2 build chosen at load time where the CPU has it, else SSE2 */
-__attribute__((target_clones("avx2", "default")))
-#endif
-void spklip_fire(const double *restrict a, const double *restrict b, double *restrict charge,
-                 const double *restrict theta, double theta0, const double *restrict w, int planes,
-                 const double *restrict dark, uint8_t *restrict out, ptrdiff_t n, ptrdiff_t block) {
-    for (ptrdiff_t i0 = 0; i0 < n; i0 += block) {
-        const ptrdiff_t i1 = i0 + block < n ? i0 + block : n;
-        if (theta && dark) { BY_PLANES(theta[i], DARK_ON) }
-        else if (theta) { BY_PLANES(theta[i], DARK_OFF) }
-        else if (dark) { BY_PLANES(theta0, DARK_ON) }
-        else { BY_PLANES(theta0, DARK_OFF) }
-    }
-}
-"""
-# -ffp-contract=off: no fused multiply-add (the numpy loop rounds the product); -fno-trapping-math only lets the
-# compiler turn the compares into vector selects (no FP exceptions are observed); no -ffast-math, no -march.
-_KERNEL_FLAGS = ("-O3", "-shared", "-fPIC", "-ffp-contract=off", "-fno-trapping-math")
-
-
-def _cache_dir() -> Path | None:
-    """The per-user cache folder for the built kernel, or None where it cannot be made (then nothing is cached: a
-    shared folder such as /tmp would let another user plant the library)."""
-    try:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "spklip"
-        base.mkdir(parents=True, exist_ok=True)
-        return base if os.access(base, os.W_OK) else None
-    except (OSError, RuntimeError):  # RuntimeError: no home folder
-        return None
-
-
-@functools.lru_cache(maxsize=None)
-def _load_kernel():
-    """The compiled kernel (ctypes function), built on first use into the user cache; None where that fails."""
-    if platform.machine().lower() not in ("x86_64", "amd64", "aarch64", "arm64") or sys.platform == "win32":
-        return None  # only 64-bit targets whose double arithmetic is plain IEEE (no x87 extended precision)
-    compilers = [shlex.split(c) for c in (os.environ.get("CC"), sysconfig.get_config_var("CC"), "cc") if c]
-    cc = next((c for c in compilers if c and shutil.which(c[0])), None)
-    if cc is None:
-        return None
-    x86 = platform.machine().lower() in ("x86_64", "amd64")
-    for flags in ([(*_KERNEL_FLAGS, "-DSPKLIP_CLONES")] if x86 else []) + [_KERNEL_FLAGS]:
-        fn = _build_kernel(cc, flags)
-        if fn is not None:
-            break
-    else:
-        return None
-    ptr = ctypes.c_void_p
-    fn.argtypes = [ptr, ptr, ptr, ptr, ctypes.c_double, ptr, ctypes.c_int, ptr, ptr, ctypes.c_ssize_t,
-                   ctypes.c_ssize_t]
-    fn.restype = None
-    return fn
-
-
-def _build_kernel(cc: list[str], flags: tuple[str, ...]):
-    """Compile (once: cached by a hash of the source and the command) and load the kernel; None on failure."""
-    key = hashlib.sha256("\0".join([_KERNEL_C, *cc, *flags, platform.machine(), sys.platform]).encode())
-    name, cache = f"spklip-simulate-{key.hexdigest()[:16]}.so", _cache_dir()
-    try:
-        if cache is not None and (cache / name).exists():
-            return ctypes.CDLL(str(cache / name)).spklip_fire  # ctypes releases the GIL during the call
-        with tempfile.TemporaryDirectory(dir=cache) as tmp:  # no cache: a private folder of the system's temp
-            src, built = Path(tmp) / "simulate.c", Path(tmp) / name
-            src.write_text(_KERNEL_C)
-            subprocess.run([*cc, *flags, "-o", str(built), str(src)], check=True, capture_output=True, timeout=120)
-            if cache is None:
-                return ctypes.CDLL(str(built)).spklip_fire  # loaded: the file may go with its folder
-            os.replace(built, cache / name)  # atomic: concurrent builders each rename a complete file
-        return ctypes.CDLL(str(cache / name)).spklip_fire
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def simulator_backend() -> str:
     """``"c"`` (the fused kernel) or ``"numpy"`` (no C compiler, or ``SPKLIP_SIMULATOR=numpy``): same bits."""
     if os.environ.get("SPKLIP_SIMULATOR", "").lower() == "numpy":
         return "numpy"
-    return "c" if _load_kernel() is not None else "numpy"
+    return "c" if load_kernel() is not None else "numpy"
 
 
 def _iter_intensity(frames: np.ndarray | Iterable[np.ndarray]) -> Iterator[np.ndarray]:
@@ -255,7 +137,7 @@ class SpikeSimulator:
         self.charge = init_rng.random(self.shape) * self._theta  # [H, W] charge, from a uniform start below threshold
         self._pending: np.ndarray | None = None  # last frame, waiting for its successor to interpolate
         self._weights = np.arange(params.planes_per_frame, dtype=np.float64) / params.planes_per_frame  # [P]
-        self._kernel = _load_kernel() if simulator_backend() == "c" else None
+        self._kernel = load_kernel() if simulator_backend() == "c" else None
         self._scratch: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # the numpy loop's temporaries
 
     @property
@@ -336,7 +218,7 @@ class SpikeSimulator:
                 self._kernel(a.ctypes.data, b.ctypes.data, self.charge.ctypes.data,
                              None if theta is None else theta.ctypes.data, float(self.params.threshold),
                              w.ctypes.data, len(w), None if dark is None else dark.ctypes.data,
-                             out[j:j + len(w)].ctypes.data, a.size, _BLOCK)
+                             out[j:j + len(w)].ctypes.data, a.size, BLOCK)
             else:
                 self._fire_numpy(a, b, w, dark, out[j:j + len(w)])
 

@@ -1,0 +1,83 @@
+"""The simulator's fused C kernel (`simkernel.c`): compiled once per machine with the system C compiler into the
+user cache and loaded with ctypes; `load_kernel()` is None where that fails (no compiler, another platform), and
+`spklip.data.simulate` then runs the same float64 loop in numpy with the same bits.
+
+Why C and not a closed form: the charge is sequential in time per pixel, and a cumulative sum rounds differently
+from the loop's add-then-subtract, so only the loop's own operations, in its order, keep the bits. No dependency is
+added for it (numba is not installed; a C compiler usually is), and nothing but this file's ~40-line kernel runs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+KERNEL_SOURCE = Path(__file__).with_name("simkernel.c")
+BLOCK = 1024  # pixels per kernel block: a, b, charge, threshold and the dark planes stay in the L1/L2 cache
+# -ffp-contract=off: no fused multiply-add (the numpy loop rounds the product); -fno-trapping-math only lets the
+# compiler turn the compares into vector selects (no FP exceptions are observed); no -ffast-math, no -march.
+KERNEL_FLAGS = ("-O3", "-shared", "-fPIC", "-ffp-contract=off", "-fno-trapping-math")
+
+
+def _cache_dir() -> Path | None:
+    """The per-user cache folder for the built kernel, or None where it cannot be made (then nothing is cached: a
+    shared folder such as /tmp would let another user plant the library)."""
+    try:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "spklip"
+        base.mkdir(parents=True, exist_ok=True)
+        return base if os.access(base, os.W_OK) else None
+    except (OSError, RuntimeError):  # RuntimeError: no home folder
+        return None
+
+
+@functools.lru_cache(maxsize=None)
+def load_kernel():
+    """The compiled kernel (ctypes function), built on first use into the user cache; None where that fails."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "aarch64", "arm64") or sys.platform == "win32":
+        return None  # only 64-bit targets whose double arithmetic is plain IEEE (no x87 extended precision)
+    compilers = [shlex.split(c) for c in (os.environ.get("CC"), sysconfig.get_config_var("CC"), "cc") if c]
+    cc = next((c for c in compilers if c and shutil.which(c[0])), None)
+    if cc is None:
+        return None
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    for flags in ([(*KERNEL_FLAGS, "-DSPKLIP_CLONES")] if x86 else []) + [KERNEL_FLAGS]:
+        fn = build_kernel(cc, flags)
+        if fn is not None:
+            break
+    else:
+        return None
+    ptr = ctypes.c_void_p
+    fn.argtypes = [ptr, ptr, ptr, ptr, ctypes.c_double, ptr, ctypes.c_int, ptr, ptr, ctypes.c_ssize_t,
+                   ctypes.c_ssize_t]
+    fn.restype = None
+    return fn
+
+
+def build_kernel(cc: list[str], flags: tuple[str, ...]):
+    """Compile (once: cached by a hash of the source and the command) and load the kernel; None on failure."""
+    source = KERNEL_SOURCE.read_text()
+    key = hashlib.sha256("\0".join([source, *cc, *flags, platform.machine(), sys.platform]).encode())
+    name, cache = f"spklip-simulate-{key.hexdigest()[:16]}.so", _cache_dir()
+    try:
+        if cache is not None and (cache / name).exists():
+            return ctypes.CDLL(str(cache / name)).spklip_fire  # ctypes releases the GIL during the call
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:  # no cache: a private folder of the system's temp
+            src, built = Path(tmp) / "simulate.c", Path(tmp) / name
+            src.write_text(source)
+            subprocess.run([*cc, *flags, "-o", str(built), str(src)], check=True, capture_output=True, timeout=120)
+            if cache is None:
+                return ctypes.CDLL(str(built)).spklip_fire  # loaded: the file may go with its folder
+            os.replace(built, cache / name)  # atomic: concurrent builders each rename a complete file
+        return ctypes.CDLL(str(cache / name)).spklip_fire
+    except (OSError, subprocess.SubprocessError):
+        return None
