@@ -328,7 +328,7 @@ class Tracker:
         return self.call(fn, self, **kwargs, spool=lambda: {"op": "call", "target": target, "kwargs": kwargs})
 
     def start_system_metrics(self, interval_s: float) -> None:
-        """MLflow's system-metrics monitor (CPU, memory, disk, network; GPU when pynvml finds one) on this
+        """MLflow's system-metrics monitor (CPU, memory, disk, network; GPU when nvidia-ml-py finds one) on this
         process's host, logging ``system/...`` every `interval_s` until `terminate`."""
         if not self.enabled or self._monitor is not None:
             return
