@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "spklip.commands.train",  # train | eval
     "spklip.commands.sweep",  # sweep NAME | report --experiment NAME
     "spklip.commands.model",  # models | energy --model NAME
+    "spklip.commands.tracking",  # tracking sync RUN_DIR
 ]
 DEBUG_ENV = "SPKLIP_DEBUG"  # SPKLIP_DEBUG=1 does what --debug does
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 
 from spklip.config import add_set_flag, apply_overrides, load_config, parse_overrides
 
@@ -29,11 +30,16 @@ def _eval(args: argparse.Namespace) -> int:
     from spklip.data.read import dataset_info
     from spklip.eval.report import check_report_out, write_report
     from spklip.eval.run import evaluate_model
+    from spklip.tracking import download_checkpoint, resolve_uri
     from spklip.train.checkpoint import model_from_checkpoint
 
+    if bool(args.checkpoint) == bool(args.model):
+        raise ValueError("spklip eval: give one of --checkpoint DIR or --model models:/NAME@ALIAS")
     if args.out:
         check_report_out(args.out)  # refuse a folder spklip did not write before spending time on the evaluation
-    model, cfg, payload = model_from_checkpoint(args.checkpoint)
+    with tempfile.TemporaryDirectory(prefix="spklip-eval-") as tmp:
+        source = args.checkpoint or str(download_checkpoint(args.model, tmp, resolve_uri(args.tracking_uri, "runs")))
+        model, cfg, payload = model_from_checkpoint(source)  # a registered model carries its checkpoint's files
     overrides = parse_overrides(args.set)
     if args.data:
         overrides["data.path"] = args.data
@@ -41,11 +47,12 @@ def _eval(args: argparse.Namespace) -> int:
     dataset = dataset_info(cfg, eval_only=True, split=args.split)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     report = evaluate_model(model.to(device), cfg, dataset, device, split=args.split, prefix=args.split)
-    print(f"checkpoint {args.checkpoint} (step {payload['step']}, epoch {payload['epoch']}) on "
+    what = f"checkpoint {args.checkpoint}" if args.checkpoint else f"model {args.model}"
+    print(f"{what} (step {payload['step']}, epoch {payload['epoch']}) on "
           f"{cfg.data.path} split {args.split!r}:", file=sys.stderr)
     print(json.dumps(report.metrics, indent=1, sort_keys=True))
     if args.out:
-        provenance = {"checkpoint": str(args.checkpoint), "step": payload["step"], "data": cfg.data.path,
+        provenance = {"checkpoint": str(args.checkpoint or args.model), "step": payload["step"], "data": cfg.data.path,
                       "split": args.split}
         print(f"wrote {write_report(report, args.out, provenance)}", file=sys.stderr)
     return 0
@@ -65,9 +72,14 @@ def register(subparsers) -> None:
     p.set_defaults(handler=_train)
 
     e = subparsers.add_parser("eval", help="evaluate a checkpoint: top-1/5, zero-/few-shot, retrieval, energy",
-                              description="Rebuild the model from the config stored in a checkpoint and run the "
+                              description="Rebuild the model from the config stored in a checkpoint (a folder or "
+                              "a registered MLflow model) and run the "
                               "evaluation protocol (docs/training.md) on a split of a shard folder.")
-    e.add_argument("--checkpoint", required=True, help="checkpoint folder (holds state.pt)")
+    e.add_argument("--checkpoint", default=None, help="checkpoint folder (holds state.pt)")
+    e.add_argument("--model", default=None, help="or a model spklip logged to MLflow, e.g. models:/NAME@best (the "
+                   "registry alias of `tracking.register_as` or a sweep); its checkpoint is downloaded and loaded")
+    e.add_argument("--tracking-uri", default="", help="MLflow tracking URI for --model (default: MLFLOW_TRACKING_URI, "
+                   "else runs/mlflow.db, where `spklip train` logs by default)")
     e.add_argument("--data", default=None, help="shard folder (default: the one the model was trained on)")
     e.add_argument("--split", default="test", help="seen-class split for closed-set and retrieval (default test)")
     add_set_flag(e, help="override eval settings, e.g. --set eval.few_shot_seeds=10")

@@ -107,6 +107,12 @@ class TrackingCfg:
     experiment: str = "spklip"
     run_name: str = ""
     log_model: bool = True  # log the best checkpoint's visual encoder as an MLflow PyTorch model
+    # register the best checkpoint's model under this name (aliases "best" and "latest": models:/NAME@best);
+    # "" = no registration for `spklip train`; a sweep registers its best trial as the sweep's name by default
+    register_as: str = ""
+    system_metrics: bool = True  # MLflow's system metrics (CPU, memory, disk, network; GPU when present)
+    system_metrics_interval_s: float = 10.0  # seconds between samples
 
     def __post_init__(self):
         check_nonempty("tracking.experiment", self.experiment)
+        check_range("tracking.system_metrics_interval_s", self.system_metrics_interval_s, 0, low_open=True)

@@ -30,7 +30,8 @@ from spklip.train import data as train_data
 from spklip.train.checkpoint import model_from_checkpoint
 from spklip.train.faults import FAULT_ENV_PREFIX
 from spklip.train.worker import WorkerPlan, train_fn_per_worker
-from spklip.tracking import Tracker, git_commit, log_torch_model, resolve_uri, start_run
+from spklip.tracking import (SPOOL_DIR, Tracker, ensure_experiment, git_commit, register_model, resolve_uri,
+                             send_torch_model, shard_set_dataset, start_run)
 
 RUN_FILE = "spklip_run.json"  # inside {storage_path}/{run_name}: the MLflow run a resumed job keeps logging to
 WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAY_CHDIR_TO_TRIAL_DIR": "0"}
@@ -89,21 +90,35 @@ def _world(cfg: ExperimentConfig) -> int:
 
 def _mlflow_run(cfg: ExperimentConfig, run_name: str, run_folder: Path, dataset: dict[str, Any],
                 parent_run_id: str | None, extra_tags: dict[str, str] | None = None) -> Tracker:
-    """Reuse the MLflow run of an earlier attempt of this Ray run (resume), else start a new one."""
+    """Reuse the MLflow run of an earlier attempt of this Ray run (resume), else start a new one: config as params
+    and as ``config/resolved.yaml``, the shard set as the run's training input, system metrics from this process
+    until the run ends. Calls the server cannot take go to ``<run folder>/tracking_spool``."""
     uri = cfg.tracking.uri
     if not cfg.tracking.enabled:
         return Tracker(uri, None)
     saved = run_folder / RUN_FILE
+    spool = run_folder / SPOOL_DIR
     if saved.exists():
-        return Tracker(uri, json.loads(saved.read_text())["mlflow_run_id"])
-    tags = {"git_commit": git_commit(), "dataset_fingerprint": dataset["fingerprint"], "model_arch": cfg.model.arch,
-            "model_preset": cfg.model_preset, "ray_run_name": run_name, **(extra_tags or {})}
-    tracker = start_run(uri, cfg.tracking.experiment, cfg.train.run_dir, run_name=run_name,
-                        params=cfg.to_flat_dict(), tags=tags, parent_run_id=parent_run_id)
-    if tracker.enabled:
+        tracker = Tracker(uri, json.loads(saved.read_text())["mlflow_run_id"], spool_dir=spool)
+        ensure_experiment(tracker, cfg.tracking.experiment, cfg.train.run_dir)  # an experiment made before the tag
+    else:
+        tags = {"git_commit": git_commit(), "dataset_fingerprint": dataset["fingerprint"],
+                "model_arch": cfg.model.arch, "model_preset": cfg.model_preset, "ray_run_name": run_name,
+                **(extra_tags or {})}
+        tracker = start_run(uri, cfg.tracking.experiment, cfg.train.run_dir, run_name=run_name,
+                            params=cfg.to_flat_dict(), tags=tags, parent_run_id=parent_run_id, spool_dir=spool)
+        if not tracker.enabled:
+            return tracker
         tracker.log_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), "config/resolved.yaml")
+        tracker.log_dataset(shard_set_dataset(dataset), context="training",
+                            tags={"spklip.train_split": cfg.data.train_split, "spklip.val_split": cfg.data.val_split})
         run_folder.mkdir(parents=True, exist_ok=True)
-        saved.write_text(json.dumps({"mlflow_run_id": tracker.run_id, "tracking_uri": uri}))
+        saved.write_text(json.dumps({"mlflow_run_id": tracker.run_id, "tracking_uri": uri,
+                                     "parent_run_id": parent_run_id}))
+    if cfg.tracking.system_metrics:
+        # Here, on the driver, for the run's lifetime: the workers of an in-process Ray or a one-node cluster share
+        # this host; on a multi-node cluster these are the driver node's figures (docs/training.md).
+        tracker.start_system_metrics(cfg.tracking.system_metrics_interval_s)
     return tracker
 
 
@@ -179,7 +194,7 @@ def fit(cfg: ExperimentConfig, *, run_name: str | None = None, storage_path: str
 
 
 def _finish(plan: RunPlan, result, seconds: float) -> FitResult:
-    """Collect checkpoints/metrics, log the best encoder to MLflow, close the run."""
+    """Collect checkpoints/metrics, log the best encoder to MLflow (and register it), close the run."""
     best = None
     if result.best_checkpoints:
         sign = 1 if plan.cfg.train.metric_mode == "max" else -1
@@ -190,8 +205,10 @@ def _finish(plan: RunPlan, result, seconds: float) -> FitResult:
                     best_checkpoint=best.path if best else None, run_name=plan.run_name,
                     storage_path=plan.storage_path, mlflow_run_id=plan.tracker.run_id if plan.tracker.enabled
                     else None, seconds=seconds)
-    if plan.tracker.enabled and plan.cfg.tracking.log_model and out.best_checkpoint:
-        out.model_uri = log_encoder(plan.tracker, out.best_checkpoint)
+    tracking = plan.cfg.tracking
+    register_as = tracking.register_as if not _parent_run(plan) else ""  # a sweep registers its best trial only
+    if plan.tracker.enabled and (tracking.log_model or register_as) and out.best_checkpoint:
+        out.model_uri = log_encoder(plan.tracker, out.best_checkpoint, register_as=register_as)
     if plan.tracker.enabled:
         plan.tracker.log_metrics({"fit/seconds": seconds}, int(out.metrics.get("step", 0)))
         plan.tracker.set_tags({"best_checkpoint": str(out.best_checkpoint)})
@@ -199,7 +216,28 @@ def _finish(plan: RunPlan, result, seconds: float) -> FitResult:
     return out
 
 
-def log_encoder(tracker: Tracker, checkpoint_dir: str) -> str | None:
-    """Rebuild the model from a checkpoint and log its spike encoder as an MLflow PyTorch model."""
-    model, _, _ = model_from_checkpoint(checkpoint_dir)
-    return log_torch_model(tracker, SpikeEncoder(model).eval(), example_input(model))
+def _parent_run(plan: RunPlan) -> str | None:
+    saved = Path(plan.storage_path) / plan.run_name / RUN_FILE
+    return json.loads(saved.read_text()).get("parent_run_id") if saved.exists() else None
+
+
+def log_encoder(tracker: Tracker, checkpoint_dir: str, register_as: str = "") -> str | None:
+    """Rebuild the model from a checkpoint and log its spike encoder as an MLflow PyTorch model carrying the
+    checkpoint's files (what ``spklip eval --model`` loads); register it as `register_as` when given. With the
+    server away, the call is kept in the run's spool and made by ``spklip tracking sync`` (returns None then)."""
+    return tracker.call_later("spklip.train.launcher:send_encoder", checkpoint=str(checkpoint_dir),
+                              register_as=register_as)
+
+
+def send_encoder(tracker: Tracker, checkpoint: str, register_as: str = "") -> str:
+    """`log_encoder`'s work, raising on failure (it is also what a spooled ``log_encoder`` replays)."""
+    model, cfg, payload = model_from_checkpoint(checkpoint)
+    files = [str(p) for p in sorted(Path(checkpoint).iterdir()) if p.is_file()]
+    model_uri = send_torch_model(tracker, SpikeEncoder(model).eval(), example_input(model), extra_files=files)
+    if register_as:
+        version = register_model(tracker, model_uri, register_as, metric=cfg.train.metric,
+                                 mode=cfg.train.metric_mode, score=payload.get("metrics", {}).get(cfg.train.metric),
+                                 tags={"spklip.checkpoint": str(checkpoint), "spklip.run_id": str(tracker.run_id),
+                                       "spklip.step": str(payload.get("step"))})
+        tracker.client.set_tag(tracker.run_id, "spklip.registered_as", f"{register_as}/{version}")
+    return model_uri

@@ -33,8 +33,8 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from spklip.config import ConfigError, ExperimentConfig, load_config
 from spklip.data.smoke import ensure_smoke_data
 from spklip.eval.stats import summarize
-from spklip.tracking import Tracker, start_run
-from spklip.train.launcher import ensure_ray, fit, resolve_paths
+from spklip.tracking import BEST_ALIAS, SPOOL_DIR, Tracker, start_run
+from spklip.train.launcher import ensure_ray, fit, log_encoder, resolve_paths
 from spklip.tune import report as rep
 from spklip.tune.cli import add_sweep_args, parse_first
 from spklip.tune.space import (AUX_PREFIX, SpaceFn, base_point, build_searcher, config_params, space_keys,
@@ -302,13 +302,14 @@ def finish_sweep(ctx: SweepContext, path: Path, results) -> SweepRun:
     if errors:
         table.notes.append(f"{len(errors)} trial(s) failed; first error: {str(errors[0]).splitlines()[0][:300]}")
     files = rep.write_report(table, path / "report", uri)
-    parent = Tracker(uri, ctx.parent_run_id)
+    parent = Tracker(uri, ctx.parent_run_id, spool_dir=path / SPOOL_DIR)
     for f in files.values():
         parent.log_artifact(f, "sweep_report")
     best = table.frame.iloc[0] if table.best_run_id else None
     if best is not None:
         parent.log_metrics({f"best/{m}": float(best[m]) for m, _ in table.metrics}, 0)
         parent.set_tags({"spklip.sweep.best_run": table.best_run_id})
+        _register_best(ctx, path, parent, table.best_run_id)
     if gap_metrics:
         parent.log_metrics(gap_metrics, 0)
     parent.terminate("FAILED" if errors and best is None else "FINISHED")
@@ -316,6 +317,24 @@ def finish_sweep(ctx: SweepContext, path: Path, results) -> SweepRun:
     print(run.table_markdown)
     print(f"\nReport: {path / 'report'} (also on MLflow run {ctx.parent_run_id} in experiment {experiment!r})")
     return run
+
+
+def _register_best(ctx: SweepContext, path: Path, parent: Tracker, best_run_id: str) -> None:
+    """Log the best trial's model from its best checkpoint and register it (``models:/NAME@best``), NAME being
+    ``tracking.register_as`` or the sweep's name. Trials log no model (``tracking.log_model: False`` in the sweep
+    specs): only the winner's is worth the time and space, and it is known only now; its checkpoint is still on
+    disk (the Ray storage keeps each trial's best)."""
+    best = Tracker(ctx.tracking_uri, best_run_id, spool_dir=path / SPOOL_DIR)
+    run = best.call(best.client.get_run, best_run_id)
+    checkpoint = run.data.tags.get("best_checkpoint") if run is not None else None
+    if not checkpoint or checkpoint == "None" or not Path(checkpoint).exists():
+        print(f"spklip: the best trial's checkpoint ({checkpoint}) is gone; no model registered", file=sys.stderr)
+        return
+    name = ctx.base.tracking.register_as or ctx.spec
+    log_encoder(best, checkpoint, register_as=name)
+    if best.enabled and not best.offline:
+        parent.set_tags({"spklip.sweep.registered_model": f"models:/{name}@{BEST_ALIAS}"})
+        print(f"Best model: models:/{name}@{BEST_ALIAS} (run {best_run_id})")
 
 
 def run_from_args(spec: SweepSpec, args: argparse.Namespace) -> int:

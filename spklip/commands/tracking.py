@@ -1,0 +1,33 @@
+"""``spklip tracking sync RUN_DIR``: send what a run kept while its MLflow server was unreachable."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from spklip.tracking import SPOOL_DIR, spool_folder, sync_spool
+
+
+def _sync(args: argparse.Namespace) -> int:
+    folder = spool_folder(args.run_dir)
+    if not Path(args.run_dir).is_dir():
+        raise FileNotFoundError(f"{args.run_dir}: no such run folder")
+    result = sync_spool(args.run_dir, uri=args.uri or None)
+    if not result.sent:
+        print(f"spklip: nothing to send in {folder}", file=sys.stderr)
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add ``tracking sync`` to the spklip command line."""
+    p = subparsers.add_parser("tracking", help="MLflow tracking: send what a run kept while the server was away")
+    sub = p.add_subparsers(dest="tracking_command", required=True, metavar="COMMAND")
+    s = sub.add_parser("sync", help="replay a run folder's tracking spool to its MLflow server",
+                       description=f"Send the metrics, params, tags, artifacts, inputs, models and final status "
+                       f"that a run kept in RUN_DIR/{SPOOL_DIR}/ while its MLflow server was unreachable, in the "
+                       "order they were made (the status last). What was sent is removed from the spool; rerun "
+                       "it until nothing is left.")
+    s.add_argument("run_dir", metavar="RUN_DIR", help=f"a run folder (<storage>/<run name>) or its {SPOOL_DIR}/")
+    s.add_argument("--uri", default="", help="send to this tracking URI instead of the one the run used")
+    s.set_defaults(handler=_sync)
