@@ -39,6 +39,7 @@ class WorkerPlan:
     tracking_uri: str
     mlflow_run_id: str | None  # rank 0 logs to this run; None: tracking off
     local_run_dir: str | None = None  # local mode (scale.num_workers=0): spklip keeps the checkpoints itself
+    spool_dir: str | None = None  # where rank 0 keeps what it cannot send to MLflow (the run folder's spool)
 
 
 def _setup_model(cfg: ExperimentConfig, world: int, rank: int):
@@ -91,7 +92,8 @@ class _WorkerRun:
             with checkpoint.as_directory() as d:
                 self.state = restore_training(read_checkpoint(d, map_location=self.device), model=self.model,
                                               optimizer=self.loop.optimizer, scheduler=self.loop.scheduler)
-        self.tracker = Tracker(plan.tracking_uri, plan.mlflow_run_id if self.rank == 0 else None)
+        self.tracker = Tracker(plan.tracking_uri, plan.mlflow_run_id if self.rank == 0 else None,
+                               spool_dir=plan.spool_dir)
         self.evaluator = EpochEvaluator(cfg, plan.dataset, self.tracker) if self.rank == 0 else None
         self.last_eval: dict[str, float] = {}
         self.epoch_drained = False  # set by _epoch_batches when the epoch has no batch left
