@@ -177,21 +177,22 @@ def add_parallel_build_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--build-clips-per-class", type=int, default=4,
                    help="moving-digits clips per class built serially and with the workers (80 classes)")
     g.add_argument("--build-workers", type=int, default=2, help="Ray workers (CPUs of the local Ray instance)")
-    g.add_argument("--paper-clips", type=int, default=2, help="paper-size clips (250 planes of 240x320, 4 planes "
-                   "per frame) simulated and written, for the UCF101 projection")
+    g.add_argument("--paper-clips", type=int, default=4, help="paper-size clips (250 planes of 240x320, 4 planes "
+                   "per frame) simulated, packed and written (one file each), for the UCF101 projection")
 
 
 def bench_parallel_build(args: argparse.Namespace) -> None:
     """clips/s of a moving-digits build in one process vs a Ray Data build with `--build-workers` workers (same
-    fingerprint), and the projected time of UCF101 at the paper's size on 64 cores: 13,320 x the simulation time
-    of one paper-size clip on one core / (64 x the measured parallel efficiency), next to the time the driver
-    (packing, hashing and compressing every clip into the shards, in one process) needs for the whole set."""
+    fingerprint), and the projected time of UCF101 at the paper's size on 64 cores: 13,320 x the workers' time for
+    one paper-size clip on one core (simulate, then `clip_row`: check, bit-pack, hash) / (64 x the measured
+    parallel efficiency), next to the driver's share for the whole set: `write_rows` of rows the workers packed
+    (append, Parquet-encode and zstd-compress into the shard files, in its `WRITER_THREADS` writer threads)."""
     import ray
     import ray.data
 
     from spklip.data.build import build_dataset
     from spklip.data.moving_digits import DigitsSpec
-    from spklip.data.shards import Clip, DatasetInfo
+    from spklip.data.shards import WRITER_THREADS, Clip, DatasetInfo, clip_row, write_rows
 
     workers = args.build_workers
     spec, sim = DigitsSpec(clips_per_class=args.build_clips_per_class), SimParams()
@@ -229,14 +230,20 @@ def bench_parallel_build(args: argparse.Namespace) -> None:
         t_sim = (time.perf_counter() - t) / args.paper_clips
         info = DatasetInfo("video-folder", ["c"], [], (PAPER_PLANES, PAPER_H, PAPER_W), sim.to_dict())
         t = time.perf_counter()
-        write_shards(clips, Path(tmp) / "paper", info)
+        rows = [clip_row(clip, info) for clip in clips]  # in the workers in a parallel build
+        t_pack = (time.perf_counter() - t) / args.paper_clips
+        del clips
+        clip_mb = len(rows[0].values["spikes"]) / 2**20  # one file a clip: the writer threads overlap the files
+        t = time.perf_counter()
+        write_rows(rows, Path(tmp) / "paper", info, target_shard_mb=clip_mb)  # the driver's share
         t_write = (time.perf_counter() - t) / args.paper_clips
     cores, efficiency = 64, min(1.0, speedup / workers)
-    compute = UCF101_VIDEOS * t_sim / (cores * efficiency)
+    compute = UCF101_VIDEOS * (t_sim + t_pack) / (cores * efficiency)
     driver = UCF101_VIDEOS * t_write
     print(f"UCF101 at the paper's size ({UCF101_VIDEOS} videos, {PAPER_PLANES} planes of {PAPER_H}x{PAPER_W}): "
-          f"{t_sim:.2f} s to simulate a clip on one core, {t_write:.2f} s to write it in the driver; on {cores} cores "
-          f"at the measured efficiency {efficiency:.2f}: simulation {compute / 60:.1f} min, driver writes "
+          f"a worker simulates a clip in {t_sim:.2f} s and packs it in {t_pack:.3f} s on one core; the driver "
+          f"writes it in {t_write:.3f} s ({WRITER_THREADS} writer threads, on this machine's cores); on {cores} "
+          f"cores at the measured efficiency {efficiency:.2f}: workers {compute / 60:.1f} min, driver "
           f"{driver / 60:.1f} min, so about {max(compute, driver) / 60:.1f} min (video decoding not included)")
 
 

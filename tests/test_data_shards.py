@@ -1,6 +1,8 @@
 """Parquet spike shards: round trip, metadata and fingerprint, size-bounded files, schema checks, no partial output."""
 
 import json
+import threading
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -8,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from spklip.data import shards
 from spklip.data.loader import SpikeShardDataset
 from spklip.data.shards import (Clip, DatasetInfo, ShardError, clip_row, read_metadata, unpack_spikes,
                                 validate_shards, write_rows, write_shards)
@@ -80,6 +83,81 @@ def test_rows_packed_ahead_write_the_same_files(tmp_path):
     with pytest.raises(ShardError, match="duplicate clip_id 'c0-0'"):
         write_rows(rows + rows[:1], tmp_path / "c", INFO)
     assert not (tmp_path / "c").exists()
+
+
+ONE_CLIP_MB = 30 / 2**20  # 30 packed bytes: every clip closes its own file
+
+
+def same_files(a, b, meta):
+    for files in meta["shards"].values():
+        for rel in files:
+            assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+
+
+def test_writer_threads_write_the_files_one_thread_writes(tmp_path, monkeypatch):
+    """Files written by background threads are the files (names, bytes, manifest order) written one at a time; two
+    writes run at once, and at most `writer_threads` files are ever in flight (memory stays bounded)."""
+    rows = [clip_row(clip, INFO) for clip in make_clips(n_per_class=8)]
+    one = write_rows(rows, tmp_path / "one", INFO, target_shard_mb=ONE_CLIP_MB, writer_threads=1)
+    real, overlap, started, finished = shards._write_file, threading.Barrier(2, timeout=10), [], []
+
+    def slow_write(table, path, rows_per_group):
+        started.append(path)
+        if len(started) <= 2:
+            overlap.wait()  # BrokenBarrierError unless the second write starts while the first one runs
+        time.sleep(0.01)
+        real(table, path, rows_per_group)
+        finished.append(path)
+
+    def feed():
+        for i, row in enumerate(rows):  # before row i: files 0..i-1 handed over, at most 2 of them unfinished
+            assert len(finished) >= i - 2, (i, len(finished))
+            yield row
+
+    monkeypatch.setattr(shards, "_write_file", slow_write)
+    two = write_rows(feed(), tmp_path / "two", INFO, target_shard_mb=ONE_CLIP_MB, writer_threads=2)
+    assert two == one and len(finished) == 24 and len(two["shards"]["train"]) == 8
+    same_files(tmp_path / "one", tmp_path / "two", two)
+
+
+def test_a_failed_write_is_one_error_and_leaves_nothing(tmp_path, monkeypatch):
+    """A write that fails in a writer thread (a full disk) stops the build at the next file with one ShardError
+    naming the file; no folder, no temporary folder, and an existing dataset stays as it was."""
+    write_shards(make_clips(), tmp_path / "ds", INFO)
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "ds").rglob("*") if p.is_file()}
+    real = shards._write_file
+
+    def full_disk(table, path, rows_per_group):
+        if path.parent.name != "train" or path.name != "part-00000.parquet":
+            real(table, path, rows_per_group)
+        else:
+            path.write_bytes(b"PAR1 half a file")  # what a failing write can leave
+            raise OSError(28, "No space left on device")
+
+    consumed = []
+
+    def feed():
+        for row in [clip_row(clip, INFO) for clip in make_clips(n_per_class=8)]:
+            consumed.append(row)
+            yield row
+
+    monkeypatch.setattr(shards, "_write_file", full_disk)
+    with pytest.raises(ShardError) as e:
+        write_rows(feed(), tmp_path / "ds", INFO, target_shard_mb=ONE_CLIP_MB, overwrite=True, writer_threads=1)
+    assert str(e.value) == ("cannot write shard train/part-00000.parquet (OSError: [Errno 28] No space left on "
+                            "device); no dataset was written")
+    assert len(consumed) == 2  # one thread, one file in flight: the second file's hand-over finds the failure
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+    assert {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "ds").rglob("*") if p.is_file()} == before
+
+    def every_write_fails(table, path, rows_per_group):
+        raise OSError(13, "Permission denied")
+
+    monkeypatch.setattr(shards, "_write_file", every_write_fails)
+    first = r"^cannot write shard train/part-00000.parquet \(PermissionError: \[Errno 13\] Permission denied\); no"
+    with pytest.raises(ShardError, match=first):  # 4 writes failed: the error of the first file, alone
+        write_rows(feed(), tmp_path / "new", INFO, target_shard_mb=ONE_CLIP_MB, writer_threads=4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
 
 
 def test_shards_split_at_target_size(tmp_path):

@@ -8,9 +8,9 @@ from its own seed, never from the order or the process that makes it).
 The Ray pipeline: ``ray.data.from_items`` (one block per part) -> ``map_batches`` (the part's work: decode with
 PyAV, simulate, check, and pack each clip into its shard row, `build.part_rows`; Ray tasks of one CPU, at most
 ``workers`` at once) -> ``iter_batches`` in order into spklip's own shard writer in this process
-(`shards.write_rows`: it only appends the ready rows and writes the files, in a temporary folder, renamed at the
-end, with the manifest). Parts and results travel as pickled bytes in a binary column, so typed objects (`Row`,
-`Skipped`) cross the boundary whole.
+(`shards.write_rows`: it only appends the ready rows and writes the full files in a few background threads, at
+most that many in flight, in a temporary folder, renamed at the end, with the manifest). Parts and results travel
+as pickled bytes in a binary column, so typed objects (`Row`, `Skipped`) cross the boundary whole.
 """
 
 from __future__ import annotations

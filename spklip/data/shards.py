@@ -19,14 +19,17 @@ an existing folder is replaced only when it is a spklip dataset (its manifest li
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
 import os
 import shutil
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -38,6 +41,7 @@ SCHEMA_VERSION = 1
 METADATA_KEY = b"spklip"
 MANIFEST = "manifest.json"
 ROW_GROUP_BYTES = 32 * 2**20  # packed spikes per Parquet row group (the unit readers fetch)
+WRITER_THREADS = 4  # shard files a build writes at once (zstd + Parquet encoding, GIL released), `write_rows`
 SEEN_SPLITS = ("train", "val", "test")  # seen classes, disjoint clips
 SPLITS = SEEN_SPLITS + ("unseen",)  # unseen: every clip of the held-out classes (zero-/few-shot)
 SCHEMA = pa.schema([
@@ -190,11 +194,53 @@ def clip_row(clip: Clip, info: DatasetInfo) -> Row:
                 "sim_mismatch": sim.get("mismatch"), "sim_dark_current": sim.get("dark_current")}, digest)
 
 
-class _ShardWriter:
-    """Buffers rows per split and flushes a Parquet file whenever a split's buffer reaches the target size."""
+def _write_file(table: pa.Table, path: Path, rows_per_group: int) -> None:
+    """One shard file: zstd, row groups of `rows_per_group`, a CRC-32 checksum on every page (a flipped byte in a
+    page is then an error on read, not bad data). Its bytes depend only on `table`: the same in any thread."""
+    pq.write_table(table, path, compression="zstd", row_group_size=rows_per_group, write_page_checksum=True)
 
-    def __init__(self, root: Path, info: DatasetInfo, target_bytes: int):
-        self.root, self.info, self.target = root, info, target_bytes
+
+class _FileWrites:
+    """Full shard files written by `threads` background threads, at most `threads` files in flight (memory: a few
+    shards): Parquet encoding and zstd release the GIL, so files are written while the rows of the next ones come
+    in. Files are independent and named by the caller in order, so the files are the same as written one by one.
+
+    A failed write is raised (as one ShardError naming the file) at the next `submit` or at `drain`; `close` waits
+    for the writes still running and drops the queued ones, so nothing writes into the folder afterwards.
+    """
+
+    def __init__(self, threads: int):
+        self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="spklip-shard-writer")
+        self.limit = max(1, threads)
+        self.pending: deque[tuple[str, Future]] = deque()  # (file, its write), oldest first
+
+    def submit(self, rel: str, write: Callable[[], None]) -> None:
+        while self.pending and (self.pending[0][1].done() or len(self.pending) >= self.limit):
+            self._result(*self.pending.popleft())  # a failed write stops the build here, not after the last row
+        self.pending.append((rel, self.pool.submit(write)))
+
+    def drain(self) -> None:
+        while self.pending:
+            self._result(*self.pending.popleft())
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    @staticmethod
+    def _result(rel: str, write: Future) -> None:
+        try:
+            write.result()
+        except Exception as e:  # noqa: BLE001 - any failure of a write (disk full, permissions, Arrow) is one error
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ShardError(f"cannot write shard {rel} ({type(e).__name__}: {why}); no dataset was written") from e
+
+
+class _ShardWriter:
+    """Buffers rows per split and hands a split's rows to the file writers (`_FileWrites`) whenever its buffer
+    reaches the target size."""
+
+    def __init__(self, root: Path, info: DatasetInfo, target_bytes: int, writes: _FileWrites):
+        self.root, self.info, self.target, self.writes = root, info, target_bytes, writes
         self.schema = SCHEMA.with_metadata({METADATA_KEY: json.dumps(info.header()).encode()})
         self.rows: dict[str, list[dict]] = {s: [] for s in SPLITS}
         self.held = dict.fromkeys(SPLITS, 0)
@@ -217,17 +263,17 @@ class _ShardWriter:
     def flush(self, split: str) -> None:
         if not self.rows[split]:
             return
-        rel = f"{split}/part-{len(self.files[split]):05d}.parquet"
+        rel = f"{split}/part-{len(self.files[split]):05d}.parquet"  # named here, in row order, whoever writes it
         (self.root / split).mkdir(exist_ok=True)
-        table = pa.Table.from_pylist(self.rows[split], schema=self.schema)
+        table = pa.Table.from_pylist(self.rows[split], schema=self.schema)  # copies the rows: the buffer is freed
         clip_bytes = math.ceil(int(np.prod(self.info.clip_shape)) / 8)
         rows_per_group = max(1, ROW_GROUP_BYTES // clip_bytes)  # row groups of ~32 MB packed, whatever the clip size
-        pq.write_table(table, self.root / rel, compression="zstd", row_group_size=rows_per_group,
-                       write_page_checksum=True)  # a flipped byte in a page is then an error on read, not bad data
+        self.writes.submit(rel, functools.partial(_write_file, table, self.root / rel, rows_per_group))
         self.files[split].append(rel)
         self.rows[split], self.held[split] = [], 0
 
     def manifest(self) -> dict[str, Any]:
+        """The manifest (call after `_FileWrites.drain`: it sums the files' sizes)."""
         header = self.info.header()
         fingerprint = hashlib.sha256(json.dumps([header, sorted(self.digests.items())]).encode()).hexdigest()
         nbytes = sum((self.root / f).stat().st_size for files in self.files.values() for f in files)
@@ -260,24 +306,32 @@ def write_shards(clips: Iterable[Clip], out_dir: str | os.PathLike, info: Datase
 
 
 def write_rows(rows: Iterable[Row], out_dir: str | os.PathLike, info: DatasetInfo, *,
-               target_shard_mb: float = 64.0, overwrite: bool = False) -> dict[str, Any]:
+               target_shard_mb: float = 64.0, overwrite: bool = False,
+               writer_threads: int = WRITER_THREADS) -> dict[str, Any]:
     """`write_shards` for clips already packed with `clip_row` (by a parallel build's workers): the rows are
     appended in the order given and written; the same files and fingerprint as `write_shards` of their clips.
 
+    Full files are written by `writer_threads` background threads (at most that many files in flight), so one
+    driver keeps up with many workers; the files, their names and the manifest do not depend on the thread count.
     The fingerprint is the SHA-256 of the header and the clips' digests sorted by ``clip_id``, so it does not
     depend on the order the rows come in (the shard files do).
+
+    Raises:
+        ShardError: as `write_shards`, and a file that cannot be written (naming it); nothing is left on disk.
     """
     out = Path(out_dir)
     check_out_dir(out, overwrite)
     if set(info.unseen_labels) - set(range(len(info.class_names))):
         raise ShardError(f"unseen labels {info.unseen_labels} outside 0..{len(info.class_names) - 1}")
     tmp = make_temp(out)  # also clears what an interrupted earlier build left beside `out`
+    writes = _FileWrites(writer_threads)
     try:
-        writer = _ShardWriter(tmp, info, int(target_shard_mb * 2**20))
+        writer = _ShardWriter(tmp, info, int(target_shard_mb * 2**20), writes)
         for row in rows:
             writer.add_row(row)
         for split in SPLITS:
             writer.flush(split)
+        writes.drain()
         if not writer.digests:
             raise ShardError("no clips to write")
         meta = writer.manifest()
@@ -285,6 +339,7 @@ def write_rows(rows: Iterable[Row], out_dir: str | os.PathLike, info: DatasetInf
         check_out_dir(out, overwrite)  # again: `out` may have changed during a long build
         replace_dir(tmp, out)
     finally:
+        writes.close()  # the writes still running finish first: nothing is written into `tmp` once it is removed
         shutil.rmtree(tmp, ignore_errors=True)
     return meta
 
