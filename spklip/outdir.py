@@ -157,3 +157,15 @@ def replace_dir(new: Path, dest: str | os.PathLike) -> None:
         raise
     if moved:
         _remove(old)
+
+
+def private_dir(path: str | os.PathLike) -> Path:
+    """Create the run folder `path` (and missing parents) readable by its owner only (0700): it holds the MLflow
+    sqlite store, checkpoints and the tracking spool. A folder that exists already keeps its permissions: spklip
+    does not change a folder it did not create (a shared ``train.run_dir`` is the user's choice)."""
+    path = Path(path)
+    missing = [p for p in [path, *path.parents] if not p.exists()]
+    for p in reversed(missing):
+        p.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(p, 0o700)  # mkdir's mode is masked by the umask
+    return path

@@ -4,6 +4,7 @@ one line (exit 2, nothing deleted); an interrupted build leaves nothing a rerun 
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from spklip.cli import main
 from spklip.data.shards import read_metadata, write_shards
 from spklip.eval.evaluate import EvalReport
 from spklip.eval.report import REPORT_MARKER, write_report
-from spklip.outdir import HOST, RefusedError, clear_stale
+from spklip.outdir import HOST, RefusedError, clear_stale, private_dir
 from test_data_shards import INFO, make_clips
 
 BUILD = ["data", "build", "moving-digits", "--digits", "0,1", "--motions", "left,right", "--clips-per-class", "2",
@@ -184,3 +185,17 @@ def test_ctrl_c_is_one_line_exit_130_and_removes_the_temp_folder(tmp_path):
     assert proc.returncode == 130, err
     assert err.strip().splitlines() == ["spklip: interrupted"], err
     assert not out.exists() and _siblings(out) == []
+
+
+def test_run_folders_are_created_private_and_existing_ones_are_left_alone(tmp_path):
+
+    old = os.umask(0o022)  # the usual umask would make new folders world-readable
+    try:
+        run = private_dir(tmp_path / "new" / "runs")
+        shared = tmp_path / "shared"
+        shared.mkdir(mode=0o755)
+        private_dir(shared)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(run.stat().st_mode) == 0o700 and stat.S_IMODE(run.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o755  # spklip did not create it: not its to change

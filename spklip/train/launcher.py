@@ -26,6 +26,7 @@ from ray.train.torch import TorchTrainer
 from spklip.config import ExperimentConfig, to_dict
 from spklip.data.read import dataset_info
 from spklip.train.export import SpikeEncoder, example_input
+from spklip.outdir import private_dir
 from spklip.train import data as train_data
 from spklip.train.checkpoint import model_from_checkpoint
 from spklip.train.faults import FAULT_ENV_PREFIX
@@ -126,6 +127,7 @@ def prepare_run(cfg: ExperimentConfig, *, run_name: str | None = None, storage_p
                 mlflow_parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> RunPlan:
     """Validate data and config, plan steps, open (or reopen) the MLflow run. Raises before any worker starts."""
     cfg = resolve_paths(cfg)
+    private_dir(cfg.train.run_dir)  # the MLflow store, checkpoints and spool are the user's alone
     dataset = dataset_info(cfg)
     spe = train_data.steps_per_epoch(dataset["split_rows"][cfg.data.train_split], cfg, _world(cfg))
     total = spe * cfg.train.epochs

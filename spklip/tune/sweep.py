@@ -32,6 +32,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from spklip.config import ConfigError, ExperimentConfig, load_config
 from spklip.data.smoke import ensure_smoke_data
+from spklip.outdir import private_dir
 from spklip.eval.stats import summarize
 from spklip.tracking import BEST_ALIAS, SPOOL_DIR, Tracker, start_run
 from spklip.train.launcher import ensure_ray, fit, log_encoder, resolve_paths
@@ -274,6 +275,7 @@ def run_sweep(spec: SweepSpec, cfg: ExperimentConfig, *, num_samples: int | None
         ctx = SweepContext.load(path)
     else:
         cfg = resolve_paths(cfg)
+        private_dir(cfg.train.run_dir)  # the MLflow store, checkpoints and spool are the user's alone
         if cfg.tracking.experiment == "spklip":  # the default: name the experiment after the sweep
             cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, experiment=spec.name))
         path = root / (name or f"{spec.name}{'-smoke' if smoke else ''}-{time.strftime('%Y%m%d-%H%M%S')}")
