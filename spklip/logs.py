@@ -37,8 +37,8 @@ class RunOutput:
     Records are buffered until `attach` names the folder (the run folder is decided only once the run is planned),
     then written to ``<folder>/spklip.log``. `attach` with ``follow=True`` also copies the progress lines rank 0
     appends to ``<folder>/progress.log`` onto stderr. On exit the closing line says where the logs are.
-    Create it before importing Ray, MLflow or torch (quiet: environment switches read at import, `QUIET_ENV`) and
-    enter it after (it quiets the console handlers those packages install when imported).
+    Create it before importing torch or transformers (quiet: environment switches read at import, `QUIET_ENV`);
+    entering it imports MLflow and Ray first (they set their loggers' handlers when imported), then routes them.
     """
 
     def __init__(self, verbose: bool = False, stream: TextIO | None = None):
@@ -70,6 +70,10 @@ class RunOutput:
                 self._pending.append(text)
 
     def __enter__(self) -> "RunOutput":
+        # both set up their loggers' handlers when first imported: import them before those loggers are routed here
+        import mlflow  # noqa: F401
+        import ray  # noqa: F401
+
         self._stdout, sys.stdout = sys.stdout, _Stdout(self)
         # One handler on the root logger; the packages' loggers propagate to it for the run. (A handler on the "ray"
         # logger itself would not survive: ray.init(configure_logging=False) clears that logger's handlers.)

@@ -7,7 +7,6 @@ import sys
 import time
 import warnings
 
-import mlflow  # noqa: F401 - configures its logger (level INFO, own console handler) as in a real run
 import pytest
 
 from spklip.logs import LOG_FILE, RunOutput
