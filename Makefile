@@ -36,6 +36,7 @@ demo: install  ## moving-digits spikes + the baselines study (HSFE vs K=1 vs spi
 	@echo "the spike average cannot tell left from right or up from down, so it tops out near 0.5."
 	@echo "Open it in the MLflow UI: make mlflow-ui, then http://127.0.0.1:5056 -> experiment baselines"
 	@echo "(the study is the parent run; its report is under sweep_report/). Same table: spklip report --experiment baselines"
+	@echo "Ray's, Tune's and MLflow's logs of the study: $(RUN_DIR)/sweeps/demo-*/spklip.log (sweeps/baselines.py --verbose prints them)"
 
 train: install  ## train spklip-tiny on the demo data with 2 Ray workers (configs/tiny.yaml); extra flags: ARGS="--set k=v"
 	$(PY) -m spklip.cli train --config configs/tiny.yaml $(ARGS)

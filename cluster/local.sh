@@ -140,12 +140,21 @@ stop_all() {
 
 cmd_up() {
     mkdir -p "$DIR"
-    if alive "$DIR/ray.pid" && alive "$DIR/mlflow.pid"; then echo "cluster: already running"; print_urls; return; fi
+    if alive "$DIR/ray.pid" && alive "$DIR/mlflow.pid"; then
+        echo "cluster: already running"; print_urls; print_paste_line; return
+    fi
     stop_all >/dev/null  # half-started leftovers from a crash
     start_ray
     start_mlflow
     client_env > "$DIR/env"
     print_urls
+    print_paste_line
+}
+
+print_paste_line() {  # the last line of `up`: what a shell needs before `ray job submit -- python sweeps/...`
+    echo
+    echo "Paste this into your shell, then \`ray job submit -- python sweeps/hsfe_ablation.py --smoke-test\` works:"
+    echo "eval \"\$(cluster/local.sh env)\""
 }
 
 print_urls() {

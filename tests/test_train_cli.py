@@ -1,11 +1,23 @@
-"""`spklip train` / `spklip eval` from the command line, in Ray Train local mode (scale.num_workers=0)."""
+"""`spklip train` / `spklip eval` from the command line: in Ray Train local mode (scale.num_workers=0), and with a
+worker while another Ray instance runs on the host."""
 
 import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
 
 from spklip.cli import main
 from test_train_fixtures import write_motion_shards
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
@@ -17,16 +29,90 @@ def test_train_then_eval_a_checkpoint_from_the_cli(ray_session, tmp_path, capsys
             "--set", "tracking.uri=http://127.0.0.1:9"]  # nothing listens there: training must go on without it
     assert main(args) == 0
     out = capsys.readouterr()
-    summary = json.loads(out.out)
+    summary = json.loads(out.out)  # stdout holds the summary and nothing else (`spklip train ... | jq` works)
     assert "MLflow tracking at http://127.0.0.1:9 failed" in out.err and summary["mlflow_run_id"] is None
-    assert summary["metrics"]["step"] == 6  # 4 seen classes x 6 train clips / batch 4
+    assert summary["last_metrics"]["step"] == 6  # 4 seen classes x 6 train clips / batch 4
     ckpt = summary["best_checkpoint"]
     assert ckpt.endswith("checkpoint_step=0000006")
+    assert summary["best_metrics"] == summary["last_metrics"]  # one epoch: the last checkpoint is the best one
+    progress = [line for line in out.err.splitlines() if line.startswith("epoch ")]
+    assert len(progress) == 1 and progress[0].startswith("epoch 1/1  step 6/6  loss ") and "val/top1" in progress[0]
+    log = Path(summary["log"])
+    assert log == tmp_path / "runs" / "ray" / "cli" / "spklip.log" and f"this run's log: {log}" in out.err
+    assert "epoch 1/1" in log.read_text()
 
     assert main(["eval", "--checkpoint", ckpt, "--split", "val", "--out", str(tmp_path / "ev")]) == 0
     metrics = json.loads(capsys.readouterr().out)
-    assert metrics["val/top1"] == pytest.approx(summary["metrics"]["val/top1"], abs=1e-6)  # same split, same model
+    assert metrics["val/top1"] == pytest.approx(summary["last_metrics"]["val/top1"], abs=1e-6)  # same split, same model
     written = {"metrics.json", "retrieval.md", "few_shot.md", "energy.md", "confusion_matrix.png"}
     assert {p.name for p in (tmp_path / "ev").iterdir()} == written | {"spklip_eval.json"}  # + what marks it spklip's
     marker = json.loads((tmp_path / "ev" / "spklip_eval.json").read_text())
     assert set(marker["files"]) == written and marker["checkpoint"] == ckpt and marker["split"] == "val"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def other_ray_instance():
+    """A second Ray head on this host (``ray start --block`` in its own session, private temp dir), stopped by its
+    process group and then by PID; never ``ray stop``."""
+    tmp = tempfile.mkdtemp(prefix="spko", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
+    port = _free_port()
+    head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+                             f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                             "--include-dashboard=false", f"--temp-dir={tmp}", "--disable-usage-stats"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:  # its GCS answers
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert head.poll() is None, "ray start failed"
+            time.sleep(0.5)
+        yield f"127.0.0.1:{port}"
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pass
+        for _ in range(2):  # gcs_server ignores SIGTERM; workers may have left the group: find them by the temp dir
+            ps = subprocess.run(["ps", "-eo", "pid=,stat=,args="], capture_output=True, text=True).stdout
+            for line in ps.splitlines():
+                if (tmp in line or f":{port}" in line) and " Z" not in line[:12]:
+                    try:
+                        os.kill(int(line.split()[0]), signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+            time.sleep(1)
+        try:
+            os.killpg(head.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        head.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_train_with_another_ray_on_the_host_prints_no_traceback(other_ray_instance, tmp_path):
+    """Ray Train's placement-group cleaner asks the State API without an address; with two instances on the host it
+    used to print a ConnectionError traceback. --verbose: the workers' output reaches stderr, so it would show."""
+    data = write_motion_shards(tmp_path / "motion", per_class=8, val_per_class=2)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0",
+               PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "spklip.cli", "train", "--verbose", "--config", "configs/tiny.yaml", "--name", "two",
+           "--set", f"data.path={data}", "--set", f"train.run_dir={tmp_path / 'runs'}", "--set", "scale.num_workers=1",
+           "--set", "train.epochs=1", "--set", "data.batch_size=4", "--set", "eval.few_shot_ks=[1]",
+           "--set", "eval.few_shot_steps=5", "--set", "tracking.enabled=false"]
+    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads(run.stdout)  # even with --verbose: Ray's messages went to stderr
+    assert summary["last_metrics"]["step"] == 6
+    assert "(RayTrainWorker pid=" in run.stderr  # the workers' output did reach the driver
+    assert "multiple active Ray instances" not in run.stderr and "Traceback" not in run.stderr, run.stderr[-3000:]

@@ -8,6 +8,7 @@ import sys
 import tempfile
 
 from spklip.config import add_set_flag, apply_overrides, load_config, parse_overrides
+from spklip.logs import RunOutput
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -15,11 +16,16 @@ def _train(args: argparse.Namespace) -> int:
     if args.address:
         overrides.append(f"scale.address={args.address}")
     cfg = load_config(args.config, overrides)  # every value checked here: a bad one stops before Ray or MLflow
+    output = RunOutput(verbose=args.verbose)  # stdout: only the summary below; Ray's and MLflow's logs: the run log
     from spklip.train.launcher import fit  # imports Ray and torch (seconds): only once the config is valid
-    result = fit(cfg, run_name=args.name, storage_path=args.storage)
+
+    with output:
+        result = fit(cfg, run_name=args.name, storage_path=args.storage, output=output)
     summary = {"run_name": result.run_name, "storage": result.storage_path, "seconds": round(result.seconds, 1),
                "best_checkpoint": result.best_checkpoint, "latest_checkpoint": result.checkpoint,
-               "mlflow_run_id": result.mlflow_run_id, "model_uri": result.model_uri, "metrics": result.metrics}
+               "mlflow_run_id": result.mlflow_run_id, "model_uri": result.model_uri,
+               "best_metrics": result.best_metrics, "last_metrics": result.metrics,
+               "log": str(output.log_path) if output.log_path else None, "ray_logs": output.ray_logs}
     print(json.dumps(summary, indent=1, default=str))
     return 0
 
@@ -69,6 +75,8 @@ def register(subparsers) -> None:
     p.add_argument("--address", default="", help="Ray cluster address (default: RAY_ADDRESS or in-process Ray)")
     p.add_argument("--name", default=None, help="run name (default <preset>-<timestamp>); an existing one resumes")
     p.add_argument("--storage", default=None, help="Ray storage root (default <train.run_dir>/ray)")
+    p.add_argument("--verbose", action="store_true", help="also print Ray's and MLflow's logs on stderr (always in "
+                   "<run folder>/spklip.log; the workers' output in Ray's session logs)")
     p.set_defaults(handler=_train)
 
     e = subparsers.add_parser("eval", help="evaluate a checkpoint: top-1/5, zero-/few-shot, retrieval, energy",

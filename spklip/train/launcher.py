@@ -13,8 +13,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,6 +26,7 @@ from ray.train.torch import TorchTrainer
 
 from spklip.config import ExperimentConfig, to_dict
 from spklip.data.read import dataset_info
+from spklip.logs import RunOutput
 from spklip.train.export import SpikeEncoder, example_input
 from spklip.outdir import private_dir
 from spklip.train import data as train_data
@@ -54,7 +56,7 @@ class RunPlan:
 class FitResult:
     """Outcome of `fit`: final metrics (last epoch's evaluation), checkpoints and the MLflow run."""
 
-    metrics: dict[str, float]
+    metrics: dict[str, float]  # the last report's (the last epoch's evaluation)
     checkpoint: str | None  # latest checkpoint folder
     best_checkpoint: str | None  # best by train.metric
     run_name: str
@@ -62,17 +64,49 @@ class FitResult:
     mlflow_run_id: str | None
     model_uri: str | None = None
     seconds: float = 0.0
+    best_metrics: dict[str, float] = field(default_factory=dict)  # the metrics best_checkpoint was scored with
 
 
-def ensure_ray(address: str = "") -> None:
-    """Connect to ``address`` / ``RAY_ADDRESS`` when given, else start an in-process Ray (no-op if running)."""
+def ensure_ray(address: str = "", verbose: bool = True) -> None:
+    """Connect to ``address`` / ``RAY_ADDRESS`` when given, else start an in-process Ray (no-op if running).
+
+    `verbose` False: ``log_to_driver=False``, the workers' output stays in Ray's session logs (`ray_logs_dir`).
+    Ray's own processes get the address of this cluster in the job's runtime env, so nothing of Ray's looks for a
+    cluster by itself: Ray Train's placement-group cleaner calls the State API without an address, which otherwise
+    fails with "Found multiple active Ray instances" whenever another Ray runs on the host.
+    """
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS", "")
     if address:
-        ray.init(address=address)
+        env = {"RAY_ADDRESS": address} if "://" not in address and address != "auto" else {}
+        ray.init(address=address, log_to_driver=verbose, runtime_env=_job_env(env))
     else:
-        ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", configure_logging=False)
+        port = _free_port()  # the dashboard is the State API's server: its address is known before Ray starts
+        ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+                 configure_logging=False, log_to_driver=verbose,
+                 runtime_env=_job_env({"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _job_env(env: dict[str, str]) -> dict | None:
+    """``runtime_env`` with `env` minus what a submitted job's own runtime env sets (``ray job submit
+    --runtime-env-json``: Ray refuses to merge the same variable twice)."""
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}") or "{}")
+    taken = set((job.get("runtime_env") or {}).get("env_vars") or {})
+    env = {k: v for k, v in env.items() if k not in taken}
+    return {"env_vars": env} if env else None
+
+
+def ray_logs_dir() -> str | None:
+    """Ray's session log folder on this node (worker-*.out/err, logs/train, logs/ray-data), None without Ray."""
+    node = ray._private.worker._global_node  # what Ray Train itself reads for its log folder (no public API)
+    return os.path.join(node.get_session_dir_path(), "logs") if node is not None else None
 
 
 def resolve_paths(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -127,13 +161,13 @@ def prepare_run(cfg: ExperimentConfig, *, run_name: str | None = None, storage_p
                 mlflow_parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> RunPlan:
     """Validate data and config, plan steps, open (or reopen) the MLflow run. Raises before any worker starts."""
     cfg = resolve_paths(cfg)
-    private_dir(cfg.train.run_dir)  # the MLflow store, checkpoints and spool are the user's alone
     dataset = dataset_info(cfg)
     spe = train_data.steps_per_epoch(dataset["split_rows"][cfg.data.train_split], cfg, _world(cfg))
     total = spe * cfg.train.epochs
     total = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
     run_name = run_name or cfg.tracking.run_name or f"{cfg.model_preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage_path = str(Path(storage_path or Path(cfg.train.run_dir) / "ray").resolve())
+    private_dir(cfg.train.run_dir)  # every check passed: the MLflow store, checkpoints and spool, the user's alone
     tracker = _mlflow_run(cfg, run_name, Path(storage_path) / run_name, dataset, mlflow_parent_run_id, tags)
     return RunPlan(cfg, run_name, storage_path, dataset, total, tracker)
 
@@ -154,11 +188,10 @@ def build_trainer(plan: RunPlan, callbacks: Sequence[Any] = ()) -> TorchTrainer:
     cfg = plan.cfg
     gpu = _use_gpu(cfg)
     resources = {"CPU": cfg.scale.cpus_per_worker, **({"GPU": 1} if gpu else {})}
+    run_dir = str(Path(plan.storage_path) / plan.run_name)
     worker_plan = WorkerPlan(cfg=cfg, total_steps=plan.total_steps, dataset=plan.dataset, tracking_uri=plan.tracker.uri,
                              mlflow_run_id=plan.tracker.run_id if plan.tracker.enabled else None,
-                             local_run_dir=str(Path(plan.storage_path) / plan.run_name)
-                             if cfg.scale.num_workers == 0 else None,
-                             spool_dir=str(Path(plan.storage_path) / plan.run_name / SPOOL_DIR))
+                             local_run_dir=run_dir if cfg.scale.num_workers == 0 else None, run_dir=run_dir)
     # fault-injection switches (spklip.train.faults) reach the workers whatever environment Ray started them with
     env = {**WORKER_ENV, **{k: v for k, v in os.environ.items() if k.startswith(FAULT_ENV_PREFIX)}}
     return TorchTrainer(
@@ -178,22 +211,39 @@ def build_trainer(plan: RunPlan, callbacks: Sequence[Any] = ()) -> TorchTrainer:
 
 def fit(cfg: ExperimentConfig, *, run_name: str | None = None, storage_path: str | None = None,
         callbacks: Sequence[Any] = (), mlflow_parent_run_id: str | None = None,
-        tags: dict[str, str] | None = None) -> FitResult:
+        tags: dict[str, str] | None = None, output: RunOutput | None = None) -> FitResult:
     """Train `cfg` to the end and return its final evaluation metrics and checkpoints.
 
-    ``tags`` are added to a new MLflow run (sweeps: trial id, seed, the trial's labels).
+    ``tags`` are added to a new MLflow run (sweeps: trial id, seed, the trial's labels). ``output`` (``spklip
+    train``): the driver's output goes to ``<run folder>/spklip.log``, rank 0's progress lines to stderr, and Ray
+    starts with ``log_to_driver`` only when ``output.verbose``.
     """
     t0 = time.perf_counter()
     plan = prepare_run(cfg, run_name=run_name, storage_path=storage_path, mlflow_parent_run_id=mlflow_parent_run_id,
                        tags=tags)
-    ensure_ray(cfg.scale.address)  # after every check: bad input fails before Ray or any worker starts
+    if output is not None:
+        output.attach(Path(plan.storage_path) / plan.run_name, follow=True)
+    # after every check: bad input fails before Ray or any worker starts
+    ensure_ray(cfg.scale.address, verbose=output.verbose if output is not None else True)
+    if output is not None:
+        output.ray_logs = ray_logs_dir()
     trainer = build_trainer(plan, callbacks)
     try:
         result = trainer.fit()
     except BaseException:
         plan.tracker.terminate("FAILED")
         raise
-    return _finish(plan, result, time.perf_counter() - t0)
+    out = _finish(plan, result, time.perf_counter() - t0)
+    out.best_metrics = _best_metrics(result, out)
+    return out
+
+
+def _best_metrics(result, out: FitResult) -> dict[str, float]:
+    """The metrics `out.best_checkpoint` was reported with (local mode ranks nothing: then the last report's)."""
+    for checkpoint, metrics in result.best_checkpoints or ():
+        if checkpoint.path == out.best_checkpoint:
+            return dict(metrics)
+    return dict(out.metrics) if out.best_checkpoint and out.best_checkpoint == out.checkpoint else {}
 
 
 def _finish(plan: RunPlan, result, seconds: float) -> FitResult:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,8 @@ from spklip.train.checkpoint import TrainState, read_checkpoint, restore_trainin
 from spklip.train.epoch_eval import EpochEvaluator
 from spklip.train.faults import maybe_crash
 from spklip.train.loop import Loop, run_training, seed_everything
-from spklip.tracking import Tracker
+from spklip.train.progress import append_line, epoch_line
+from spklip.tracking import SPOOL_DIR, Tracker
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ class WorkerPlan:
     tracking_uri: str
     mlflow_run_id: str | None  # rank 0 logs to this run; None: tracking off
     local_run_dir: str | None = None  # local mode (scale.num_workers=0): spklip keeps the checkpoints itself
-    spool_dir: str | None = None  # where rank 0 keeps what it cannot send to MLflow (the run folder's spool)
+    run_dir: str | None = None  # {storage_path}/{run_name}: rank 0's progress lines and tracking spool go there
 
 
 def _setup_model(cfg: ExperimentConfig, world: int, rank: int):
@@ -93,11 +95,13 @@ class _WorkerRun:
                 self.state = restore_training(read_checkpoint(d, map_location=self.device), model=self.model,
                                               optimizer=self.loop.optimizer, scheduler=self.loop.scheduler)
         self.tracker = Tracker(plan.tracking_uri, plan.mlflow_run_id if self.rank == 0 else None,
-                               spool_dir=plan.spool_dir)
+                               spool_dir=Path(plan.run_dir) / SPOOL_DIR if plan.run_dir else None)
         self.evaluator = EpochEvaluator(cfg, plan.dataset, self.tracker) if self.rank == 0 else None
         self.last_eval: dict[str, float] = {}
         self.epoch_drained = False  # set by _epoch_batches when the epoch has no batch left
         self.checkpointed_step = -1  # step of the last report that carried a checkpoint
+        self.last_loss: float | None = None  # for the progress line
+        self.epoch_started = time.monotonic()
 
     def run(self) -> None:
         shard = ray.train.get_dataset_shard("train")
@@ -135,6 +139,7 @@ class _WorkerRun:
     def on_step(self, st: TrainState, metrics: dict[str, float]) -> None:
         maybe_crash(st.step, self.rank)
         train = self.cfg.train
+        self.last_loss = metrics.get("loss", self.last_loss)
         if self.rank == 0 and st.step % train.log_every == 0:
             self.tracker.log_metrics({f"train/{k}": v for k, v in metrics.items()}, st.step)
         # The epoch's last step (or the max_steps one) is checkpointed by on_epoch_end, with its evaluation: one
@@ -148,4 +153,9 @@ class _WorkerRun:
         if self.rank == 0:
             self.last_eval = self.evaluator.run(self.model, self.device, st.step, st.epoch, self.loop.autocast_dtype)
             st.metrics = dict(self.last_eval)
+            if self.plan.run_dir:
+                append_line(self.plan.run_dir, epoch_line(int(st.epoch), self.cfg.train.epochs, st.step,
+                                                          self.plan.total_steps, self.cfg.train.metric, self.last_eval,
+                                                          self.last_loss, time.monotonic() - self.epoch_started))
+            self.epoch_started = time.monotonic()
         self.report({"step": st.step, "epoch": st.epoch, **self.last_eval})

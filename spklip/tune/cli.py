@@ -1,5 +1,5 @@
 """The flags every sweep script shares: ``python sweeps/NAME.py [--smoke-test] [--num-samples N] [--resume]
-[--name FOLDER] [--config FILE] [--set key=value ...]`` (`spklip.tune.sweep.main` parses them; this module imports
+[--name FOLDER] [--config FILE] [--set key=value ...] [--verbose]`` (`spklip.tune.sweep.main` parses them; this module imports
 no Ray, so ``spklip --help`` builds the same flags quickly). The Ray address comes from the environment (``RAY_ADDRESS``,
 set by ``ray job submit`` or by ``eval "$(cluster/local.sh env)"``) or ``--set scale.address=...``; without one the
 sweep starts an in-process Ray, so the same file runs on a laptop, as a job, or on a multi-node cluster.
@@ -33,6 +33,9 @@ def add_sweep_args(parser: argparse.ArgumentParser) -> None:
                              "the report shows mean ± 95%% interval and says when a difference is within noise")
     parser.add_argument("--max-concurrent", type=int, default=None, metavar="N",
                         help="trials at once (default: as many as the cluster's CPUs fit, see docs/sweeps.md)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also print Ray's, Tune's and MLflow's logs on stderr (always in <sweep folder>/spklip.log; "
+                             "the trials' and workers' output in Ray's session logs)")
     parser.add_argument("--scheduler", choices=["asha", "fifo"], default=None,
                         help="asha stops weak trials after each epoch (the sweep's default); fifo runs every trial "
                              "to its last epoch")

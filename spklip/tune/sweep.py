@@ -34,8 +34,9 @@ from spklip.config import ConfigError, ExperimentConfig, load_config
 from spklip.data.smoke import ensure_smoke_data
 from spklip.outdir import private_dir
 from spklip.eval.stats import summarize
+from spklip.logs import RunOutput
 from spklip.tracking import BEST_ALIAS, SPOOL_DIR, Tracker, start_run
-from spklip.train.launcher import ensure_ray, fit, log_encoder, resolve_paths
+from spklip.train.launcher import ensure_ray, fit, log_encoder, ray_logs_dir, resolve_paths
 from spklip.tune import report as rep
 from spklip.tune.cli import add_sweep_args, parse_first
 from spklip.tune.space import (AUX_PREFIX, SpaceFn, base_point, build_searcher, config_params, space_keys,
@@ -229,8 +230,37 @@ def _new_context(spec: SweepSpec, cfg: ExperimentConfig, path: Path, num_samples
     return ctx
 
 
+class TrialProgress(tune.Callback):
+    """One line on stderr per finished trial (on the driver): the objectives, the epochs it ran, its parameters."""
+
+    def __init__(self, metrics: Metrics, num_samples: int):
+        self.metrics, self.num_samples, self.finished = metrics, num_samples, 0
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        self._line(trial, "done")
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        self._line(trial, "failed")
+
+    def _line(self, trial, status: str) -> None:
+        self.finished += 1
+        print(trial_line(self.finished, self.num_samples, trial.trial_id, status, trial.last_result or {},
+                         self.metrics, trial.config or {}), file=sys.stderr, flush=True)
+
+
+def trial_line(n: int, total: int, trial_id: str, status: str, result: dict[str, Any], metrics: Metrics,
+               params: dict[str, Any]) -> str:
+    """``trial 3/8 a1b2c3 done: val/top1 0.412 after 4 epochs  model.hsfe.num_subblocks=3 optim.lr=0.0005``."""
+    scores = [f"{m} {result[m]:.3f}" for m, _ in metrics if isinstance(result.get(m), (int, float))]
+    epochs = result.get("training_iteration")
+    text = f"trial {n}/{total} {trial_id} {status}" + (f": {', '.join(scores)}" if scores else "")
+    text += f" after {epochs} epoch{'s' if epochs != 1 else ''}" if epochs and status == "done" else ""
+    shown = [f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(params.items())]
+    return text + ("  " + " ".join(shown) if shown else "")
+
+
 def _tuner(spec: SweepSpec, ctx: SweepContext, path: Path, resume: bool, points: Sequence[dict[str, Any]],
-           max_concurrent: int | None) -> tune.Tuner:
+           max_concurrent: int | None, verbose: bool = True) -> tune.Tuner:
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"cpu": 0.25})
     if resume:
         return tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
@@ -246,12 +276,14 @@ def _tuner(spec: SweepSpec, ctx: SweepContext, path: Path, resume: bool, points:
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=ctx.num_samples,
                                     **({"metric": metric, "mode": mode} if single else {})),
         run_config=tune.RunConfig(name=path.name, storage_path=str(path.parent),
-                                  failure_config=tune.FailureConfig(max_failures=0)))  # a code error repeats
+                                  failure_config=tune.FailureConfig(max_failures=0),  # a code error repeats
+                                  callbacks=[TrialProgress(ctx.metrics, ctx.num_samples)],
+                                  verbose=None if verbose else 0))  # 0: no trial table every few seconds
 
 
 def run_sweep(spec: SweepSpec, cfg: ExperimentConfig, *, num_samples: int | None = None, smoke: bool = False,
               resume: bool = False, name: str | None = None, points: Sequence[dict[str, Any]] = (), seeds: int = 1,
-              max_concurrent: int | None = None) -> SweepRun:
+              max_concurrent: int | None = None, verbose: bool = True) -> SweepRun:
     """Run (or resume) a sweep and report it on its MLflow parent run.
 
     Args:
@@ -266,13 +298,14 @@ def run_sweep(spec: SweepSpec, cfg: ExperimentConfig, *, num_samples: int | None
         seeds: train every configuration this many times (``train.seed``/``data.seed`` + 0..seeds-1); the report
             aggregates them (mean, 95 % interval) and says when a difference is within noise.
         max_concurrent: trials at once (default `max_concurrent_trials`).
+        verbose: False: Ray's, Tune's and MLflow's logs go only to ``<sweep folder>/spklip.log`` (the workers' to
+            Ray's session logs) and stderr gets one line per finished trial (`spklip.logs.RunOutput`).
     """
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     root = sweep_root(cfg)
     if resume:
         path = root / name if name else latest_sweep(root, spec.name)
-        ctx = SweepContext.load(path)
     else:
         cfg = resolve_paths(cfg)
         private_dir(cfg.train.run_dir)  # the MLflow store, checkpoints and spool are the user's alone
@@ -281,10 +314,17 @@ def run_sweep(spec: SweepSpec, cfg: ExperimentConfig, *, num_samples: int | None
         path = root / (name or f"{spec.name}{'-smoke' if smoke else ''}-{time.strftime('%Y%m%d-%H%M%S')}")
         if (path / SWEEP_FILE).exists():
             raise FileExistsError(f"sweep {path} exists; pass --resume to continue it or another --name")
-        ctx = _new_context(spec, cfg, path, num_samples or (spec.smoke_samples if smoke else spec.num_samples), seeds)
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
-    ensure_ray(ctx.base.scale.address)
-    results = _tuner(spec, ctx, path, resume, points, max_concurrent).fit()
+    with RunOutput(verbose) as output:  # the table finish_sweep prints goes to stdout, after it
+        output.attach(path)
+        if resume:
+            ctx = SweepContext.load(path)
+        else:
+            ctx = _new_context(spec, cfg, path, num_samples or (spec.smoke_samples if smoke else spec.num_samples),
+                               seeds)
+        ensure_ray(ctx.base.scale.address, verbose=verbose)
+        output.ray_logs = ray_logs_dir()
+        results = _tuner(spec, ctx, path, resume, points, max_concurrent, verbose).fit()
     return finish_sweep(ctx, path, results)
 
 
@@ -364,7 +404,7 @@ def run_from_args(spec: SweepSpec, args: argparse.Namespace) -> int:
             raise ConfigError(f"--num-samples {args.num_samples} is fewer than the {len(points)} --first trials")
     run_sweep(spec, cfg, num_samples=args.num_samples or (len(points) or None), smoke=args.smoke_test,
               resume=args.resume, name=args.name, points=points, seeds=args.seeds,
-              max_concurrent=args.max_concurrent)
+              max_concurrent=args.max_concurrent, verbose=args.verbose)
     return 0
 
 
