@@ -16,6 +16,7 @@ import pytest
 from spklip import tracking
 from spklip.cli import main
 from spklip.tracking import SPOOL_DIR, Tracker, start_run, sync_spool
+from spklip.tracking import tracker as tracker_module
 
 MLFLOW = Path(sys.executable).with_name("mlflow")
 
@@ -62,7 +63,7 @@ class Server:
 def server(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # a dead server answers at once
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    monkeypatch.setattr(tracking, "BACKOFF_S", (0.2, 1.0))
+    monkeypatch.setattr(tracker_module, "BACKOFF_S", (0.2, 1.0))  # where Tracker reads it
     (tmp_path / "store").mkdir()
     srv = Server(tmp_path / "store", _free_port())
     srv.start()

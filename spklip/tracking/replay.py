@@ -1,0 +1,130 @@
+"""Call records sent through a live ``MlflowClient``: as they are made (`send_batch`, `send_input`, used by the
+tracker) and replayed from spool files (`replay_spool_file`, `replay_folder`).
+
+A ``call`` record (`spklip.tracking.tracker.Tracker.call_later`) runs a spklip function with a tracker of its run; this
+module knows nothing of trackers, so whoever replays passes `tracker_for(client, run_id)`, which builds one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from spklip.tracking.spool import Record, read_spool_file, remove_kept_files, rewrite_spool_file
+from spklip.tracking.store import server_reachable
+
+TrackerFor = Callable[[Any, str], Any]  # (client, run id) -> the tracker a replayed ``call`` target gets
+
+
+class SyncResult:
+    """What `replay_folder` (`sync_spool`) sent and left, per run."""
+
+    def __init__(self):
+        self.sent: dict[str, int] = {}
+        self.left: dict[str, int] = {}
+        self.status: dict[str, str] = {}
+
+
+# mlflow.entities is imported on first use, not at the top: it costs ~1 s, and `spklip --help` imports this.
+def send_batch(client, run_id: str, record: Record) -> None:
+    from mlflow.entities import Metric, Param, RunTag
+    client.log_batch(run_id, metrics=[Metric(k, float(v), int(t), int(s)) for k, v, t, s in record["metrics"]],
+                     params=[Param(k, v) for k, v in record["params"]],
+                     tags=[RunTag(k, v) for k, v in record["tags"]])
+
+
+def send_input(client, run_id: str, record: Record) -> None:
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    tags = [InputTag(k, str(v)) for k, v in record["tags"].items()]
+    client.log_inputs(run_id, datasets=[DatasetInput(Dataset(**record["dataset"]), tags)])
+
+
+def resolve_target(target: str) -> Callable:
+    """The function a ``spklip.module:function`` name names (only spklip's own)."""
+    module, _, name = target.partition(":")
+    if not module.startswith("spklip.") or not name:
+        raise ValueError(f"spool target {target!r} is not a spklip function (module:function)")
+    return getattr(importlib.import_module(module), name)
+
+
+def send_record(client, header: dict, record: Record, tracker_for: TrackerFor) -> None:
+    """Send one spooled record to the run of its file's `header`."""
+    op, run_id = record["op"], header["run_id"]
+    if op == "log_batch":
+        send_batch(client, run_id, record)
+    elif op == "log_artifact":
+        client.log_artifact(run_id, record["path"], record["artifact_path"])
+    elif op == "log_input":
+        send_input(client, run_id, record)
+    elif op == "set_terminated":
+        client.set_terminated(run_id, record["status"], record["end_time"])
+    elif op == "call":  # the target gets a tracker of the run, sharing this client
+        resolve_target(record["target"])(tracker_for(client, run_id), **record["kwargs"])
+    else:
+        raise ValueError(f"unknown spooled call {op!r}")
+
+
+def replay_spool_file(path: str | Path, client, tracker_for: TrackerFor) -> tuple[int, int]:
+    """Send the records of one spool file in order; stop at the first failure (it propagates) and keep the
+    unsent ones in the file. Returns ``(sent, left)``."""
+    path = Path(path)
+    header, records = read_spool_file(path)
+    sent = 0
+    try:
+        for record in records:
+            send_record(client, header, record, tracker_for)
+            sent += 1
+    finally:
+        rewrite_spool_file(path, header, records[sent:])
+        if sent == len(records):
+            remove_kept_files(records)
+    return sent, len(records) - sent
+
+
+def replay_folder(folder: Path, tracker_for: TrackerFor, uri: str | None = None, client=None,
+                  quiet: bool = False) -> SyncResult:
+    """Send every spool file in `folder` to its run: all records by time, the final statuses last (see
+    `spklip.tracking.sync_spool`)."""
+    files = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+    result = SyncResult()
+    loaded = [(f, *read_spool_file(f)) for f in files]
+    clients: dict[str, Any] = {}
+
+    def client_for(header: dict):
+        target = uri or header["uri"]
+        if client is not None and not uri:
+            return client
+        if target not in clients:
+            if not server_reachable(target):
+                raise ConnectionError(f"MLflow server at {target} is unreachable; nothing sent")
+            from mlflow.tracking import MlflowClient  # on first use: importing mlflow costs ~1 s
+            clients[target] = MlflowClient(tracking_uri=target)
+        return clients[target]
+
+    order = sorted(((r["op"] == "set_terminated", r.get("t", 0.0), i, j)  # by time, the final statuses last
+                    for i, (_, _, records) in enumerate(loaded) for j, r in enumerate(records)))
+    done: set[tuple[int, int]] = set()
+    try:
+        for _, _, i, j in order:
+            _, header, records = loaded[i]
+            send_record(client_for(header), header, records[j], tracker_for)
+            done.add((i, j))
+            run = header["run_id"]
+            result.sent[run] = result.sent.get(run, 0) + 1
+            if records[j]["op"] == "set_terminated":
+                result.status[run] = records[j]["status"]
+    finally:
+        for i, (f, header, records) in enumerate(loaded):
+            unsent = [r for j, r in enumerate(records) if (i, j) not in done]
+            rewrite_spool_file(f, header, unsent)
+            if not unsent:
+                remove_kept_files(records)
+            else:
+                result.left[header["run_id"]] = result.left.get(header["run_id"], 0) + len(unsent)
+    if not quiet:
+        for run, n in result.sent.items():
+            print(f"spklip: sent {n} kept call(s) to run {run}" + (f" (status {result.status[run]})"
+                  if run in result.status else ""), file=sys.stderr)
+    return result

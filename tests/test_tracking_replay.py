@@ -1,0 +1,37 @@
+"""Replaying a spooled ``call`` record (what `Tracker.call_later` keeps while the server is away): the target gets
+a tracker of the spool file's run, sharing the replaying client, whether `sync_spool` or the tracker itself (back
+online) replays it. A local sqlite store, no server."""
+
+from spklip.tracking import EXPERIMENT_KIND_TAG, SPOOL_DIR, TRAINING_KIND, Spool, start_run, sync_spool
+
+# a spklip function that takes a tracker and JSON kwargs and leaves a trace in the store
+CALL = {"op": "call", "target": "spklip.tracking.runs:ensure_experiment", "kwargs": {"experiment": "made-by-replay"}}
+
+
+def _made_by_replay(tracker) -> bool:
+    exp = tracker.client.get_experiment_by_name("made-by-replay")
+    return exp is not None and exp.tags.get(EXPERIMENT_KIND_TAG) == TRAINING_KIND
+
+
+def test_sync_spool_replays_a_call_record(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = start_run(uri, "exp", tmp_path, run_name="r")
+    folder = tmp_path / "r" / SPOOL_DIR
+    Spool(folder, uri, tracker.run_id).append({**CALL, "kwargs": {**CALL["kwargs"], "run_dir": str(tmp_path)}})
+    assert not _made_by_replay(tracker)
+    result = sync_spool(tmp_path / "r", quiet=True)
+    assert result.sent == {tracker.run_id: 1} and not result.left
+    assert _made_by_replay(tracker)
+    assert not list(folder.glob("*.jsonl"))  # sent: the file is gone
+
+
+def test_tracker_back_online_replays_its_call_record(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = start_run(uri, "exp", tmp_path, run_name="r", spool_dir=tmp_path / "r" / SPOOL_DIR)
+    tracker.spool.append({**CALL, "kwargs": {**CALL["kwargs"], "run_dir": str(tmp_path)}})
+    tracker._offline = True  # as after a lost server, with the back-off over
+    tracker.log_metrics({"m": 1.0}, step=1)  # the next call finds the store answering: the spool goes first
+    assert not tracker.offline and _made_by_replay(tracker)
+    assert [m.value for m in tracker.client.get_metric_history(tracker.run_id, "m")] == [1.0]
+    assert not tracker.spool.path.exists()
+    tracker.terminate()
