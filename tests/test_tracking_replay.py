@@ -35,3 +35,18 @@ def test_tracker_back_online_replays_its_call_record(tmp_path):
     assert [m.value for m in tracker.client.get_metric_history(tracker.run_id, "m")] == [1.0]
     assert not tracker.spool.path.exists()
     tracker.terminate()
+
+
+def test_a_tracker_without_a_run_folder_sends_its_default_spool_at_the_end(tmp_path, monkeypatch):
+    """A tracker given no spool folder keeps its calls under SPKLIP_TRACKING_SPOOL/<run id> (not a folder named
+    tracking_spool); the end of the run must still send them."""
+    from spklip.tracking import SPOOL_ENV
+
+    monkeypatch.setenv(SPOOL_ENV, str(tmp_path / "cache"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = start_run(uri, "exp", tmp_path, run_name="r")
+    tracker.spool.append({**CALL, "kwargs": {**CALL["kwargs"], "run_dir": str(tmp_path)}})
+    tracker._offline = True
+    tracker.terminate()  # back online at the end: what was kept goes first, then the status
+    assert _made_by_replay(tracker) and not tracker.spool.path.exists()
+    assert tracker.client.get_run(tracker.run_id).info.status == "FINISHED"

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from spklip.tracking.replay import replay_folder, replay_spool_file, resolve_target, send_batch, send_input
-from spklip.tracking.spool import Record, Spool, default_spool_dir, move_run_files, spool_folder
+from spklip.tracking.spool import Record, Spool, default_spool_dir, move_run_files
 from spklip.tracking.store import is_remote, server_reachable
 
 PARAM_VALUE_LIMIT = 6000  # MLflow's limit on one param value (it rejects longer ones; we truncate)
@@ -271,8 +271,7 @@ class Tracker:
             self._go_offline(ConnectionError("server unreachable"))
             return
         try:
-            result = replay_folder(spool_folder(self.spool.folder), Tracker.sharing, client=self.client,
-                                   quiet=True)
+            result = replay_folder(self.spool.folder, Tracker.sharing, client=self.client, quiet=True)
         except Exception as e:  # noqa: BLE001
             self._go_offline(e)
             return
