@@ -116,3 +116,48 @@ def test_train_with_another_ray_on_the_host_prints_no_traceback(other_ray_instan
     assert summary["last_metrics"]["step"] == 6
     assert "(RayTrainWorker pid=" in run.stderr  # the workers' output did reach the driver
     assert "multiple active Ray instances" not in run.stderr and "Traceback" not in run.stderr, run.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_with_train_resume(tmp_path):
+    """Kill the `spklip train` driver (SIGKILL to its whole process group, as a crash or a lost terminal would) once
+    its second epoch is checkpointed: `spklip train --resume NAME` continues from that checkpoint with the run's own
+    config, into the same MLflow run, and finishes it."""
+    from mlflow.tracking import MlflowClient
+
+    data = write_motion_shards(tmp_path / "motion", per_class=8, val_per_class=2)
+    runs = tmp_path / "runs"
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=str(ROOT))
+    spklip = [sys.executable, "-m", "spklip.cli", "train"]
+    first = subprocess.Popen([*spklip, "--config", "configs/tiny.yaml", "--name", "k", "--set", f"data.path={data}",
+                              "--set", f"train.run_dir={runs}", "--set", "scale.num_workers=0",
+                              "--set", "train.epochs=6", "--set", "data.batch_size=4", "--set", "train.log_every=1",
+                              "--set", "eval.few_shot_ks=[1]", "--set", "eval.few_shot_steps=5",
+                              "--set", "eval.energy=false"],
+                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    folder = runs / "ray" / "k"
+    try:
+        deadline = time.time() + 240
+        while not (folder / "checkpoint_step=0000012" / "state.pt.sha256").exists():  # epoch 2 of 6 saved
+            assert first.poll() is None, first.stderr.read()[-3000:]
+            assert time.time() < deadline, "no checkpoint after 240 s"
+            time.sleep(0.2)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    assert main(["train", "--resume", "k", "--set", "train.epochs=9"]) == 2  # the config is the run's own
+
+    resumed = subprocess.run([*spklip, "--resume", "k", "--storage", str(runs / "ray")], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads(resumed.stdout)
+    assert summary["last_metrics"]["step"] == 36 and summary["run_name"] == "k"
+    run_id = json.loads((folder / "spklip_run.json").read_text())["mlflow_run_id"]
+    assert summary["mlflow_run_id"] == run_id  # the same MLflow run goes on
+    client = MlflowClient(tracking_uri=f"sqlite:///{runs / 'mlflow.db'}")
+    steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
+    assert sorted(set(steps)) == list(range(1, 37))  # nothing missing
+    assert all(steps.count(s) == 1 for s in range(1, 13))  # the checkpointed epochs were not trained again
+    assert client.get_run(run_id).info.status == "FINISHED"

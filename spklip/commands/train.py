@@ -12,15 +12,33 @@ from spklip.logs import RunOutput
 
 
 def _train(args: argparse.Namespace) -> int:
+    if args.resume:
+        return _resume(args)
     overrides = list(args.set)
     if args.address:
         overrides.append(f"scale.address={args.address}")
     cfg = load_config(args.config, overrides)  # every value checked here: a bad one stops before Ray or MLflow
+    return _fit(cfg, args, args.name, args.storage)
+
+
+def _resume(args: argparse.Namespace) -> int:
+    """``--resume NAME|DIR``: the run's own config, continued from its latest checkpoint (same MLflow run)."""
+    if args.config or args.set or args.name:
+        raise ValueError("--resume continues a run with the config it started with: drop --config, --set and --name")
+    from spklip.train.launcher import resume_target  # imports Ray and torch (seconds)
+
+    cfg, name, storage = resume_target(args.resume, args.storage, load_config().train.run_dir)
+    if args.address:
+        cfg = apply_overrides(cfg, {"scale.address": args.address})
+    return _fit(cfg, args, name, storage)
+
+
+def _fit(cfg, args: argparse.Namespace, name: str | None, storage: str | None) -> int:
     output = RunOutput(verbose=args.verbose)  # stdout: only the summary below; Ray's and MLflow's logs: the run log
     from spklip.train.launcher import fit  # imports Ray and torch (seconds): only once the config is valid
 
     with output:
-        result = fit(cfg, run_name=args.name, storage_path=args.storage, output=output)
+        result = fit(cfg, run_name=name, storage_path=storage, output=output)
     summary = {"run_name": result.run_name, "storage": result.storage_path, "seconds": round(result.seconds, 1),
                "best_checkpoint": result.best_checkpoint, "latest_checkpoint": result.checkpoint,
                "mlflow_run_id": result.mlflow_run_id, "model_uri": result.model_uri,
@@ -75,6 +93,9 @@ def register(subparsers) -> None:
     p.add_argument("--address", default="", help="Ray cluster address (default: RAY_ADDRESS or in-process Ray)")
     p.add_argument("--name", default=None, help="run name (default <preset>-<timestamp>); an existing one resumes")
     p.add_argument("--storage", default=None, help="Ray storage root (default <train.run_dir>/ray)")
+    p.add_argument("--resume", default=None, metavar="NAME|DIR",
+                   help="continue an interrupted run (a killed driver, a lost machine) from its latest checkpoint, "
+                   "with the config it started with: its name under --storage, or its folder")
     p.add_argument("--verbose", action="store_true", help="also print Ray's and MLflow's logs on stderr (always in "
                    "<run folder>/spklip.log; the workers' output in Ray's session logs)")
     p.set_defaults(handler=_train)

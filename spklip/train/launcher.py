@@ -36,6 +36,7 @@ from spklip.train.worker import WorkerPlan, train_fn_per_worker
 from spklip.tracking import (SPOOL_DIR, Tracker, ensure_experiment, git_commit, register_model, resolve_uri,
                              send_torch_model, shard_set_dataset, start_run)
 
+CONFIG_FILE = "spklip_config.json"  # inside {storage_path}/{run_name}: the run's flat config (`spklip train --resume`)
 RUN_FILE = "spklip_run.json"  # inside {storage_path}/{run_name}: the MLflow run a resumed job keeps logging to
 WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAY_CHDIR_TO_TRIAL_DIR": "0"}
 
@@ -168,8 +169,27 @@ def prepare_run(cfg: ExperimentConfig, *, run_name: str | None = None, storage_p
     run_name = run_name or cfg.tracking.run_name or f"{cfg.model_preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage_path = str(Path(storage_path or Path(cfg.train.run_dir) / "ray").resolve())
     private_dir(cfg.train.run_dir)  # every check passed: the MLflow store, checkpoints and spool, the user's alone
+    run_folder = Path(storage_path) / run_name
+    if not (run_folder / CONFIG_FILE).exists():  # the first attempt's config is what a --resume trains
+        run_folder.mkdir(parents=True, exist_ok=True)
+        (run_folder / CONFIG_FILE).write_text(json.dumps(cfg.to_flat_dict(), indent=1))
     tracker = _mlflow_run(cfg, run_name, Path(storage_path) / run_name, dataset, mlflow_parent_run_id, tags)
     return RunPlan(cfg, run_name, storage_path, dataset, total, tracker)
+
+
+def resume_target(name_or_dir: str, storage_path: str | None, run_dir: str) -> tuple[ExperimentConfig, str, str]:
+    """``(config, run_name, storage_path)`` of an earlier run to continue: `name_or_dir` is its folder, or its name
+    under `storage_path` (default ``<run_dir>/ray``). The config is the one the run started with."""
+    folder = Path(name_or_dir)
+    if not (folder / CONFIG_FILE).exists():
+        folder = Path(storage_path or Path(run_dir) / "ray") / name_or_dir
+    if not (folder / CONFIG_FILE).exists():
+        raise FileNotFoundError(f"--resume {name_or_dir}: no spklip run there ({folder / CONFIG_FILE} does not exist)")
+    try:
+        cfg = ExperimentConfig.from_flat_dict(json.loads((folder / CONFIG_FILE).read_text()))
+    except ValueError as e:
+        raise ValueError(f"{folder / CONFIG_FILE}: not a spklip run config ({e})") from None
+    return cfg, folder.name, str(folder.parent.resolve())
 
 
 def _use_gpu(cfg: ExperimentConfig) -> bool:
