@@ -17,6 +17,7 @@ The text tower is excluded: class prompts are embedded once, not per clip. Pure 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import io
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 from spklip.model.layers import MatMul
+from spklip.torchutil import eval_mode
 
 E_MAC_PJ = 4.6
 E_AC_PJ = 0.9
@@ -152,8 +154,9 @@ def estimate_energy(model: nn.Module, spikes: torch.Tensor, name: str = "", batc
         EnergyReport with one row per counted layer (calls of the same layer summed).
     """
     tower = getattr(model, "visual", model)
-    was_training = tower.training
-    tower = copy.deepcopy(tower).train() if batch_stats else tower.eval()
+    # batch statistics: a copy in train mode (the caller's model keeps its running statistics); else eval mode for
+    # the count, the caller's train flag restored after it
+    mode = contextlib.nullcontext(copy.deepcopy(tower).train()) if batch_stats else eval_mode(tower)
     rows: dict[str, LayerEnergy] = {}
 
     def hook(mod_name):
@@ -169,18 +172,17 @@ def estimate_energy(model: nn.Module, spikes: torch.Tensor, name: str = "", batc
             row.energy_pj = e_mac_pj * row.macs + e_ac_pj * row.sops
         return record
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in tower.named_modules()
-               if isinstance(m, (nn.Conv2d, nn.Linear, MatMul))]
-    try:
-        x = spikes.to(next(tower.parameters()).dtype)
-        if hasattr(model, "check_spikes"):
-            model.check_spikes(spikes)
-        tower(x)
-    finally:
-        for h in handles:
-            h.remove()
-        if not batch_stats:
-            tower.train(was_training)
+    with mode as tower:
+        handles = [m.register_forward_hook(hook(n)) for n, m in tower.named_modules()
+                   if isinstance(m, (nn.Conv2d, nn.Linear, MatMul))]
+        try:
+            x = spikes.to(next(tower.parameters()).dtype)
+            if hasattr(model, "check_spikes"):
+                model.check_spikes(spikes)
+            tower(x)
+        finally:
+            for h in handles:
+                h.remove()
     return EnergyReport(name or type(model).__name__, spikes.shape[0], list(rows.values()))
 
 
