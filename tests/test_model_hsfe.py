@@ -242,3 +242,23 @@ def test_chunk_mb_is_auto_or_a_non_negative_int():
             HsfeCfg(chunk_mb=bad)
     with pytest.raises(ConfigError, match="chunk_mb"):
         load_config(overrides=["model.hsfe.chunk_mb=-2"])
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_channels_last_maps_equal_contiguous_ones(train):
+    """memory_format changes only the layout the convs run in: outputs and gradients equal the NCHW ones."""
+    cfg = load_config(None, {"model_preset": "spklip-tiny"}).model.hsfe
+    torch.manual_seed(0)
+    ref = HSFE(dataclasses.replace(cfg, memory_format="contiguous")).double().train(train)
+    auto = HSFE(cfg).double().train(train)
+    auto.load_state_dict(ref.state_dict())
+    x = (torch.rand(6, cfg.window, 32, 32) < 0.3).double()
+    assert auto.channels_last(x) and not ref.channels_last(x)  # "auto" is channels_last on a CPU
+    out_ref, out = ref(x), auto(x)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, out_ref, atol=1e-10, rtol=0)
+    if train:
+        out.square().sum().backward()
+        out_ref.square().sum().backward()
+        for (name, p), q in zip(auto.named_parameters(), ref.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, atol=1e-9, rtol=1e-9, msg=name)

@@ -30,6 +30,9 @@ class HsfeCfg:
     chunk_mb: int | Literal["auto"] = "auto"  # cache budget (MiB) for one call's largest activation: the B*K
     # sub-blocks run in chunks that fit it (speed only, same output); 0: one batch; "auto": the CPU's last-level
     # cache on CPU, one batch on a GPU (see spklip/model/hsfe.py)
+    memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"  # of the sub-block maps (speed only,
+    # same output to 1e-5): "auto" is channels_last on CPU (oneDNN's native layout: 1.35-1.44x at the paper's size,
+    # docs/benchmarks.md), unchanged on other devices
 
     @property
     def window(self) -> int:
