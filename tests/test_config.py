@@ -153,13 +153,50 @@ def test_yes_no_switches_parse_as_booleans_from_the_command_line():
     ("augment.hflip=1.5", "augment.hflip must be in [0, 1], got 1.5"),
     ("augment.spike_dropout=1", "augment.spike_dropout must be in [0, 1), got 1.0"),
     ("augment.shift_px=-1", "augment.shift_px must be >= 0, got -1"),
+    ("model.hsfe.radius=-1", "model.hsfe.radius must be >= 0, got -1"),
+    ("model.hsfe.num_branches=0", "model.hsfe.num_branches must be >= 1, got 0"),
+    ("model.hsfe.channel_step=0", "model.hsfe.channel_step must be >= 1, got 0"),
+    ("model.hsfe.branch_hidden=0", "model.hsfe.branch_hidden must be >= 1, got 0"),
+    ("model.hsfe.features=0", "model.hsfe.features must be >= 1, got 0"),
+    ("model.hsfe.num_res_blocks=-1", "model.hsfe.num_res_blocks must be >= 0, got -1"),
+    ("model.hsfe.stride=0", "model.hsfe.stride must be >= 1, got 0"),
+    ("model.backbone.layers=[1, 0]", "model.backbone.layers[1] must be >= 1, got 0"),
+    ("model.backbone.width=1", "model.backbone.width must be >= 2, got 1"),
+    ("model.backbone.heads=0", "model.backbone.heads must be >= 1, got 0"),
+    ("model.backbone.attn_dropout=1", "model.backbone.attn_dropout must be in [0, 1), got 1.0"),
+    ("model.backbone.heads=3", "model.backbone.heads must divide the attention pool's width 512 "
+                               "(model.backbone.width * 2**(stages-1) * 4), got 3"),
+    ("model.temporal.layers=0", "model.temporal.layers must be >= 1, got 0"),
+    ("model.temporal.heads=0", "model.temporal.heads must be >= 1, got 0"),
+    ("model.temporal.mlp_ratio=0", "model.temporal.mlp_ratio must be > 0, got 0.0"),
+    ("model.temporal.dropout=2", "model.temporal.dropout must be in [0, 1), got 2.0"),
+    ("model.temporal.heads=3", "model.temporal.heads must divide model.embed_dim=64, got 3"),
+    ("model.text.finetune_layers=-1", "model.text.finetune_layers must be >= 0, got -1"),
+    ("model.text.context_length=0", "model.text.context_length must be >= 1, got 0"),
+    ("model.text.width=0", "model.text.width must be >= 1, got 0"),
+    ("model.text.layers=0", "model.text.layers must be >= 1, got 0"),
+    ("model.text.heads=0", "model.text.heads must be >= 1, got 0"),
+    (["model.text.kind=clip-text", "model.text.width=130"],
+     "model.text.width must be divisible by model.text.heads=4 with kind=clip-text, got 130"),
+    (["model.text.kind=clip-text", "model.text.context_length=1"],
+     "model.text.context_length must be >= 2 with kind=clip-text (start and end tokens), got 1"),
+    (["model.text.finetune=last-n", "model.text.finetune_layers=0"],
+     "model.text.finetune_layers must be >= 1 with finetune=last-n (or use finetune=frozen), got 0"),
+    ("model.fsve.time_steps=0", "model.fsve.time_steps must be >= 1, got 0"),
+    ("model.fsve.tau=1", "model.fsve.tau must be > 1, got 1.0"),
+    ("model.fsve.v_threshold=0", "model.fsve.v_threshold must be > 0, got 0.0"),
+    ("loss.init_logit_scale=0", "loss.init_logit_scale must be in (0, 100], got 0.0"),
+    ("loss.init_logit_scale=101", "loss.init_logit_scale must be in (0, 100], got 101.0"),
+    ("loss.max_logit_scale=0", "loss.max_logit_scale must be > 0, got 0.0"),
+    ("loss.max_logit_scale=10", "loss.init_logit_scale must be in (0, 10], got 14.285714285714285"),
 ])
 def test_out_of_range_values_name_the_key_and_the_allowed_range(override, message):
+    overrides = [override] if isinstance(override, str) else override  # a list: a value valid only with others
     with pytest.raises(ConfigError) as err:
-        load_config(overrides=[override])
+        load_config(overrides=overrides)
     assert str(err.value) == message
     with pytest.raises(ConfigError, match=re.escape(message)):  # a trial's overrides on a built config: the same
-        apply_overrides(load_config(), parse_overrides([override]))
+        apply_overrides(load_config(), parse_overrides(overrides))
 
 
 def test_the_edges_of_every_range_are_allowed():
@@ -170,3 +207,23 @@ def test_the_edges_of_every_range_are_allowed():
                                  "eval.few_shot_steps=0", "eval.train_clips=0", "augment.hflip=1",
                                  "augment.vflip=0", "augment.spike_dropout=0.99", "data.materialize_max_mb=0"])
     assert cfg.optim.lr == 1e-9 and cfg.scale.max_failures == -1 and cfg.eval.few_shot_ks == ()
+
+
+def test_the_edges_of_the_model_ranges_are_allowed():
+    cfg = load_config(overrides=["model.hsfe.num_res_blocks=0", "model.hsfe.num_branches=1", "model.hsfe.radius=0",
+                                 "model.backbone.width=2", "model.backbone.heads=1", "model.backbone.layers=[1]",
+                                 "model.backbone.attn_dropout=0", "model.temporal.dropout=0.99",
+                                 "model.temporal.mlp_ratio=0.01", "model.temporal.heads=64",
+                                 "model.text.finetune_layers=0", "model.fsve.tau=1.01", "model.fsve.v_threshold=1e-3",
+                                 "loss.init_logit_scale=100", "loss.max_logit_scale=100"])
+    assert cfg.model.hsfe.window == 1 and cfg.model.backbone.pool_width == 8 and cfg.loss.init_logit_scale == 100
+    # values a text kind ignores are not held against it: MiniLM has its own width and heads
+    assert load_config(overrides=["model.text.width=130", "model.text.context_length=1"]).model.text.width == 130
+    # the backbone's heads only matter where its attention pool is built (not for a spiking backbone)
+    snn = load_config(overrides=["model_preset=spklip-tiny-snn-backbone", "model.backbone.heads=3"])
+    assert snn.model.backbone.heads == 3
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_builtin_preset_passes_the_range_checks(name):
+    assert load_config(overrides=[f"model_preset={name}"]).model == load_preset(name)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from spklip.config.base import ConfigError
+from spklip.config.base import ConfigError, check_range
 
 
 @dataclass(frozen=True)
@@ -76,9 +76,14 @@ class HsfeCfg:
         return k, s, 0
 
     def __post_init__(self):
-        if self.radius < 0:
-            raise ConfigError(f"model.hsfe.radius must be >= 0, got {self.radius}")
-        if self.num_branches < 1 or self.window - 2 * self.channel_step * (self.num_branches - 1) < 1:
+        check_range("model.hsfe.radius", self.radius, 0)  # r = 0: one-plane windows
+        check_range("model.hsfe.num_branches", self.num_branches, 1)
+        check_range("model.hsfe.channel_step", self.channel_step, 1)  # 0 would give M copies of the same crop
+        check_range("model.hsfe.branch_hidden", self.branch_hidden, 1)
+        check_range("model.hsfe.features", self.features, 1)
+        check_range("model.hsfe.num_res_blocks", self.num_res_blocks, 0)  # 0: no trunk blocks, fuse conv only
+        check_range("model.hsfe.stride", self.stride, 1)
+        if self.window - 2 * self.channel_step * (self.num_branches - 1) < 1:
             raise ConfigError(f"model.hsfe: {self.num_branches} branches with channel_step {self.channel_step} "
                               f"do not fit a window of {self.window} planes")
         if self.chunk_mb != "auto" and not (type(self.chunk_mb) is int and self.chunk_mb >= 0):
@@ -93,6 +98,18 @@ class BackboneCfg:
     heads: int = 8  # attention-pool heads (paper 8, authors' code 4)
     attn_dropout: float = 0.0  # attention-pool dropout (CLIP 0, authors' code 0.1)
 
+    @property
+    def pool_width(self) -> int:
+        """Channels the attention pool sees: the last stage's width*2**(stages-1) planes x4 expansion."""
+        return self.width * 2 ** (len(self.layers) - 1) * 4 if self.layers else self.width
+
+    def __post_init__(self):
+        for i, n in enumerate(self.layers):  # 0 would still build one block (the stage's first)
+            check_range(f"model.backbone.layers[{i}]", n, 1)
+        check_range("model.backbone.width", self.width, 2)  # the stem's first convs have width // 2 channels
+        check_range("model.backbone.heads", self.heads, 1)
+        check_range("model.backbone.attn_dropout", self.attn_dropout, 0, 1, high_open=True)
+
 
 @dataclass(frozen=True)
 class TemporalCfg:
@@ -102,6 +119,12 @@ class TemporalCfg:
     dropout: float = 0.1
     pos_embed: bool = True  # learned positional embedding; false reproduces the authors' order-blind encoder
     pool: Literal["mean", "cls"] = "mean"
+
+    def __post_init__(self):
+        check_range("model.temporal.layers", self.layers, 1)
+        check_range("model.temporal.heads", self.heads, 1)
+        check_range("model.temporal.mlp_ratio", self.mlp_ratio, 0, low_open=True)
+        check_range("model.temporal.dropout", self.dropout, 0, 1, high_open=True)
 
 
 @dataclass(frozen=True)
@@ -115,6 +138,21 @@ class TextCfg:
     layers: int = 4  # clip-text: transformer layers
     heads: int = 4  # clip-text: attention heads
     templates: tuple[str, ...] = ("a spike video of {}.",)  # prompt templates; class embeddings are averaged
+
+    def __post_init__(self):
+        check_range("model.text.finetune_layers", self.finetune_layers, 0)
+        for key in ("context_length", "width", "layers", "heads"):
+            check_range(f"model.text.{key}", getattr(self, key), 1)
+        if self.kind == "clip-text":
+            if self.context_length < 2:
+                raise ConfigError(f"model.text.context_length must be >= 2 with kind=clip-text (start and end "
+                                  f"tokens), got {self.context_length}")
+            if self.width % self.heads:
+                raise ConfigError(f"model.text.width must be divisible by model.text.heads={self.heads} with "
+                                  f"kind=clip-text, got {self.width}")
+        elif self.finetune == "last-n" and self.finetune_layers == 0:  # layers[-0:] would train every layer
+            raise ConfigError("model.text.finetune_layers must be >= 1 with finetune=last-n (or use "
+                              "finetune=frozen), got 0")
 
 
 @dataclass(frozen=True)
@@ -132,6 +170,13 @@ class FsveCfg:
     tdbn_gain: Literal["threshold", "threshold-tau"] = "threshold-tau"
     attn_norm: bool = True  # normalise spiking attention's output before its neuron (else it never reaches threshold)
 
+    def __post_init__(self):
+        check_range("model.fsve.time_steps", self.time_steps, 1)
+        # spikingjelly's LIFNode and ParametricLIFNode assert tau > 1 (v += (x - v) / tau; PLIF stores
+        # -log(tau - 1)), so tau = 1 is as invalid as tau < 1
+        check_range("model.fsve.tau", self.tau, 1, low_open=True)
+        check_range("model.fsve.v_threshold", self.v_threshold, 0, low_open=True)
+
 
 @dataclass(frozen=True)
 class LossCfg:
@@ -141,6 +186,10 @@ class LossCfg:
     positives: Literal["caption", "label", "pair"] = "caption"  # which (clip, text) pairs of a batch are positives:
     # every pair with the same caption string / class label (multi-positive InfoNCE), or only the diagonal (CLIP).
     # With no repeated caption "caption" equals "pair"; with class captions it stops pushing same-class pairs apart
+
+    def __post_init__(self):
+        check_range("loss.max_logit_scale", self.max_logit_scale, 0, low_open=True)
+        check_range("loss.init_logit_scale", self.init_logit_scale, 0, self.max_logit_scale, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -161,4 +210,12 @@ class ModelCfg:
             raise ConfigError("model.num_planes, height, width and embed_dim must be >= 1")
         if self.arch == "spklip":
             self.hsfe.layout(self.num_planes)  # raises a ConfigError naming the bad key if the sub-blocks don't fit
+            if self.embed_dim % self.temporal.heads:  # the temporal blocks (ANN or spiking) split embed_dim
+                raise ConfigError(f"model.temporal.heads must divide model.embed_dim={self.embed_dim}, "
+                                  f"got {self.temporal.heads}")
+        if (self.arch == "tfp-resnet" or (self.arch == "spklip" and self.fsve.variant == "none")) \
+                and self.backbone.pool_width % self.backbone.heads:  # the ANN backbone's attention pool
+            raise ConfigError(f"model.backbone.heads must divide the attention pool's width "
+                              f"{self.backbone.pool_width} (model.backbone.width * 2**(stages-1) * 4), "
+                              f"got {self.backbone.heads}")
 
