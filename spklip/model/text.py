@@ -67,7 +67,8 @@ class HFTextTower(nn.Module):
         if cfg.finetune != "full":
             self.encoder.requires_grad_(False)
         if cfg.finetune == "last-n":
-            for layer in _trainable_layers(self.encoder)[-cfg.finetune_layers:]:
+            layers = _trainable_layers(self.encoder)
+            for layer in layers[len(layers) - cfg.finetune_layers:]:  # not [-n:]: n = 0 would mean every layer
                 layer.requires_grad_(True)
         self.proj = nn.Linear(self.encoder.config.hidden_size, embed_dim)
         self._cache: dict[str, torch.Tensor] = {}  # frozen encoder: string -> pooled output [hidden] (CPU, fp32)
