@@ -34,7 +34,7 @@ demo: install  ## moving-digits spikes + the baselines study (HSFE vs K=1 vs spi
 	    --set data.path=$(DEMO_DATA) --set train.run_dir=$(RUN_DIR) --set train.max_steps=$(DEMO_STEPS)
 	@echo "val/top1 is prompt classification over the seen classes (11 with the default DEMO_BUILD: chance 0.09);"
 	@echo "the spike average cannot tell left from right or up from down, so it tops out near 0.5."
-	@echo "Open it in the MLflow UI: make mlflow-ui, then http://127.0.0.1:5056 -> experiment baselines"
+	@echo "Open it in the MLflow UI: make mlflow-ui, then the link printed above (the runs table of experiment baselines)"
 	@echo "(the study is the parent run; its report is under sweep_report/). Same table: spklip report --experiment baselines"
 	@echo "Ray's, Tune's and MLflow's logs of the study: $(RUN_DIR)/sweeps/demo-*/spklip.log (sweeps/baselines.py --verbose prints them)"
 

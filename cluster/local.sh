@@ -192,6 +192,7 @@ cmd_ui() {
     local db="${MLFLOW_DB:-$RUN_DIR/mlflow.db}"
     [ -f "$db" ] || die "no MLflow store at $db yet (run 'make demo' or a sweep first)"
     echo "MLflow UI on http://$HOST:$UI_PORT (store $db); Ctrl-C stops it"
+    echo "(an experiment's runs table: http://$HOST:$UI_PORT/#/experiments/<id>?workflowType=machine_learning)"
     # `mlflow ui` forwards SIGTERM/SIGINT to its uvicorn child, whose graceful shutdown waits for every open
     # response to finish: a browser tab that stalls mid-download (an artifact, an event stream) kept it up until
     # SIGKILL. Uvicorn's own bound cancels what is still running after 3 s, so SIGTERM stops the UI cleanly.

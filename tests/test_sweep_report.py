@@ -141,3 +141,14 @@ def test_plots_leave_out_parameters_held_at_one_value(store):
     assert rep.plotted_params(table) == table.params  # K and SA both vary in this sweep
     held = rep.SweepTable(table.frame.assign(**{"model.hsfe.spatial_attention": True}), table.params, table.metrics)
     assert rep.plotted_params(held) == ["model.hsfe.num_subblocks"]
+
+
+def test_ui_link_opens_the_runs_table(tmp_path):
+    """MLflow 3.17 opens an experiment on its GenAI overview unless the URL asks for the model-training view."""
+    from mlflow.tracking import MlflowClient
+
+    from spklip.tune.sweep import ui_link
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp = MlflowClient(tracking_uri=uri).create_experiment("ui", artifact_location=(tmp_path / "art").as_uri())
+    assert ui_link(uri, "ui").endswith(f"http://127.0.0.1:5056/#/experiments/{exp}?workflowType=machine_learning")

@@ -369,7 +369,19 @@ def finish_sweep(ctx: SweepContext, path: Path, results) -> SweepRun:
     run.table_markdown, run.report_dir, run.best_run_id = table.to_markdown(), path / "report", table.best_run_id
     print(run.table_markdown)
     print(f"\nReport: {path / 'report'} (also on MLflow run {ctx.parent_run_id} in experiment {experiment!r})")
+    print(f"In the MLflow UI: {ui_link(uri, experiment)}")
     return run
+
+
+def ui_link(uri: str, experiment: str) -> str:
+    """Where the sweep's runs table is in the MLflow UI. MLflow 3.17 opens an experiment on its GenAI overview
+    unless the URL asks for the model-training view (``workflowType=machine_learning``; the experiment-kind tag
+    spklip sets is not read for that)."""
+    exp = rep._client(uri).get_experiment_by_name(experiment)
+    page = f"#/experiments/{exp.experiment_id}?workflowType=machine_learning" if exp is not None else ""
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/{page}"
+    return f"make mlflow-ui, then http://127.0.0.1:5056/{page}"
 
 
 def _register_best(ctx: SweepContext, path: Path, parent: Tracker, best_run_id: str) -> None:
