@@ -251,9 +251,12 @@ def test_channels_last_maps_equal_contiguous_ones(train):
     torch.manual_seed(0)
     ref = HSFE(dataclasses.replace(cfg, memory_format="contiguous")).double().train(train)
     auto = HSFE(cfg).double().train(train)
-    auto.load_state_dict(ref.state_dict())
     x = (torch.rand(6, cfg.window, 32, 32) < 0.3).double()
-    assert auto.channels_last(x) and not ref.channels_last(x)  # "auto" is channels_last on a CPU
+    assert not auto.channels_last(x) and not ref.channels_last(x)  # "auto" trains NCHW
+    with torch.no_grad():
+        assert auto.channels_last(x)  # and evaluates in channels_last on a CPU
+    auto = HSFE(dataclasses.replace(cfg, memory_format="channels_last")).double().train(train)
+    auto.load_state_dict(ref.state_dict())
     out_ref, out = ref(x), auto(x)
     assert out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out, out_ref, atol=1e-10, rtol=0)

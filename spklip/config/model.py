@@ -31,8 +31,8 @@ class HsfeCfg:
     # sub-blocks run in chunks that fit it (speed only, same output); 0: one batch; "auto": the CPU's last-level
     # cache on CPU, one batch on a GPU (see spklip/model/hsfe.py)
     memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"  # of the sub-block maps (speed only,
-    # same output to 1e-5): "auto" is channels_last on CPU (oneDNN's native layout: 1.35-1.44x at the paper's size,
-    # docs/benchmarks.md), unchanged on other devices
+    # same output to 1e-5): "auto" is channels_last on CPU without autograd (evaluation, encoding: oneDNN's native
+    # layout, 1.32-1.44x at the paper's size, docs/benchmarks.md), NCHW in training and on other devices
 
     @property
     def window(self) -> int:

@@ -9,8 +9,8 @@ Grouping (`HSFE.forward`): on a CPU, one batch of all B*K sub-blocks makes every
 (paper size: 197 MB per 64x240x320 map at B=2, K=5) and the convs memory-bound, while one sub-block's (19.7 MB)
 stays in the last-level cache between layers. So the sub-blocks run through the whole extractor in chunks whose
 largest activation fits a cache budget (`HsfeCfg.chunk_mb`; "auto": the cache read from sysfs on CPU, one batch on
-a GPU, where a big batch is what keeps the device busy), in channels_last on CPU (`HsfeCfg.memory_format`: oneDNN's
-native layout; 1.35-1.44x faster at the paper's size, measured). The output is the same as one batch (tested to 1e-5,
+a GPU, where a big batch is what keeps the device busy), in channels_last on CPU without autograd (`HsfeCfg.memory_format`:
+oneDNN's native layout; 1.32-1.44x faster at the paper's size, measured). The output is the same as one batch (tested to 1e-5,
 gradients too); a BatchNorm that is training normalises over the whole batch, so it always gets one batch, as does
 `torch.jit.trace` (a trace would freeze the chunk count of the traced batch size).
 """
@@ -202,9 +202,12 @@ class HSFE(nn.Module):
         return chunk_size(n, self.block_bytes(blocks), budget)
 
     def channels_last(self, blocks: torch.Tensor) -> bool:
-        """Whether the maps run in channels_last (NHWC): `HsfeCfg.memory_format`, "auto" = on CPU."""
+        """Whether the maps run in channels_last (NHWC): `HsfeCfg.memory_format`; "auto" = on CPU without autograd
+        (evaluation, encoding). Training stays NCHW under "auto": with channels_last the 2-worker DDP learning test
+        (tests/test_train_ray.py) learned clearly worse at the same seeds (val top-1 0.69 against 0.94), although a
+        single process gives the same outputs and gradients (tests/test_model_hsfe.py); the cause is not found."""
         fmt = self.cfg.memory_format
-        return fmt == "channels_last" or (fmt == "auto" and blocks.device.type == "cpu")
+        return fmt == "channels_last" or (fmt == "auto" and blocks.device.type == "cpu" and not torch.is_grad_enabled())
 
     def forward(self, blocks: torch.Tensor) -> torch.Tensor:
         if self.channels_last(blocks):  # the input's layout carries through every conv (the weights need not move)
