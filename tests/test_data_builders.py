@@ -3,6 +3,7 @@ dat-folder from recordings, all through the `spklip data` CLI; the smoke-test da
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import spklip.data.smoke as smoke
 from spklip.cli import main
@@ -181,11 +182,12 @@ def test_simulate_and_inspect_commands(tmp_path, capsys):
     assert main(["data", "inspect", str(tmp_path / "nothing")]) == 2
 
 
-def test_simulate_command_streams_a_video(tmp_path):
+def test_simulate_command_streams_a_video(tmp_path, capsys):
     frames = np.random.default_rng(5).integers(0, 256, (7, 24, 32, 3), np.uint8)
     write_video(tmp_path / "v.avi", frames)
     assert main(["data", "simulate", str(tmp_path / "v.avi"), "--out", str(tmp_path / "v.npy"), "--height", "16",
                  "--width", "24", "--planes-per-frame", "3", "--max-frames", "5"]) == 0
+    assert "5/5" in capsys.readouterr().err  # the progress bar knows its total (the stream's frame count, capped)
     spikes = np.load(tmp_path / "v.npy")
     assert spikes.shape == (15, 16, 24) and set(np.unique(spikes)) <= {0, 1}
     assert main(["data", "simulate", str(tmp_path / "missing.avi"), "--out", str(tmp_path / "m.dat")]) == 2
@@ -341,3 +343,17 @@ def test_a_sensor_size_no_recording_fits_is_one_error(tmp_path, capsys):
                  "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is not divisible by 8" in err and not (tmp_path / "ds").exists()
+
+
+def test_frame_count_reads_headers_only(tmp_path):
+    from spklip.data.folders import frame_count
+
+    np.save(tmp_path / "f.npy", np.zeros((9, 4, 4), np.uint8))
+    (tmp_path / "imgs").mkdir()
+    for i in range(3):
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+    (tmp_path / "imgs" / "notes.txt").write_text("not an image")
+    write_video(tmp_path / "v.avi", np.zeros((6, 16, 16, 3), np.uint8))
+    assert frame_count(tmp_path / "f.npy") == 9 and frame_count(tmp_path / "f.npy", max_frames=4) == 4
+    assert frame_count(tmp_path / "imgs") == 3 and frame_count(tmp_path / "v.avi") == 6
+    assert frame_count(tmp_path / "missing.avi") is None  # read_frames reports the missing file, not the count

@@ -10,7 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from spklip.data.dat import write_dat
-from spklip.data.folders import FolderSpec, read_frames
+from spklip.data.folders import FolderSpec, frame_count, read_frames
 from spklip.data.shards import SPLITS, decode_batch, open_shard, reading, validate_shards
 from spklip.data.simulate import SimParams, iter_simulate
 
@@ -195,7 +195,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix not in (".dat", ".npy"):
         raise ValueError(f"--out must end in .dat or .npy, got {out.name}")
-    frames = tqdm(read_frames(args.input, args.height, args.width, args.max_frames), desc="simulate", unit="frame")
+    frames = tqdm(read_frames(args.input, args.height, args.width, args.max_frames), desc="simulate", unit="frame",
+                  total=frame_count(args.input, args.max_frames))
     chunks = iter_simulate(frames, threshold=args.threshold, planes_per_frame=args.planes_per_frame, seed=args.seed,
                            mismatch=args.mismatch, dark_current=args.dark_current, chunk_planes=args.chunk_planes)
     if out.suffix == ".dat":

@@ -309,6 +309,26 @@ def read_frames(path: str | os.PathLike, height: int | None = None, width: int |
     return itertools.islice(_frames(Path(path), height, width), max_frames)
 
 
+def frame_count(path: str | os.PathLike, max_frames: int | None = None) -> int | None:
+    """How many frames `read_frames` will give (for a progress bar's total), or None when the container does not
+    say (a video stream without a frame count). Never decodes: ``.npy`` shape, image files, the stream header."""
+    path = Path(path)
+    count: int | None = None
+    try:
+        if path.suffix == ".npy":
+            count = int(np.load(path, mmap_mode="r").shape[0])
+        elif path.is_dir():
+            count = sum(1 for f in path.iterdir() if f.suffix.lower() in IMAGE_EXTS)
+        elif path.exists():
+            import av  # optional dependency (the `video` extra): only reading a video needs it
+
+            with av.open(str(path)) as container:
+                count = int(container.streams.video[0].frames) or None
+    except Exception:  # noqa: BLE001 - a count is only a hint: read_frames reports what is wrong with the input
+        return None
+    return count if max_frames is None or count is None else min(count, max_frames)
+
+
 def _frames(path: Path, height: int | None, width: int | None) -> Iterator[np.ndarray]:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
