@@ -211,7 +211,7 @@ def build_trainer(plan: RunPlan, callbacks: Sequence[Any] = ()) -> TorchTrainer:
     run_dir = str(Path(plan.storage_path) / plan.run_name)
     worker_plan = WorkerPlan(cfg=cfg, total_steps=plan.total_steps, dataset=plan.dataset, tracking_uri=plan.tracker.uri,
                              mlflow_run_id=plan.tracker.run_id if plan.tracker.enabled else None,
-                             local_run_dir=run_dir if cfg.scale.num_workers == 0 else None, run_dir=run_dir)
+                             run_dir=run_dir)
     # fault-injection switches (spklip.train.faults) reach the workers whatever environment Ray started them with
     env = {**WORKER_ENV, **{k: v for k, v in os.environ.items() if k.startswith(FAULT_ENV_PREFIX)}}
     return TorchTrainer(

@@ -40,8 +40,13 @@ class WorkerPlan:
     dataset: dict[str, Any]  # `spklip.data.read.dataset_info`: splits, classes, fingerprint
     tracking_uri: str
     mlflow_run_id: str | None  # rank 0 logs to this run; None: tracking off
-    local_run_dir: str | None = None  # local mode (scale.num_workers=0): spklip keeps the checkpoints itself
     run_dir: str | None = None  # {storage_path}/{run_name}: rank 0's progress lines and tracking spool go there
+
+    @property
+    def local_run_dir(self) -> str | None:
+        """Local mode (``scale.num_workers=0``) keeps checkpoints only in memory: spklip writes them to the run
+        folder itself."""
+        return self.run_dir if self.cfg.scale.num_workers == 0 else None
 
 
 def _setup_model(cfg: ExperimentConfig, world: int, rank: int):

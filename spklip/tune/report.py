@@ -65,7 +65,7 @@ def _fmt(value: Any, digits: int) -> str:
     return str(value)
 
 
-def _client(uri: str):
+def mlflow_client(uri: str):
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
@@ -109,7 +109,7 @@ def sweep_table(experiment: str, *, uri: str, parent_run_id: str | None = None,
     Raises:
         ValueError: the experiment does not exist or holds no trial runs.
     """
-    client = _client(uri)
+    client = mlflow_client(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         names = sorted(e.name for e in client.search_experiments())
@@ -324,7 +324,7 @@ def plot_pareto(table: SweepTable, path: str | Path):
 
 def best_config(uri: str, run_id: str) -> ExperimentConfig:
     """The full config of a trial, rebuilt from its flat params (every trial logs its whole flat config)."""
-    params = _client(uri).get_run(run_id).data.params
+    params = mlflow_client(uri).get_run(run_id).data.params
     flat = {k: (parse_value(v) if v != "" else "") for k, v in params.items() if not k.startswith("_")}
     try:
         return ExperimentConfig.from_flat_dict(flat)
@@ -346,7 +346,7 @@ def close_stopped_children(uri: str, experiment: str, parent_run_id: str, errore
     exception, `fit` has already marked it FAILED. Runs named in `errored` (the run names of the trials Tune
     reports as errored) really failed and keep FAILED.
     """
-    client = _client(uri)
+    client = mlflow_client(uri)
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
                               max_results=10000)

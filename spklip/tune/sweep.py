@@ -377,7 +377,7 @@ def ui_link(uri: str, experiment: str) -> str:
     """Where the sweep's runs table is in the MLflow UI. MLflow 3.17 opens an experiment on its GenAI overview
     unless the URL asks for the model-training view (``workflowType=machine_learning``; the experiment-kind tag
     spklip sets is not read for that)."""
-    exp = rep._client(uri).get_experiment_by_name(experiment)
+    exp = rep.mlflow_client(uri).get_experiment_by_name(experiment)
     page = f"#/experiments/{exp.experiment_id}?workflowType=machine_learning" if exp is not None else ""
     if uri.startswith(("http://", "https://")):
         return f"{uri.rstrip('/')}/{page}"
