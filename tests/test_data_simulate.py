@@ -192,3 +192,22 @@ def test_kernel_is_built_once_into_the_user_cache_and_falls_back_to_numpy(tmp_pa
     finally:
         monkeypatch.undo()
         simkernel.load_kernel.cache_clear()
+
+
+def test_mixed_dtypes_in_one_stream_and_a_bad_frame_midway(backend):
+    """8-bit frames go to the kernel unconverted and floats unchecked until it reads them: a stream that mixes
+    them gives the all-float bits, and an out-of-range float frame after good ones still fails with the range."""
+    rng = np.random.default_rng(8)
+    u8 = rng.integers(0, 256, (6, 5, 7), np.uint8)
+    floats = u8 / 255.0
+    params = dict(planes_per_frame=3, seed=4, mismatch=0.1)
+    expected = simulate_spikes(floats, **params)
+    mixed = [u8[0], floats[1], u8[2:4], floats[4:5], u8[5]]  # frames and chunks, both dtypes
+    assert np.array_equal(simulate_spikes(iter(mixed), chunk_planes=4, **params), expected)
+    assert np.array_equal(simulate_spikes(u8, **params), expected)
+    bad = floats.copy()
+    bad[4, 2, 3] = 1.5
+    with pytest.raises(ValueError, match=r"\[0, 1\], got values in \[.*1\.5\]"):
+        simulate_spikes(bad, **params)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        simulate_spikes(iter([floats[0], np.full((5, 7), np.nan)]), **params)

@@ -1,50 +1,76 @@
 #include <stddef.h>
 #include <stdint.h>
-/* Integrate-and-fire `planes` planes a + w[j] (b - a) of one frame pair, exactly as simulate.py's numpy loop:
-   the same float64 operations in the same order, pixel by pixel (pixels are independent). */
+/* Integrate-and-fire the planes a_k + w[j] (b_k - a_k) of `pairs` consecutive frame pairs, exactly as
+   simulate.py's numpy loop: the same float64 operations in the same order, pixel by pixel (pixels are independent;
+   each pixel's pairs and planes are done in time order). Pair k reads a0 + k * stride and b0 + k * stride (for a
+   run of frames F: a0 = F, b0 = F + n, stride = n) and writes planes k * planes ... onto `out` [pairs * planes, n].
+   The pixels go in cache-sized blocks, all pairs of a block before the next block, so the charge stays in the
+   L1 cache across frames and each frame is read from memory once.
+   Two entry points: spklip_fire reads float64 frames and returns how many of their values lie outside [0, 1] (NaN
+   included; the caller raises), so no separate validation pass is needed; spklip_fire_u8 reads 8-bit frames and
+   converts each value as numpy's `frames / 255.0` does (an exact double division), so no float64 copy is made. */
 #define STEP(J, TH, DARK) { \
         double p = s * w[J] + ai; \
         DARK \
         const double x = c + p; \
         const double r = x >= (TH) ? (TH) : 0.0; \
         c = x - r; \
-        out[(ptrdiff_t)(J) * n + i] = (uint8_t)(x >= (TH)); \
+        o[(ptrdiff_t)(J) * n + i] = (uint8_t)(x >= (TH)); \
     }
-#define DARK_ON p = p + dark[(ptrdiff_t)j * n + i]; p = p < 1.0 ? p : 1.0;
+#define DARK_ON p = p + dk[(ptrdiff_t)j * n + i]; p = p < 1.0 ? p : 1.0;
 #define DARK_OFF
 /* PP planes known at compile time: each pixel's planes in turn, unrolled, the charge kept in a register */
-#define PIXELS(TH, DARK, PP) \
+#define PIXELS(LOAD, TH, DARK, PP) \
     for (ptrdiff_t i = i0; i < i1; i++) { \
-        const double ai = a[i], s = b[i] - ai, th = (TH); \
+        const double ai = LOAD(a[i]), s = LOAD(b[i]) - ai, th = (TH); \
         double c = charge[i]; \
         for (int j = 0; j < (PP); j++) STEP(j, th, DARK) \
         charge[i] = c; \
     }
 /* any number of planes: plane by plane over the block (which stays in the cache) */
-#define PLANES(TH, DARK) \
+#define PLANES(LOAD, TH, DARK) \
     for (int j = 0; j < planes; j++) \
         for (ptrdiff_t i = i0; i < i1; i++) { \
-            const double ai = a[i], s = b[i] - ai, th = (TH); \
+            const double ai = LOAD(a[i]), s = LOAD(b[i]) - ai, th = (TH); \
             double c = charge[i]; \
             STEP(j, th, DARK) \
             charge[i] = c; \
         }
-#define BY_PLANES(TH, DARK) \
-    if (planes == 1) PIXELS(TH, DARK, 1) \
-    else if (planes == 2) PIXELS(TH, DARK, 2) \
-    else if (planes == 4) PIXELS(TH, DARK, 4) \
-    else PLANES(TH, DARK)
-#ifdef SPKLIP_CLONES /* x86-64: an AVX2 build chosen at load time where the CPU has it, else SSE2 */
-__attribute__((target_clones("avx2", "default")))
-#endif
-void spklip_fire(const double *restrict a, const double *restrict b, double *restrict charge,
-                 const double *restrict theta, double theta0, const double *restrict w, int planes,
-                 const double *restrict dark, uint8_t *restrict out, ptrdiff_t n, ptrdiff_t block) {
-    for (ptrdiff_t i0 = 0; i0 < n; i0 += block) {
-        const ptrdiff_t i1 = i0 + block < n ? i0 + block : n;
-        if (theta && dark) { BY_PLANES(theta[i], DARK_ON) }
-        else if (theta) { BY_PLANES(theta[i], DARK_OFF) }
-        else if (dark) { BY_PLANES(theta0, DARK_ON) }
-        else { BY_PLANES(theta0, DARK_OFF) }
+#define BY_PLANES(LOAD, TH, DARK) \
+    if (planes == 1) PIXELS(LOAD, TH, DARK, 1) \
+    else if (planes == 2) PIXELS(LOAD, TH, DARK, 2) \
+    else if (planes == 4) PIXELS(LOAD, TH, DARK, 4) \
+    else PLANES(LOAD, TH, DARK)
+#define AS_IS(x) (x)
+#define FROM_U8(x) ((double)(x) / 255.0)
+/* the out-of-range count of one block of a pair: a comparison per value, while the block is in the cache */
+#define CHECK_F64 \
+    for (ptrdiff_t i = i0; i < i1; i++) bad += !(a[i] >= 0.0 && a[i] <= 1.0) + !(b[i] >= 0.0 && b[i] <= 1.0);
+#define CHECK_NONE
+#define KERNEL(NAME, T, LOAD, CHECK) \
+    CLONES ptrdiff_t NAME(const T *a0, const T *b0, ptrdiff_t stride, int pairs, double *restrict charge, \
+                          const double *restrict theta, double theta0, const double *restrict w, int planes, \
+                          const double *dark, uint8_t *out, ptrdiff_t n, ptrdiff_t block) { \
+        ptrdiff_t bad = 0; \
+        for (ptrdiff_t i0 = 0; i0 < n; i0 += block) { \
+            const ptrdiff_t i1 = i0 + block < n ? i0 + block : n; \
+            for (int k = 0; k < pairs; k++) { \
+                const T *restrict a = a0 + k * stride, *restrict b = b0 + k * stride; \
+                uint8_t *restrict o = out + (ptrdiff_t)k * planes * n; \
+                const double *restrict dk = dark ? dark + (ptrdiff_t)k * planes * n : NULL; \
+                CHECK \
+                if (theta && dk) { BY_PLANES(LOAD, theta[i], DARK_ON) } \
+                else if (theta) { BY_PLANES(LOAD, theta[i], DARK_OFF) } \
+                else if (dk) { BY_PLANES(LOAD, theta0, DARK_ON) } \
+                else { BY_PLANES(LOAD, theta0, DARK_OFF) } \
+            } \
+        } \
+        return bad; \
     }
-}
+#ifdef SPKLIP_CLONES /* x86-64: an AVX2 build chosen at load time where the CPU has it, else SSE2 */
+#define CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define CLONES
+#endif
+KERNEL(spklip_fire, double, AS_IS, CHECK_F64)
+KERNEL(spklip_fire_u8, uint8_t, FROM_U8, CHECK_NONE)

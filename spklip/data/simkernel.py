@@ -20,6 +20,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 KERNEL_SOURCE = Path(__file__).with_name("simkernel.c")
@@ -40,9 +41,17 @@ def _cache_dir() -> Path | None:
         return None
 
 
+@dataclass(frozen=True)
+class Kernel:
+    """The two entry points of the built library (ctypes functions; both release the GIL during the call)."""
+
+    fire: object  # float64 frames -> spikes; returns the count of input values outside [0, 1]
+    fire_u8: object  # 8-bit frames (value / 255.0, as numpy divides) -> spikes
+
+
 @functools.lru_cache(maxsize=None)
-def load_kernel():
-    """The compiled kernel (ctypes function), built on first use into the user cache; None where that fails."""
+def load_kernel() -> Kernel | None:
+    """The compiled kernel, built on first use into the user cache; None where that fails."""
     if platform.machine().lower() not in ("x86_64", "amd64", "aarch64", "arm64") or sys.platform == "win32":
         return None  # only 64-bit targets whose double arithmetic is plain IEEE (no x87 extended precision)
     compilers = [shlex.split(c) for c in (os.environ.get("CC"), sysconfig.get_config_var("CC"), "cc") if c]
@@ -51,33 +60,34 @@ def load_kernel():
         return None
     x86 = platform.machine().lower() in ("x86_64", "amd64")
     for flags in ([(*KERNEL_FLAGS, "-DSPKLIP_CLONES")] if x86 else []) + [KERNEL_FLAGS]:
-        fn = build_kernel(cc, flags)
-        if fn is not None:
+        lib = build_kernel(cc, flags)
+        if lib is not None:
             break
     else:
         return None
     ptr = ctypes.c_void_p
-    fn.argtypes = [ptr, ptr, ptr, ptr, ctypes.c_double, ptr, ctypes.c_int, ptr, ptr, ctypes.c_ssize_t,
-                   ctypes.c_ssize_t]
-    fn.restype = None
-    return fn
+    for fn in (lib.spklip_fire, lib.spklip_fire_u8):
+        fn.argtypes = [ptr, ptr, ctypes.c_ssize_t, ctypes.c_int, ptr, ptr, ctypes.c_double, ptr, ctypes.c_int, ptr,
+                       ptr, ctypes.c_ssize_t, ctypes.c_ssize_t]
+        fn.restype = ctypes.c_ssize_t
+    return Kernel(lib.spklip_fire, lib.spklip_fire_u8)
 
 
 def build_kernel(cc: list[str], flags: tuple[str, ...]):
-    """Compile (once: cached by a hash of the source and the command) and load the kernel; None on failure."""
+    """Compile (once: cached by a hash of the source and the command) and load the library; None on failure."""
     source = KERNEL_SOURCE.read_text()
     key = hashlib.sha256("\0".join([source, *cc, *flags, platform.machine(), sys.platform]).encode())
     name, cache = f"spklip-simulate-{key.hexdigest()[:16]}.so", _cache_dir()
     try:
         if cache is not None and (cache / name).exists():
-            return ctypes.CDLL(str(cache / name)).spklip_fire  # ctypes releases the GIL during the call
+            return ctypes.CDLL(str(cache / name))  # ctypes releases the GIL during the call
         with tempfile.TemporaryDirectory(dir=cache) as tmp:  # no cache: a private folder of the system's temp
             src, built = Path(tmp) / "simulate.c", Path(tmp) / name
             src.write_text(source)
             subprocess.run([*cc, *flags, "-o", str(built), str(src)], check=True, capture_output=True, timeout=120)
             if cache is None:
-                return ctypes.CDLL(str(built)).spklip_fire  # loaded: the file may go with its folder
+                return ctypes.CDLL(str(built))  # loaded: the file may go with its folder
             os.replace(built, cache / name)  # atomic: concurrent builders each rename a complete file
-        return ctypes.CDLL(str(cache / name)).spklip_fire
+        return ctypes.CDLL(str(cache / name))
     except (OSError, subprocess.SubprocessError):
         return None

@@ -14,8 +14,9 @@ runs in numpy, plane by plane, with the same result. `simulator_backend` says wh
 sequential in time per pixel, so a closed form over many planes (a cumulative sum with threshold crossings) cannot
 reproduce the loop's rounding; the kernel keeps the loop's arithmetic instead.
 
-Memory: frames are converted to float64 one at a time and only the residual charge and the previous frame ``[H, W]``
-cross frame boundaries; the spikes of ``chunk_planes`` planes are held before they are handed on, so memory is
+Memory: gray 8-bit and float64 frames go to the kernel as they are (it converts each value as it reads it and
+checks the float ones' range); other frames are converted to float64 one at a time. Only the residual charge and
+the previous frame ``[H, W]`` cross frame boundaries; the spikes of ``chunk_planes`` planes are held before they are handed on, so memory is
 bounded by the chunk size, not the video length (at 1080p: ~50 MB of float64 state plus the chunk).
 
 ``planes_per_frame > 1`` emulates a 20-40 kHz sensor looking at a 25-30 fps video: between frames t and t+1 the
@@ -79,8 +80,7 @@ def to_intensity(frames: np.ndarray, *, single: bool = False) -> np.ndarray:
     elif np.issubdtype(arr.dtype, np.floating):
         arr = arr.astype(np.float64, copy=False)
         if arr.size and not (arr.min() >= 0.0 and arr.max() <= 1.0):  # NaN propagates: fails too
-            raise ValueError(f"float frames must lie in [0, 1], got values in [{arr.min()}, {arr.max()}]"
-                             "; divide 8-bit frames by 255 or pass them as uint8")
+            raise _range_error(arr)
     else:
         raise ValueError(f"frames must be uint8 or float in [0, 1], got dtype {arr.dtype}")
     if single and (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] == 3)):
@@ -94,8 +94,14 @@ def to_intensity(frames: np.ndarray, *, single: bool = False) -> np.ndarray:
     return arr
 
 
+def _range_error(arr: np.ndarray) -> ValueError:
+    return ValueError(f"float frames must lie in [0, 1], got values in [{arr.min()}, {arr.max()}]"
+                      "; divide 8-bit frames by 255 or pass them as uint8")
+
+
 SPIKE_CHUNK_BYTES = 32 << 20  # the default chunk: as many planes as fit in 32 MiB of uint8 spikes (at most 256)
-_DARK_BYTES = 32 << 20  # dark-current draws held at once (float64 planes)
+_DARK_BYTES = 32 << 20
+RUN_PAIRS = 8  # frame pairs per kernel call: the call's overhead shared, few enough memory streams per pixel block  # dark-current draws held at once (float64 planes)
 
 
 def simulator_backend() -> str:
@@ -105,15 +111,35 @@ def simulator_backend() -> str:
     return "c" if load_kernel() is not None else "numpy"
 
 
-def _iter_intensity(frames: np.ndarray | Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-    """An array or an iterator of frames/chunks -> float64 ``[H, W]`` intensity frames, converted one at a time."""
+def _iter_blocks(frames: np.ndarray | Iterable[np.ndarray], raw: bool) -> Iterator[np.ndarray]:
+    """An array or an iterator of frames/chunks -> ``[m, H, W]`` intensity blocks, in order.
+
+    With ``raw=False`` each block is one frame, float64 in [0, 1]. With ``raw=True`` (the C kernel runs) uint8 and
+    float64 gray frames pass unconverted, floats unchecked (the kernel divides 8-bit values by 255 as numpy does
+    and counts the float values outside [0, 1] while it reads them; the simulator then raises), and an array
+    passes as one view (the caller slices it); RGB and other dtypes are converted one frame at a time."""
+    def gray(arr: np.ndarray) -> bool:  # a [m, H, W] gray block the kernel can read as it is
+        return raw and arr.ndim == 3 and arr.dtype in (np.uint8, np.float64)
+
     if isinstance(frames, np.ndarray):
         to_intensity(frames[:0])  # check dtype and shape up front
+        if gray(frames):
+            yield frames
+            return
         for t in range(frames.shape[0]):
-            yield to_intensity(frames[t:t + 1])[0]
+            yield to_intensity(frames[t:t + 1])
         return
     for item in frames:
-        yield from to_intensity(item, single=True)
+        item = np.asarray(item)
+        if item.ndim == 2:
+            item = item[None]  # one gray frame -> [1, H, W]
+        elif item.ndim == 3 and item.shape[-1] == 3:  # one RGB frame (as `to_intensity(single=True)` reads it)
+            item = to_intensity(item, single=True)
+        if gray(item):
+            yield item
+        else:
+            for t in range(item.shape[0]):
+                yield to_intensity(item[t:t + 1])
 
 
 class SpikeSimulator:
@@ -146,6 +172,11 @@ class SpikeSimulator:
         return self._theta_map if self._theta_map is not None else float(self.params.threshold)
 
     @property
+    def holding(self) -> bool:
+        """A frame waits for its successor (its planes are not out yet)."""
+        return self._pending is not None
+
+    @property
     def theta(self) -> np.ndarray:
         """``[H, W]`` per-pixel threshold."""
         return self._theta_map if self._theta_map is not None else np.full(self.shape, float(self.params.threshold))
@@ -166,46 +197,78 @@ class SpikeSimulator:
         return out
 
     def step(self, frame: np.ndarray, out: np.ndarray) -> bool:
-        """Take the next frame's ``[H, W]`` intensities; write the previous frame's P planes (interpolated towards
-        this one) into ``out[:P]`` and return True, or return False for the first frame."""
-        if frame.shape != self.shape:
-            raise ValueError(f"frame size {frame.shape} differs from the first frames' {self.shape}")
-        frame = np.ascontiguousarray(frame, dtype=np.float64)
-        prev, self._pending = self._pending, frame
-        if prev is None:
-            return False
-        self._fire_pair(prev, frame, self._weights, out[:len(self._weights)])
-        return True
+        """Take the next frame's ``[H, W]`` intensities (float in [0, 1], or uint8 read as value / 255); write the
+        previous frame's P planes (interpolated towards this one) into ``out[:P]`` and return True, or return False
+        for the first frame."""
+        return self.step_many(frame[None], out) > 0
+
+    def step_many(self, frames: np.ndarray, out: np.ndarray) -> int:
+        """Take the next ``[m, H, W]`` frames (float in [0, 1], or uint8); write the P planes of every frame whose
+        successor is now known (the held one, then all but the last of these) into ``out`` and return how many
+        frames that was (m, or m - 1 at the start). One kernel call does the run of frames."""
+        if frames.shape[1:] != self.shape:
+            raise ValueError(f"frame size {frames.shape[1:]} differs from the first frames' {self.shape}")
+        if not len(frames):
+            return 0
+        frames = np.ascontiguousarray(frames, dtype=np.uint8 if frames.dtype == np.uint8 else np.float64)
+        p, done, bad = len(self._weights), 0, 0
+        if self._pending is not None:  # the held frame towards the first new one
+            bad += self._fire_pairs(self._pending, frames[:1], 1, out[:p])
+            done = 1
+        for k in range(0, len(frames) - 1, RUN_PAIRS):  # pairs (f_k, f_k+1) of the run, read in place
+            m = min(RUN_PAIRS, len(frames) - 1 - k)
+            bad += self._fire_pairs(frames[k:k + m], frames[k + 1:k + 1 + m], m, out[done * p:(done + m) * p])
+            done += m
+        if bad:
+            held = [] if self._pending is None else [self._pending[None]]
+            raise _range_error(next(f for f in (*held, *frames[:, None]) if not (f.min() >= 0.0 and f.max() <= 1.0)))
+        self._pending = frames[-1:]  # [1, H, W]
+        return done
 
     def step_last(self, out: np.ndarray) -> bool:
         """Write the last frame's P planes (held constant: it has no successor) into ``out[:P]``; False if none."""
         if self._pending is None:
             return False
         last, self._pending = self._pending, None
-        self._fire_pair(last, last, self._weights, out[:len(self._weights)])
+        if self._fire_pairs(last, last, 1, out[:len(self._weights)]):
+            raise _range_error(last)
         return True
 
     def feed_frames(self, frames: np.ndarray) -> np.ndarray:
         """Feed ``[m, H, W]`` frame intensities; returns the spikes of every frame whose successor is now known."""
-        if frames.shape[1:] != self.shape:
-            raise ValueError(f"frame size {frames.shape[1:]} differs from the first frames' {self.shape}")
         p = len(self._weights)
         out = np.empty((frames.shape[0] * p, *self.shape), dtype=np.uint8)  # [m*P, H, W]
-        done = 0
-        for frame in frames:
-            done += self.step(frame, out[done * p:])
-        return out[:done * p]
+        return out[:self.step_many(frames, out) * p]
 
     def finish(self) -> np.ndarray:
         """Emit the planes of the last frame (held constant: it has no successor)."""
         out = np.empty((len(self._weights), *self.shape), dtype=np.uint8)
         return out if self.step_last(out) else out[:0]
 
-    def _fire_pair(self, a: np.ndarray, b: np.ndarray, weights: np.ndarray, out: np.ndarray) -> None:
-        """Integrate-and-fire the planes ``a + w (b - a)``, w in `weights`, into ``out [len(weights), H, W]``.
+    def _fire_pairs(self, a: np.ndarray, b: np.ndarray, pairs: int, out: np.ndarray) -> int:
+        """Integrate-and-fire the planes ``a_k + w (b_k - a_k)`` of `pairs` frame pairs (``a``, ``b``: ``[pairs, H,
+        W]``, or ``[1, H, W]`` for one pair) into ``out [pairs * P, H, W]``, pair by pair, w in the weights.
 
-        The dark current is drawn in plane order, a few planes at a time (bounded memory, the same stream)."""
-        dc = self.params.dark_current
+        Frames are float64, or uint8 read as value / 255. Returns how many float values the C kernel found outside
+        [0, 1] (the caller raises; the numpy loop's callers checked them before, and it returns 0)."""
+        if self._kernel is None or self.params.dark_current > 0 or a.dtype != b.dtype:
+            # numpy, dark current (drawn per pair) or mixed dtypes (8-bit as numpy's `frames / 255.0`: the bits the
+            # kernel computes): pair by pair
+            a, b = (f / 255.0 if f.dtype == np.uint8 else f for f in (a, b))
+            p = len(self._weights)
+            return sum(self._fire_pair(a[k], b[k], self._weights, out[k * p:(k + 1) * p]) for k in range(pairs))
+        fire = self._kernel.fire_u8 if a.dtype == np.uint8 else self._kernel.fire
+        theta = self._theta_map
+        stride = a.shape[1] * a.shape[2] if pairs > 1 else 0  # elements from one pair's frame to the next's
+        return fire(a.ctypes.data, b.ctypes.data, stride, pairs, self.charge.ctypes.data,
+                    None if theta is None else theta.ctypes.data, float(self.params.threshold),
+                    self._weights.ctypes.data, len(self._weights), None, out.ctypes.data, a[0].size, BLOCK)
+
+    def _fire_pair(self, a: np.ndarray, b: np.ndarray, weights: np.ndarray, out: np.ndarray) -> int:
+        """One float64 pair ``[H, W]``: the planes ``a + w (b - a)``, w in `weights`, into ``out [len(weights), H,
+        W]``, with the dark current drawn in plane order, a few planes at a time (bounded memory, the same stream);
+        the kernel or the numpy loop. Returns the kernel's out-of-range count."""
+        dc, bad = self.params.dark_current, 0
         group = len(weights) if dc == 0 else max(1, min(len(weights), _DARK_BYTES // (8 * a.size)))
         for j in range(0, len(weights), group):
             w = weights[j:j + group]
@@ -215,12 +278,13 @@ class SpikeSimulator:
                 dark *= 2.0 * dc
             if self._kernel is not None:
                 theta = self._theta_map
-                self._kernel(a.ctypes.data, b.ctypes.data, self.charge.ctypes.data,
-                             None if theta is None else theta.ctypes.data, float(self.params.threshold),
-                             w.ctypes.data, len(w), None if dark is None else dark.ctypes.data,
-                             out[j:j + len(w)].ctypes.data, a.size, BLOCK)
+                bad += self._kernel.fire(a.ctypes.data, b.ctypes.data, 0, 1, self.charge.ctypes.data,
+                                         None if theta is None else theta.ctypes.data, float(self.params.threshold),
+                                         w.ctypes.data, len(w), None if dark is None else dark.ctypes.data,
+                                         out[j:j + len(w)].ctypes.data, a.size, BLOCK)
             else:
                 self._fire_numpy(a, b, w, dark, out[j:j + len(w)])
+        return bad
 
     def _fire_numpy(self, a: np.ndarray, b: np.ndarray, weights: np.ndarray, dark: np.ndarray | None,
                     out: np.ndarray) -> None:
@@ -267,14 +331,17 @@ def iter_simulate(frames: np.ndarray | Iterable[np.ndarray], *, threshold: float
     p = params.planes_per_frame
     sim: SpikeSimulator | None = None
     out, filled, per_chunk = None, 0, 0
-    for frame in _iter_intensity(frames):
-        if sim is None:
-            sim = SpikeSimulator(params, *frame.shape)
-            per_chunk = max(1, (chunk_planes or default_chunk_planes(*frame.shape)) // p) * p
-        if out is None:
-            out, filled = np.empty((per_chunk, *sim.shape), dtype=np.uint8), 0  # [chunk, H, W], handed on whole
-        if sim.step(frame, out[filled:]):
-            filled += p
+    for block in _iter_blocks(frames, raw=simulator_backend() == "c"):  # [m, H, W]
+        if sim is None and len(block):
+            sim = SpikeSimulator(params, *block.shape[1:])
+            per_chunk = max(1, (chunk_planes or default_chunk_planes(*block.shape[1:])) // p) * p
+        start = 0
+        while start < len(block):
+            if out is None:
+                out, filled = np.empty((per_chunk, *sim.shape), dtype=np.uint8), 0  # [chunk, H, W], handed on whole
+            take = (per_chunk - filled) // p + (not sim.holding)  # frames whose planes fit in this chunk
+            filled += sim.step_many(block[start:start + take], out[filled:]) * p
+            start += take
             if filled == per_chunk:
                 yield out
                 out = None
