@@ -4,12 +4,11 @@ system metrics, the best model in the registry under an alias and ``spklip eval 
 import json
 
 import pytest
-import torch
 from mlflow.tracking import MlflowClient
 
 from spklip.cli import main
 from spklip.tracking import (BEST_ALIAS, EXPERIMENT_KIND_TAG, SCORE_TAG, TRAINING_KIND, register_model,
-                             send_torch_model, shard_set_dataset, start_run)
+                             send_model_folder, shard_set_dataset, start_run)
 from test_train_fixtures import write_motion_shards
 
 INFO = {"path": "/data/motion-v2", "class_names": ["a", "b", "c"], "seen_ids": [0, 1], "unseen_ids": [2],
@@ -47,9 +46,11 @@ def test_dataset_input_carries_fingerprint_path_splits_and_classes(tmp_path):
 def test_best_alias_moves_only_to_a_better_score(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     versions = {}
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "weights").write_bytes(b"w")  # the registry versions whatever files the model holds
     for score in (0.5, 0.4, 0.7):
         run = start_run(uri, "exp", tmp_path)
-        model_uri = send_torch_model(run, torch.nn.Linear(2, 2), torch.zeros(1, 2).numpy())
+        model_uri = send_model_folder(run, tmp_path / "model")
         versions[score] = register_model(run, model_uri, "m", metric="val/top1", mode="max", score=score)
         if score == 0.4:
             assert str(run.client.get_model_version_by_alias("m", BEST_ALIAS).version) == versions[0.5]
@@ -102,3 +103,4 @@ def test_train_logs_input_system_metrics_registers_and_eval_loads_the_alias(ray_
     assert client.get_model_version_by_alias("my-sweep", BEST_ALIAS).run_id == run.info.run_id
     assert client.get_run(parent.run_id).data.tags["spklip.sweep.registered_model"] == "models:/my-sweep@best"
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
+
