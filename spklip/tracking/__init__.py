@@ -24,11 +24,13 @@ The modules, each importing only those listed before it:
   * `datasets`: the shard folder as a run's dataset input.
   * `tracker`: `Tracker`, which owns its `Spool`.
   * `sync`: `sync_spool`, a run folder's spool sent to its server.
+  * `driver`: the process driving a run (`claim_run`), runs whose driver is gone closed as KILLED.
   * `runs`: the experiment and the run (`start_run`), the git commit.
   * `models`: models logged as safetensors folders (no pickles), registered (alias ``best``) and downloaded.
 """
 
 from spklip.tracking.datasets import shard_set_dataset
+from spklip.tracking.driver import DRIVER_FILE, claim_run, close_abandoned_run
 from spklip.tracking.models import (BEST_ALIAS, MODEL_NAME, SCORE_METRIC_TAG, SCORE_MODE_TAG, SCORE_TAG, download_model,
                                     register_model, send_model_folder)
 from spklip.tracking.replay import SyncResult
@@ -41,9 +43,9 @@ from spklip.tracking.sync import sync_spool
 from spklip.tracking.tracker import PARAM_VALUE_LIMIT, Tracker
 
 __all__ = [
-    "BEST_ALIAS", "EXPERIMENT_KIND_TAG", "MODEL_NAME", "PARAM_VALUE_LIMIT", "PARENT_TAG", "Record",
+    "BEST_ALIAS", "DRIVER_FILE", "EXPERIMENT_KIND_TAG", "MODEL_NAME", "PARAM_VALUE_LIMIT", "PARENT_TAG", "Record",
     "SCORE_METRIC_TAG", "SCORE_MODE_TAG", "SCORE_TAG", "SPOOL_DIR", "SPOOL_ENV", "Spool", "SyncResult",
-    "TRAINING_KIND", "Tracker", "artifact_location", "default_spool_dir",
+    "TRAINING_KIND", "Tracker", "artifact_location", "claim_run", "close_abandoned_run", "default_spool_dir",
     "download_model", "ensure_experiment", "fluent_tracking_uri", "git_commit", "is_remote", "read_spool_file",
     "register_model", "resolve_uri", "send_model_folder", "server_reachable", "shard_set_dataset", "spool_folder",
     "start_run", "sync_spool",

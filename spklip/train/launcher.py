@@ -34,8 +34,8 @@ from spklip.train import data as train_data
 from spklip.train.checkpoint import model_from_checkpoint
 from spklip.train.faults import FAULT_ENV_PREFIX
 from spklip.train.worker import WorkerPlan, train_fn_per_worker
-from spklip.tracking import (SPOOL_DIR, Tracker, ensure_experiment, git_commit, register_model, resolve_uri,
-                             send_model_folder, shard_set_dataset, start_run)
+from spklip.tracking import (SPOOL_DIR, Tracker, claim_run, ensure_experiment, git_commit, register_model,
+                             resolve_uri, send_model_folder, shard_set_dataset, start_run)
 
 CONFIG_FILE = "spklip_config.json"  # inside {storage_path}/{run_name}: the run's flat config (`spklip train --resume`)
 RUN_FILE = "spklip_run.json"  # inside {storage_path}/{run_name}: the MLflow run a resumed job keeps logging to
@@ -152,6 +152,7 @@ def _mlflow_run(cfg: ExperimentConfig, run_name: str, run_folder: Path, dataset:
         run_folder.mkdir(parents=True, exist_ok=True)
         saved.write_text(json.dumps({"mlflow_run_id": tracker.run_id, "tracking_uri": uri,
                                      "parent_run_id": parent_run_id}))
+    claim_run(tracker, run_folder)  # `spklip tracking sync` closes the run as KILLED once this process is gone
     if cfg.tracking.system_metrics:
         # Here, on the driver, for the run's lifetime: the workers of an in-process Ray or a one-node cluster share
         # this host; on a multi-node cluster these are the driver node's figures (docs/training.md).
@@ -298,7 +299,8 @@ def _parent_run(plan: RunPlan) -> str | None:
 def log_encoder(tracker: Tracker, checkpoint_dir: str, register_as: str = "") -> str | None:
     """Rebuild the model from a checkpoint and log its weights and config as an MLflow logged model (safetensors,
     `spklip.train.export`: what ``spklip eval --model`` loads, unpickling nothing); register it as `register_as`
-    when given. With the server away, the call is kept in the run's spool and made by ``spklip tracking sync`` (returns None then)."""
+    when given. With the server away, the call is kept in the run's spool and made by ``spklip tracking sync``
+    (returns None then)."""
     return tracker.call_later("spklip.train.launcher:send_encoder", checkpoint=str(checkpoint_dir),
                               register_as=register_as)
 
