@@ -17,6 +17,11 @@
 #   host-wide ~/.ray/auth_token; clients get it through RAY_AUTH_MODE=token + RAY_AUTH_TOKEN_PATH.
 # * MLflow: sqlite backend, proxied artifact store under runs/cluster/, loopback, one worker, no job runner
 #   (MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false: its huey consumers outlive a quick SIGTERM otherwise).
+# * MLflow basic auth (`--app-name basic-auth`): `up` generates an admin user's random password and the Flask
+#   secret key once, in runs/cluster/mlflow_credentials (mode 600, the folder 700); other users get
+#   NO_PERMISSIONS. Clients get them as MLFLOW_TRACKING_USERNAME/PASSWORD from `env` (the only command that prints
+#   the password), jobs from `submit`'s runtime env and from the Ray head's environment. The server runs under
+#   umask 077: its sqlite stores and artifacts are the user's alone. docs/cluster.md says what remains trusted.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -34,6 +39,8 @@ NCPU=$(nproc)
 CPUS=${SPKLIP_CLUSTER_CPUS:-$(( NCPU > 4 ? NCPU : 4 ))}  # logical CPUs: fractional Train/Tune/Data tasks overlap
 OBJ_MEM=${SPKLIP_OBJECT_STORE_BYTES:-1000000000}
 TOKEN="$DIR/auth_token"
+MLFLOW_CREDS="$DIR/mlflow_credentials"  # KEY=value lines: the MLflow admin's name and password, the Flask secret key
+MLFLOW_USER=spklip
 HOST=127.0.0.1
 export PATH="$VENV/bin:$PATH"  # jobs run `python` from the PATH of `ray start`
 
@@ -49,14 +56,25 @@ ray_temp_dir() {
     echo "$t"
 }
 
-client_env() {  # what a client shell needs (also written to $DIR/env)
+client_env() {  # what a client shell needs (also written to $DIR/env, mode 600: it holds the MLflow password)
     cat <<EOF
 export RAY_ADDRESS=$HOST:$RAY_PORT
 export RAY_API_SERVER_ADDRESS=http://$HOST:$DASH_PORT
 export RAY_AUTH_MODE=token
 export RAY_AUTH_TOKEN_PATH=$TOKEN
 export MLFLOW_TRACKING_URI=http://$HOST:$MLFLOW_PORT
+export MLFLOW_TRACKING_USERNAME=$(cred MLFLOW_TRACKING_USERNAME) MLFLOW_TRACKING_PASSWORD=$(cred MLFLOW_TRACKING_PASSWORD)
 EOF
+}
+
+cred() { [ -f "$MLFLOW_CREDS" ] && sed -n "s/^$1=//p" "$MLFLOW_CREDS" || true; }  # one value (hex: no quoting)
+
+mlflow_credentials() {  # once per cluster folder; a lost file means a new password, so the old user store goes too
+    [ -f "$MLFLOW_CREDS" ] && return
+    rm -f "$DIR/mlflow_auth.db"
+    (umask 077 && python -c 'import secrets
+print(f"MLFLOW_TRACKING_USERNAME='"$MLFLOW_USER"'\nMLFLOW_TRACKING_PASSWORD={secrets.token_hex(24)}\n"
+      f"MLFLOW_FLASK_SERVER_SECRET_KEY={secrets.token_hex(32)}")' > "$MLFLOW_CREDS")
 }
 
 wait_http() {  # wait_http URL SECONDS PIDFILE: until the URL answers (any HTTP status) or the process dies
@@ -76,6 +94,7 @@ start_ray() {
     [ -f "$TOKEN" ] || (umask 077 && python -c 'import secrets; print(secrets.token_hex(32))' > "$TOKEN")
     RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$TOKEN" RAY_USAGE_STATS_ENABLED=0 \
     MLFLOW_TRACKING_URI="http://$HOST:$MLFLOW_PORT" \
+    MLFLOW_TRACKING_USERNAME=$MLFLOW_USER MLFLOW_TRACKING_PASSWORD="$(cred MLFLOW_TRACKING_PASSWORD)" \
     setsid ray start --head --block --node-ip-address=$HOST --port=$RAY_PORT \
         --ray-client-server-port=$((RAY_PORT + 1)) --node-manager-port=$((RAY_PORT + 2)) \
         --object-manager-port=$((RAY_PORT + 3)) --dashboard-agent-listen-port=$((RAY_PORT + 4)) \
@@ -90,9 +109,22 @@ start_ray() {
 
 start_mlflow() {
     mkdir -p "$DIR/mlartifacts"
-    MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false setsid mlflow server \
+    chmod 700 "$DIR/mlartifacts"; chmod 600 "$DIR"/mlflow*.db 2>/dev/null || true  # made by an older local.sh
+    cat > "$DIR/mlflow_auth.ini" <<EOF
+[mlflow]
+default_permission = NO_PERMISSIONS
+database_uri = sqlite:///$DIR/mlflow_auth.db
+admin_username = $MLFLOW_USER
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+grant_default_workspace_access = false
+EOF
+    # the password and the secret key go by environment (readable by this user only), never on a command line
+    ( umask 077
+      MLFLOW_AUTH_CONFIG_PATH="$DIR/mlflow_auth.ini" MLFLOW_AUTH_ADMIN_PASSWORD="$(cred MLFLOW_TRACKING_PASSWORD)" \
+      MLFLOW_FLASK_SERVER_SECRET_KEY="$(cred MLFLOW_FLASK_SERVER_SECRET_KEY)" MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
+      exec setsid mlflow server --app-name basic-auth \
         --backend-store-uri "sqlite:///$DIR/mlflow.db" --artifacts-destination "$DIR/mlartifacts" \
-        --host $HOST --port "$MLFLOW_PORT" --workers 1 >"$DIR/mlflow.log" 2>&1 < /dev/null &
+        --host $HOST --port "$MLFLOW_PORT" --workers 1 >"$DIR/mlflow.log" 2>&1 < /dev/null ) &
     echo $! > "$DIR/mlflow.pid"
     wait_http "http://$HOST:$MLFLOW_PORT/health" 90 "$DIR/mlflow.pid" \
         || { tail -20 "$DIR/mlflow.log" >&2; stop_all; die "MLflow server did not come up (log: $DIR/mlflow.log)"; }
@@ -135,18 +167,20 @@ stop_all() {
     local tmp=""; [ -f "$DIR/ray_temp_dir" ] && tmp=$(cat "$DIR/ray_temp_dir")
     stop_one ray "$tmp" "$RAY_PORT"
     [ -n "$tmp" ] && [ "$tmp" != "$DIR/ray" ] && rm -rf "$tmp"  # the /tmp fallback only; logs under runs/ stay
-    rm -f "$DIR/ray_temp_dir" "$DIR/env"
+    rm -f "$DIR/ray_temp_dir" "$DIR/env" "$DIR/job_runtime_env.json"
 }
 
 cmd_up() {
     mkdir -p "$DIR"
+    chmod 700 "$DIR"  # tokens, MLflow credentials and stores, logs: this user's alone
     if alive "$DIR/ray.pid" && alive "$DIR/mlflow.pid"; then
         echo "cluster: already running"; print_urls; print_paste_line; return
     fi
     stop_all >/dev/null  # half-started leftovers from a crash
+    mlflow_credentials  # before Ray: its jobs inherit them
     start_ray
     start_mlflow
-    client_env > "$DIR/env"
+    (umask 077 && client_env > "$DIR/env")
     print_urls
     print_paste_line
 }
@@ -159,7 +193,7 @@ print_paste_line() {  # the last line of `up`: what a shell needs before `ray jo
 
 print_urls() {
     echo "Ray dashboard + job server: http://$HOST:$DASH_PORT   (GCS $HOST:$RAY_PORT, token in $TOKEN)"
-    echo "MLflow tracking server:     http://$HOST:$MLFLOW_PORT"
+    echo "MLflow tracking server:     http://$HOST:$MLFLOW_PORT   (basic auth, credentials in $MLFLOW_CREDS)"
     echo "Use it from a shell:        eval \"\$(cluster/local.sh env)\""
     echo "Submit a sweep:             cluster/local.sh submit -- python sweeps/hsfe_ablation.py --smoke-test"
 }
@@ -181,17 +215,24 @@ cmd_submit() {
     [ $# -gt 0 ] || die "usage: cluster/local.sh submit -- python sweeps/hsfe_ablation.py --smoke-test"
     alive "$DIR/ray.pid" || die "no cluster running; run 'make cluster-up' first"
     eval "$(client_env)"
+    # The MLflow credentials go in a file (mode 600), not on `ray job submit`'s command line, which any local
+    # user can read in ps.
+    local runtime_env="$DIR/job_runtime_env.json"
+    (umask 077 && cat > "$runtime_env" <<EOF
+{"env_vars": {"MLFLOW_TRACKING_URI": "$MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME": "$MLFLOW_TRACKING_USERNAME",
+ "MLFLOW_TRACKING_PASSWORD": "$MLFLOW_TRACKING_PASSWORD", "HF_HUB_OFFLINE": "1"}}
+EOF
+)
     # A local cluster shares this file system: the job runs in the project root (relative paths such as
     # runs/data/... then mean the same thing as in a shell) instead of in an uploaded copy of the tree.
-    ray job submit --address "$RAY_API_SERVER_ADDRESS" \
-        --runtime-env-json "{\"env_vars\": {\"MLFLOW_TRACKING_URI\": \"$MLFLOW_TRACKING_URI\", \"HF_HUB_OFFLINE\": \"1\"}}" \
+    ray job submit --address "$RAY_API_SERVER_ADDRESS" --runtime-env "$runtime_env" \
         -- bash -c 'cd "$0" && exec "$@"' "$ROOT" "$@"  # the CLI shell-quotes each argument (shlex.join)
 }
 
 cmd_ui() {
     local db="${MLFLOW_DB:-$RUN_DIR/mlflow.db}"
     [ -f "$db" ] || die "no MLflow store at $db yet (run 'make demo' or a sweep first)"
-    echo "MLflow UI on http://$HOST:$UI_PORT (store $db); Ctrl-C stops it"
+    echo "MLflow UI on http://$HOST:$UI_PORT (store $db, no login: loopback only, docs/cluster.md); Ctrl-C stops it"
     echo "(an experiment's runs table: http://$HOST:$UI_PORT/#/experiments/<id>?workflowType=machine_learning)"
     # `mlflow ui` forwards SIGTERM/SIGINT to its uvicorn child, whose graceful shutdown waits for every open
     # response to finish: a browser tab that stalls mid-download (an artifact, an event stream) kept it up until

@@ -1,9 +1,13 @@
 """`make cluster-up`, a smoke sweep submitted with `ray job submit`, its trials read back through the MLflow server's
-REST API, `make cluster-down`, and nothing of the cluster left running."""
+REST API (basic auth: refused without the credentials `cluster/local.sh env` prints), `make cluster-down`, and
+nothing of the cluster left running."""
 
+import base64
 import json
 import os
+import re
 import subprocess
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -16,8 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PORTS = {"SPKLIP_RAY_PORT": "6579", "SPKLIP_DASHBOARD_PORT": "8465", "SPKLIP_MLFLOW_PORT": "5155"}
 
 
-def rest(url: str, body: dict) -> dict:
-    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+def rest(url: str, body: dict | None = None, auth: tuple[str, str] | None = None) -> dict:
+    """GET `url`, or POST `body` as JSON; with HTTP basic auth when `auth` is given."""
+    headers = {"Content-Type": "application/json"}
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(":".join(auth).encode()).decode()
+    req = urllib.request.Request(url, json.dumps(body).encode() if body is not None else None, headers)
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(r.read())
 
@@ -29,7 +37,8 @@ def leftovers(*needles: str) -> list[str]:
 
 def test_cluster_job_sweep_and_clean_shutdown(tmp_path):
     run_dir = tmp_path / "runs"
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "RAY_AUTH_MODE")}
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "RAY_AUTH_MODE",
+                                                             "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
     env.update(PORTS)
     make = ["make", "--no-print-directory", f"RUN_DIR={run_dir}"]
     data = build_smoke_data(tmp_path / "data")
@@ -42,6 +51,19 @@ def test_cluster_job_sweep_and_clean_shutdown(tmp_path):
         needles = [(cluster / "ray_temp_dir").read_text().strip(), str(cluster / "mlflow.db"), ":6579"]
         assert (cluster / "ray.pid").exists() and (cluster / "mlflow.pid").exists()
         assert oct((cluster / "auth_token").stat().st_mode)[-3:] == "600"
+        # MLflow basic auth: credentials private, printed by `env` only, required by the server
+        for private in ("mlflow_credentials", "env", "mlflow.db", "mlflow_auth.db"):
+            assert oct((cluster / private).stat().st_mode)[-3:] == "600", private
+        assert oct(cluster.stat().st_mode)[-3:] == "700" and oct((cluster / "mlartifacts").stat().st_mode)[-3:] == "700"
+        exports = subprocess.run(["bash", "cluster/local.sh", "env"], cwd=ROOT, env={**env, "RUN_DIR": str(run_dir)},
+                                 capture_output=True, text=True, timeout=60).stdout
+        auth = re.search(r"MLFLOW_TRACKING_USERNAME=(\S+) MLFLOW_TRACKING_PASSWORD=(\S+)", exports).groups()
+        assert len(auth[1]) >= 32 and auth[1] not in up.stdout + up.stderr
+        api = "http://127.0.0.1:5155/api/2.0/mlflow"
+        with pytest.raises(urllib.error.HTTPError) as refused_mlflow:
+            rest(f"{api}/experiments/search", {"max_results": 1})
+        assert refused_mlflow.value.code == 401
+        assert rest(f"{api}/experiments/search", {"max_results": 1}, auth)["experiments"]  # Default, at least
         # without the token the job server refuses the client: token authentication is on
         refused = subprocess.run([str(ROOT / ".venv/bin/ray"), "job", "list", "--address", "http://127.0.0.1:8465"],
                                  env={**env, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True, timeout=60)
@@ -53,20 +75,29 @@ def test_cluster_job_sweep_and_clean_shutdown(tmp_path):
                              timeout=600)
         assert "succeeded" in job.stdout + job.stderr, (job.stdout + job.stderr)[-4000:]
 
-        api = "http://127.0.0.1:5155/api/2.0/mlflow"
-        with urllib.request.urlopen(f"{api}/experiments/get-by-name?experiment_name=hsfe-ablation", timeout=30) as r:
-            exp_id = json.loads(r.read())["experiment"]["experiment_id"]
+        exp_id = rest(f"{api}/experiments/get-by-name?experiment_name=hsfe-ablation", auth=auth)["experiment"][
+            "experiment_id"]
         parents = rest(f"{api}/runs/search", {"experiment_ids": [exp_id],
-                                               "filter": "tags.`spklip.sweep.role` = 'parent'"})["runs"]
+                                               "filter": "tags.`spklip.sweep.role` = 'parent'"}, auth)["runs"]
         assert len(parents) == 1 and parents[0]["info"]["status"] == "FINISHED"
         pid = parents[0]["info"]["run_id"]
         trials = rest(f"{api}/runs/search", {"experiment_ids": [exp_id],
-                                              "filter": f"tags.`mlflow.parentRunId` = '{pid}'"})["runs"]
+                                              "filter": f"tags.`mlflow.parentRunId` = '{pid}'"}, auth)["runs"]
         assert len(trials) == 1
         metrics = {m["key"]: m["value"] for m in trials[0]["data"]["metrics"]}
         assert 0.0 <= metrics["val/top1"] <= 1.0 and 0.0 <= metrics["val/top5"] <= 1.0
         params = {p["key"]: p["value"] for p in trials[0]["data"]["params"]}
         assert params["model.hsfe.num_subblocks"] and params["data.path"] == str(data)
+        # the sweep's registration went through the authenticated server: the alias names the trial's model
+        tags = {t["key"]: t["value"] for t in parents[0]["data"]["tags"]}
+        name = tags["spklip.sweep.registered_model"].removeprefix("models:/").split("@")[0]
+        best = rest(f"{api}/registered-models/alias?name={name}&alias=best", auth=auth)["model_version"]
+        assert best["run_id"] == trials[0]["info"]["run_id"]
+        report = subprocess.run([str(ROOT / ".venv/bin/python"), "-m", "spklip.cli", "report", "--experiment",
+                                 "hsfe-ablation", "--uri", "http://127.0.0.1:5155"], cwd=ROOT, capture_output=True,
+                                text=True, timeout=120, env={**env, "MLFLOW_TRACKING_USERNAME": auth[0],
+                                                             "MLFLOW_TRACKING_PASSWORD": auth[1]})
+        assert report.returncode == 0 and trials[0]["info"]["run_id"][:8] in report.stdout, report.stderr[-2000:]
     finally:
         down = subprocess.run([*make, "cluster-down"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert down.returncode == 0, down.stdout + down.stderr

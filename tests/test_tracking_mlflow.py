@@ -1,15 +1,18 @@
 """MLflow as people use it (issue 13): experiments marked as model training, the shard set as the run's input,
-system metrics, the best model in the registry under an alias and ``spklip eval --model models:/NAME@best``."""
+system metrics, the best model in the registry under an alias and ``spklip eval --model models:/NAME@best``; runs
+whose driver was killed closed by ``spklip tracking sync`` (issue 10)."""
 
 import json
+import os
+import subprocess
 
 import pytest
-import torch
 from mlflow.tracking import MlflowClient
 
 from spklip.cli import main
-from spklip.tracking import (BEST_ALIAS, EXPERIMENT_KIND_TAG, SCORE_TAG, TRAINING_KIND, register_model,
-                             send_torch_model, shard_set_dataset, start_run)
+from spklip.tracking import (BEST_ALIAS, DRIVER_FILE, EXPERIMENT_KIND_TAG, SCORE_TAG, SPOOL_DIR, TRAINING_KIND, Tracker,
+                             claim_run, register_model, send_model_folder, shard_set_dataset, start_run)
+from spklip.tracking.driver import CLOSED_TAG
 from test_train_fixtures import write_motion_shards
 
 INFO = {"path": "/data/motion-v2", "class_names": ["a", "b", "c"], "seen_ids": [0, 1], "unseen_ids": [2],
@@ -47,9 +50,11 @@ def test_dataset_input_carries_fingerprint_path_splits_and_classes(tmp_path):
 def test_best_alias_moves_only_to_a_better_score(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     versions = {}
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "weights").write_bytes(b"w")  # the registry versions whatever files the model holds
     for score in (0.5, 0.4, 0.7):
         run = start_run(uri, "exp", tmp_path)
-        model_uri = send_torch_model(run, torch.nn.Linear(2, 2), torch.zeros(1, 2).numpy())
+        model_uri = send_model_folder(run, tmp_path / "model")
         versions[score] = register_model(run, model_uri, "m", metric="val/top1", mode="max", score=score)
         if score == 0.4:
             assert str(run.client.get_model_version_by_alias("m", BEST_ALIAS).version) == versions[0.5]
@@ -102,3 +107,33 @@ def test_train_logs_input_system_metrics_registers_and_eval_loads_the_alias(ray_
     assert client.get_model_version_by_alias("my-sweep", BEST_ALIAS).run_id == run.info.run_id
     assert client.get_run(parent.run_id).data.tags["spklip.sweep.registered_model"] == "models:/my-sweep@best"
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
+
+
+def test_sync_closes_a_run_whose_driver_is_gone_and_resume_reopens_it(tmp_path, capsys):
+    """A driver killed with SIGKILL leaves its run RUNNING: ``spklip tracking sync RUN_DIR`` marks it KILLED once
+    the recorded driver process is gone (not while it lives, not for another host's), and the resumed driver's
+    `claim_run` makes it RUNNING again."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_dir = tmp_path / "ray" / "r"
+    run = start_run(uri, "exp", tmp_path, spool_dir=run_dir / SPOOL_DIR)
+    claim_run(run, run_dir)
+    status = lambda: run.client.get_run(run.run_id).info.status  # noqa: E731
+    assert main(["tracking", "sync", str(run_dir)]) == 0 and status() == "RUNNING"  # this process: alive
+
+    record = json.loads((run_dir / DRIVER_FILE).read_text())
+    (run_dir / DRIVER_FILE).write_text(json.dumps({**record, "host": "elsewhere"}))
+    assert main(["tracking", "sync", str(run_dir)]) == 0 and status() == "RUNNING"
+    assert "not known here" in capsys.readouterr().err
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # reaped: its PID names no process (or, reused, one started later)
+    (run_dir / DRIVER_FILE).write_text(json.dumps({**record, "pid": gone.pid, "started": record["started"] - 5}))
+    assert main(["tracking", "sync", str(run_dir)]) == 0
+    assert status() == "KILLED" and "marked KILLED" in capsys.readouterr().err
+    assert run.client.get_run(run.run_id).data.tags[CLOSED_TAG].startswith("spklip tracking sync")
+
+    resumed = Tracker(uri, run.run_id, spool_dir=run_dir / SPOOL_DIR)
+    claim_run(resumed, run_dir)
+    assert status() == "RUNNING" and json.loads((run_dir / DRIVER_FILE).read_text())["pid"] == os.getpid()
+    resumed.terminate("FINISHED")
+    assert main(["tracking", "sync", str(run_dir)]) == 0 and status() == "FINISHED"

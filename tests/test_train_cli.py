@@ -122,7 +122,8 @@ def test_train_with_another_ray_on_the_host_prints_no_traceback(other_ray_instan
 def test_killed_driver_resumes_with_train_resume(tmp_path):
     """Kill the `spklip train` driver (SIGKILL to its whole process group, as a crash or a lost terminal would) once
     its second epoch is checkpointed: `spklip train --resume NAME` continues from that checkpoint with the run's own
-    config, into the same MLflow run, and finishes it."""
+    config, into the same MLflow run, and finishes it; in between, `spklip tracking sync` closed the abandoned run
+    as KILLED."""
     from mlflow.tracking import MlflowClient
 
     data = write_motion_shards(tmp_path / "motion", per_class=8, val_per_class=2)
@@ -148,15 +149,18 @@ def test_killed_driver_resumes_with_train_resume(tmp_path):
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
     assert main(["train", "--resume", "k", "--set", "train.epochs=9"]) == 2  # the config is the run's own
+    # the killed driver left its run RUNNING: `spklip tracking sync` sees the recorded driver gone and closes it
+    client = MlflowClient(tracking_uri=f"sqlite:///{runs / 'mlflow.db'}")
+    run_id = json.loads((folder / "spklip_run.json").read_text())["mlflow_run_id"]
+    assert client.get_run(run_id).info.status == "RUNNING"
+    assert main(["tracking", "sync", str(folder)]) == 0 and client.get_run(run_id).info.status == "KILLED"
 
     resumed = subprocess.run([*spklip, "--resume", "k", "--storage", str(runs / "ray")], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.loads(resumed.stdout)
     assert summary["last_metrics"]["step"] == 36 and summary["run_name"] == "k"
-    run_id = json.loads((folder / "spklip_run.json").read_text())["mlflow_run_id"]
-    assert summary["mlflow_run_id"] == run_id  # the same MLflow run goes on
-    client = MlflowClient(tracking_uri=f"sqlite:///{runs / 'mlflow.db'}")
+    assert summary["mlflow_run_id"] == run_id  # the same MLflow run goes on, RUNNING again, then FINISHED
     steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
     assert sorted(set(steps)) == list(range(1, 37))  # nothing missing
     assert all(steps.count(s) == 1 for s in range(1, 13))  # the checkpointed epochs were not trained again

@@ -20,8 +20,10 @@ from spklip.config import load_config
 from spklip.data.read import dataset_info, eval_batches
 from spklip.data.shards import read_metadata
 from spklip.eval.run import evaluate_model
+from spklip.tracking import download_model
 from spklip.train import faults
 from spklip.train.checkpoint import model_from_checkpoint, read_checkpoint
+from spklip.train.export import load_spike_encoder
 from spklip.train.launcher import fit
 from test_train_fixtures import write_digit_shards, write_motion_shards
 
@@ -86,13 +88,11 @@ def test_two_workers_learn_and_the_run_is_fully_recorded(ray_session, tmp_path, 
     for key in ("val/top1", "val/top5", "val/t2v/R1", "zeroshot/top1", "fewshot/4shot_top1"):
         assert report.metrics[key] == pytest.approx(payload["metrics"][key], abs=1e-6), key
 
-    # The logged MLflow model reloads as a module and embeds clips exactly like the checkpoint's model.
+    # The logged model (safetensors, no pickle) reloads as a spike encoder that embeds clips exactly like the
+    # checkpoint's model.
     assert "MLFLOW_TRACKING_URI" not in os.environ  # logging the model left no global URI behind
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
-    try:
-        reloaded = mlflow.pytorch.load_model(result.model_uri)
-    finally:
-        mlflow.set_tracking_uri(None)
+    folder = download_model(result.model_uri, tmp_path / "dl", f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    reloaded = load_spike_encoder(folder)
     clips = next(eval_batches(str(data), "val", 3))["spikes"]
     with torch.no_grad():
         assert torch.allclose(reloaded(clips), model.encode_spikes(clips), atol=1e-5)

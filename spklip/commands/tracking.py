@@ -1,4 +1,5 @@
-"""``spklip tracking sync RUN_DIR``: send what a run kept while its MLflow server was unreachable."""
+"""``spklip tracking sync RUN_DIR``: send what a run kept while its MLflow server was unreachable, and close the run
+as KILLED when it is still RUNNING and its driver is gone."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from spklip.tracking import SPOOL_DIR, spool_folder, sync_spool
+from spklip.tracking import SPOOL_DIR, close_abandoned_run, spool_folder, sync_spool
 
 
 def _sync(args: argparse.Namespace) -> int:
@@ -16,6 +17,9 @@ def _sync(args: argparse.Namespace) -> int:
     result = sync_spool(args.run_dir, uri=args.uri or None)
     if not result.sent:
         print(f"spklip: nothing to send in {folder}", file=sys.stderr)
+    closed = close_abandoned_run(args.run_dir, uri=args.uri or None)  # after the spool: it may end the run itself
+    if closed:
+        print(f"spklip: {closed}", file=sys.stderr)
     return 0
 
 
@@ -27,7 +31,8 @@ def register(subparsers) -> None:
                        description=f"Send the metrics, params, tags, artifacts, inputs, models and final status "
                        f"that a run kept in RUN_DIR/{SPOOL_DIR}/ while its MLflow server was unreachable, in the "
                        "order they were made (the status last). What was sent is removed from the spool; rerun "
-                       "it until nothing is left.")
+                       "it until nothing is left. Then a run still RUNNING whose driver process is gone (killed, "
+                       "its machine lost) is marked KILLED; `spklip train --resume` continues it.")
     s.add_argument("run_dir", metavar="RUN_DIR", help=f"a run folder (<storage>/<run name>) or its {SPOOL_DIR}/")
     s.add_argument("--uri", default="", help="send to this tracking URI instead of the one the run used")
     s.set_defaults(handler=_sync)

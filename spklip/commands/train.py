@@ -54,16 +54,16 @@ def _eval(args: argparse.Namespace) -> int:
     from spklip.data.read import dataset_info
     from spklip.eval.report import check_report_out, write_report
     from spklip.eval.run import evaluate_model
-    from spklip.tracking import download_checkpoint, resolve_uri
-    from spklip.train.checkpoint import model_from_checkpoint
+    from spklip.tracking import download_model, resolve_uri
+    from spklip.train.export import load_model
 
     if bool(args.checkpoint) == bool(args.model):
         raise ValueError("spklip eval: give one of --checkpoint DIR or --model models:/NAME@ALIAS")
     if args.out:
         check_report_out(args.out)  # refuse a folder spklip did not write before spending time on the evaluation
     with tempfile.TemporaryDirectory(prefix="spklip-eval-") as tmp:
-        source = args.checkpoint or str(download_checkpoint(args.model, tmp, resolve_uri(args.tracking_uri, "runs")))
-        model, cfg, payload = model_from_checkpoint(source)  # a registered model carries its checkpoint's files
+        source = args.checkpoint or download_model(args.model, tmp, resolve_uri(args.tracking_uri, "runs"))
+        model, cfg, meta = load_model(source)  # safetensors or weights_only: nothing from the store is unpickled
     overrides = parse_overrides(args.set)
     if args.data:
         overrides["data.path"] = args.data
@@ -72,11 +72,11 @@ def _eval(args: argparse.Namespace) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     report = evaluate_model(model.to(device), cfg, dataset, device, split=args.split, prefix=args.split)
     what = f"checkpoint {args.checkpoint}" if args.checkpoint else f"model {args.model}"
-    print(f"{what} (step {payload['step']}, epoch {payload['epoch']}) on "
+    print(f"{what} (step {meta.step}, epoch {meta.epoch}) on "
           f"{cfg.data.path} split {args.split!r}:", file=sys.stderr)
     print(json.dumps(report.metrics, indent=1, sort_keys=True))
     if args.out:
-        provenance = {"checkpoint": str(args.checkpoint or args.model), "step": payload["step"], "data": cfg.data.path,
+        provenance = {"checkpoint": str(args.checkpoint or args.model), "step": meta.step, "data": cfg.data.path,
                       "split": args.split}
         print(f"wrote {write_report(report, args.out, provenance)}", file=sys.stderr)
     return 0
@@ -106,7 +106,8 @@ def register(subparsers) -> None:
                               "evaluation protocol (docs/training.md) on a split of a shard folder.")
     e.add_argument("--checkpoint", default=None, help="checkpoint folder (holds state.pt)")
     e.add_argument("--model", default=None, help="or a model spklip logged to MLflow, e.g. models:/NAME@best (the "
-                   "registry alias of `tracking.register_as` or a sweep); its checkpoint is downloaded and loaded")
+                   "registry alias of `tracking.register_as` or a sweep); its safetensors weights and config are "
+                   "downloaded and loaded")
     e.add_argument("--tracking-uri", default="", help="MLflow tracking URI for --model (default: MLFLOW_TRACKING_URI, "
                    "else runs/mlflow.db, where `spklip train` logs by default)")
     e.add_argument("--data", default=None, help="shard folder (default: the one the model was trained on)")

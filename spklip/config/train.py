@@ -106,7 +106,7 @@ class TrackingCfg:
     uri: str = ""  # "" -> MLFLOW_TRACKING_URI, else sqlite:///<run_dir>/mlflow.db
     experiment: str = "spklip"
     run_name: str = ""
-    log_model: bool = True  # log the best checkpoint's visual encoder as an MLflow PyTorch model
+    log_model: bool = True  # log the best checkpoint as an MLflow logged model (safetensors + config, no pickle)
     # register the best checkpoint's model under this name (aliases "best" and "latest": models:/NAME@best);
     # "" = no registration for `spklip train`; a sweep registers its best trial as the sweep's name by default
     register_as: str = ""

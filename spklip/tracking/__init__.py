@@ -24,13 +24,15 @@ The modules, each importing only those listed before it:
   * `datasets`: the shard folder as a run's dataset input.
   * `tracker`: `Tracker`, which owns its `Spool`.
   * `sync`: `sync_spool`, a run folder's spool sent to its server.
+  * `driver`: the process driving a run (`claim_run`), runs whose driver is gone closed as KILLED.
   * `runs`: the experiment and the run (`start_run`), the git commit.
-  * `models`: PyTorch models logged, registered (alias ``best``) and their checkpoints downloaded.
+  * `models`: models logged as safetensors folders (no pickles), registered (alias ``best``) and downloaded.
 """
 
 from spklip.tracking.datasets import shard_set_dataset
-from spklip.tracking.models import (BEST_ALIAS, CHECKPOINT_FILES, SCORE_METRIC_TAG, SCORE_MODE_TAG, SCORE_TAG,
-                                    download_checkpoint, log_torch_model, register_model, send_torch_model)
+from spklip.tracking.driver import DRIVER_FILE, claim_run, close_abandoned_run
+from spklip.tracking.models import (BEST_ALIAS, MODEL_NAME, SCORE_METRIC_TAG, SCORE_MODE_TAG, SCORE_TAG, download_model,
+                                    register_model, send_model_folder)
 from spklip.tracking.replay import SyncResult
 from spklip.tracking.runs import (EXPERIMENT_KIND_TAG, PARENT_TAG, TRAINING_KIND, ensure_experiment, git_commit,
                                   start_run)
@@ -41,10 +43,10 @@ from spklip.tracking.sync import sync_spool
 from spklip.tracking.tracker import PARAM_VALUE_LIMIT, Tracker
 
 __all__ = [
-    "BEST_ALIAS", "CHECKPOINT_FILES", "EXPERIMENT_KIND_TAG", "PARAM_VALUE_LIMIT", "PARENT_TAG", "Record",
+    "BEST_ALIAS", "DRIVER_FILE", "EXPERIMENT_KIND_TAG", "MODEL_NAME", "PARAM_VALUE_LIMIT", "PARENT_TAG", "Record",
     "SCORE_METRIC_TAG", "SCORE_MODE_TAG", "SCORE_TAG", "SPOOL_DIR", "SPOOL_ENV", "Spool", "SyncResult",
-    "TRAINING_KIND", "Tracker", "artifact_location", "default_spool_dir", "download_checkpoint",
-    "ensure_experiment", "fluent_tracking_uri", "git_commit", "is_remote", "log_torch_model", "read_spool_file",
-    "register_model", "resolve_uri", "send_torch_model", "server_reachable", "shard_set_dataset", "spool_folder",
+    "TRAINING_KIND", "Tracker", "artifact_location", "claim_run", "close_abandoned_run", "default_spool_dir",
+    "download_model", "ensure_experiment", "fluent_tracking_uri", "git_commit", "is_remote", "read_spool_file",
+    "register_model", "resolve_uri", "send_model_folder", "server_reachable", "shard_set_dataset", "spool_folder",
     "start_run", "sync_spool",
 ]

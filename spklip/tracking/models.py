@@ -1,5 +1,5 @@
-"""Models in MLflow: a PyTorch model logged into a run (carrying its checkpoint's files), registered with the alias
-``best`` when it beats the current best, and its checkpoint downloaded back."""
+"""Models in MLflow: a checkpoint's safetensors folder logged as an MLflow logged model of its run, registered with
+the alias ``best`` when it beats the current best, and downloaded back for spklip's own loader."""
 
 from __future__ import annotations
 
@@ -12,36 +12,31 @@ from spklip.tracking.tracker import Tracker
 BEST_ALIAS = "best"  # registry alias (MLflow's stages are deprecated; "latest" is reserved: models:/NAME/latest)
 SCORE_TAG = "spklip.score"  # on a model version: its checkpoint's value of SCORE_METRIC_TAG
 SCORE_METRIC_TAG, SCORE_MODE_TAG = "spklip.metric", "spklip.metric_mode"
-CHECKPOINT_FILES = "extra_files"  # inside a logged model: the checkpoint folder's files (state.pt, config.json)
+MODEL_NAME = "visual_encoder"  # the logged model's name in its run: runs:/<run id>/visual_encoder
+MODEL_TYPE = "spklip-safetensors"  # MLflow's model_type of the logged model (searchable)
 
 
-def log_torch_model(tracker: Tracker, model, input_example, name: str = "visual_encoder",
-                    extra_files: list[str] | None = None) -> str | None:
-    """Log `model` as an MLflow PyTorch model (pickle format, so stateful spiking modules reload as themselves),
-    with `extra_files` copied into its ``extra_files/`` folder.
+def send_model_folder(tracker: Tracker, folder: str | Path, name: str = MODEL_NAME) -> str:
+    """Log the files of `folder` (a logged model folder, `spklip.train.export.export_checkpoint`) as an MLflow
+    logged model `name` of the tracker's run. Raises on failure; the run's status is left as it was.
+
+    No MLmodel file and no flavour: MLflow stores the files and the registry versions them, and only spklip's own
+    loader (`download_model`, then `spklip.train.export.load_model`) reads them back, so nothing in the store is
+    ever unpickled.
 
     Returns:
-        The model URI (``models:/...``) to load it back with ``mlflow.pytorch.load_model``, or None if tracking
-        is off or failed.
+        The model URI, ``models:/<model id>`` (``runs:/<run id>/<name>`` names it too).
     """
-    if not tracker.enabled:
-        return None
-    return tracker.call(send_torch_model, tracker, model, input_example, name, extra_files)
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus  # on first use: importing mlflow costs ~1 s
 
-
-def send_torch_model(tracker: Tracker, model, input_example, name: str = "visual_encoder",
-                     extra_files: list[str] | None = None) -> str:
-    """`log_torch_model` that raises on failure. Leaves the run's status as it was (``mlflow.start_run`` marks the
-    run FINISHED when its block ends: a training run still RUNNING, or an early-stopped KILLED trial)."""
-    import mlflow  # on first use: importing mlflow (and its pytorch flavour) costs seconds
-    import mlflow.pytorch
-
-    status = tracker.client.get_run(tracker.run_id).info.status
-    with fluent_tracking_uri(tracker.uri), mlflow.start_run(run_id=tracker.run_id):
-        info = mlflow.pytorch.log_model(model, name=name, input_example=input_example, extra_files=extra_files,
-                                        serialization_format="pickle", pip_requirements=[])
-    tracker.client.update_run(tracker.run_id, status=status)
-    return info.model_uri
+    client = tracker.client
+    run = client.get_run(tracker.run_id)
+    model = client.create_logged_model(run.info.experiment_id, name=name, source_run_id=tracker.run_id,
+                                       model_type=MODEL_TYPE)
+    client.log_model_artifacts(model.model_id, str(folder))
+    client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+    client.log_outputs(tracker.run_id, [LoggedModelOutput(model.model_id, step=0)])  # the run's "Logged models"
+    return f"models:/{model.model_id}"
 
 
 def register_model(tracker: Tracker, model_uri: str, name: str, *, metric: str, mode: str,
@@ -72,15 +67,11 @@ def register_model(tracker: Tracker, model_uri: str, name: str, *, metric: str, 
     return str(version)
 
 
-def download_checkpoint(model_uri: str, dst: str | Path, uri: str | None = None) -> Path:
-    """The checkpoint folder inside a model spklip logged (``models:/NAME@best``, ``runs:/ID/visual_encoder``),
-    downloaded under `dst`; raises FileNotFoundError when the model carries none."""
+def download_model(model_uri: str, dst: str | Path, uri: str | None = None) -> Path:
+    """The files of a model spklip logged (``models:/NAME@best``, ``runs:/ID/visual_encoder``,
+    ``models:/<model id>``), downloaded under `dst`, for `spklip.train.export.load_model` (which never unpickles
+    them)."""
     import mlflow  # on first use: importing mlflow costs ~1 s
 
     with fluent_tracking_uri(uri or mlflow.get_tracking_uri()):
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst)))
-    folder = local / CHECKPOINT_FILES
-    if not (folder / "state.pt").exists():
-        raise FileNotFoundError(f"{model_uri}: the model holds no spklip checkpoint ({CHECKPOINT_FILES}/state.pt); "
-                                "it was logged before models carried their checkpoint")
-    return folder
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst)))

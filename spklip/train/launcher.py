@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import socket
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,14 +28,14 @@ from ray.train.torch import TorchTrainer
 from spklip.config import ExperimentConfig, to_dict
 from spklip.data.read import dataset_info
 from spklip.logs import RunOutput
-from spklip.train.export import SpikeEncoder, example_input
+from spklip.train.export import export_checkpoint
 from spklip.outdir import private_dir
 from spklip.train import data as train_data
 from spklip.train.checkpoint import model_from_checkpoint
 from spklip.train.faults import FAULT_ENV_PREFIX
 from spklip.train.worker import WorkerPlan, train_fn_per_worker
-from spklip.tracking import (SPOOL_DIR, Tracker, ensure_experiment, git_commit, register_model, resolve_uri,
-                             send_torch_model, shard_set_dataset, start_run)
+from spklip.tracking import (SPOOL_DIR, Tracker, claim_run, ensure_experiment, git_commit, register_model,
+                             resolve_uri, send_model_folder, shard_set_dataset, start_run)
 
 CONFIG_FILE = "spklip_config.json"  # inside {storage_path}/{run_name}: the run's flat config (`spklip train --resume`)
 RUN_FILE = "spklip_run.json"  # inside {storage_path}/{run_name}: the MLflow run a resumed job keeps logging to
@@ -151,6 +152,7 @@ def _mlflow_run(cfg: ExperimentConfig, run_name: str, run_folder: Path, dataset:
         run_folder.mkdir(parents=True, exist_ok=True)
         saved.write_text(json.dumps({"mlflow_run_id": tracker.run_id, "tracking_uri": uri,
                                      "parent_run_id": parent_run_id}))
+    claim_run(tracker, run_folder)  # `spklip tracking sync` closes the run as KILLED once this process is gone
     if cfg.tracking.system_metrics:
         # Here, on the driver, for the run's lifetime: the workers of an in-process Ray or a one-node cluster share
         # this host; on a multi-node cluster these are the driver node's figures (docs/training.md).
@@ -295,18 +297,19 @@ def _parent_run(plan: RunPlan) -> str | None:
 
 
 def log_encoder(tracker: Tracker, checkpoint_dir: str, register_as: str = "") -> str | None:
-    """Rebuild the model from a checkpoint and log its spike encoder as an MLflow PyTorch model carrying the
-    checkpoint's files (what ``spklip eval --model`` loads); register it as `register_as` when given. With the
-    server away, the call is kept in the run's spool and made by ``spklip tracking sync`` (returns None then)."""
+    """Rebuild the model from a checkpoint and log its weights and config as an MLflow logged model (safetensors,
+    `spklip.train.export`: what ``spklip eval --model`` loads, unpickling nothing); register it as `register_as`
+    when given. With the server away, the call is kept in the run's spool and made by ``spklip tracking sync``
+    (returns None then)."""
     return tracker.call_later("spklip.train.launcher:send_encoder", checkpoint=str(checkpoint_dir),
                               register_as=register_as)
 
 
 def send_encoder(tracker: Tracker, checkpoint: str, register_as: str = "") -> str:
     """`log_encoder`'s work, raising on failure (it is also what a spooled ``log_encoder`` replays)."""
-    model, cfg, payload = model_from_checkpoint(checkpoint)
-    files = [str(p) for p in sorted(Path(checkpoint).iterdir()) if p.is_file()]
-    model_uri = send_torch_model(tracker, SpikeEncoder(model).eval(), example_input(model), extra_files=files)
+    _, cfg, payload = model_from_checkpoint(checkpoint)  # the checkpoint must rebuild its model
+    with tempfile.TemporaryDirectory(prefix="spklip-model-") as tmp:  # safetensors + config: nothing pickled
+        model_uri = send_model_folder(tracker, export_checkpoint(checkpoint, tmp))
     if register_as:
         version = register_model(tracker, model_uri, register_as, metric=cfg.train.metric,
                                  mode=cfg.train.metric_mode, score=payload.get("metrics", {}).get(cfg.train.metric),
