@@ -75,6 +75,17 @@ def test_two_workers_learn_and_the_run_is_fully_recorded(ray_session, tmp_path, 
     for key in ("zeroshot/top1", "fewshot/4shot_top1", "val/t2v/R1", "val/v2t/median_rank",
                 "energy/energy_per_clip_mj"):
         assert key in run.data.metrics
+    # where the time went (spklip.train.timing): start-up once, at the first step; each epoch's phases at its end
+    assert _steps(client, run.info.run_id, "time/startup_s") == [1]
+    startup = {k: v for k, v in run.data.metrics.items() if k.startswith("time/startup/")}
+    assert {"time/startup/ray_init_s", "time/startup/worker_start_s", "time/startup/first_step_s"} <= set(startup)
+    assert sum(startup.values()) == pytest.approx(run.data.metrics["time/startup_s"], abs=0.05)
+    for key in ("time/data_s", "time/step_s", "time/eval_s", "time/bn_s", "time/checkpoint_s", "time/epoch_s"):
+        assert _steps(client, run.info.run_id, key) == [spe * e for e in range(1, EPOCHS + 1)], key
+    epoch = {k: history(f"time/{k}_s") for k in ("data", "step", "eval", "bn", "checkpoint", "epoch")}
+    for e in range(EPOCHS):
+        assert sum(epoch[k][e] for k in ("data", "step", "eval", "bn", "checkpoint")) <= epoch["epoch"][e] + 0.01
+    assert 0 < run.data.metrics["time/step_fraction"] < run.data.metrics["time/model_fraction"] <= 1
     last = f"eval/epoch_{EPOCHS:03d}"
     files = {a.path for a in client.list_artifacts(run.info.run_id, last)}
     assert {f"{last}/{f}" for f in ("confusion_matrix.png", "retrieval.md", "few_shot.md", "energy.md")} <= files
