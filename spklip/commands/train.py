@@ -49,8 +49,8 @@ def _fit(cfg, args: argparse.Namespace, name: str | None, storage: str | None, t
     output = RunOutput(verbose=args.verbose)  # stdout: only the summary below; Ray's and MLflow's logs: the run log
     from spklip.train.launcher import fit  # imports Ray and torch (seconds): only once the config is valid
 
-    timeline.mark("import")
-    with output:
+    with output:  # entering it imports MLflow and Ray
+        timeline.mark("import")
         result = fit(cfg, run_name=name, storage_path=storage, output=output, timeline=timeline)
     summary = {"run_name": result.run_name, "storage": result.storage_path, "seconds": round(result.seconds, 1),
                "best_checkpoint": result.best_checkpoint, "latest_checkpoint": result.checkpoint,

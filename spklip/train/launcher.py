@@ -33,7 +33,7 @@ from spklip.train import data as train_data
 from spklip.train.checkpoint import model_from_checkpoint
 from spklip.train.faults import FAULT_ENV_PREFIX
 from spklip.train.timing import Timeline
-from spklip.train.worker import WorkerPlan, train_fn_per_worker
+from spklip.train.worker import FailFastOnDataError, WorkerPlan, train_fn_per_worker
 from spklip.tracking import (SPOOL_DIR, Tracker, ensure_experiment, git_commit, register_model, resolve_uri,
                              send_torch_model, shard_set_dataset, start_run)
 
@@ -228,7 +228,7 @@ def build_trainer(plan: RunPlan, callbacks: Sequence[Any] = ()) -> TorchTrainer:
                                                resources_per_worker=resources,
                                                placement_strategy=cfg.scale.placement),
         run_config=ray.train.RunConfig(
-            name=plan.run_name, storage_path=plan.storage_path, callbacks=list(callbacks),
+            name=plan.run_name, storage_path=plan.storage_path, callbacks=[*callbacks, FailFastOnDataError()],
             failure_config=ray.train.FailureConfig(max_failures=cfg.scale.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
                                                          checkpoint_score_attribute=cfg.train.metric,
@@ -261,8 +261,11 @@ def fit(cfg: ExperimentConfig, *, run_name: str | None = None, storage_path: str
     trainer = build_trainer(plan, callbacks)
     try:
         result = trainer.fit()
-    except BaseException:
+    except BaseException as e:
         plan.tracker.terminate("FAILED")
+        bad = train_data.data_error_in(e)
+        if bad is not None:  # a shard that cannot be read: one error naming the file, not Ray Train's wrapper
+            raise bad from None
         raise
     out = _finish(plan, result, time.perf_counter() - t0)
     out.best_metrics = _best_metrics(result, out)

@@ -17,6 +17,7 @@ from typing import Any
 
 import ray.train
 import ray.train.torch
+from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerGroupCallback
 
 from spklip.config import ExperimentConfig
 from spklip.loss import ClipLoss
@@ -127,11 +128,17 @@ class _WorkerRun:
         """The epoch's batches; marks the epoch as drained once the loop's look-ahead finds no next batch, which
         happens before the epoch's last ``on_step`` (the loop looks ahead to sync gradients on the last batch)."""
         self.epoch_drained = False
-        for batch in train_data.train_batches(shard, self.cfg, epoch):
-            if not self.batched:
-                self.batched = True
-                self.timeline.mark("first_batch")
-            yield batch
+        try:
+            for batch in train_data.train_batches(shard, self.cfg, epoch):
+                if not self.batched:
+                    self.batched = True
+                    self.timeline.mark("first_batch")
+                yield batch
+        except Exception as e:
+            bad = train_data.data_error_in(e)  # a bad shard: raised plainly, so `FailFastOnDataError` recognises it
+            if bad is None:
+                raise
+            raise bad from None
         self.epoch_drained = True
 
     def _save(self, directory: str | Path) -> Path:
@@ -209,3 +216,21 @@ class _WorkerRun:
         self.tracker.log_metrics({**epoch_metrics(seconds, epoch_s), **self.timing.run_metrics()}, step)
         if self.plan.run_dir:
             self.timing.write(self.plan.run_dir)
+
+
+class FailFastOnDataError(WorkerGroupCallback, ControllerCallback):
+    """A worker that failed on a bad shard (`spklip.train.data.DataError`) fails the run at once: restarting the
+    workers would read the same file again, ``scale.max_failures`` times. Ray Train retries every worker error; a
+    controller callback that raises makes a controller error, which it does not retry (Ray 2.60, Train v2).
+    (Internal Ray Train hooks: the public ``UserCallback`` can observe a worker's error but not stop the retry.)"""
+
+    def __init__(self):
+        self.error: train_data.DataError | None = None
+
+    def after_worker_group_poll_status(self, worker_group_status) -> None:
+        for error in (worker_group_status.errors or {}).values():
+            self.error = self.error or train_data.data_error_in(error)
+
+    def before_controller_execute_failure_decision(self, failure_decision) -> None:
+        if self.error is not None:
+            raise self.error
