@@ -69,15 +69,17 @@ def main() -> None:
     p.add_argument("--data", default=str(ROOT / "runs" / "data" / "moving-digits"),
                    help="the demo's shard folder (built into a temporary folder when it does not exist)")
     p.add_argument("--steps", type=int, default=72, help="optimiser steps of the trial (train.max_steps)")
-    p.add_argument("--workers", type=int, default=2, help="Ray Train workers (scale.num_workers; 0: local mode)")
+    p.add_argument("--workers", type=int, default=None, help="Ray Train workers (scale.num_workers; 0: local mode; "
+                   "default 2, with --quick 0)")
     p.add_argument("--rounds", type=int, default=1, help="trials run; medians are printed")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
     p.add_argument("--quick", action="store_true", help="a short run that proves the benchmark works (6 steps, "
                    "local mode, 1 few-shot seed): not for figures")
     args = p.parse_args()
     if args.quick:
-        args.steps, args.workers = 6, 0
+        args.steps = 6
         args.set += ["eval.few_shot_seeds=1", "eval.few_shot_ks=[1]", "train.epochs=1"]
+    args.workers = args.workers if args.workers is not None else (0 if args.quick else 2)
     print(f"before: {load()}")
     with tempfile.TemporaryDirectory(prefix="spklip-bench-train-") as tmp:
         data = args.data

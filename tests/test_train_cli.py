@@ -41,7 +41,7 @@ def test_train_then_eval_a_checkpoint_from_the_cli(ray_session, tmp_path, capsys
     assert log == tmp_path / "runs" / "ray" / "cli" / "spklip.log" and f"this run's log: {log}" in out.err
     assert "epoch 1/1" in log.read_text()
     timing = summary["time"]  # rank 0's breakdown: start-up milestones in order, then the epochs' phases
-    assert list(timing["startup"]) == ["config", "import", "validate", "mlflow_run", "ray_init", "dataset",
+    assert list(timing["startup"]) == ["config", "import", "validate", "ray_init", "mlflow_run", "dataset",
                                        "worker_start", "model_build", "setup", "first_batch", "first_step"]
     assert sum(timing["startup"].values()) == pytest.approx(timing["startup_s"], abs=0.05)
     assert set(timing["totals"]) == {"data", "step", "eval", "bn", "checkpoint"} and timing["epochs"] == 1

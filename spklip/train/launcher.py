@@ -11,13 +11,15 @@ Re-running with the same ``run_name`` and ``storage_path`` resumes from the late
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import ray
 import ray.train
@@ -162,8 +164,11 @@ def _mlflow_run(cfg: ExperimentConfig, run_name: str, run_folder: Path, dataset:
 
 def prepare_run(cfg: ExperimentConfig, *, run_name: str | None = None, storage_path: str | None = None,
                 mlflow_parent_run_id: str | None = None, tags: dict[str, str] | None = None,
-                timeline: Timeline | None = None) -> RunPlan:
-    """Validate data and config, plan steps, open (or reopen) the MLflow run. Raises before any worker starts."""
+                timeline: Timeline | None = None, start_ray: Callable[[], None] | None = None) -> RunPlan:
+    """Validate data and config, plan steps, open (or reopen) the MLflow run. Raises before any worker starts.
+
+    `start_ray` (`fit`): called once every check has passed, while the MLflow run is being opened (both take seconds;
+    Ray's start runs in its own processes)."""
     timeline = timeline or Timeline()
     cfg = resolve_paths(cfg)
     dataset = dataset_info(cfg)
@@ -178,8 +183,13 @@ def prepare_run(cfg: ExperimentConfig, *, run_name: str | None = None, storage_p
     if not (run_folder / CONFIG_FILE).exists():  # the first attempt's config is what a --resume trains
         run_folder.mkdir(parents=True, exist_ok=True)
         (run_folder / CONFIG_FILE).write_text(json.dumps(cfg.to_flat_dict(), indent=1))
-    tracker = _mlflow_run(cfg, run_name, Path(storage_path) / run_name, dataset, mlflow_parent_run_id, tags)
-    timeline.mark("mlflow_run")
+    with ThreadPoolExecutor(1, thread_name_prefix="spklip-mlflow-run") as pool:
+        opening = pool.submit(_mlflow_run, cfg, run_name, run_folder, dataset, mlflow_parent_run_id, tags)
+        if start_ray is not None:
+            start_ray()
+            timeline.mark("ray_init")
+        tracker = opening.result()
+    timeline.mark("mlflow_run")  # after ray_init when both ran: what was left to wait for
     return RunPlan(cfg, run_name, storage_path, dataset, total, tracker, timeline)
 
 
@@ -249,14 +259,12 @@ def fit(cfg: ExperimentConfig, *, run_name: str | None = None, storage_path: str
     far (``spklip train``; default: start counting now), continued here and by the workers (`spklip.train.timing`).
     """
     t0 = time.perf_counter()
+    # Ray starts after every check (bad input fails before Ray or any worker starts), while the MLflow run opens
+    start_ray = functools.partial(ensure_ray, cfg.scale.address, verbose=output.verbose if output is not None else True)
     plan = prepare_run(cfg, run_name=run_name, storage_path=storage_path, mlflow_parent_run_id=mlflow_parent_run_id,
-                       tags=tags, timeline=timeline)
+                       tags=tags, timeline=timeline, start_ray=start_ray)
     if output is not None:
         output.attach(Path(plan.storage_path) / plan.run_name, follow=True)
-    # after every check: bad input fails before Ray or any worker starts
-    ensure_ray(cfg.scale.address, verbose=output.verbose if output is not None else True)
-    plan.timeline.mark("ray_init")
-    if output is not None:
         output.ray_logs = ray_logs_dir()
     trainer = build_trainer(plan, callbacks)
     try:
