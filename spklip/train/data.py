@@ -125,7 +125,9 @@ def train_batches(shard, cfg: ExperimentConfig, epoch: int) -> Iterator[dict[str
     """One epoch of a worker's shard as torch micro-batches (full batches only, so ranks stay in step).
 
     The order is reshuffled every epoch from ``data.seed + epoch`` (local shuffle buffer), so a resumed run sees the
-    same batches as an uninterrupted one when the shard is read by a single worker.
+    same batches as an uninterrupted one when the shard is read by a single worker from the in-memory dataset. (The
+    streaming one's row-group order is reseeded per execution, counted from the process's first epoch, and its
+    parallel reads finish in no fixed order: a resumed epoch gets another order.)
     """
     yield from torch_batches(shard, cfg.data.batch_size, epoch=epoch, seed=cfg.data.seed, shuffle=cfg.data.shuffle,
                              drop_last=True)
