@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test test-fast bench-data bench-model bench-gpu clean cluster-up cluster-down cluster-status mlflow-ui train
+.PHONY: install demo test test-fast bench-data bench-model bench-train bench-gpu clean cluster-up cluster-down cluster-status mlflow-ui train
 
 install: $(STAMP)  ## build .venv (CPU torch without a GPU; idempotent)
 
@@ -47,11 +47,14 @@ test: install  ## the whole suite (slow tests included), as CI runs it
 test-fast: install  ## the suite without tests marked slow
 	$(PY) -m pytest -q -m "not slow" tests
 
-bench-data: install  ## simulator, shard write and Ray Data read throughput
+bench-data: install  ## simulator, shard write, Ray Data read throughput, streaming input vs consumption rate
 	$(PY) benchmarks/bench_data.py
 
 bench-model: install  ## forward/backward clips/s and GMAC per clip for each preset; batched vs loop HSFE
 	$(PY) benchmarks/bench_model.py
+
+bench-train: install  ## a demo trial through spklip train: start-up to the first step, data/step/eval seconds, step fraction
+	$(PY) benchmarks/bench_train.py
 
 bench-gpu:  ## the prepared GPU check (tools/gpu_check.sh; < 5 min on one GPU): figures to $$OUT/gpu_check.json or stdout
 	VENV=$(VENV) bash tools/gpu_check.sh

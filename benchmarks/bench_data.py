@@ -5,7 +5,11 @@ Prints medians over repeats, and ratios measured in the same run against a refer
   per-plane loop (vectorised over pixels only) on the same 240x320 frames (float64 with 4 planes per frame, and
   uint8 with 1), timed alternately in CPU time, equal bits checked; the load (``uptime``) before and after; and the simulator's peak traced memory
   (tracemalloc: numpy buffers included) streaming 1080p frames with the default chunk;
-* storage: bits per pixel-plane on disk for a moving-digits dataset vs 8 (uint8 planes) and 1 (raw packbits).
+* storage: bits per pixel-plane on disk for a moving-digits dataset vs 8 (uint8 planes) and 1 (raw packbits);
+* streaming input (``--streaming`` alone): clips/s the training split's streaming Ray Dataset
+  (`spklip.train.data.streaming_dataset`) yields to 2 workers at spklip-small's clip shape, once the start-up is paid
+  (later epochs of the same dataset), against clips/s one spklip-small train step consumes per worker (2 workers);
+  their ratio (median of rounds), the first epoch's rate (start-up included) and the DataLoader reference.
 """
 
 from __future__ import annotations
@@ -139,6 +143,81 @@ def bench_shards(clips_per_class: int, repeats: int, ray_read: bool) -> None:
             ray.shutdown()
 
 
+def bench_streaming(clips_n: int, rounds: int, workers: int = 2) -> None:
+    """Input rate of the streaming training set vs the consumption rate of spklip-small train steps."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import ray
+    import ray.data
+    import torch
+
+    from spklip.config import load_config
+    from spklip.data.loader import SpikeShardDataset
+    from spklip.data.shards import Clip, DatasetInfo
+    from spklip.loss import ClipLoss
+    from spklip.model import create_model
+    from spklip.train import data as train_data
+    from spklip.train.loop import Loop
+
+    cfg0 = load_config(overrides=["model_preset=spklip-small"])
+    shape = (cfg0.model.num_planes, cfg0.model.height, cfg0.model.width)
+    bs = cfg0.data.batch_size
+    rng = np.random.default_rng(0)
+    info = DatasetInfo("test", [f"class {i}" for i in range(8)], [], shape, {})
+    clips = [Clip(spikes=(rng.random(shape) < 0.1).astype(np.uint8), label=i % 8, caption=f"class {i % 8}",
+                  split="train", source="rng", clip_id=f"c{i}", sim_seed=i) for i in range(clips_n)]
+    print(f"streaming: before: {load()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "ds"
+        write_shards(clips, root, info, target_shard_mb=clips_n * int(np.prod(shape)) / 8 / 2**20 / 8)  # ~8 files
+        del clips
+        cfg = load_config(overrides=["model_preset=spklip-small", f"data.path={root}", "data.materialize=false"])
+        loader = torch.utils.data.DataLoader(SpikeShardDataset(root, "train"), batch_size=bs)
+        t_dl = median_time(lambda: sum(b["spikes"].shape[0] for b in loader), max(1, rounds))
+
+        model = create_model(cfg.model, loss_cfg=cfg.loss)
+        loop = Loop.create(cfg, model, ClipLoss(cfg.loss), torch.device("cpu"), 100)
+        batch = next(iter(loader))
+
+        def step():
+            loop.micro_step(batch, 1.0, sync=True)
+            loop.optimizer_step()
+
+        step()  # first-call overheads
+        t_step = median_time(step, max(3, rounds))
+        consume = workers * bs / t_step  # each worker trains on its own core
+
+        ray.init(address="local", num_cpus=workers, include_dashboard=False, configure_logging=False)
+        try:
+            ray.data.DataContext.get_current().enable_progress_bars = False
+            ds = train_data.ray_train_dataset(cfg)  # built once, as for a run
+            parts = ds.streaming_split(workers, equal=True)
+
+            def worker(part):  # per epoch: (clips, seconds) of this worker's shard
+                out = []
+                for epoch in range(rounds + 1):
+                    t = time.perf_counter()
+                    n = sum(len(b["caption"]) for b in train_data.train_batches(part, cfg, epoch))
+                    out.append((n, time.perf_counter() - t))
+                return out
+
+            with ThreadPoolExecutor(workers) as pool:
+                per_worker = list(pool.map(worker, parts))
+        finally:
+            ray.shutdown()
+    rates = [sum(w[e][0] for w in per_worker) / max(w[e][1] for w in per_worker) for e in range(rounds + 1)]
+    steady = statistics.median(rates[1:]) if rounds else rates[0]
+    n = sum(w[0][0] for w in per_worker)
+    print(f"streaming input ({workers} workers, spklip-small clips {shape}, {n} clips an epoch, built once): "
+          f"{steady:.0f} clips/s in later epochs (median of {rounds}: {' / '.join(f'{r:.0f}' for r in rates[1:])}); "
+          f"first epoch, start-up included: {rates[0]:.0f} clips/s")
+    print(f"consumption: a spklip-small train step of {bs} clips takes {t_step:.2f} s on one core: "
+          f"{consume:.1f} clips/s for {workers} workers; input / consumption ratio {steady / consume:.1f}x "
+          f"(first epoch {rates[0] / consume:.1f}x)")
+    print(f"DataLoader reference (1 process, read+decode): {len(loader.dataset) / t_dl:.0f} clips/s")
+    print(f"streaming: after: {load()}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--frames", type=int, default=32, help="240x320 frames simulated")
@@ -147,7 +226,10 @@ def main() -> None:
     p.add_argument("--memory-frames", type=int, default=32, help="1080p frames streamed for the memory figure")
     p.add_argument("--quick", action="store_true", help="a short run that proves the benchmark works (8 frames, "
                    "3 rounds, 4 memory frames, 2 clips per class, no Ray): not for figures")
-    p.add_argument("--no-ray", action="store_true", help="skip the Ray Data read")
+    p.add_argument("--no-ray", action="store_true", help="skip the Ray Data read and the streaming input")
+    p.add_argument("--streaming", action="store_true", help="run only the streaming input vs consumption benchmark")
+    p.add_argument("--streaming-clips", type=int, default=256, help="spklip-small-shaped clips in its training split")
+    p.add_argument("--streaming-rounds", type=int, default=3, help="timed epochs after the first")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (2 spin-waiting threads made "
                    "torch.stack in the DataLoader collate 20x slower on a loaded 2-core machine)")
     add_parallel_build_args(p)
@@ -159,10 +241,15 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     print(f"torch threads: {args.threads}; load average: {' '.join(open('/proc/loadavg').read().split()[:3])}")
+    if args.streaming:
+        bench_streaming(args.streaming_clips, args.streaming_rounds)
+        return
     if not args.parallel_build:
         bench_simulator(args.frames, args.repeats)
         bench_simulator_memory(args.memory_frames)
         bench_shards(args.clips_per_class, args.repeats, not args.no_ray)
+        if not args.no_ray:
+            bench_streaming(args.streaming_clips, args.streaming_rounds)
     if not args.no_parallel_build:
         bench_parallel_build(args)
 

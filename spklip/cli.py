@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import sys
+import time
 import traceback
 
 from spklip.config import ConfigError
@@ -38,11 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Every error reaches the user as one line naming the file or key (exit 2; Ctrl-C: 130);
     ``--debug`` or ``SPKLIP_DEBUG=1`` prints the traceback above that line."""
+    started = time.time()
+    if argv is None:  # the process's own command: count from the process's start (interpreter and imports included)
+        from spklip.train.timing import process_started_at  # plain Python, no torch
+
+        started = process_started_at() or started
     argv = list(sys.argv[1:] if argv is None else argv)
     end = argv.index("--") if "--" in argv else len(argv)  # what follows "--" belongs to the command
     debug = "--debug" in argv[:end] or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     argv = [a for i, a in enumerate(argv) if i >= end or a != "--debug"]
     args = build_parser().parse_args(argv)
+    args.started_at = started  # handlers that time their start-up count from here (`spklip train`)
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:

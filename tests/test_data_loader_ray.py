@@ -5,8 +5,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
+from spklip.config import load_config
 from spklip.data.loader import ray_dataset, torch_batches
 from spklip.data.shards import ShardError, write_shards
+from spklip.train import data as train_data
+from test_data_checksums import _flip_in_a_page
 from test_data_shards import INFO, make_clips
 
 
@@ -54,3 +57,34 @@ def test_empty_split_fails_before_ray_runs(shards):
     root, _ = shards
     with pytest.raises(ShardError, match="unknown split"):
         ray_dataset(root, "dev")
+
+
+@pytest.mark.slow  # two streamed epochs and a failing read: 20-60 s on 2 shared cores
+def test_the_streaming_train_set_is_built_once_and_reshuffled_per_epoch(ray_session, tmp_path):
+    root = tmp_path / "ds"
+    clips = make_clips(n_per_class=20)
+    write_shards(clips, root, INFO, target_shard_mb=100 / 2**20)  # a file per few clips: the unit of the file order
+    expected = {c.clip_id for c in clips if c.split == "train"}
+    cfg = load_config(overrides=[f"data.path={root}", "data.batch_size=2", "data.materialize=false"])
+    built = dict(train_data.BUILT)
+    ds = train_data.ray_train_dataset(cfg)
+    assert train_data.BUILT == {**built, "streaming": built["streaming"] + 1}
+    assert "RandomShuffle" not in str(ds)  # no all-to-all pass over the clips each epoch
+
+    def worker(part):  # what a Train worker does with its shard: the same iterator, epoch after epoch
+        return [[cid for b in train_data.train_batches(part, cfg, epoch) for cid in b["clip_id"]] for epoch in (0, 1)]
+
+    with ThreadPoolExecutor(2) as pool:
+        seen = list(pool.map(worker, ds.streaming_split(2, equal=True)))
+    for epoch in (0, 1):
+        a, b = seen[0][epoch], seen[1][epoch]
+        assert set(a).isdisjoint(b) and set(a) | set(b) == expected
+    assert seen[0][0] + seen[1][0] != seen[0][1] + seen[1][1]  # another order in the second epoch
+    assert train_data.BUILT["streaming"] == built["streaming"] + 1  # iterating built nothing more
+
+    bad = sorted((root / "train").glob("*.parquet"))[1]
+    _flip_in_a_page(bad)
+    with pytest.raises(Exception) as e:
+        list(train_data.train_batches(train_data.ray_train_dataset(cfg), cfg, 0))
+    error = train_data.data_error_in(e.value)
+    assert error is not None and str(error).startswith(f"{bad}: corrupted Parquet shard"), e.value

@@ -79,6 +79,8 @@ def test_epoch_line():
                       2.0312, 12.34)
     assert line == "epoch 2/50  step 24/600  loss 2.031  val/top1 0.375  zeroshot/top1 0.500  (12.3 s)"
     assert epoch_line(1, 1, 3, 3, "val/loss", {}, None, 1.0) == "epoch 1/1  step 3/3  (1.0 s)"
+    assert epoch_line(1, 1, 3, 3, "val/loss", {}, None, 9.0, {"step": 6.04, "data": 0.01, "eval": 2.5}) == \
+        "epoch 1/1  step 3/3  (9.0 s: step 6.0, eval 2.5)"  # the phases that took time
 
 
 def test_trial_line():

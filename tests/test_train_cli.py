@@ -40,6 +40,17 @@ def test_train_then_eval_a_checkpoint_from_the_cli(ray_session, tmp_path, capsys
     log = Path(summary["log"])
     assert log == tmp_path / "runs" / "ray" / "cli" / "spklip.log" and f"this run's log: {log}" in out.err
     assert "epoch 1/1" in log.read_text()
+    timing = summary["time"]  # rank 0's breakdown: start-up milestones in order, then the epochs' phases
+    assert list(timing["startup"]) == ["config", "import", "validate", "ray_init", "mlflow_run", "dataset",
+                                       "worker_start", "model_build", "setup", "first_batch", "first_step"]
+    assert sum(timing["startup"].values()) == pytest.approx(timing["startup_s"], abs=0.05)
+    assert set(timing["totals"]) == {"data", "step", "eval", "bn", "checkpoint"} and timing["epochs"] == 1
+    assert timing["totals"]["step"] > 0 and timing["totals"]["eval"] > 0
+    # the first step and its batch are in both the start-up and the first epoch; each alone fits in the wall time
+    assert timing["startup_s"] < timing["wall_s"] and sum(timing["totals"].values()) <= timing["wall_s"]
+    before_fit = timing["startup"]["config"] + timing["startup"]["import"]  # fit's own clock starts after them
+    assert timing["wall_s"] <= summary["seconds"] + before_fit + 0.5
+    assert 0 < timing["step_fraction"] < timing["model_fraction"] <= 1
 
     assert main(["eval", "--checkpoint", ckpt, "--split", "val", "--out", str(tmp_path / "ev")]) == 0
     metrics = json.loads(capsys.readouterr().out)

@@ -1,6 +1,7 @@
 """The pure-torch loop, schedule and checkpoint format (no Ray): exact resume, accumulation, weights-only loading."""
 
 import math
+import time
 
 import pytest
 import torch
@@ -115,6 +116,29 @@ def test_max_steps_stops_early_and_clipping_bounds_the_update():
     assert state.step == 2 and state.epoch == 1 and len(norms) == 2
     assert norms[0] > 1e-3  # the raw norm is reported; the applied update was clipped
     assert not math.isnan(norms[1])
+
+
+def test_the_loop_times_data_waits_and_steps_apart():
+    cfg = load_config(overrides=SMALL + ["train.epochs=1"])
+    torch.manual_seed(0)
+    loop = Loop.create(cfg, _TwoTower(), _mse, torch.device("cpu"), 3)
+
+    def slow_batches(epoch):
+        for batch in _batches(3, b=2):
+            time.sleep(0.05)  # the data source's wait
+            yield batch
+
+    def slow_hook(s, m):
+        time.sleep(0.2)  # a hook's time (logging, a checkpoint) is neither data nor step
+
+    t = time.perf_counter()
+    run_training(loop, TrainState(), slow_batches, slow_hook, lambda s: None)
+    wall = time.perf_counter() - t
+    seconds = loop.phases.take()
+    assert set(seconds) == {"data", "step"} and seconds["step"] > 0
+    assert 0.15 <= seconds["data"] < 0.15 + 0.1  # three waits of 0.05 s
+    assert seconds["data"] + seconds["step"] <= wall - 0.6  # the three hook calls are outside both
+    assert loop.phases.take() == {}  # taking resets
 
 
 def test_checkpoint_rebuilds_the_model_alone(tmp_path):

@@ -15,16 +15,19 @@ import mlflow
 import numpy as np
 import pytest
 import torch
+from ray.train.v2._internal.execution.callback import WorkerGroupCallback
 
 from spklip.config import load_config
 from spklip.data.read import dataset_info, eval_batches
-from spklip.data.shards import read_metadata
+from spklip.data.shards import ShardError, read_metadata
 from spklip.eval.run import evaluate_model
 from spklip.tracking import download_model
+from spklip.train import data as train_data
 from spklip.train import faults
 from spklip.train.checkpoint import model_from_checkpoint, read_checkpoint
 from spklip.train.export import load_spike_encoder
 from spklip.train.launcher import fit
+from test_data_checksums import _flip_in_a_page
 from test_train_fixtures import write_digit_shards, write_motion_shards
 
 # 16 planes of 32x32 (hsfe.stride 1 keeps the backbone input at 32x32), batch 4 per worker (8 in the loss).
@@ -52,7 +55,9 @@ def test_two_workers_learn_and_the_run_is_fully_recorded(ray_session, tmp_path, 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the default: sqlite inside train.run_dir
     data = write_motion_shards(tmp_path / "motion", per_class=16, shape=(16, 32, 32))  # 4 seen classes x 12 train
     cfg = _cfg(data, tmp_path, f"train.epochs={EPOCHS}")
+    built = dict(train_data.BUILT)
     result = fit(cfg, run_name="learn")
+    assert train_data.BUILT == {**built, "in_memory": built["in_memory"] + 1}  # once per run, not once per epoch
     spe = 48 // 2 // 4
     assert result.metrics["step"] == EPOCHS * spe
     # Prompt classification over the 4 seen classes (chance 0.25) ends well above chance, having started near it
@@ -77,6 +82,17 @@ def test_two_workers_learn_and_the_run_is_fully_recorded(ray_session, tmp_path, 
     for key in ("zeroshot/top1", "fewshot/4shot_top1", "val/t2v/R1", "val/v2t/median_rank",
                 "energy/energy_per_clip_mj"):
         assert key in run.data.metrics
+    # where the time went (spklip.train.timing): start-up once, at the first step; each epoch's phases at its end
+    assert _steps(client, run.info.run_id, "time/startup_s") == [1]
+    startup = {k: v for k, v in run.data.metrics.items() if k.startswith("time/startup/")}
+    assert {"time/startup/ray_init_s", "time/startup/worker_start_s", "time/startup/first_step_s"} <= set(startup)
+    assert sum(startup.values()) == pytest.approx(run.data.metrics["time/startup_s"], abs=0.05)
+    for key in ("time/data_s", "time/step_s", "time/eval_s", "time/bn_s", "time/checkpoint_s", "time/epoch_s"):
+        assert _steps(client, run.info.run_id, key) == [spe * e for e in range(1, EPOCHS + 1)], key
+    epoch = {k: history(f"time/{k}_s") for k in ("data", "step", "eval", "bn", "checkpoint", "epoch")}
+    for e in range(EPOCHS):
+        assert sum(epoch[k][e] for k in ("data", "step", "eval", "bn", "checkpoint")) <= epoch["epoch"][e] + 0.01
+    assert 0 < run.data.metrics["time/step_fraction"] < run.data.metrics["time/model_fraction"] <= 1
     last = f"eval/epoch_{EPOCHS:03d}"
     files = {a.path for a in client.list_artifacts(run.info.run_id, last)}
     assert {f"{last}/{f}" for f in ("confusion_matrix.png", "retrieval.md", "few_shot.md", "energy.md")} <= files
@@ -96,6 +112,34 @@ def test_two_workers_learn_and_the_run_is_fully_recorded(ray_session, tmp_path, 
     clips = next(eval_batches(str(data), "val", 3))["spikes"]
     with torch.no_grad():
         assert torch.allclose(reloaded(clips), model.encode_spikes(clips), atol=1e-5)
+
+
+def _count_worker_groups(path) -> WorkerGroupCallback:
+    """A callback that appends a line to `path` each time Ray Train starts the worker group. It runs in the
+    controller process, which cannot import this test module: a local class is pickled by value."""
+
+    class CountWorkerGroups(WorkerGroupCallback):
+        def after_worker_group_start(self, worker_group):
+            with open(path, "a") as f:
+                f.write("started\n")
+
+    return CountWorkerGroups()
+
+
+@pytest.mark.slow
+def test_a_corrupted_shard_in_the_streamed_split_fails_the_run_at_once_naming_it(ray_session, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    data = write_motion_shards(tmp_path / "motion", per_class=16, shape=(16, 32, 32))
+    bad = sorted((data / "train").glob("*.parquet"))[0]
+    _flip_in_a_page(bad)  # the footers are intact: the driver's checks pass, the workers' read fails
+    cfg = _cfg(data, tmp_path, "train.epochs=2", "data.materialize=false", "scale.max_failures=2")
+    starts = tmp_path / "worker_group_starts"
+    with pytest.raises(ShardError) as e:
+        fit(cfg, run_name="bad-shard", callbacks=[_count_worker_groups(str(starts))])
+    assert str(e.value).startswith(f"{bad}: corrupted Parquet shard"), e.value
+    assert starts.read_text().splitlines() == ["started"]  # not restarted max_failures times
+    run = _client(tmp_path).search_runs([_client(tmp_path).get_experiment_by_name("spklip-tiny").experiment_id])[0]
+    assert run.info.status == "FAILED"
 
 
 @pytest.fixture

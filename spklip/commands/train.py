@@ -6,44 +6,58 @@ import argparse
 import json
 import sys
 import tempfile
+import time
+from pathlib import Path
 
 from spklip.config import add_set_flag, apply_overrides, load_config, parse_overrides
 from spklip.logs import RunOutput
+from spklip.train.timing import Timeline, read_timing
+
+
+def _timeline(args: argparse.Namespace) -> Timeline:
+    """The run's start-up timeline from the moment the command started (`spklip.cli.main`)."""
+    return Timeline(start=getattr(args, "started_at", None) or time.time())
 
 
 def _train(args: argparse.Namespace) -> int:
     if args.resume:
         return _resume(args)
+    timeline = _timeline(args)
     overrides = list(args.set)
     if args.address:
         overrides.append(f"scale.address={args.address}")
     cfg = load_config(args.config, overrides)  # every value checked here: a bad one stops before Ray or MLflow
-    return _fit(cfg, args, args.name, args.storage)
+    timeline.mark("config")
+    return _fit(cfg, args, args.name, args.storage, timeline)
 
 
 def _resume(args: argparse.Namespace) -> int:
     """``--resume NAME|DIR``: the run's own config, continued from its latest checkpoint (same MLflow run)."""
     if args.config or args.set or args.name:
         raise ValueError("--resume continues a run with the config it started with: drop --config, --set and --name")
+    timeline = _timeline(args)
     from spklip.train.launcher import resume_target  # imports Ray and torch (seconds)
 
     cfg, name, storage = resume_target(args.resume, args.storage, load_config().train.run_dir)
     if args.address:
         cfg = apply_overrides(cfg, {"scale.address": args.address})
-    return _fit(cfg, args, name, storage)
+    timeline.mark("config")
+    return _fit(cfg, args, name, storage, timeline)
 
 
-def _fit(cfg, args: argparse.Namespace, name: str | None, storage: str | None) -> int:
+def _fit(cfg, args: argparse.Namespace, name: str | None, storage: str | None, timeline: Timeline) -> int:
     output = RunOutput(verbose=args.verbose)  # stdout: only the summary below; Ray's and MLflow's logs: the run log
     from spklip.train.launcher import fit  # imports Ray and torch (seconds): only once the config is valid
 
-    with output:
-        result = fit(cfg, run_name=name, storage_path=storage, output=output)
+    with output:  # entering it imports MLflow and Ray
+        timeline.mark("import")
+        result = fit(cfg, run_name=name, storage_path=storage, output=output, timeline=timeline)
     summary = {"run_name": result.run_name, "storage": result.storage_path, "seconds": round(result.seconds, 1),
                "best_checkpoint": result.best_checkpoint, "latest_checkpoint": result.checkpoint,
                "mlflow_run_id": result.mlflow_run_id, "model_uri": result.model_uri,
                "best_metrics": result.best_metrics, "last_metrics": result.metrics,
-               "log": str(output.log_path) if output.log_path else None, "ray_logs": output.ray_logs}
+               "log": str(output.log_path) if output.log_path else None, "ray_logs": output.ray_logs,
+               "time": read_timing(Path(result.storage_path) / result.run_name)}  # rank 0's breakdown
     print(json.dumps(summary, indent=1, default=str))
     return 0
 

@@ -3,9 +3,12 @@
 Everything that reads shards without Ray (`dataset_info`, evaluation and sample batches, the decoded split) is in
 `spklip.data.read`; this module builds the Ray paths on the same decoding and `to_torch`:
 
-* `ray_train_dataset`: the training split handed to TorchTrainer (streamed, or `in_memory_dataset` for small sets).
+* `ray_train_dataset`: the training split handed to TorchTrainer (`streaming_dataset`, or `in_memory_dataset` for
+  small sets); built once per run, and each epoch only iterates it.
 * `train_batches`: one epoch of a worker's Ray Data shard as torch micro-batches (seeded local shuffle).
 * `steps_per_epoch`: optimiser steps per epoch for a number of workers.
+* `DataError`: a shard that cannot be read while training: the run fails at once, naming the file
+  (`spklip.train.worker` raises it; `FailFastOnDataError` keeps Ray Train from restarting the workers for it).
 """
 
 from __future__ import annotations
@@ -14,11 +17,34 @@ import sys
 from typing import Any, Iterator
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from spklip.config import ExperimentConfig
-from spklip.data.loader import ray_dataset, torch_batches
+from spklip.data.loader import DECODED_BATCH_BYTES, READ_COLUMNS, torch_batches
 from spklip.data.read import decoded_split
-from spklip.data.shards import ShardError, validate_shards
+from spklip.data.shards import ShardError, decode_batch, open_shard, reading, split_files, validate_shards
+
+BUILT = {"streaming": 0, "in_memory": 0}  # datasets this process built (tests check: once per run, not per epoch)
+
+
+class DataError(ShardError):
+    """A shard that cannot be read or decoded while training: deterministic, so restarting the workers cannot help."""
+
+
+def data_error_in(e: BaseException) -> DataError | None:
+    """The `DataError` inside `e`, however Ray wrapped it (task errors, Ray Data's, Ray Train's); None without one."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [e]
+    while todo:
+        x = todo.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, DataError):
+            return DataError(*x.args)
+        todo += [x.__cause__, x.__context__, getattr(x, "cause", None), getattr(x, "_base_exc", None),
+                 getattr(x, "controller_failure", None), *getattr(x, "worker_failures", {}).values()]
+    return None
 
 
 def ray_train_dataset(cfg: ExperimentConfig):
@@ -27,13 +53,47 @@ def ray_train_dataset(cfg: ExperimentConfig):
 
     if not sys.stdout.isatty():  # per-operator progress bars turn logs and CI output into noise
         ray.data.DataContext.get_current().enable_progress_bars = False
-    # Shards are stored in class order and Ray Train splits rows between workers in order, so without a global
-    # shuffle each worker would see only some classes (per-worker BatchNorm statistics and in-batch negatives of a
-    # few classes). A seeded global shuffle, then each worker reshuffles locally per epoch.
-    if materialize_train(cfg):
-        return in_memory_dataset(cfg)
-    ds = ray_dataset(cfg.data.path, cfg.data.train_split)
-    return ds.random_shuffle(seed=cfg.data.seed) if cfg.data.shuffle else ds  # an all-to-all pass per epoch
+    return in_memory_dataset(cfg) if materialize_train(cfg) else streaming_dataset(cfg)
+
+
+def streaming_dataset(cfg: ExperimentConfig):
+    """The training split streamed from its files every epoch, with no all-to-all pass: one row per Parquet row group,
+    in a seeded order that changes every epoch (``randomize_block_order`` of that list, reseeded per execution),
+    each read (page checksums verified, a bad file a `DataError` naming it) and decoded in bounded chunks; each
+    worker then reshuffles locally (`train_batches`). Shards are stored in class order: the row-group order and the
+    local shuffle buffer mix the classes a worker sees (a global ``random_shuffle`` mixed every clip, at a full
+    all-to-all pass per epoch: seconds on a few hundred clips, a spill to disk on a large split).
+    """
+    import ray.data  # lazy: as in ray_train_dataset
+
+    BUILT["streaming"] += 1
+    meta = validate_shards(cfg.data.path)
+    groups = []
+    for file in split_files(cfg.data.path, cfg.data.train_split, meta):
+        with reading(file):
+            groups += [{"file": str(file), "group": g} for g in range(pq.read_metadata(file).num_row_groups)]
+    chunk = max(1, DECODED_BATCH_BYTES // int(np.prod(meta["clip_shape"])))  # clips decoded at once
+    ds = ray.data.from_items(groups, override_num_blocks=len(groups))
+    if cfg.data.shuffle:
+        ds = ds.randomize_block_order(seed=ray.data.RandomSeedConfig(seed=cfg.data.seed, reseed_after_execution=True))
+    return ds.map_batches(_ReadGroups(chunk), batch_size=1, batch_format="numpy")
+
+
+class _ReadGroups:
+    """``map_batches`` UDF: a batch of (file, row group) -> their clips, decoded ``chunk`` rows at a time."""
+
+    def __init__(self, chunk: int):
+        self.chunk = chunk
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        for file, group in zip(batch["file"], batch["group"]):
+            try:
+                with reading(file):
+                    table = open_shard(file).read_row_group(int(group), columns=READ_COLUMNS)
+                for start in range(0, table.num_rows, self.chunk):
+                    yield decode_batch(table.slice(start, self.chunk))
+            except ShardError as e:
+                raise DataError(str(e) if str(file) in str(e) else f"{file}: {e}") from None
 
 
 def in_memory_dataset(cfg: ExperimentConfig):
@@ -41,6 +101,7 @@ def in_memory_dataset(cfg: ExperimentConfig):
     no read or shuffle tasks, so it cannot wait for CPUs that concurrent trials hold, and epochs only iterate."""
     import ray.data  # lazy: as in ray_train_dataset
 
+    BUILT["in_memory"] += 1
     cols = decoded_split(cfg.data.path, cfg.data.train_split)  # numpy columns, file order
     n = len(cols["label"])
     if cfg.data.shuffle:
@@ -64,7 +125,9 @@ def train_batches(shard, cfg: ExperimentConfig, epoch: int) -> Iterator[dict[str
     """One epoch of a worker's shard as torch micro-batches (full batches only, so ranks stay in step).
 
     The order is reshuffled every epoch from ``data.seed + epoch`` (local shuffle buffer), so a resumed run sees the
-    same batches as an uninterrupted one when the shard is read by a single worker.
+    same batches as an uninterrupted one when the shard is read by a single worker from the in-memory dataset. (The
+    streaming one's row-group order is reseeded per execution, counted from the process's first epoch, and its
+    parallel reads finish in no fixed order: a resumed epoch gets another order.)
     """
     yield from torch_batches(shard, cfg.data.batch_size, epoch=epoch, seed=cfg.data.seed, shuffle=cfg.data.shuffle,
                              drop_last=True)

@@ -12,6 +12,7 @@ from spklip.eval.evaluate import EvalReport, closed_set, confusion_figure, embed
 from spklip.eval.precise_bn import recalibrate_batchnorm
 from spklip.eval.run import evaluate_model
 from spklip.tracking import Tracker
+from spklip.train.timing import Phases
 
 
 class EpochEvaluator:
@@ -20,7 +21,10 @@ class EpochEvaluator:
     def __init__(self, cfg: ExperimentConfig, dataset: dict[str, Any], tracker: Tracker):
         self.cfg, self.dataset, self.tracker = cfg, dataset, tracker
 
-    def run(self, model, device, step: int, epoch: int, autocast_dtype=None) -> dict[str, float]:
+    def run(self, model, device, step: int, epoch: int, autocast_dtype=None,
+            phases: Phases | None = None) -> dict[str, float]:
+        """Evaluate and log; `phases` gains the seconds of precise BN (``bn``) and of the rest (``eval``: the
+        protocol, ``trainset/top1`` and logging the metrics and artifacts)."""
         t0 = time.perf_counter()
         recal = self.recalibrate(model, device, autocast_dtype)
         t1 = time.perf_counter()
@@ -32,6 +36,9 @@ class EpochEvaluator:
         report.metrics["epoch"] = float(epoch)
         self.tracker.log_metrics(report.metrics, step)
         log_report_artifacts(self.tracker, report, f"eval/epoch_{epoch:03d}")
+        if phases is not None:
+            phases.add("bn", t1 - t0)
+            phases.add("eval", time.perf_counter() - t1)
         return report.metrics
 
     def train_accuracy(self, model, device, autocast_dtype=None) -> dict[str, float]:

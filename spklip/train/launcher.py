@@ -11,14 +11,16 @@ Re-running with the same ``run_name`` and ``storage_path`` resumes from the late
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import socket
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import ray
 import ray.train
@@ -33,7 +35,8 @@ from spklip.outdir import private_dir
 from spklip.train import data as train_data
 from spklip.train.checkpoint import model_from_checkpoint
 from spklip.train.faults import FAULT_ENV_PREFIX
-from spklip.train.worker import WorkerPlan, train_fn_per_worker
+from spklip.train.timing import Timeline
+from spklip.train.worker import FailFastOnDataError, WorkerPlan, train_fn_per_worker
 from spklip.tracking import (SPOOL_DIR, Tracker, claim_run, ensure_experiment, git_commit, register_model,
                              resolve_uri, send_model_folder, shard_set_dataset, start_run)
 
@@ -52,6 +55,7 @@ class RunPlan:
     dataset: dict[str, Any]
     total_steps: int
     tracker: Tracker
+    timeline: Timeline = field(default_factory=Timeline)  # start-up milestones, continued by the workers
 
 
 @dataclass
@@ -161,10 +165,16 @@ def _mlflow_run(cfg: ExperimentConfig, run_name: str, run_folder: Path, dataset:
 
 
 def prepare_run(cfg: ExperimentConfig, *, run_name: str | None = None, storage_path: str | None = None,
-                mlflow_parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> RunPlan:
-    """Validate data and config, plan steps, open (or reopen) the MLflow run. Raises before any worker starts."""
+                mlflow_parent_run_id: str | None = None, tags: dict[str, str] | None = None,
+                timeline: Timeline | None = None, start_ray: Callable[[], None] | None = None) -> RunPlan:
+    """Validate data and config, plan steps, open (or reopen) the MLflow run. Raises before any worker starts.
+
+    `start_ray` (`fit`): called once every check has passed, while the MLflow run is being opened (both take seconds;
+    Ray's start runs in its own processes)."""
+    timeline = timeline or Timeline()
     cfg = resolve_paths(cfg)
     dataset = dataset_info(cfg)
+    timeline.mark("validate")
     spe = train_data.steps_per_epoch(dataset["split_rows"][cfg.data.train_split], cfg, _world(cfg))
     total = spe * cfg.train.epochs
     total = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
@@ -175,8 +185,14 @@ def prepare_run(cfg: ExperimentConfig, *, run_name: str | None = None, storage_p
     if not (run_folder / CONFIG_FILE).exists():  # the first attempt's config is what a --resume trains
         run_folder.mkdir(parents=True, exist_ok=True)
         (run_folder / CONFIG_FILE).write_text(json.dumps(cfg.to_flat_dict(), indent=1))
-    tracker = _mlflow_run(cfg, run_name, Path(storage_path) / run_name, dataset, mlflow_parent_run_id, tags)
-    return RunPlan(cfg, run_name, storage_path, dataset, total, tracker)
+    with ThreadPoolExecutor(1, thread_name_prefix="spklip-mlflow-run") as pool:
+        opening = pool.submit(_mlflow_run, cfg, run_name, run_folder, dataset, mlflow_parent_run_id, tags)
+        if start_ray is not None:
+            start_ray()
+            timeline.mark("ray_init")
+        tracker = opening.result()
+    timeline.mark("mlflow_run")  # after ray_init when both ran: what was left to wait for
+    return RunPlan(cfg, run_name, storage_path, dataset, total, tracker, timeline)
 
 
 def resume_target(name_or_dir: str, storage_path: str | None, run_dir: str) -> tuple[ExperimentConfig, str, str]:
@@ -211,9 +227,11 @@ def build_trainer(plan: RunPlan, callbacks: Sequence[Any] = ()) -> TorchTrainer:
     gpu = _use_gpu(cfg)
     resources = {"CPU": cfg.scale.cpus_per_worker, **({"GPU": 1} if gpu else {})}
     run_dir = str(Path(plan.storage_path) / plan.run_name)
+    datasets = {"train": train_data.ray_train_dataset(cfg)}
+    plan.timeline.mark("dataset")
     worker_plan = WorkerPlan(cfg=cfg, total_steps=plan.total_steps, dataset=plan.dataset, tracking_uri=plan.tracker.uri,
                              mlflow_run_id=plan.tracker.run_id if plan.tracker.enabled else None,
-                             run_dir=run_dir)
+                             run_dir=run_dir, timeline=plan.timeline)
     # fault-injection switches (spklip.train.faults) reach the workers whatever environment Ray started them with
     env = {**WORKER_ENV, **{k: v for k, v in os.environ.items() if k.startswith(FAULT_ENV_PREFIX)}}
     return TorchTrainer(
@@ -222,38 +240,42 @@ def build_trainer(plan: RunPlan, callbacks: Sequence[Any] = ()) -> TorchTrainer:
                                                resources_per_worker=resources,
                                                placement_strategy=cfg.scale.placement),
         run_config=ray.train.RunConfig(
-            name=plan.run_name, storage_path=plan.storage_path, callbacks=list(callbacks),
+            name=plan.run_name, storage_path=plan.storage_path, callbacks=[*callbacks, FailFastOnDataError()],
             failure_config=ray.train.FailureConfig(max_failures=cfg.scale.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
                                                          checkpoint_score_attribute=cfg.train.metric,
                                                          checkpoint_score_order=cfg.train.metric_mode),
             worker_runtime_env={"env_vars": env}),
-        datasets={"train": train_data.ray_train_dataset(cfg)})
+        datasets=datasets)
 
 
 def fit(cfg: ExperimentConfig, *, run_name: str | None = None, storage_path: str | None = None,
         callbacks: Sequence[Any] = (), mlflow_parent_run_id: str | None = None,
-        tags: dict[str, str] | None = None, output: RunOutput | None = None) -> FitResult:
+        tags: dict[str, str] | None = None, output: RunOutput | None = None,
+        timeline: Timeline | None = None) -> FitResult:
     """Train `cfg` to the end and return its final evaluation metrics and checkpoints.
 
     ``tags`` are added to a new MLflow run (sweeps: trial id, seed, the trial's labels). ``output`` (``spklip
     train``): the driver's output goes to ``<run folder>/spklip.log``, rank 0's progress lines to stderr, and Ray
-    starts with ``log_to_driver`` only when ``output.verbose``.
+    starts with ``log_to_driver`` only when ``output.verbose``. ``timeline``: the command's start-up milestones so
+    far (``spklip train``; default: start counting now), continued here and by the workers (`spklip.train.timing`).
     """
     t0 = time.perf_counter()
+    # Ray starts after every check (bad input fails before Ray or any worker starts), while the MLflow run opens
+    start_ray = functools.partial(ensure_ray, cfg.scale.address, verbose=output.verbose if output is not None else True)
     plan = prepare_run(cfg, run_name=run_name, storage_path=storage_path, mlflow_parent_run_id=mlflow_parent_run_id,
-                       tags=tags)
+                       tags=tags, timeline=timeline, start_ray=start_ray)
     if output is not None:
         output.attach(Path(plan.storage_path) / plan.run_name, follow=True)
-    # after every check: bad input fails before Ray or any worker starts
-    ensure_ray(cfg.scale.address, verbose=output.verbose if output is not None else True)
-    if output is not None:
         output.ray_logs = ray_logs_dir()
     trainer = build_trainer(plan, callbacks)
     try:
         result = trainer.fit()
-    except BaseException:
+    except BaseException as e:
         plan.tracker.terminate("FAILED")
+        bad = train_data.data_error_in(e)
+        if bad is not None:  # a shard that cannot be read: one error naming the file, not Ray Train's wrapper
+            raise bad from None
         raise
     out = _finish(plan, result, time.perf_counter() - t0)
     out.best_metrics = _best_metrics(result, out)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
@@ -23,6 +23,7 @@ from spklip.loss import caption_keys
 from spklip.torchutil import maybe_autocast, unwrap
 from spklip.train.checkpoint import TrainState
 from spklip.train.schedule import build_optimizer, build_scheduler
+from spklip.train.timing import Phases
 
 Batch = dict[str, Any]  # {"spikes": uint8 [B, N, H, W], "caption": list[str], "label": int64 [B], ...}
 
@@ -54,6 +55,7 @@ class Loop:
     total_steps: int
     autocast_dtype: torch.dtype | None = None
     rank: int = 0  # seeds this worker's augmentation stream
+    phases: Phases = field(default_factory=Phases)  # seconds waiting for ``data`` and in ``step`` (fwd/bwd/opt)
 
     @classmethod
     def create(cls, cfg: ExperimentConfig, model: torch.nn.Module, loss_fn, device: torch.device,
@@ -132,24 +134,31 @@ def train_epoch(loop: Loop, batches: Iterable[Batch], state: TrainState,
 
     ``state`` is updated in place: ``step`` after each optimiser step, ``batch_in_epoch`` after each micro-batch.
     A trailing group of fewer than ``accum_steps`` micro-batches still makes one (smaller) optimiser step.
+    ``loop.phases`` gains the seconds spent waiting for batches (``data``) and in forward/backward/optimiser
+    (``step``); what the hooks take is neither.
     """
     accum, max_steps = loop.cfg.optim.accum_steps, loop.cfg.train.max_steps
     loop.model.train()
     pending: list[dict[str, float]] = []
     t0 = time.perf_counter()
     clips = 0
-    it = _skip(batches, state.batch_in_epoch)
-    batch = next(it, None)
+    timed = loop.phases.timed
+    with timed("data"):
+        it = _skip(batches, state.batch_in_epoch)
+        batch = next(it, None)
     while batch is not None:
-        nxt = next(it, None)  # look ahead so the last micro-batch of the epoch syncs gradients
+        with timed("data"):
+            nxt = next(it, None)  # look ahead so the last micro-batch of the epoch syncs gradients
         last_in_group = len(pending) + 1 == accum or nxt is None
-        pending.append(loop.micro_step(batch, 1.0 / accum, sync=last_in_group, epoch=state.epoch,
-                                       index=state.batch_in_epoch))
+        with timed("step"):
+            pending.append(loop.micro_step(batch, 1.0 / accum, sync=last_in_group, epoch=state.epoch,
+                                           index=state.batch_in_epoch))
         clips += len(batch["caption"])
         state.batch_in_epoch += 1
         if last_in_group:
             metrics = {k: float(np.mean([m[k] for m in pending])) for k in pending[0]}
-            metrics["grad_norm"] = loop.optimizer_step()
+            with timed("step"):
+                metrics["grad_norm"] = loop.optimizer_step()
             metrics["lr"] = loop.scheduler.get_last_lr()[0]
             metrics["clips_per_s"] = clips / max(time.perf_counter() - t0, 1e-9)
             state.step += 1

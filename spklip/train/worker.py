@@ -11,12 +11,13 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ray.train
 import ray.train.torch
+from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerGroupCallback
 
 from spklip.config import ExperimentConfig
 from spklip.loss import ClipLoss
@@ -28,6 +29,7 @@ from spklip.train.epoch_eval import EpochEvaluator
 from spklip.train.faults import maybe_crash
 from spklip.train.loop import Loop, run_training, seed_everything
 from spklip.train.progress import append_line, epoch_line
+from spklip.train.timing import PHASES, RunTiming, Timeline, epoch_metrics, startup_metrics
 from spklip.tracking import SPOOL_DIR, Tracker
 
 
@@ -41,6 +43,7 @@ class WorkerPlan:
     tracking_uri: str
     mlflow_run_id: str | None  # rank 0 logs to this run; None: tracking off
     run_dir: str | None = None  # {storage_path}/{run_name}: rank 0's progress lines and tracking spool go there
+    timeline: Timeline = field(default_factory=Timeline)  # the driver's start-up milestones (command start on)
 
     @property
     def local_run_dir(self) -> str | None:
@@ -89,10 +92,16 @@ class _WorkerRun:
     def __init__(self, plan: WorkerPlan):
         self.plan = plan
         self.cfg = cfg = plan.cfg
+        self.timeline = plan.timeline.copy()  # local mode runs in the driver: never mark the driver's plan
+        self.timeline.mark("worker_start")  # the worker group and this process started, train_fn called
         ctx = ray.train.get_context()
         self.rank, world = ctx.get_world_rank(), ctx.get_world_size()
         self.model, loss_fn, self.device = _setup_model(cfg, world, self.rank)
+        self.timeline.mark("model_build")
         self.loop = Loop.create(cfg, self.model, loss_fn, self.device, plan.total_steps, rank=self.rank)
+        self.phases = self.loop.phases  # the loop adds data and step; this run eval, bn and checkpoint
+        self.timing = RunTiming()
+        self.batched = self.stepped = False  # this process has had its first batch, made its first step
         self.state = TrainState()
         checkpoint = _resume_point(plan)
         if checkpoint is not None:  # a restarted worker group or a resumed run: continue where the last report was
@@ -106,10 +115,12 @@ class _WorkerRun:
         self.epoch_drained = False  # set by _epoch_batches when the epoch has no batch left
         self.checkpointed_step = -1  # step of the last report that carried a checkpoint
         self.last_loss: float | None = None  # for the progress line
+        self.timeline.mark("setup")  # optimiser, resume, tracker, evaluator
         self.epoch_started = time.monotonic()
 
     def run(self) -> None:
         shard = ray.train.get_dataset_shard("train")
+        self.epoch_started = time.monotonic()
         run_training(self.loop, self.state, lambda epoch: self._epoch_batches(shard, epoch), self.on_step,
                      self.on_epoch_end)
 
@@ -117,7 +128,17 @@ class _WorkerRun:
         """The epoch's batches; marks the epoch as drained once the loop's look-ahead finds no next batch, which
         happens before the epoch's last ``on_step`` (the loop looks ahead to sync gradients on the last batch)."""
         self.epoch_drained = False
-        yield from train_data.train_batches(shard, self.cfg, epoch)
+        try:
+            for batch in train_data.train_batches(shard, self.cfg, epoch):
+                if not self.batched:
+                    self.batched = True
+                    self.timeline.mark("first_batch")
+                yield batch
+        except Exception as e:
+            bad = train_data.data_error_in(e)  # a bad shard: raised plainly, so `FailFastOnDataError` recognises it
+            if bad is None:
+                raise
+            raise bad from None
         self.epoch_drained = True
 
     def _save(self, directory: str | Path) -> Path:
@@ -141,8 +162,14 @@ class _WorkerRun:
             ckpt = ray.train.Checkpoint.from_directory(str(self._save(d))) if self.rank == 0 else None
             ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name)
 
+    def timed_report(self, metrics: dict[str, float]) -> None:
+        with self.phases.timed("checkpoint"):  # saving, Ray's persisting and its wait for every rank
+            self.report(metrics)
+
     def on_step(self, st: TrainState, metrics: dict[str, float]) -> None:
         maybe_crash(st.step, self.rank)
+        if not self.stepped:
+            self.first_step(st.step)
         train = self.cfg.train
         self.last_loss = metrics.get("loss", self.last_loss)
         if self.rank == 0 and st.step % train.log_every == 0:
@@ -152,15 +179,58 @@ class _WorkerRun:
         ends_epoch = self.epoch_drained or (train.max_steps and st.step >= train.max_steps)
         if train.checkpoint_every and st.step % train.checkpoint_every == 0 and not ends_epoch:
             unscored = float("-inf") if train.metric_mode == "max" else float("inf")  # not evaluated yet
-            self.report({"step": st.step, "epoch": st.epoch, "train/loss": metrics["loss"], train.metric: unscored})
+            self.timed_report({"step": st.step, "epoch": st.epoch, "train/loss": metrics["loss"],
+                               train.metric: unscored})
+
+    def first_step(self, step: int) -> None:
+        """The first optimiser step of this process is done: rank 0 logs the start-up breakdown."""
+        self.stepped = True
+        self.timeline.mark("first_step")
+        self.timing.startup_s, metrics = startup_metrics(self.timeline)
+        self.timing.startup = self.timeline.phases()
+        if self.rank == 0:
+            self.tracker.log_metrics(metrics, step)
 
     def on_epoch_end(self, st: TrainState) -> None:
         if self.rank == 0:
-            self.last_eval = self.evaluator.run(self.model, self.device, st.step, st.epoch, self.loop.autocast_dtype)
+            self.last_eval = self.evaluator.run(self.model, self.device, st.step, st.epoch, self.loop.autocast_dtype,
+                                                phases=self.phases)
             st.metrics = dict(self.last_eval)
             if self.plan.run_dir:
                 append_line(self.plan.run_dir, epoch_line(int(st.epoch), self.cfg.train.epochs, st.step,
                                                           self.plan.total_steps, self.cfg.train.metric, self.last_eval,
-                                                          self.last_loss, time.monotonic() - self.epoch_started))
-            self.epoch_started = time.monotonic()
-        self.report({"step": st.step, "epoch": st.epoch, **self.last_eval})
+                                                          self.last_loss, time.monotonic() - self.epoch_started,
+                                                          {p: self.phases.seconds.get(p, 0.0) for p in PHASES}))
+        self.timed_report({"step": st.step, "epoch": st.epoch, **self.last_eval})
+        self.end_epoch_timing(st.step)
+
+    def end_epoch_timing(self, step: int) -> None:
+        """Close the epoch's time breakdown (its checkpoint included): rank 0 logs it and rewrites the run folder's
+        `spklip.train.timing.TIMING_FILE`."""
+        now = time.monotonic()
+        seconds, epoch_s = self.phases.take(), now - self.epoch_started
+        self.epoch_started = now
+        if self.rank != 0:
+            return
+        self.timing.add_epoch({p: seconds.get(p, 0.0) for p in PHASES}, self.timeline.elapsed())
+        self.tracker.log_metrics({**epoch_metrics(seconds, epoch_s), **self.timing.run_metrics()}, step)
+        if self.plan.run_dir:
+            self.timing.write(self.plan.run_dir)
+
+
+class FailFastOnDataError(WorkerGroupCallback, ControllerCallback):
+    """A worker that failed on a bad shard (`spklip.train.data.DataError`) fails the run at once: restarting the
+    workers would read the same file again, ``scale.max_failures`` times. Ray Train retries every worker error; a
+    controller callback that raises makes a controller error, which it does not retry (Ray 2.60, Train v2).
+    (Internal Ray Train hooks: the public ``UserCallback`` can observe a worker's error but not stop the retry.)"""
+
+    def __init__(self):
+        self.error: train_data.DataError | None = None
+
+    def after_worker_group_poll_status(self, worker_group_status) -> None:
+        for error in (worker_group_status.errors or {}).values():
+            self.error = self.error or train_data.data_error_in(error)
+
+    def before_controller_execute_failure_decision(self, failure_decision) -> None:
+        if self.error is not None:
+            raise self.error
