@@ -131,7 +131,8 @@ def _world(cfg: ExperimentConfig) -> int:
 
 def local_run_folder(cfg: ExperimentConfig, storage_path: str, run_name: str) -> Path:
     """Where a run's logs, progress lines and tracking spool live: ``{storage_path}/{run_name}`` for local storage;
-    for an object store (no appends there) its mirror under ``train.run_dir``, ``<run_dir>/s3/<bucket>/<prefix>/<run>``."""
+    for an object store (no appends there) its mirror under ``train.run_dir``:
+    ``<run_dir>/s3/<bucket>/<prefix>/<run name>``."""
     if not storage.is_uri(storage_path):
         return Path(storage_path) / run_name
     scheme, _, rest = storage_path.partition("://")
@@ -295,7 +296,8 @@ def _finish(plan: RunPlan, result, seconds: float) -> FitResult:
         best = max(result.best_checkpoints, key=lambda cm: sign * cm[1].get(plan.cfg.train.metric, float("-inf")))[0]
     elif result.checkpoint is not None:  # local mode ranks nothing: its last checkpoint is the evaluated end state
         best = result.checkpoint
-    out = FitResult(metrics=dict(result.metrics or {}), checkpoint=_checkpoint_uri(plan.storage_path, result.checkpoint),
+    out = FitResult(metrics=dict(result.metrics or {}),
+                    checkpoint=_checkpoint_uri(plan.storage_path, result.checkpoint),
                     best_checkpoint=_checkpoint_uri(plan.storage_path, best), run_name=plan.run_name,
                     storage_path=plan.storage_path, mlflow_run_id=plan.tracker.run_id if plan.tracker.enabled
                     else None, seconds=seconds)
