@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from spklip.data import storage
 from spklip.data.dat import write_dat
 from spklip.data.folders import FolderSpec, frame_count, read_frames
 from spklip.data.shards import SPLITS, decode_batch, open_shard, reading, validate_shards
@@ -68,7 +69,8 @@ def register(subparsers) -> None:
 
 
 def _build_args(p: argparse.ArgumentParser, kind: str) -> None:
-    p.add_argument("--out", required=True, help="dataset folder to create")
+    p.add_argument("--out", required=True, help="dataset folder to create, or an s3://bucket/prefix URI "
+                       "(docs/cluster.md, \"Object storage (S3)\")")
     p.add_argument("--overwrite", action="store_true", help="replace an existing spklip dataset folder (nothing else)")
     p.add_argument("--model", default="spklip-tiny", help="take the clip shape (N, H, W) from this model preset")
     p.add_argument("--planes", type=int, help="spike planes N per clip (overrides --model)")
@@ -185,7 +187,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _firing_rate(path: str, meta: dict) -> float:
-    first = Path(path) / next(files[0] for files in meta["shards"].values() if files)
+    first = storage.join(path, next(files[0] for files in meta["shards"].values() if files))
     with reading(first):
         table = open_shard(first).read_row_group(0).slice(0, 64)
     return float(decode_batch(table)["spikes"].mean())

@@ -106,7 +106,8 @@ def register(subparsers) -> None:
     add_set_flag(p)
     p.add_argument("--address", default="", help="Ray cluster address (default: RAY_ADDRESS or in-process Ray)")
     p.add_argument("--name", default=None, help="run name (default <preset>-<timestamp>); an existing one resumes")
-    p.add_argument("--storage", default=None, help="Ray storage root (default <train.run_dir>/ray)")
+    p.add_argument("--storage", default=None, help="Ray storage root (default <train.run_dir>/ray): a folder, or an "
+                   "s3:// URI for checkpoints in a bucket (docs/cluster.md, \"Object storage (S3)\")")
     p.add_argument("--resume", default=None, metavar="NAME|DIR",
                    help="continue an interrupted run (a killed driver, a lost machine) from its latest checkpoint, "
                    "with the config it started with: its name under --storage, or its folder")

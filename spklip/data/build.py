@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Iterator
 from tqdm import tqdm
 
 from spklip.config import load_config
+from spklip.data import storage
 from spklip.data.folders import FolderSpec, UnreadableInputs, dat_clip, folder_plan, video_clip
 from spklip.data.moving_digits import DigitsSpec, digit_class_clips, digit_clips
 from spklip.data.parallel import Mapper, ray_mapper, serial_map
@@ -130,5 +131,7 @@ def build_summary(meta: dict[str, Any], out: str | os.PathLike) -> str:
 
 
 def has_shards(path: str | os.PathLike) -> bool:
-    """Whether `path` holds Parquet shard files (anywhere below it)."""
+    """Whether `path` (a folder or an object-store prefix) holds Parquet shard files (anywhere below it)."""
+    if storage.is_uri(path):
+        return any(f.endswith(".parquet") for f in storage.list_files(path))
     return any(Path(path).glob("**/*.parquet"))

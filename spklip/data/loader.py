@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from spklip.data import storage
 from spklip.data.read import read_split, to_torch
 from spklip.data.shards import decode_batch, split_files, validate_shards
 
@@ -55,7 +56,8 @@ def ray_dataset(path: str | os.PathLike, split: str, *, materialize: bool = Fals
     meta = validate_shards(path)
     files = split_files(path, split, meta)
     clip_bytes = int(np.prod(meta["clip_shape"]))
-    ds = ray.data.read_parquet([str(f) for f in files], columns=READ_COLUMNS)
+    fs, _ = storage.resolve(files[0])  # one filesystem for the split (an object store's: its endpoint, no secret)
+    ds = ray.data.read_parquet([storage.resolve(f)[1] for f in files], columns=READ_COLUMNS, filesystem=fs)
     ds = ds.map_batches(decode_batch, batch_format="pyarrow", batch_size=max(1, DECODED_BATCH_BYTES // clip_bytes))
     return ds.materialize() if materialize else ds
 

@@ -20,7 +20,6 @@ from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from spklip.config import ExperimentConfig
@@ -76,7 +75,7 @@ def sample_batches(path: str | os.PathLike, split: str, num_batches: int, batch_
     rows = []
     for f in files:
         with reading(f):
-            rows.append(pq.ParquetFile(f).metadata.num_rows)
+            rows.append(open_shard(f).metadata.num_rows)
     total = sum(rows)
     n = min(num_batches * batch_size, total - total % batch_size)
     if n <= 0:

@@ -14,6 +14,13 @@ tasks do not) and `verify_pages` (``spklip data inspect``) checks for every page
 written into a temporary sibling folder and renamed at the end, so a failure never leaves a partial dataset behind;
 an existing folder is replaced only when it is a spklip dataset (its manifest lists every file in it), see
 `spklip.outdir`.
+
+``DIR`` may also be an ``s3://bucket/prefix`` URI (`spklip.data.storage`). An object store has no rename, so there a
+build is staged in a local temporary folder as above and then uploaded with the manifest last: the manifest is the
+commit (readers open nothing without it, and it lists only files already uploaded). While uploading, a marker
+``_spklip_partial.json`` lists the files being written, so an interrupted upload is recognised as spklip's and
+replaced by the next ``overwrite`` build; replacing a dataset deletes its manifest first, so from then until the new
+manifest lands the prefix holds no dataset (never a mix of old and new files), see `upload_dataset`.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,13 +41,16 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from spklip.outdir import check_replaceable, make_temp, read_marker, replace_dir
+from spklip.data import storage
+from spklip.outdir import RefusedError, check_replaceable, make_temp, read_marker, replace_dir
 
 SCHEMA_VERSION = 1
 METADATA_KEY = b"spklip"
 MANIFEST = "manifest.json"
+PARTIAL = "_spklip_partial.json"  # on an object store, while a build uploads: the files it is writing
 ROW_GROUP_BYTES = 32 * 2**20  # packed spikes per Parquet row group (the unit readers fetch)
 WRITER_THREADS = 4  # shard files a build writes at once (zstd + Parquet encoding, GIL released), `write_rows`
 SEEN_SPLITS = ("train", "val", "test")  # seen classes, disjoint clips
@@ -319,8 +330,14 @@ def write_rows(rows: Iterable[Row], out_dir: str | os.PathLike, info: DatasetInf
     Raises:
         ShardError: as `write_shards`, and a file that cannot be written (naming it); nothing is left on disk.
     """
+    check_out_dir(out_dir, overwrite)
+    if storage.is_uri(out_dir):  # staged locally, then uploaded with the manifest last (the module docstring)
+        with tempfile.TemporaryDirectory(prefix="spklip-stage-") as stage:
+            meta = write_rows(rows, Path(stage) / "dataset", info, target_shard_mb=target_shard_mb,
+                              writer_threads=writer_threads)
+            upload_dataset(Path(stage) / "dataset", str(out_dir), overwrite)
+        return meta
     out = Path(out_dir)
-    check_out_dir(out, overwrite)
     if set(info.unseen_labels) - set(range(len(info.class_names))):
         raise ShardError(f"unseen labels {info.unseen_labels} outside 0..{len(info.class_names) - 1}")
     tmp = make_temp(out)  # also clears what an interrupted earlier build left beside `out`
@@ -344,13 +361,78 @@ def write_rows(rows: Iterable[Row], out_dir: str | os.PathLike, info: DatasetInf
     return meta
 
 
-def dataset_files(root: Path) -> set[str] | None:
-    """The files spklip wrote in a dataset folder (its manifest and the shards it lists); None if no manifest."""
-    meta = read_marker(root / MANIFEST, ("schema_version", "fingerprint", "shards"))
+def upload_dataset(local: Path, uri: str, overwrite: bool) -> None:
+    """Upload the finished dataset folder `local` to the object-store prefix `uri`, committing it by writing the
+    manifest last.
+
+    Order: the marker `PARTIAL` (the new files), the old manifest deleted (the old dataset is gone from here on),
+    the old files the new dataset does not reuse deleted, the shards uploaded, the manifest, the marker deleted.
+    A reader never sees a manifest listing a missing or replaced file; one that opened the old manifest before the
+    replacement may fail on a file that changed under it (replace a dataset nobody is reading, or use a new prefix).
+    """
+    check_out_dir(uri, overwrite)  # again: the prefix may have changed during a long build
+    new = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
+    shards = [f for f in new if f != MANIFEST]
+    storage.write_text(storage.join(uri, PARTIAL), json.dumps({"spklip_partial": True, "files": new}))
+    old = storage.list_files(uri)
+    storage.remove(uri, [f for f in old if f == MANIFEST])
+    storage.remove(uri, [f for f in old if f not in new and f not in (MANIFEST, PARTIAL)])
+    fs, root = storage.resolve(uri)
+    local_fs = pafs.LocalFileSystem()
+    for rel in shards:
+        pafs.copy_files(str(local / rel), f"{root}/{rel}", source_filesystem=local_fs, destination_filesystem=fs)
+    pafs.copy_files(str(local / MANIFEST), f"{root}/{MANIFEST}", source_filesystem=local_fs,
+                    destination_filesystem=fs)  # the commit
+    storage.remove(uri, [PARTIAL])
+
+
+def _owned_files(root: str | Path, marker: str, listed: Callable[[dict], list[str]],
+                 required: tuple[str, ...]) -> set[str] | None:
     try:
-        return {MANIFEST, *(str(f) for files in meta["shards"].values() for f in files)} if meta else None
+        data = json.loads(storage.read_text(storage.join(root, marker)))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(data, dict) or not all(k in data for k in required):
+        return None
+    try:
+        return {marker, *(str(f) for f in listed(data))}
     except (AttributeError, TypeError):
         return None
+
+
+def dataset_files(root: str | Path) -> set[str] | None:
+    """The files spklip wrote in a dataset folder (its manifest and the shards it lists); None if no manifest."""
+    if not storage.is_uri(root):
+        meta = read_marker(Path(root) / MANIFEST, ("schema_version", "fingerprint", "shards"))
+        try:
+            return {MANIFEST, *(str(f) for files in meta["shards"].values() for f in files)} if meta else None
+        except (AttributeError, TypeError):
+            return None
+    owned = _owned_files(root, MANIFEST, lambda m: [f for files in m["shards"].values() for f in files],
+                         ("schema_version", "fingerprint", "shards"))
+    partial = _owned_files(root, PARTIAL, lambda m: m["files"], ("spklip_partial", "files"))
+    if owned is None and partial is None:
+        return None
+    return (owned or set()) | (partial or set())
+
+
+def _check_out_prefix(uri: str, overwrite: bool) -> None:
+    """`check_out_dir` for an object-store prefix: absent (no object below it), or a spklip dataset (or an
+    interrupted upload of one) holding nothing else."""
+    present = storage.list_files(uri)
+    if not present:
+        return
+    owned = dataset_files(uri)
+    if owned is None:
+        raise RefusedError(f"{uri} holds objects but no spklip dataset (no {MANIFEST}); spklip will not replace it "
+                           "(choose another prefix or remove it yourself)")
+    foreign = sorted(set(present) - owned)
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise RefusedError(f"{uri} holds objects spklip did not write ({', '.join(foreign[:3])}{more}); spklip will "
+                           "not replace it (move them out or choose another prefix)")
+    if not overwrite:
+        raise ShardError(f"{uri} already exists; pass overwrite=True (--overwrite) to replace it")
 
 
 def check_out_dir(out: str | os.PathLike, overwrite: bool) -> None:
@@ -360,6 +442,9 @@ def check_out_dir(out: str | os.PathLike, overwrite: bool) -> None:
         RefusedError: `out` is a file, a link, or a folder that is not a spklip dataset or holds other files.
         ShardError: `out` exists and `overwrite` is off.
     """
+    if storage.is_uri(out):
+        _check_out_prefix(str(out), overwrite)
+        return
     check_replaceable(out, dataset_files, "a spklip dataset")
     if os.path.lexists(out) and not overwrite:
         raise ShardError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
@@ -379,11 +464,11 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     Raises:
         ShardError: no manifest, or one written by another schema version.
     """
-    root = Path(path)
-    manifest = root / MANIFEST
-    if not manifest.is_file():
+    root = path if storage.is_uri(path) else Path(path)
+    manifest = storage.join(root, MANIFEST)
+    if not storage.is_file(manifest):
         raise ShardError(f"{root} is not a spike shard folder (no {MANIFEST}); build one with `spklip data build`")
-    meta = json.loads(manifest.read_text())
+    meta = json.loads(storage.read_text(manifest))
     if meta.get("schema_version") != SCHEMA_VERSION:
         raise ShardError(f"{root}: shard schema version {meta.get('schema_version')!r}, this spklip reads version "
                          f"{SCHEMA_VERSION}; rebuild the dataset with `spklip data build`")
@@ -411,12 +496,14 @@ def reading(file: str | os.PathLike):
 def open_shard(file: str | os.PathLike) -> pq.ParquetFile:
     """``pq.ParquetFile`` that verifies page checksums on every page it reads (files written before spklip wrote
     checksums have none: their pages are read unverified)."""
-    return pq.ParquetFile(file, page_checksum_verification=True)
+    fs, path = storage.resolve(file)
+    return pq.ParquetFile(path, page_checksum_verification=True, filesystem=fs)
 
 
 def read_shard(file: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
     """``pq.read_table`` of one shard file, verifying page checksums."""
-    return pq.read_table(file, columns=columns, page_checksum_verification=True)
+    fs, path = storage.resolve(file)
+    return pq.read_table(path, columns=columns, page_checksum_verification=True, filesystem=fs)
 
 
 def verify_pages(file: str | os.PathLike) -> None:
@@ -443,15 +530,15 @@ def validate_shards(path: str | os.PathLike, pages: bool = False) -> dict[str, A
         ShardError: naming the file and the problem (missing file, missing or mistyped column, wrong version,
             with ``pages`` a corrupted page).
     """
-    root = Path(path)
-    meta = read_metadata(root)
+    meta = read_metadata(path)
     for files in meta["shards"].values():
         for rel in files:
-            file = root / rel
-            if not file.is_file():
+            file = storage.join(path, rel)
+            if not storage.is_file(file):
                 raise ShardError(f"{file} is listed in {MANIFEST} but missing")
             with reading(file):
-                schema = pq.read_schema(file)
+                fs, fs_path = storage.resolve(file)
+                schema = pq.read_schema(fs_path, filesystem=fs)
             for f in SCHEMA:
                 if f.name not in schema.names or schema.field(f.name).type != f.type:
                     found = schema.field(f.name).type if f.name in schema.names else "missing"
@@ -465,11 +552,12 @@ def validate_shards(path: str | os.PathLike, pages: bool = False) -> dict[str, A
     return meta
 
 
-def split_files(path: str | os.PathLike, split: str, meta: dict[str, Any] | None = None) -> list[Path]:
-    """The Parquet files of one split; an unknown or empty split is a clear error."""
+def split_files(path: str | os.PathLike, split: str, meta: dict[str, Any] | None = None) -> list[Path | str]:
+    """The Parquet files of one split (``Path``s, or URIs for a dataset on an object store); an unknown or empty
+    split is a clear error."""
     meta = meta or read_metadata(path)
     if split not in SPLITS:
         raise ShardError(f"unknown split {split!r}; splits are {', '.join(SPLITS)}")
     if not meta["splits"].get(split):
         raise ShardError(f"split {split!r} of {path} is empty (clips per split: {meta['splits']})")
-    return [Path(path) / rel for rel in meta["shards"][split]]
+    return [storage.join(path, rel) for rel in meta["shards"][split]]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from spklip.data.build import build_dataset, has_shards, preset_clip_shape
 from spklip.data.moving_digits import DigitsSpec
+from spklip.data.storage import is_uri
 from spklip.data.simulate import SimParams
 
 SMOKE_DIGITS = (0, 1, 2)
@@ -35,10 +36,12 @@ def build_smoke_data(out: str | os.PathLike, preset: str = "spklip-tiny") -> Pat
     return Path(out)
 
 
-def ensure_smoke_data(path: str | os.PathLike, run_dir: str | os.PathLike, preset: str = "spklip-tiny") -> Path:
-    """`path` if it holds shards; else ``<run_dir>/data/smoke-digits``, built there first unless it already is."""
+def ensure_smoke_data(path: str | os.PathLike, run_dir: str | os.PathLike,
+                      preset: str = "spklip-tiny") -> Path | str:
+    """`path` if it holds shards (a URI stays a string); else ``<run_dir>/data/smoke-digits``, built there first
+    unless it already is."""
     if has_shards(path):
-        return Path(path)
+        return path if is_uri(path) else Path(path)
     out = Path(run_dir) / "data" / "smoke-digits"
     if not has_shards(out):
         build_smoke_data(out, preset)

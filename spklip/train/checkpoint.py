@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from spklip.config import ExperimentConfig
+from spklip.data import storage
 from spklip.torchutil import unwrap
 
 STATE_FILE = "state.pt"
@@ -150,13 +151,17 @@ def verify_checksum(state_file: str | Path) -> bool:
 def read_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load ``state.pt`` with ``weights_only=True`` after checking it against ``state.pt.sha256``.
 
-    A checkpoint written before checksums existed (no ``state.pt.sha256``) still loads, unverified.
+    A checkpoint written before checksums existed (no ``state.pt.sha256``) still loads, unverified. `directory` may
+    be an ``s3://`` URI (a checkpoint in a Ray storage bucket): it is downloaded first.
 
     Raises:
         FileNotFoundError: no ``state.pt`` there.
         CheckpointError: bytes that do not match the checksum, or a file torch cannot read; names the file.
         ValueError: a checkpoint of another format version.
     """
+    if storage.is_uri(directory):  # a checkpoint in a bucket: downloaded, loaded whole, the copy removed
+        with storage.local_copy(directory) as local:
+            return read_checkpoint(local, map_location)
     path = Path(directory)
     if path.is_dir():
         path = path / STATE_FILE

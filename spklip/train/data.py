@@ -17,7 +17,6 @@ import sys
 from typing import Any, Iterator
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from spklip.config import ExperimentConfig
 from spklip.data.loader import DECODED_BATCH_BYTES, READ_COLUMNS, torch_batches
@@ -71,7 +70,7 @@ def streaming_dataset(cfg: ExperimentConfig):
     groups = []
     for file in split_files(cfg.data.path, cfg.data.train_split, meta):
         with reading(file):
-            groups += [{"file": str(file), "group": g} for g in range(pq.read_metadata(file).num_row_groups)]
+            groups += [{"file": str(file), "group": g} for g in range(open_shard(file).num_row_groups)]  # URI too
     chunk = max(1, DECODED_BATCH_BYTES // int(np.prod(meta["clip_shape"])))  # clips decoded at once
     ds = ray.data.from_items(groups, override_num_blocks=len(groups))
     if cfg.data.shuffle:

@@ -6,6 +6,10 @@ Public API (also used by the sweep layer, spklip/tune):
   * `build_trainer(plan, callbacks) -> TorchTrainer`: the workers get one typed `WorkerPlan`.
   * `fit(cfg, ...) -> FitResult`: build, fit, log the best checkpoint's encoder as an MLflow model, close the run.
 Re-running with the same ``run_name`` and ``storage_path`` resumes from the latest checkpoint (same MLflow run).
+
+``storage_path`` may be an ``s3://`` URI (`spklip.data.storage`): Ray's storage (checkpoints, results) and the small
+files a resume reads (`CONFIG_FILE`, `RUN_FILE`) go to the bucket; what is appended while the run trains (spklip.log,
+progress.log, the tracking spool) stays in a local run folder, `local_run_folder`.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import yaml
 from ray.train.torch import TorchTrainer
 
 from spklip.config import ExperimentConfig, to_dict
+from spklip.data import storage
 from spklip.data.read import dataset_info
 from spklip.logs import RunOutput
 from spklip.train.export import export_checkpoint
@@ -120,7 +125,7 @@ def resolve_paths(cfg: ExperimentConfig) -> ExperimentConfig:
     (Ray workers, Tune trials, a resumed run) mean the same files and the same MLflow store."""
     run_dir = Path(cfg.train.run_dir).resolve()
     return dataclasses.replace(
-        cfg, data=dataclasses.replace(cfg.data, path=str(Path(cfg.data.path).resolve())),
+        cfg, data=dataclasses.replace(cfg.data, path=storage.absolute(cfg.data.path)),
         train=dataclasses.replace(cfg.train, run_dir=str(run_dir)),
         tracking=dataclasses.replace(cfg.tracking, uri=resolve_uri(cfg.tracking.uri, run_dir)))
 
@@ -129,18 +134,30 @@ def _world(cfg: ExperimentConfig) -> int:
     return max(1, cfg.scale.num_workers)
 
 
+def local_run_folder(cfg: ExperimentConfig, storage_path: str, run_name: str) -> Path:
+    """Where a run's logs, progress lines and tracking spool live: ``{storage_path}/{run_name}`` for local storage;
+    for an object store (no appends there) its mirror under ``train.run_dir``:
+    ``<run_dir>/s3/<bucket>/<prefix>/<run name>``."""
+    if not storage.is_uri(storage_path):
+        return Path(storage_path) / run_name
+    scheme, _, rest = storage_path.partition("://")
+    return Path(cfg.train.run_dir).joinpath(scheme, *rest.strip("/").split("/"), run_name)
+
+
 def _mlflow_run(cfg: ExperimentConfig, run_name: str, run_folder: Path, dataset: dict[str, Any],
-                parent_run_id: str | None, extra_tags: dict[str, str] | None = None) -> Tracker:
+                parent_run_id: str | None, extra_tags: dict[str, str] | None = None,
+                saved: str | Path | None = None) -> Tracker:
     """Reuse the MLflow run of an earlier attempt of this Ray run (resume), else start a new one: config as params
     and as ``config/resolved.yaml``, the shard set as the run's training input, system metrics from this process
-    until the run ends. Calls the server cannot take go to ``<run folder>/tracking_spool``."""
+    until the run ends. Calls the server cannot take go to ``<run folder>/tracking_spool``; the run id is kept in
+    `saved` (default ``<run folder>/spklip_run.json``; for an object store, the run's folder in the bucket)."""
     uri = cfg.tracking.uri
     if not cfg.tracking.enabled:
         return Tracker(uri, None)
-    saved = run_folder / RUN_FILE
+    saved = saved or run_folder / RUN_FILE
     spool = run_folder / SPOOL_DIR
-    if saved.exists():
-        tracker = Tracker(uri, json.loads(saved.read_text())["mlflow_run_id"], spool_dir=spool)
+    if storage.exists(saved):
+        tracker = Tracker(uri, json.loads(storage.read_text(saved))["mlflow_run_id"], spool_dir=spool)
         ensure_experiment(tracker, cfg.tracking.experiment, cfg.train.run_dir)  # an experiment made before the tag
     else:
         tags = {"git_commit": git_commit(), "dataset_fingerprint": dataset["fingerprint"],
@@ -154,8 +171,8 @@ def _mlflow_run(cfg: ExperimentConfig, run_name: str, run_folder: Path, dataset:
         tracker.log_dataset(shard_set_dataset(dataset), context="training",
                             tags={"spklip.train_split": cfg.data.train_split, "spklip.val_split": cfg.data.val_split})
         run_folder.mkdir(parents=True, exist_ok=True)
-        saved.write_text(json.dumps({"mlflow_run_id": tracker.run_id, "tracking_uri": uri,
-                                     "parent_run_id": parent_run_id}))
+        storage.write_text(saved, json.dumps({"mlflow_run_id": tracker.run_id, "tracking_uri": uri,
+                                              "parent_run_id": parent_run_id}))
     claim_run(tracker, run_folder)  # `spklip tracking sync` closes the run as KILLED once this process is gone
     if cfg.tracking.system_metrics:
         # Here, on the driver, for the run's lifetime: the workers of an in-process Ray or a one-node cluster share
@@ -179,14 +196,16 @@ def prepare_run(cfg: ExperimentConfig, *, run_name: str | None = None, storage_p
     total = spe * cfg.train.epochs
     total = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
     run_name = run_name or cfg.tracking.run_name or f"{cfg.model_preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    storage_path = str(Path(storage_path or Path(cfg.train.run_dir) / "ray").resolve())
+    storage_path = storage.absolute(storage_path or Path(cfg.train.run_dir) / "ray")
     private_dir(cfg.train.run_dir)  # every check passed: the MLflow store, checkpoints and spool, the user's alone
-    run_folder = Path(storage_path) / run_name
-    if not (run_folder / CONFIG_FILE).exists():  # the first attempt's config is what a --resume trains
-        run_folder.mkdir(parents=True, exist_ok=True)
-        (run_folder / CONFIG_FILE).write_text(json.dumps(cfg.to_flat_dict(), indent=1))
+    run_folder = local_run_folder(cfg, storage_path, run_name)
+    run_folder.mkdir(parents=True, exist_ok=True)
+    config_file = storage.join(storage_path, run_name, CONFIG_FILE)
+    if not storage.exists(config_file):  # the first attempt's config is what a --resume trains
+        storage.write_text(config_file, json.dumps(cfg.to_flat_dict(), indent=1))
     with ThreadPoolExecutor(1, thread_name_prefix="spklip-mlflow-run") as pool:
-        opening = pool.submit(_mlflow_run, cfg, run_name, run_folder, dataset, mlflow_parent_run_id, tags)
+        opening = pool.submit(_mlflow_run, cfg, run_name, run_folder, dataset, mlflow_parent_run_id, tags,
+                              saved=storage.join(storage_path, run_name, RUN_FILE))
         if start_ray is not None:
             start_ray()
             timeline.mark("ray_init")
@@ -197,17 +216,20 @@ def prepare_run(cfg: ExperimentConfig, *, run_name: str | None = None, storage_p
 
 def resume_target(name_or_dir: str, storage_path: str | None, run_dir: str) -> tuple[ExperimentConfig, str, str]:
     """``(config, run_name, storage_path)`` of an earlier run to continue: `name_or_dir` is its folder, or its name
-    under `storage_path` (default ``<run_dir>/ray``). The config is the one the run started with."""
-    folder = Path(name_or_dir)
-    if not (folder / CONFIG_FILE).exists():
-        folder = Path(storage_path or Path(run_dir) / "ray") / name_or_dir
-    if not (folder / CONFIG_FILE).exists():
-        raise FileNotFoundError(f"--resume {name_or_dir}: no spklip run there ({folder / CONFIG_FILE} does not exist)")
+    under `storage_path` (default ``<run_dir>/ray``; either may be an ``s3://`` URI). The config is the one the run
+    started with."""
+    folder = str(name_or_dir).rstrip("/")
+    if not storage.exists(storage.join(folder, CONFIG_FILE)):
+        folder = str(storage.join(storage_path or Path(run_dir) / "ray", name_or_dir))
+    config_file = storage.join(folder, CONFIG_FILE)
+    if not storage.exists(config_file):
+        raise FileNotFoundError(f"--resume {name_or_dir}: no spklip run there ({config_file} does not exist)")
     try:
-        cfg = ExperimentConfig.from_flat_dict(json.loads((folder / CONFIG_FILE).read_text()))
+        cfg = ExperimentConfig.from_flat_dict(json.loads(storage.read_text(config_file)))
     except ValueError as e:
-        raise ValueError(f"{folder / CONFIG_FILE}: not a spklip run config ({e})") from None
-    return cfg, folder.name, str(folder.parent.resolve())
+        raise ValueError(f"{config_file}: not a spklip run config ({e})") from None
+    parent, _, name = folder.rpartition("/")
+    return cfg, name, storage.absolute(parent)
 
 
 def _use_gpu(cfg: ExperimentConfig) -> bool:
@@ -226,7 +248,7 @@ def build_trainer(plan: RunPlan, callbacks: Sequence[Any] = ()) -> TorchTrainer:
     cfg = plan.cfg
     gpu = _use_gpu(cfg)
     resources = {"CPU": cfg.scale.cpus_per_worker, **({"GPU": 1} if gpu else {})}
-    run_dir = str(Path(plan.storage_path) / plan.run_name)
+    run_dir = str(local_run_folder(cfg, plan.storage_path, plan.run_name))
     datasets = {"train": train_data.ray_train_dataset(cfg)}
     plan.timeline.mark("dataset")
     worker_plan = WorkerPlan(cfg=cfg, total_steps=plan.total_steps, dataset=plan.dataset, tracking_uri=plan.tracker.uri,
@@ -240,7 +262,7 @@ def build_trainer(plan: RunPlan, callbacks: Sequence[Any] = ()) -> TorchTrainer:
                                                resources_per_worker=resources,
                                                placement_strategy=cfg.scale.placement),
         run_config=ray.train.RunConfig(
-            name=plan.run_name, storage_path=plan.storage_path, callbacks=[*callbacks, FailFastOnDataError()],
+            name=plan.run_name, **ray_storage(plan.storage_path), callbacks=[*callbacks, FailFastOnDataError()],
             failure_config=ray.train.FailureConfig(max_failures=cfg.scale.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
                                                          checkpoint_score_attribute=cfg.train.metric,
@@ -266,7 +288,7 @@ def fit(cfg: ExperimentConfig, *, run_name: str | None = None, storage_path: str
     plan = prepare_run(cfg, run_name=run_name, storage_path=storage_path, mlflow_parent_run_id=mlflow_parent_run_id,
                        tags=tags, timeline=timeline, start_ray=start_ray)
     if output is not None:
-        output.attach(Path(plan.storage_path) / plan.run_name, follow=True)
+        output.attach(local_run_folder(plan.cfg, plan.storage_path, plan.run_name), follow=True)
         output.ray_logs = ray_logs_dir()
     trainer = build_trainer(plan, callbacks)
     try:
@@ -285,7 +307,7 @@ def fit(cfg: ExperimentConfig, *, run_name: str | None = None, storage_path: str
 def _best_metrics(result, out: FitResult) -> dict[str, float]:
     """The metrics `out.best_checkpoint` was reported with (local mode ranks nothing: then the last report's)."""
     for checkpoint, metrics in result.best_checkpoints or ():
-        if checkpoint.path == out.best_checkpoint:
+        if _checkpoint_uri(out.storage_path, checkpoint) == out.best_checkpoint:
             return dict(metrics)
     return dict(out.metrics) if out.best_checkpoint and out.best_checkpoint == out.checkpoint else {}
 
@@ -298,8 +320,9 @@ def _finish(plan: RunPlan, result, seconds: float) -> FitResult:
         best = max(result.best_checkpoints, key=lambda cm: sign * cm[1].get(plan.cfg.train.metric, float("-inf")))[0]
     elif result.checkpoint is not None:  # local mode ranks nothing: its last checkpoint is the evaluated end state
         best = result.checkpoint
-    out = FitResult(metrics=dict(result.metrics or {}), checkpoint=result.checkpoint.path if result.checkpoint else None,
-                    best_checkpoint=best.path if best else None, run_name=plan.run_name,
+    out = FitResult(metrics=dict(result.metrics or {}),
+                    checkpoint=_checkpoint_uri(plan.storage_path, result.checkpoint),
+                    best_checkpoint=_checkpoint_uri(plan.storage_path, best), run_name=plan.run_name,
                     storage_path=plan.storage_path, mlflow_run_id=plan.tracker.run_id if plan.tracker.enabled
                     else None, seconds=seconds)
     tracking = plan.cfg.tracking
@@ -313,9 +336,28 @@ def _finish(plan: RunPlan, result, seconds: float) -> FitResult:
     return out
 
 
+def ray_storage(storage_path: str) -> dict[str, Any]:
+    """``RunConfig`` storage arguments: a local folder as it is; a URI as (path on the filesystem, the filesystem
+    of `spklip.data.storage`: the endpoint from the environment, which Ray's own URI parsing ignores)."""
+    if not storage.is_uri(storage_path):
+        return {"storage_path": storage_path}
+    fs, path = storage.resolve(storage_path)
+    return {"storage_path": path, "storage_filesystem": fs}
+
+
+def _checkpoint_uri(storage_path: str, checkpoint) -> str | None:
+    """A Ray checkpoint's location as spklip names it: its folder, or a URI on an object store (Ray gives the path
+    on its filesystem, without the scheme)."""
+    if checkpoint is None:
+        return None
+    if storage.is_uri(storage_path):
+        return f"{storage_path.partition('://')[0]}://{checkpoint.path.lstrip('/')}"
+    return checkpoint.path
+
+
 def _parent_run(plan: RunPlan) -> str | None:
-    saved = Path(plan.storage_path) / plan.run_name / RUN_FILE
-    return json.loads(saved.read_text()).get("parent_run_id") if saved.exists() else None
+    saved = storage.join(plan.storage_path, plan.run_name, RUN_FILE)
+    return json.loads(storage.read_text(saved)).get("parent_run_id") if storage.exists(saved) else None
 
 
 def log_encoder(tracker: Tracker, checkpoint_dir: str, register_as: str = "") -> str | None:
@@ -329,9 +371,10 @@ def log_encoder(tracker: Tracker, checkpoint_dir: str, register_as: str = "") ->
 
 def send_encoder(tracker: Tracker, checkpoint: str, register_as: str = "") -> str:
     """`log_encoder`'s work, raising on failure (it is also what a spooled ``log_encoder`` replays)."""
-    _, cfg, payload = model_from_checkpoint(checkpoint)  # the checkpoint must rebuild its model
-    with tempfile.TemporaryDirectory(prefix="spklip-model-") as tmp:  # safetensors + config: nothing pickled
-        model_uri = send_model_folder(tracker, export_checkpoint(checkpoint, tmp))
+    with storage.local_copy(checkpoint) as local:  # a checkpoint in a bucket: downloaded for the upload to MLflow
+        _, cfg, payload = model_from_checkpoint(local)  # the checkpoint must rebuild its model
+        with tempfile.TemporaryDirectory(prefix="spklip-model-") as tmp:  # safetensors + config: nothing pickled
+            model_uri = send_model_folder(tracker, export_checkpoint(local, tmp))
     if register_as:
         version = register_model(tracker, model_uri, register_as, metric=cfg.train.metric,
                                  mode=cfg.train.metric_mode, score=payload.get("metrics", {}).get(cfg.train.metric),

@@ -9,6 +9,7 @@ the same points.
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -178,7 +179,9 @@ class _WorkerRun:
         # checkpoint per step, so Ray never holds two reports of one folder (it deleted the folder with the first).
         ends_epoch = self.epoch_drained or (train.max_steps and st.step >= train.max_steps)
         if train.checkpoint_every and st.step % train.checkpoint_every == 0 and not ends_epoch:
-            unscored = float("-inf") if train.metric_mode == "max" else float("inf")  # not evaluated yet
+            # not evaluated yet: the worst finite score (Ray's run snapshot is JSON, which stores +-inf as null; a
+            # resumed run then failed ranking its restored checkpoints, "float * NoneType")
+            unscored = -sys.float_info.max if train.metric_mode == "max" else sys.float_info.max
             self.timed_report({"step": st.step, "epoch": st.epoch, "train/loss": metrics["loss"],
                                train.metric: unscored})
 

@@ -21,6 +21,10 @@ def add_sweep_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="restore an interrupted sweep (the newest one, or --name); finished trials are not rerun")
     parser.add_argument("--name", default=None, help="sweep folder under <train.run_dir>/sweeps (default: NAME-time)")
+    parser.add_argument("--storage", default=None, metavar="ROOT",
+                        help="where the sweep's Tune state and the trials' checkpoints go, ROOT/<name>: a shared "
+                             "folder or an s3:// URI (default: the sweep folder; --resume needs the same ROOT; "
+                             "docs/cluster.md, \"Object storage (S3)\")")
     parser.add_argument("--config", default=None, help="experiment YAML the sweep's base config starts from")
     add_set_flag(parser, dest="overrides")
     parser.add_argument("--first", default=None, metavar="KEY=V1,V2,...",

@@ -11,6 +11,11 @@ Handing a ``TorchTrainer`` to a ``Tuner`` is an error in Ray 2.60 (Train V2); ea
 ``TuneReportCallback``, which forwards rank 0's per-epoch reports to Tune, so ASHA and the searcher see ``val/top1``
 after every epoch. The Train run is named after the trial id (no timestamp): when a sweep is restored, an
 unfinished trial's Train run finds its own checkpoints and MLflow child run again and continues.
+
+Where a sweep lives: its local folder ``<train.run_dir>/sweeps/<name>`` (spklip.log, the report, the tracking spool)
+and its Tune experiment (Tune's state, the trials' Train runs and checkpoints, `SWEEP_FILE`), which is the same
+folder unless ``--storage`` names another root, e.g. ``s3://bucket/sweeps``: then the experiment is
+``s3://bucket/sweeps/<name>`` and ``--resume --storage s3://bucket/sweeps`` continues it from there, on any machine.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import argparse
 import dataclasses
 import json
 import os
+import posixpath
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,12 +37,13 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from spklip.config import ConfigError, ExperimentConfig, load_config
+from spklip.data import storage
 from spklip.data.smoke import ensure_smoke_data
 from spklip.outdir import private_dir
 from spklip.eval.stats import summarize
 from spklip.logs import RunOutput
 from spklip.tracking import BEST_ALIAS, SPOOL_DIR, Tracker, start_run
-from spklip.train.launcher import ensure_ray, fit, log_encoder, ray_logs_dir, resolve_paths
+from spklip.train.launcher import ensure_ray, fit, log_encoder, ray_logs_dir, ray_storage, resolve_paths
 from spklip.tune import report as rep
 from spklip.tune.cli import add_sweep_args, parse_first
 from spklip.tune.space import (AUX_PREFIX, SpaceFn, base_point, build_searcher, config_params, space_keys,
@@ -97,13 +104,13 @@ class SweepContext:
                    table_metrics=tup(d.get("table_metrics", d["metrics"])), swept=tuple(d["swept"]),
                    num_samples=int(d["num_samples"]), seeds=int(d.get("seeds", 1)), gaps=tup(d.get("gaps", ())))
 
-    def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / SWEEP_FILE).write_text(json.dumps(self.to_dict(), indent=1))
+    def save(self, folder: Path | str) -> None:
+        """Write `SWEEP_FILE` into the Tune experiment `folder` (a local folder or a URI)."""
+        storage.write_text(storage.join(folder, SWEEP_FILE), json.dumps(self.to_dict(), indent=1))
 
     @classmethod
-    def load(cls, folder: Path) -> "SweepContext":
-        return cls.from_dict(json.loads((folder / SWEEP_FILE).read_text()))
+    def load(cls, folder: Path | str) -> "SweepContext":
+        return cls.from_dict(json.loads(storage.read_text(storage.join(folder, SWEEP_FILE))))
 
 
 @dataclass
@@ -111,7 +118,7 @@ class SweepRun:
     """Where a sweep lives and what it found."""
 
     name: str
-    path: Path  # Tune experiment folder
+    path: Path  # the sweep's local folder (the Tune experiment too, unless it is stored elsewhere: --storage)
     parent_run_id: str | None
     tracking_uri: str
     table_markdown: str = ""
@@ -141,8 +148,16 @@ def sweep_root(cfg: ExperimentConfig) -> Path:
     return Path(cfg.train.run_dir).resolve() / "sweeps"
 
 
-def latest_sweep(root: Path, prefix: str) -> Path:
-    found = sorted((p for p in root.glob(f"{prefix}-*") if (p / SWEEP_FILE).exists()), key=lambda p: p.stat().st_mtime)
+def latest_sweep(root: Path | str, prefix: str) -> Path | str:
+    """The newest sweep ``<prefix>-*`` under `root`: by modification time in a folder, by name (the default names
+    end in their start time) under a URI."""
+    if storage.is_uri(root):
+        names = sorted(f.split("/")[0] for f in storage.list_files(root)
+                       if f.startswith(f"{prefix}-") and f.count("/") == 1 and f.endswith("/" + SWEEP_FILE))
+        found = [storage.join(root, n) for n in names]
+    else:
+        found = sorted((p for p in Path(root).glob(f"{prefix}-*") if (p / SWEEP_FILE).exists()),
+                       key=lambda p: p.stat().st_mtime)
     if not found:
         raise FileNotFoundError(f"no sweep named {prefix}-* to resume under {root}")
     return found[-1]
@@ -209,8 +224,11 @@ def run_trial(params: dict[str, Any], ctx: SweepContext) -> None:
         tune.report(report)
 
 
-def _new_context(spec: SweepSpec, cfg: ExperimentConfig, path: Path, num_samples: int, seeds: int) -> SweepContext:
-    """Open the MLflow parent run and save the context a later --resume reads."""
+def _new_context(spec: SweepSpec, cfg: ExperimentConfig, path: Path, num_samples: int, seeds: int,
+                 experiment: Path | str | None = None) -> SweepContext:
+    """Open the MLflow parent run and save the context a later --resume reads (in the Tune `experiment` folder,
+    default the local sweep folder `path`)."""
+    experiment = experiment or path
     swept = tuple(space_keys(spec.space, cfg))
     parent = None
     if cfg.tracking.enabled:
@@ -222,11 +240,11 @@ def _new_context(spec: SweepSpec, cfg: ExperimentConfig, path: Path, num_samples
         params.update({k: v for k, v in cfg.to_flat_dict().items() if k not in swept})
         parent = start_run(cfg.tracking.uri, cfg.tracking.experiment, cfg.train.run_dir, run_name=path.name,
                            params=params, tags=tags)
-    ctx = SweepContext(spec=spec.name, base=cfg, storage=str(path / "train"),
+    ctx = SweepContext(spec=spec.name, base=cfg, storage=str(storage.join(experiment, "train")),
                        parent_run_id=parent.run_id if parent is not None and parent.enabled else None,
                        metrics=tuple(spec.metrics), table_metrics=tuple(spec.metrics + spec.report_metrics),
                        swept=swept, num_samples=num_samples, seeds=seeds, gaps=tuple(spec.gaps))
-    ctx.save(path)
+    ctx.save(experiment)
     return ctx
 
 
@@ -270,11 +288,15 @@ def trial_line(n: int, total: int, trial_id: str, status: str, result: dict[str,
     return text + ("  " + " ".join(shown) if shown else "")
 
 
-def _tuner(spec: SweepSpec, ctx: SweepContext, path: Path, resume: bool, points: Sequence[dict[str, Any]],
+def _tuner(spec: SweepSpec, ctx: SweepContext, path: Path | str, resume: bool, points: Sequence[dict[str, Any]],
            max_concurrent: int | None, verbose: bool = True) -> tune.Tuner:
+    """The Tuner of the Tune experiment `path` (a folder or a URI), new or restored."""
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"cpu": 0.25})
+    where = ray_storage(str(path))  # a URI: the path on its filesystem and the filesystem
     if resume:
-        return tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
+        return tune.Tuner.restore(where["storage_path"], trainable, resume_unfinished=True, resume_errored=True,
+                                  storage_filesystem=where.get("storage_filesystem"))
+    name, parent = posixpath.basename(where["storage_path"]), posixpath.dirname(where["storage_path"])
     single = len(ctx.metrics) == 1
     metric, mode = ctx.metrics[0]
     # max_t one past the last epoch: a trial that trains all its epochs ends by itself (and closes its MLflow run)
@@ -286,7 +308,7 @@ def _tuner(spec: SweepSpec, ctx: SweepContext, path: Path, resume: bool, points:
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=ctx.num_samples,
                                     **({"metric": metric, "mode": mode} if single else {})),
-        run_config=tune.RunConfig(name=path.name, storage_path=str(path.parent),
+        run_config=tune.RunConfig(name=name, storage_path=parent, storage_filesystem=where.get("storage_filesystem"),
                                   failure_config=tune.FailureConfig(max_failures=0),  # a code error repeats
                                   callbacks=[TrialProgress(ctx.metrics, ctx.num_samples)],
                                   verbose=None if verbose else 0))  # 0: no trial table every few seconds
@@ -294,7 +316,7 @@ def _tuner(spec: SweepSpec, ctx: SweepContext, path: Path, resume: bool, points:
 
 def run_sweep(spec: SweepSpec, cfg: ExperimentConfig, *, num_samples: int | None = None, smoke: bool = False,
               resume: bool = False, name: str | None = None, points: Sequence[dict[str, Any]] = (), seeds: int = 1,
-              max_concurrent: int | None = None, verbose: bool = True) -> SweepRun:
+              max_concurrent: int | None = None, verbose: bool = True, storage_root: str | None = None) -> SweepRun:
     """Run (or resume) a sweep and report it on its MLflow parent run.
 
     Args:
@@ -311,31 +333,36 @@ def run_sweep(spec: SweepSpec, cfg: ExperimentConfig, *, num_samples: int | None
         max_concurrent: trials at once (default `max_concurrent_trials`).
         verbose: False: Ray's, Tune's and MLflow's logs go only to ``<sweep folder>/spklip.log`` (the workers' to
             Ray's session logs) and stderr gets one line per finished trial (`spklip.logs.RunOutput`).
+        storage_root: where the Tune experiment goes, ``<storage_root>/<name>`` (e.g. ``s3://bucket/sweeps``; the
+            default is the local sweep folder). A resume must name the same root.
     """
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     root = sweep_root(cfg)
+    remote = storage.absolute(storage_root) if storage_root else None  # the Tune experiment's root, if not `root`
     if resume:
-        path = root / name if name else latest_sweep(root, spec.name)
+        found = (storage.join(remote or root, name) if name else latest_sweep(remote or root, spec.name))
+        path = root / posixpath.basename(str(found).rstrip("/"))
     else:
         cfg = resolve_paths(cfg)
         private_dir(cfg.train.run_dir)  # the MLflow store, checkpoints and spool are the user's alone
         if cfg.tracking.experiment == "spklip":  # the default: name the experiment after the sweep
             cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, experiment=spec.name))
         path = root / (name or f"{spec.name}{'-smoke' if smoke else ''}-{time.strftime('%Y%m%d-%H%M%S')}")
-        if (path / SWEEP_FILE).exists():
-            raise FileExistsError(f"sweep {path} exists; pass --resume to continue it or another --name")
+    experiment = storage.join(remote, path.name) if remote else path  # the Tune experiment: state, trials, SWEEP_FILE
+    if not resume and storage.exists(storage.join(experiment, SWEEP_FILE)):
+        raise FileExistsError(f"sweep {experiment} exists; pass --resume to continue it or another --name")
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     with RunOutput(verbose) as output:  # the table finish_sweep prints goes to stdout, after it
         output.attach(path)
         if resume:
-            ctx = SweepContext.load(path)
+            ctx = SweepContext.load(experiment)
         else:
             ctx = _new_context(spec, cfg, path, num_samples or (spec.smoke_samples if smoke else spec.num_samples),
-                               seeds)
+                               seeds, experiment)
         ensure_ray(ctx.base.scale.address, verbose=verbose)
         output.ray_logs = ray_logs_dir()
-        results = _tuner(spec, ctx, path, resume, points, max_concurrent, verbose).fit()
+        results = _tuner(spec, ctx, experiment, resume, points, max_concurrent, verbose).fit()
     return finish_sweep(ctx, path, results)
 
 
@@ -392,7 +419,7 @@ def _register_best(ctx: SweepContext, path: Path, parent: Tracker, best_run_id: 
     best = Tracker(ctx.tracking_uri, best_run_id, spool_dir=path / SPOOL_DIR)
     run = best.call(best.client.get_run, best_run_id)
     checkpoint = run.data.tags.get("best_checkpoint") if run is not None else None
-    if not checkpoint or checkpoint == "None" or not Path(checkpoint).exists():
+    if not checkpoint or checkpoint == "None" or not storage.exists(checkpoint):
         print(f"spklip: the best trial's checkpoint ({checkpoint}) is gone; no model registered", file=sys.stderr)
         return
     name = ctx.base.tracking.register_as or ctx.spec
@@ -427,7 +454,7 @@ def run_from_args(spec: SweepSpec, args: argparse.Namespace) -> int:
             raise ConfigError(f"--num-samples {args.num_samples} is fewer than the {len(points)} --first trials")
     run_sweep(spec, cfg, num_samples=args.num_samples or (len(points) or None), smoke=args.smoke_test,
               resume=args.resume, name=args.name, points=points, seeds=args.seeds,
-              max_concurrent=args.max_concurrent, verbose=args.verbose)
+              max_concurrent=args.max_concurrent, verbose=args.verbose, storage_root=args.storage)
     return 0
 
 
