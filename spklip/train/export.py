@@ -175,6 +175,8 @@ def load_model(folder: str | Path) -> tuple[nn.Module, ExperimentConfig, ExportM
         FileNotFoundError: none of these there.
     """
     folder = Path(folder)
+    if not folder.exists():
+        raise FileNotFoundError(f"no checkpoint or logged model at {folder}")
     if folder.is_dir() and is_export(folder):
         return model_from_export(folder)
     for candidate in (folder, folder / LEGACY_FOLDER):
