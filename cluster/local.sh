@@ -74,7 +74,7 @@ start_ray() {
     local tmp; tmp=$(ray_temp_dir)
     mkdir -p "$tmp"; echo "$tmp" > "$DIR/ray_temp_dir"
     [ -f "$TOKEN" ] || (umask 077 && python -c 'import secrets; print(secrets.token_hex(32))' > "$TOKEN")
-    RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$TOKEN" RAY_USAGE_STATS_ENABLED=0 \
+    RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$TOKEN" RAY_USAGE_STATS_ENABLED=0 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 \
     MLFLOW_TRACKING_URI="http://$HOST:$MLFLOW_PORT" \
     setsid ray start --head --block --node-ip-address=$HOST --port=$RAY_PORT \
         --ray-client-server-port=$((RAY_PORT + 1)) --node-manager-port=$((RAY_PORT + 2)) \

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from spklip.data.smoke import build_smoke_data
+from test_ray_binding import listeners, unauthenticated_exposed
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +43,10 @@ def test_cluster_job_sweep_and_clean_shutdown(tmp_path):
         needles = [(cluster / "ray_temp_dir").read_text().strip(), str(cluster / "mlflow.db"), ":6579"]
         assert (cluster / "ray.pid").exists() and (cluster / "mlflow.pid").exists()
         assert oct((cluster / "auth_token").stat().st_mode)[-3:] == "600"
+        # every port of the head (GCS, raylet, agents, client server, dashboard, metrics) and MLflow: loopback only
+        found = listeners([int((cluster / f"{n}.pid").read_text()) for n in ("ray", "mlflow")])
+        assert {s["port"] for s in found} >= {6579, 6580, 6581, 6582, 6583, 6584, 6585, 6586, 8465, 5155}, found
+        assert unauthenticated_exposed(found) == [], found
         # without the token the job server refuses the client: token authentication is on
         refused = subprocess.run([str(ROOT / ".venv/bin/ray"), "job", "list", "--address", "http://127.0.0.1:8465"],
                                  env={**env, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True, timeout=60)

@@ -29,6 +29,7 @@ from spklip.data.read import dataset_info
 from spklip.logs import RunOutput
 from spklip.train.export import SpikeEncoder, example_input
 from spklip.outdir import private_dir
+from spklip.rayenv import init_local
 from spklip.train import data as train_data
 from spklip.train.checkpoint import model_from_checkpoint
 from spklip.train.faults import FAULT_ENV_PREFIX
@@ -71,6 +72,7 @@ class FitResult:
 def ensure_ray(address: str = "", verbose: bool = True) -> None:
     """Connect to ``address`` / ``RAY_ADDRESS`` when given, else start an in-process Ray (no-op if running).
 
+    The in-process Ray listens on loopback only, with token authentication (`spklip.rayenv.init_local`).
     `verbose` False: ``log_to_driver=False``, the workers' output stays in Ray's session logs (`ray_logs_dir`).
     Ray's own processes get the address of this cluster in the job's runtime env, so nothing of Ray's looks for a
     cluster by itself: Ray Train's placement-group cleaner calls the State API without an address, which otherwise
@@ -84,9 +86,9 @@ def ensure_ray(address: str = "", verbose: bool = True) -> None:
         ray.init(address=address, log_to_driver=verbose, runtime_env=_job_env(env))
     else:
         port = _free_port()  # the dashboard is the State API's server: its address is known before Ray starts
-        ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
-                 configure_logging=False, log_to_driver=verbose,
-                 runtime_env=_job_env({"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}))
+        init_local(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+                   configure_logging=False, log_to_driver=verbose,
+                   runtime_env=_job_env({"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}))
 
 
 def _free_port() -> int:
