@@ -14,12 +14,15 @@ multi-node cluster from this process, or a ``ray start`` it runs, behaves as bef
 Token authentication: a new local Ray enables it by default (``RAY_AUTH_MODE=token``, token ``~/.ray/auth_token``).
 `init_local` writes that token file itself when it is missing, mode 600 in a mode 700 folder (Ray writes it with the
 process umask); an explicit ``RAY_AUTH_MODE``, ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH`` is left to Ray.
-The local cluster (cluster/local.sh) sets the same variable on ``ray start`` and has its own private token.
+The local cluster (cluster/local.sh) sets the same variable on ``ray start`` and in the client environment it prints
+(a driver given ``RAY_ADDRESS=127.0.0.1:PORT`` would otherwise rewrite it too, to an address where nothing listens),
+and has its own private token. `connect` keeps a loopback cluster address for a process without that variable.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Iterator
@@ -60,6 +63,22 @@ def ensure_private_token(path: Path | None = None) -> None:
         return
     with os.fdopen(fd, "w") as f:
         f.write(generate_new_authentication_token())
+
+
+def connect(address: str, **kwargs: Any) -> Any:
+    """``ray.init(address=address, **kwargs)``; a loopback address (such a cluster's GCS listens on 127.0.0.1 only)
+    is kept as it is, not rewritten to the host's routable address, where nothing would answer."""
+    with loopback_node() if is_loopback_address(address) else contextlib.nullcontext():
+        return ray.init(address=address, **kwargs)
+
+
+def is_loopback_address(address: str) -> bool:
+    """``HOST:PORT`` (or ``ray://HOST:PORT``) with a loopback HOST; False for ``auto`` and other hosts."""
+    host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def init_local(**kwargs: Any) -> Any:

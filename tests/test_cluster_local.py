@@ -4,6 +4,8 @@ REST API, `make cluster-down`, and nothing of the cluster left running."""
 import json
 import os
 import subprocess
+import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -44,9 +46,30 @@ def test_cluster_job_sweep_and_clean_shutdown(tmp_path):
         assert (cluster / "ray.pid").exists() and (cluster / "mlflow.pid").exists()
         assert oct((cluster / "auth_token").stat().st_mode)[-3:] == "600"
         # every port of the head (GCS, raylet, agents, client server, dashboard, metrics) and MLflow: loopback only
-        found = listeners([int((cluster / f"{n}.pid").read_text()) for n in ("ray", "mlflow")])
-        assert {s["port"] for s in found} >= {6579, 6580, 6581, 6582, 6583, 6584, 6585, 6586, 8465, 5155}, found
+        expected = {*range(6579, 6589), 8465, 5155}
+        pids = [int((cluster / f"{n}.pid").read_text()) for n in ("ray", "mlflow")]
+        for _ in range(60):  # the agents may bind a moment after the dashboard answers
+            found = listeners(pids)
+            if {s["port"] for s in found} >= expected:
+                break
+            time.sleep(0.5)
+        assert {s["port"] for s in found} >= expected, found
         assert unauthenticated_exposed(found) == [], found
+        # a driver in a shell after `eval "$(cluster/local.sh env)"` reaches that loopback-only GCS (Ray would rewrite
+        # 127.0.0.1 to the host's address), and so does spklip's ensure_ray given only the address; both listen on
+        # loopback themselves
+        client = dict(x.removeprefix("export ").split("=", 1) for x in (cluster / "env").read_text().splitlines())
+        bare = {k: v for k, v in client.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+        for extra, start in ((client, "import ray; ray.init()"),
+                             (bare, "from spklip.train.launcher import ensure_ray; ensure_ray()")):
+            code = (f"{start}; import json, os, sys; sys.path.insert(0, 'tests'); from test_ray_binding import "
+                    "listeners; print('LISTENERS ' + json.dumps(listeners([os.getpid()])))")
+            driver = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, **extra},
+                                    capture_output=True, text=True, timeout=120)
+            out = [x for x in driver.stdout.splitlines() if x.startswith("LISTENERS ")]
+            assert driver.returncode == 0 and out, (driver.stdout + driver.stderr)[-3000:]
+            mine = json.loads(out[0].removeprefix("LISTENERS "))
+            assert mine and unauthenticated_exposed(mine) == [], mine
         # without the token the job server refuses the client: token authentication is on
         refused = subprocess.run([str(ROOT / ".venv/bin/ray"), "job", "list", "--address", "http://127.0.0.1:8465"],
                                  env={**env, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True, timeout=60)

@@ -18,7 +18,7 @@ import psutil
 import pytest
 from ray._private import ray_constants
 
-from spklip.rayenv import LOOPBACK_ENV, ensure_private_token, loopback_node
+from spklip.rayenv import LOOPBACK_ENV, ensure_private_token, is_loopback_address, loopback_node
 
 ROOT = Path(__file__).resolve().parents[1]
 ALLOWED_EXPOSED: set[str] = set()  # process names allowed off loopback: none (see the module docstring)
@@ -115,6 +115,11 @@ def answers(ip: str, port: int) -> bool:
 def test_is_loopback():
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("::ffff:127.0.0.1")
     assert not is_loopback("0.0.0.0") and not is_loopback("::") and not is_loopback("192.0.2.2")
+
+
+def test_is_loopback_address():
+    assert all(map(is_loopback_address, ["127.0.0.1:6479", "localhost:6479", "ray://127.0.0.1:10001", "[::1]:6479"]))
+    assert not any(map(is_loopback_address, ["192.0.2.2:6479", "auto", "ray://head.example:10001", "local"]))
 
 
 def test_loopback_node_puts_everything_back(monkeypatch):

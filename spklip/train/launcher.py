@@ -29,7 +29,7 @@ from spklip.data.read import dataset_info
 from spklip.logs import RunOutput
 from spklip.train.export import SpikeEncoder, example_input
 from spklip.outdir import private_dir
-from spklip.rayenv import init_local
+from spklip.rayenv import connect, init_local
 from spklip.train import data as train_data
 from spklip.train.checkpoint import model_from_checkpoint
 from spklip.train.faults import FAULT_ENV_PREFIX
@@ -83,7 +83,7 @@ def ensure_ray(address: str = "", verbose: bool = True) -> None:
     address = address or os.environ.get("RAY_ADDRESS", "")
     if address:
         env = {"RAY_ADDRESS": address} if "://" not in address and address != "auto" else {}
-        ray.init(address=address, log_to_driver=verbose, runtime_env=_job_env(env))
+        connect(address, log_to_driver=verbose, runtime_env=_job_env(env))
     else:
         port = _free_port()  # the dashboard is the State API's server: its address is known before Ray starts
         init_local(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
