@@ -25,14 +25,31 @@ ALLOWED_EXPOSED: set[str] = set()  # process names allowed off loopback: none (s
 
 # The driver runs in a subprocess: this pytest process may already hold an in-process Ray (conftest's ray_session).
 DRIVER = r"""
-import json, os, sys
-import grpc, psutil, ray
+import json, os, sys, threading, time
+import grpc, ray, ray.train, torch, torch.distributed as dist
 from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+from ray.train.torch import TorchTrainer
 from spklip.train.launcher import ensure_ray
+from spklip.train.torch_store import LoopbackTorchConfig
 sys.path.insert(0, sys.argv[1])
-from test_ray_binding import answers, external_addresses, listeners
+from test_ray_binding import answers, external_addresses, foreign_exposed_ports, listeners
 
 ensure_ray(verbose=False)
+found, answered, stop = [], [], threading.Event()
+
+def watch():  # every listener of this process tree, and whether it answers on an external address, while it lives
+    while not stop.is_set():
+        mine = listeners([os.getpid()])
+        foreign = foreign_exposed_ports({s["pid"] for s in mine})  # another Ray on the host may share a port
+        for s in mine:
+            if s not in found:
+                found.append(s)
+                answered.extend(f"{ip}:{s['port']}" for ip in external_addresses()
+                                if s["port"] not in foreign and answers(ip, s["port"]))
+        time.sleep(1)
+
+watcher = threading.Thread(target=watch, daemon=True)
+watcher.start()
 
 @ray.remote
 class Probe:
@@ -53,11 +70,19 @@ try:  # no token in the metadata: the GCS must refuse
     refused = None
 except grpc.RpcError as e:
     refused = e.code().name
-found = listeners([os.getpid()])
-# from the host's external addresses, while Ray runs: every port it listens on must refuse the connection
-answered = [f"{ip}:{s['port']}" for ip in external_addresses() for s in found if answers(ip, s["port"])]
+
+def train_fn():  # 2 gloo workers: the process group's rendezvous store (rank 0) and gloo's connections
+    dist.all_reduce(torch.ones(1))
+    time.sleep(3)  # the watcher lists them meanwhile
+
+TorchTrainer(train_fn, torch_config=LoopbackTorchConfig(),  # what spklip's build_trainer passes
+             scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
+             run_config=ray.train.RunConfig(storage_path=sys.argv[2], name="probe")).fit()
+time.sleep(1)
+stop.set()
+watcher.join()
 print("RESULT " + json.dumps({"listeners": found, "gcs": gcs, "refused": refused, "answered": answered,
-                              "external": external_addresses(), "node_ip": ray.nodes()[0]["NodeManagerAddress"]}))
+                              "node_ip": ray.nodes()[0]["NodeManagerAddress"]}))
 ray.shutdown()
 """
 
@@ -91,6 +116,13 @@ def is_loopback(ip: str) -> bool:
 def unauthenticated_exposed(found: list[dict]) -> list[dict]:
     """The listeners off loopback that are not on the allow-list (the test fails on any)."""
     return [s for s in found if not is_loopback(s["ip"]) and s["name"] not in ALLOWED_EXPOSED]
+
+
+def foreign_exposed_ports(mine: set[int]) -> set[int]:
+    """Ports that processes other than `mine` listen on off loopback (another Ray on the host: its dashboard agent
+    has the same fixed default port): an answer there is theirs."""
+    return {c.laddr.port for c in psutil.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN and c.pid not in mine and not is_loopback(c.laddr.ip)}
 
 
 def external_addresses() -> list[str]:
@@ -149,19 +181,22 @@ def test_private_token_file(tmp_path, monkeypatch):
     assert not other.exists()
 
 
-@pytest.mark.slow  # an in-process Ray with its dashboard in a subprocess: 25-40 s on 2 loaded cores
-def test_in_process_ray_listens_on_loopback_only():
+@pytest.mark.slow  # an in-process Ray with its dashboard and a 2-worker Ray Train run: 45-70 s on 2 loaded cores
+def test_in_process_ray_listens_on_loopback_only(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    run = subprocess.run([sys.executable, "-c", DRIVER, str(ROOT / "tests")], cwd=ROOT, env=env,
+    env["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = "300"  # a loaded 2-core box can miss Ray Train's 60 s
+    run = subprocess.run([sys.executable, "-c", DRIVER, str(ROOT / "tests"), str(tmp_path)], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=180)
     lines = [x for x in run.stdout.splitlines() if x.startswith("RESULT ")]
     assert run.returncode == 0 and lines, (run.stdout + run.stderr)[-4000:]
     result = json.loads(lines[-1][len("RESULT "):])
     found = result["listeners"]
     names = {s["name"] for s in found}
-    # what an in-process Ray opens: the GCS, the raylet, the dashboard and its agents, the workers
+    # what an in-process Ray opens: the GCS, the raylet, the dashboard and its agents, the workers, Ray Train's
+    # workers (their torch.distributed store and gloo connections)
     assert {"gcs_server", "raylet"} <= names and any("DashboardAgent" in n for n in names), found
+    assert any("RayTrainWorker" in n for n in names), found
     assert len(found) >= 10, found
     assert unauthenticated_exposed(found) == [], found
     assert result["node_ip"] == "127.0.0.1"

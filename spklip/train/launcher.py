@@ -33,6 +33,7 @@ from spklip.rayenv import connect, init_local
 from spklip.train import data as train_data
 from spklip.train.checkpoint import model_from_checkpoint
 from spklip.train.faults import FAULT_ENV_PREFIX
+from spklip.train.torch_store import LoopbackTorchConfig
 from spklip.train.worker import WorkerPlan, train_fn_per_worker
 from spklip.tracking import (SPOOL_DIR, Tracker, ensure_experiment, git_commit, register_model, resolve_uri,
                              send_torch_model, shard_set_dataset, start_run)
@@ -217,7 +218,7 @@ def build_trainer(plan: RunPlan, callbacks: Sequence[Any] = ()) -> TorchTrainer:
     # fault-injection switches (spklip.train.faults) reach the workers whatever environment Ray started them with
     env = {**WORKER_ENV, **{k: v for k, v in os.environ.items() if k.startswith(FAULT_ENV_PREFIX)}}
     return TorchTrainer(
-        train_fn_per_worker, train_loop_config={"plan": worker_plan},
+        train_fn_per_worker, train_loop_config={"plan": worker_plan}, torch_config=LoopbackTorchConfig(),
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scale.num_workers, use_gpu=gpu,
                                                resources_per_worker=resources,
                                                placement_strategy=cfg.scale.placement),
