@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -23,6 +24,13 @@ def rest(url: str, body: dict) -> dict:
     req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(r.read())
+
+
+def watch(pid: int, seen: list[dict], stop: threading.Event) -> None:
+    """Collect the listeners of `pid`'s process tree into `seen` every second until `stop`."""
+    while not stop.is_set():
+        seen.extend(s for s in listeners([pid]) if s not in seen)
+        stop.wait(1)
 
 
 def leftovers(*needles: str) -> list[str]:
@@ -74,12 +82,20 @@ def test_cluster_job_sweep_and_clean_shutdown(tmp_path):
         refused = subprocess.run([str(ROOT / ".venv/bin/ray"), "job", "list", "--address", "http://127.0.0.1:8465"],
                                  env={**env, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True, timeout=60)
         assert refused.returncode != 0
+        # while the job runs, the listeners of the head's processes (the job's driver, Tune, Ray Train's workers)
+        seen, stop = [], threading.Event()
+        watcher = threading.Thread(target=watch, args=(pids[0], seen, stop), daemon=True)
+        watcher.start()
         job = subprocess.run(["bash", "cluster/local.sh", "submit", "--", "python", "sweeps/hsfe_ablation.py",
                               "--smoke-test", "--num-samples", "1", "--name", "job", "--set",
                               f"train.run_dir={run_dir}", "--set", f"data.path={data}"],
                              cwd=ROOT, env={**env, "RUN_DIR": str(run_dir)}, capture_output=True, text=True,
                              timeout=600)
+        stop.set()
+        watcher.join()
         assert "succeeded" in job.stdout + job.stderr, (job.stdout + job.stderr)[-4000:]
+        assert any("RayTrainWorker" in s["name"] for s in seen), seen  # the trial's workers were watched
+        assert unauthenticated_exposed(seen) == [], seen
 
         api = "http://127.0.0.1:5155/api/2.0/mlflow"
         with urllib.request.urlopen(f"{api}/experiments/get-by-name?experiment_name=hsfe-ablation", timeout=30) as r:
