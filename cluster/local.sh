@@ -12,7 +12,8 @@
 # * `ray stop` kills every Ray process on the host, so it is never used. `ray start --block` runs under setsid: its
 #   PID is the process group of the whole head, and it drains and stops its children on SIGTERM. Leftovers are found
 #   by that group, by the private --temp-dir and by the private GCS port in their command lines, and killed by PID.
-# * Non-default ports (all from SPKLIP_RAY_PORT upwards) so another Ray instance on the host can keep the defaults.
+# * Non-default ports (all from SPKLIP_RAY_PORT upwards) so another Ray instance on the host can keep the defaults;
+#   every one of them listens on 127.0.0.1 only (docs/cluster.md, "Loopback").
 # * Token authentication stays on, with a private token file (runs/cluster/auth_token, mode 600) instead of the
 #   host-wide ~/.ray/auth_token; clients get it through RAY_AUTH_MODE=token + RAY_AUTH_TOKEN_PATH.
 # * MLflow: sqlite backend, proxied artifact store under runs/cluster/, loopback, one worker, no job runner
@@ -31,7 +32,7 @@ RUN_DIR=${RUN_DIR:-runs}
 mkdir -p "$RUN_DIR"
 RUN_DIR=$(cd "$RUN_DIR" && pwd)
 DIR="$RUN_DIR/cluster"
-RAY_PORT=${SPKLIP_RAY_PORT:-6479}  # GCS; the other Ray ports are RAY_PORT+1 ... +7
+RAY_PORT=${SPKLIP_RAY_PORT:-6479}  # GCS; the other Ray ports are RAY_PORT+1 ... +9
 DASH_PORT=${SPKLIP_DASHBOARD_PORT:-8365}  # dashboard + job server
 MLFLOW_PORT=${SPKLIP_MLFLOW_PORT:-5055}
 UI_PORT=${SPKLIP_UI_PORT:-5056}
@@ -56,14 +57,16 @@ ray_temp_dir() {
     echo "$t"
 }
 
-client_env() {  # what a client shell needs (also written to $DIR/env, mode 600: it holds the MLflow password)
+client_env() {  # what a client shell needs (also in $DIR/env, mode 600: it holds the MLflow password); RAY_ENABLE_...=0: see start_ray
     cat <<EOF
 export RAY_ADDRESS=$HOST:$RAY_PORT
 export RAY_API_SERVER_ADDRESS=http://$HOST:$DASH_PORT
 export RAY_AUTH_MODE=token
 export RAY_AUTH_TOKEN_PATH=$TOKEN
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 export MLFLOW_TRACKING_URI=http://$HOST:$MLFLOW_PORT
-export MLFLOW_TRACKING_USERNAME=$(cred MLFLOW_TRACKING_USERNAME) MLFLOW_TRACKING_PASSWORD=$(cred MLFLOW_TRACKING_PASSWORD)
+export MLFLOW_TRACKING_USERNAME=$(cred MLFLOW_TRACKING_USERNAME)
+export MLFLOW_TRACKING_PASSWORD=$(cred MLFLOW_TRACKING_PASSWORD)
 EOF
 }
 
@@ -92,7 +95,12 @@ start_ray() {
     local tmp; tmp=$(ray_temp_dir)
     mkdir -p "$tmp"; echo "$tmp" > "$DIR/ray_temp_dir"
     [ -f "$TOKEN" ] || (umask 077 && python -c 'import secrets; print(secrets.token_hex(32))' > "$TOKEN")
-    RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$TOKEN" RAY_USAGE_STATS_ENABLED=0 \
+    # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: the node address stays 127.0.0.1 (Ray 2.60 rewrites it to the host's
+    # routable one otherwise), so every Ray server listens on loopback only; it also stops `ray start --address`
+    # joining this head, which a one-node cluster never needs. The autoscaler's and the dashboard's Prometheus
+    # endpoints get ports of this cluster's range instead of Ray's fixed 44217/44227.
+    RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$TOKEN" RAY_USAGE_STATS_ENABLED=0 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 \
+    AUTOSCALER_METRIC_PORT=$((RAY_PORT + 8)) DASHBOARD_METRIC_PORT=$((RAY_PORT + 9)) \
     MLFLOW_TRACKING_URI="http://$HOST:$MLFLOW_PORT" \
     MLFLOW_TRACKING_USERNAME=$MLFLOW_USER MLFLOW_TRACKING_PASSWORD="$(cred MLFLOW_TRACKING_PASSWORD)" \
     setsid ray start --head --block --node-ip-address=$HOST --port=$RAY_PORT \

@@ -18,12 +18,14 @@ def ray_session():
     """
     import ray
 
+    from spklip.rayenv import init_local
+
     started = False
     if not ray.is_initialized():
         for attempt in range(3):
             try:
-                ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20,
-                         configure_logging=False)
+                init_local(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20,
+                           configure_logging=False)  # loopback only, token auth
                 break
             except Exception as e:  # Ray waits a fixed 30 s for its raylet; a saturated 2-core CI box can miss it
                 ray.shutdown()

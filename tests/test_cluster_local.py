@@ -7,6 +7,9 @@ import json
 import os
 import re
 import subprocess
+import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -14,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from spklip.data.smoke import build_smoke_data
+from test_ray_binding import listeners, unauthenticated_exposed
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,6 +32,13 @@ def rest(url: str, body: dict | None = None, auth: tuple[str, str] | None = None
     req = urllib.request.Request(url, json.dumps(body).encode() if body is not None else None, headers)
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(r.read())
+
+
+def watch(pid: int, seen: list[dict], stop: threading.Event) -> None:
+    """Collect the listeners of `pid`'s process tree into `seen` every second until `stop`."""
+    while not stop.is_set():
+        seen.extend(s for s in listeners([pid]) if s not in seen)
+        stop.wait(1)
 
 
 def leftovers(*needles: str) -> list[str]:
@@ -57,23 +68,57 @@ def test_cluster_job_sweep_and_clean_shutdown(tmp_path):
         assert oct(cluster.stat().st_mode)[-3:] == "700" and oct((cluster / "mlartifacts").stat().st_mode)[-3:] == "700"
         exports = subprocess.run(["bash", "cluster/local.sh", "env"], cwd=ROOT, env={**env, "RUN_DIR": str(run_dir)},
                                  capture_output=True, text=True, timeout=60).stdout
-        auth = re.search(r"MLFLOW_TRACKING_USERNAME=(\S+) MLFLOW_TRACKING_PASSWORD=(\S+)", exports).groups()
+        auth = tuple(re.search(rf"^export {k}=(\S+)$", exports, re.M).group(1)
+                     for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"))
         assert len(auth[1]) >= 32 and auth[1] not in up.stdout + up.stderr
         api = "http://127.0.0.1:5155/api/2.0/mlflow"
         with pytest.raises(urllib.error.HTTPError) as refused_mlflow:
             rest(f"{api}/experiments/search", {"max_results": 1})
         assert refused_mlflow.value.code == 401
         assert rest(f"{api}/experiments/search", {"max_results": 1}, auth)["experiments"]  # Default, at least
+        # every port of the head (GCS, raylet, agents, client server, dashboard, metrics) and MLflow: loopback only
+        expected = {*range(6579, 6589), 8465, 5155}
+        pids = [int((cluster / f"{n}.pid").read_text()) for n in ("ray", "mlflow")]
+        for _ in range(60):  # the agents may bind a moment after the dashboard answers
+            found = listeners(pids)
+            if {s["port"] for s in found} >= expected:
+                break
+            time.sleep(0.5)
+        assert {s["port"] for s in found} >= expected, found
+        assert unauthenticated_exposed(found) == [], found
+        # a driver in a shell after `eval "$(cluster/local.sh env)"` reaches that loopback-only GCS (Ray would rewrite
+        # 127.0.0.1 to the host's address), and so does spklip's ensure_ray given only the address; both listen on
+        # loopback themselves
+        client = dict(x.removeprefix("export ").split("=", 1) for x in (cluster / "env").read_text().splitlines())
+        bare = {k: v for k, v in client.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+        for extra, start in ((client, "import ray; ray.init()"),
+                             (bare, "from spklip.train.launcher import ensure_ray; ensure_ray()")):
+            code = (f"{start}; import json, os, sys; sys.path.insert(0, 'tests'); from test_ray_binding import "
+                    "listeners; print('LISTENERS ' + json.dumps(listeners([os.getpid()])))")
+            driver = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, **extra},
+                                    capture_output=True, text=True, timeout=120)
+            out = [x for x in driver.stdout.splitlines() if x.startswith("LISTENERS ")]
+            assert driver.returncode == 0 and out, (driver.stdout + driver.stderr)[-3000:]
+            mine = json.loads(out[0].removeprefix("LISTENERS "))
+            assert mine and unauthenticated_exposed(mine) == [], mine
         # without the token the job server refuses the client: token authentication is on
         refused = subprocess.run([str(ROOT / ".venv/bin/ray"), "job", "list", "--address", "http://127.0.0.1:8465"],
                                  env={**env, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True, timeout=60)
         assert refused.returncode != 0
+        # while the job runs, the listeners of the head's processes (the job's driver, Tune, Ray Train's workers)
+        seen, stop = [], threading.Event()
+        watcher = threading.Thread(target=watch, args=(pids[0], seen, stop), daemon=True)
+        watcher.start()
         job = subprocess.run(["bash", "cluster/local.sh", "submit", "--", "python", "sweeps/hsfe_ablation.py",
                               "--smoke-test", "--num-samples", "1", "--name", "job", "--set",
                               f"train.run_dir={run_dir}", "--set", f"data.path={data}"],
                              cwd=ROOT, env={**env, "RUN_DIR": str(run_dir)}, capture_output=True, text=True,
                              timeout=600)
+        stop.set()
+        watcher.join()
         assert "succeeded" in job.stdout + job.stderr, (job.stdout + job.stderr)[-4000:]
+        assert any("RayTrainWorker" in s["name"] for s in seen), seen  # the trial's workers were watched
+        assert unauthenticated_exposed(seen) == [], seen
 
         exp_id = rest(f"{api}/experiments/get-by-name?experiment_name=hsfe-ablation", auth=auth)["experiment"][
             "experiment_id"]

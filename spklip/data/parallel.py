@@ -47,11 +47,13 @@ def ray_mapper(*, workers: int | None = None, address: str | None = None) -> Ite
     # parallel build), so the library imports and builds without starting or even importing Ray.
     import ray
 
+    from spklip.rayenv import connect, init_local  # imports Ray, so as lazily
+
     started = not ray.is_initialized()
     if started and address:
-        ray.init(address=address, configure_logging=False)
+        connect(address, configure_logging=False)
     elif started:
-        ray.init(address="local", num_cpus=workers, include_dashboard=False, configure_logging=False)
+        init_local(num_cpus=workers, include_dashboard=False, configure_logging=False)  # loopback, token auth
     try:
         yield functools.partial(_ray_map, workers=workers)
     finally:

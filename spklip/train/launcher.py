@@ -37,10 +37,12 @@ from spklip.data.read import dataset_info
 from spklip.logs import RunOutput
 from spklip.train.export import export_checkpoint
 from spklip.outdir import private_dir
+from spklip.rayenv import connect, init_local
 from spklip.train import data as train_data
 from spklip.train.checkpoint import model_from_checkpoint
 from spklip.train.faults import FAULT_ENV_PREFIX
 from spklip.train.timing import Timeline
+from spklip.train.torch_store import LoopbackTorchConfig
 from spklip.train.worker import FailFastOnDataError, WorkerPlan, train_fn_per_worker
 from spklip.tracking import (SPOOL_DIR, Tracker, claim_run, ensure_experiment, git_commit, register_model,
                              resolve_uri, send_model_folder, shard_set_dataset, start_run)
@@ -81,6 +83,7 @@ class FitResult:
 def ensure_ray(address: str = "", verbose: bool = True) -> None:
     """Connect to ``address`` / ``RAY_ADDRESS`` when given, else start an in-process Ray (no-op if running).
 
+    The in-process Ray listens on loopback only, with token authentication (`spklip.rayenv.init_local`).
     `verbose` False: ``log_to_driver=False``, the workers' output stays in Ray's session logs (`ray_logs_dir`).
     Ray's own processes get the address of this cluster in the job's runtime env, so nothing of Ray's looks for a
     cluster by itself: Ray Train's placement-group cleaner calls the State API without an address, which otherwise
@@ -91,12 +94,12 @@ def ensure_ray(address: str = "", verbose: bool = True) -> None:
     address = address or os.environ.get("RAY_ADDRESS", "")
     if address:
         env = {"RAY_ADDRESS": address} if "://" not in address and address != "auto" else {}
-        ray.init(address=address, log_to_driver=verbose, runtime_env=_job_env(env))
+        connect(address, log_to_driver=verbose, runtime_env=_job_env(env))
     else:
         port = _free_port()  # the dashboard is the State API's server: its address is known before Ray starts
-        ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
-                 configure_logging=False, log_to_driver=verbose,
-                 runtime_env=_job_env({"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}))
+        init_local(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+                   configure_logging=False, log_to_driver=verbose,
+                   runtime_env=_job_env({"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}))
 
 
 def _free_port() -> int:
@@ -257,7 +260,7 @@ def build_trainer(plan: RunPlan, callbacks: Sequence[Any] = ()) -> TorchTrainer:
     # fault-injection switches (spklip.train.faults) reach the workers whatever environment Ray started them with
     env = {**WORKER_ENV, **{k: v for k, v in os.environ.items() if k.startswith(FAULT_ENV_PREFIX)}}
     return TorchTrainer(
-        train_fn_per_worker, train_loop_config={"plan": worker_plan},
+        train_fn_per_worker, train_loop_config={"plan": worker_plan}, torch_config=LoopbackTorchConfig(),
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scale.num_workers, use_gpu=gpu,
                                                resources_per_worker=resources,
                                                placement_strategy=cfg.scale.placement),

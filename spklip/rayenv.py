@@ -1,0 +1,88 @@
+"""Starting an in-process Ray that listens on loopback only, with token authentication.
+
+Ray 2.60 rewrites a loopback node address to the host's routable one (`ray._private.services.resolve_ip_for_localhost`,
+so that other machines could join), and every Ray server then listens on all interfaces or on that address: the GCS,
+the raylet's node and object managers, each worker's gRPC server, the dashboard agent (gRPC, HTTP and the
+unauthenticated Prometheus metrics export), the runtime-env agent, the dashboard's own metrics server. The one switch
+that keeps the node address on 127.0.0.1 is ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (Ray's default on macOS and
+Windows); with it each of those servers binds 127.0.0.1 (the C++ ones ``::ffff:127.0.0.1``). Its only other effect is
+that ``ray start --address`` refuses to join a node, which a one-process Ray never does. Ray reads it once, at import
+(`ray_constants.ENABLE_RAY_CLUSTER`), so `loopback_node` sets both the variable (for the processes ``ray.init``
+starts) and the constant (for this one) while Ray starts, and puts both back afterwards: a later connection to a
+multi-node cluster from this process, or a ``ray start`` it runs, behaves as before.
+
+Token authentication: a new local Ray enables it by default (``RAY_AUTH_MODE=token``, token ``~/.ray/auth_token``).
+`init_local` writes that token file itself when it is missing, mode 600 in a mode 700 folder (Ray writes it with the
+process umask); an explicit ``RAY_AUTH_MODE``, ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH`` is left to Ray.
+The local cluster (cluster/local.sh) sets the same variable on ``ray start`` and in the client environment it prints
+(a driver given ``RAY_ADDRESS=127.0.0.1:PORT`` would otherwise rewrite it too, to an address where nothing listens),
+and has its own private token. `connect` keeps a loopback cluster address for a process without that variable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import ray
+from ray._private import ray_constants
+from ray._private.authentication.authentication_token_generator import generate_new_authentication_token
+
+LOOPBACK_ENV = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR  # "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+TOKEN_ENV = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")  # a token of the user's own
+
+
+@contextlib.contextmanager
+def loopback_node() -> Iterator[None]:
+    """While inside: a Ray started here keeps 127.0.0.1 as its node address (see the module docstring)."""
+    old_env, old_const = os.environ.get(LOOPBACK_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[LOOPBACK_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = old_const
+        if old_env is None:
+            os.environ.pop(LOOPBACK_ENV, None)
+        else:
+            os.environ[LOOPBACK_ENV] = old_env
+
+
+def ensure_private_token(path: Path | None = None) -> None:
+    """Write Ray's default token file (``~/.ray/auth_token``) mode 600 if it is missing and nothing else is set."""
+    if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token" or any(os.environ.get(k) for k in TOKEN_ENV):
+        return  # authentication turned off, or a token of the user's own
+    path = path or Path.home() / ".ray" / "auth_token"  # Ray's own default (authentication_token_setup.py)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "w") as f:
+        f.write(generate_new_authentication_token())
+
+
+def connect(address: str, **kwargs: Any) -> Any:
+    """``ray.init(address=address, **kwargs)``; a loopback address (such a cluster's GCS listens on 127.0.0.1 only)
+    is kept as it is, not rewritten to the host's routable address, where nothing would answer."""
+    with loopback_node() if is_loopback_address(address) else contextlib.nullcontext():
+        return ray.init(address=address, **kwargs)
+
+
+def is_loopback_address(address: str) -> bool:
+    """``HOST:PORT`` (or ``ray://HOST:PORT``) with a loopback HOST; False for ``auto`` and other hosts."""
+    host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def init_local(**kwargs: Any) -> Any:
+    """``ray.init(address="local", **kwargs)``: every server of the new Ray on loopback, token authentication on."""
+    ensure_private_token()
+    with loopback_node():
+        return ray.init(address="local", **kwargs)
