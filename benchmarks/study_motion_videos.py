@@ -10,9 +10,9 @@ right (class names "<object> moves <motion>"), then the Welch difference of the 
     python tools/make_motion_videos.py --out /tmp/motion-videos --clips-per-class 20 --seed 0
     spklip data build video-folder --root /tmp/motion-videos --out /tmp/motion-shards --model spklip-tiny \
         --planes-per-frame 2 --unseen-classes 10 --seed 0
-    python benchmarks/study_motion_videos.py --data /tmp/motion-shards --out /tmp/motion-study
-    python benchmarks/study_motion_videos.py --data /tmp/motion-shards --out /tmp/motion-study \
-        --label steps1800 --steps 1800 --seeds 0,1          # a single-factor variant
+    python benchmarks/study_motion_videos.py --data /tmp/motion-shards --out /tmp/motion-study --jobs 1
+    python benchmarks/study_motion_videos.py --data /tmp/motion-shards --out /tmp/motion-study --jobs 1 \
+        --label k3r10 --set model.hsfe.radius=10           # a single-factor variant (docs/training.md)
 """
 
 from __future__ import annotations
@@ -128,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     if len(presets) >= 2:
         a, b = results[presets[0]], results[presets[1]]
         for split, key, label in (("metrics", "val/top1", "val top-1"), ("metrics", "zeroshot/top1", "zero-shot"),
-                                  ("val_split", "motion", "val motion right")):
+                                  ("metrics", "fewshot/4shot_top1", "4-shot"),
+                                  ("val_split", "motion", "val motion right"),
+                                  ("val_split", "axis", "val motion axis right")):
             print(f"\n{presets[0]} - {presets[1]}, {label}: "
                   f"{difference([r[split][key] for r in a], [r[split][key] for r in b])}", end="")
         print()
