@@ -185,6 +185,7 @@ def test_yes_no_switches_parse_as_booleans_from_the_command_line():
     ("model.fsve.time_steps=0", "model.fsve.time_steps must be >= 1, got 0"),
     ("model.fsve.tau=1", "model.fsve.tau must be > 1, got 1.0"),
     ("model.fsve.v_threshold=0", "model.fsve.v_threshold must be > 0, got 0.0"),
+    ("model.fsve.surrogate_alpha=0", "model.fsve.surrogate_alpha must be > 0, got 0.0"),
     ("loss.init_logit_scale=0", "loss.init_logit_scale must be in (0, 100], got 0.0"),
     ("loss.init_logit_scale=101", "loss.init_logit_scale must be in (0, 100], got 101.0"),
     ("loss.max_logit_scale=0", "loss.max_logit_scale must be > 0, got 0.0"),
@@ -215,6 +216,7 @@ def test_the_edges_of_the_model_ranges_are_allowed():
                                  "model.backbone.attn_dropout=0", "model.temporal.dropout=0.99",
                                  "model.temporal.mlp_ratio=0.01", "model.temporal.heads=64",
                                  "model.text.finetune_layers=0", "model.fsve.tau=1.01", "model.fsve.v_threshold=1e-3",
+                                 "model.fsve.surrogate_alpha=1e-3",
                                  "loss.init_logit_scale=100", "loss.max_logit_scale=100"])
     assert cfg.model.hsfe.window == 1 and cfg.model.backbone.pool_width == 8 and cfg.loss.init_logit_scale == 100
     # values a text kind ignores are not held against it: MiniLM has its own width and heads

@@ -122,3 +122,71 @@ def test_tdbn_is_the_hand_written_one(spatial, fsve):
         assert torch.equal(new.state_dict()[key], value), key
     x = torch.randn(shape)
     assert torch.equal(new.eval()(x), old.eval()(x))
+
+
+def _conv_inputs(enc, spikes, under: str) -> dict[str, torch.Tensor]:
+    """The input of every Conv2d below module path `under` (first call)."""
+    seen = {}
+    for name, mod in enc.named_modules():
+        if name.startswith(under) and isinstance(mod, torch.nn.Conv2d):
+            mod.register_forward_hook(lambda m, i, o, n=name: None if n in seen else seen.update({n: i[0].detach()}))
+    enc(spikes)
+    return seen
+
+
+def _is_binary(x: torch.Tensor) -> bool:
+    return bool(((x == 0) | (x == 1)).all())
+
+
+@pytest.mark.parametrize("residual", ["current", "sew", "membrane"])
+def test_residual_forms(residual):
+    """current: block outputs are spikes; sew: spike counts; membrane: a real-valued stream, yet every conv of the
+    blocks (HSFE trunk and ResNet stages) is fed by spikes. All train (finite gradients down to the first conv) and
+    the spiking HSFE still emits spikes."""
+    torch.manual_seed(0)
+    cfg = _cfg("full-snn", residual=residual)
+    enc = SpikingVisualEncoder(cfg).train()
+    spikes = (torch.rand(2, cfg.num_planes, 32, 32) < 0.2).float()
+    outs = {}
+    for name in ("hsfe", "hsfe.trunk.0", "backbone.stages.0"):
+        enc.get_submodule(name).register_forward_hook(lambda m, i, o, n=name: outs.update({n: o.detach()}))
+    enc(spikes).square().sum().backward()
+    assert _is_binary(outs["hsfe"]) and 0 < outs["hsfe"].mean() < 1
+    for name in ("hsfe.trunk.0", "backbone.stages.0"):
+        out = outs[name]
+        if residual == "current":
+            assert _is_binary(out)
+        elif residual == "sew":
+            assert torch.equal(out, out.round()) and out.min() >= 0 and out.max() >= 2  # spike counts
+        else:
+            assert not _is_binary(out)
+    convs = _conv_inputs(enc, spikes, "backbone.stages") | _conv_inputs(enc, spikes, "hsfe.trunk")
+    assert convs and all(_is_binary(x) for x in convs.values()) == (residual != "sew")
+    first = enc.hsfe.branch1.conv[0].weight.grad
+    assert first is not None and torch.isfinite(first).all() and first.abs().sum() > 0
+
+
+def test_default_residual_keeps_state_dict_keys():
+    """The "current" form builds the same modules as before the option existed (saved FSVE models still load)."""
+    keys = set(SpikingVisualEncoder(_cfg("full-snn")).state_dict())
+    assert {"backbone.stages.0.body.3.conv.0.weight", "backbone.stages.1.short.1.conv.0.weight",
+            "hsfe.trunk.0.body.2.conv.0.weight"} <= keys
+    assert not any(k.startswith("hsfe.out_lif") for k in keys)
+
+
+def test_readout_current_drops_only_the_last_output_neuron():
+    torch.manual_seed(0)
+    spikes = (torch.rand(2, 32, 32, 32) < 0.2).float()
+    outs = {}
+    enc = SpikingVisualEncoder(_cfg("full-snn", readout="current")).train()
+    for i in (1, 2):
+        enc.backbone.stages[-i].register_forward_hook(lambda m, inp, o, i=i: outs.update({i: o.detach()}))
+    enc(spikes)
+    assert _is_binary(outs[2]) and not _is_binary(outs[1])  # the one before the last still fires
+    assert isinstance(enc.backbone.stages[-1].lif, torch.nn.Identity)
+
+
+def test_neuron_options_reach_every_neuron():
+    cfg = _cfg("full-snn", surrogate="atan", surrogate_alpha=5.0, detach_reset=False, decay_input=False)
+    lifs = [m for m in SpikingVisualEncoder(cfg).modules() if isinstance(m, neuron.BaseNode)]
+    assert lifs and all(m.surrogate_function.alpha == 5.0 and not m.detach_reset and not m.decay_input for m in lifs)

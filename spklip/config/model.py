@@ -169,9 +169,23 @@ class FsveCfg:
     # LIF divides its input by tau, so V_th alone puts pre-activations at half the threshold and ~3 % of neurons fire)
     tdbn_gain: Literal["threshold", "threshold-tau"] = "threshold-tau"
     attn_norm: bool = True  # normalise spiking attention's output before its neuron (else it never reaches threshold)
+    surrogate_alpha: float | None = None  # sharpness of the surrogate gradient; None: spikingjelly's default
+    # (atan 2, sigmoid 4, rect 1)
+    detach_reset: bool = True  # no gradient through the reset (spikingjelly's detach_reset)
+    decay_input: bool = True  # LIF v += (x - v) / tau (True) or v = v - v / tau + x (False: input not divided by tau)
+    # residual form of the spiking ResNet and HSFE trunk blocks: "current" (conv-BN-LIF body, the residual current
+    # summed into the block's output neuron: the original spiking ResNet), "sew" (SEW-ResNet ADD: the output neuron's
+    # spikes + the input spikes; block outputs are spike counts), "membrane" (MS-ResNet: LIF-conv-BN body on a
+    # real-valued residual stream, every conv still fed by spikes)
+    residual: Literal["current", "sew", "membrane"] = "current"
+    # what the spiking ResNet's pooled head reads: the last block's output "spikes", or its "current" (that block's
+    # output neuron dropped; "sew" and "membrane" blocks have no output neuron, so for them both are the same)
+    readout: Literal["spikes", "current"] = "spikes"
 
     def __post_init__(self):
         check_range("model.fsve.time_steps", self.time_steps, 1)
+        if self.surrogate_alpha is not None:
+            check_range("model.fsve.surrogate_alpha", self.surrogate_alpha, 0, low_open=True)
         # spikingjelly's LIFNode and ParametricLIFNode assert tau > 1 (v += (x - v) / tau; PLIF stores
         # -log(tau - 1)), so tau = 1 is as invalid as tau < 1
         check_range("model.fsve.tau", self.tau, 1, low_open=True)

@@ -9,8 +9,8 @@ folded into the batch through ``layer.SeqToANNContainer``. Two variants (FsveCfg
   encoder is fed by spikes.
 
 Spiking-specific choices: downsampling by max-pool (keeps spikes binary, where the ANN uses average pooling),
-residual sums feed the block's output neuron (so block outputs stay binary), the HSFE's long skip is a spike OR,
-and attention is Spikformer-style (spiking q/k/v, no softmax). Neuron state is reset at the start of every forward
+residual blocks in one of three forms (``FsveCfg.residual``; by default the residual sum feeds the block's output
+neuron, so block outputs stay binary, and the HSFE's long skip is a spike OR), and attention is Spikformer-style (spiking q/k/v, no softmax). Neuron state is reset at the start of every forward
 so nothing leaks from one batch to the next.
 """
 
@@ -30,8 +30,9 @@ _SURROGATES = {"atan": surrogate.ATan, "sigmoid": surrogate.Sigmoid, "rect": sur
 
 def make_neuron(cfg: FsveCfg) -> nn.Module:
     """A multi-step LIF or ParametricLIF neuron configured from FsveCfg."""
-    common = dict(v_threshold=cfg.v_threshold, v_reset=0.0 if cfg.reset == "hard" else None,
-                  surrogate_function=_SURROGATES[cfg.surrogate](), detach_reset=True, step_mode="m")
+    sg = _SURROGATES[cfg.surrogate]() if cfg.surrogate_alpha is None else _SURROGATES[cfg.surrogate](cfg.surrogate_alpha)
+    common = dict(v_threshold=cfg.v_threshold, v_reset=0.0 if cfg.reset == "hard" else None, surrogate_function=sg,
+                  detach_reset=cfg.detach_reset, decay_input=cfg.decay_input, step_mode="m")
     if cfg.neuron == "plif":
         return neuron.ParametricLIFNode(init_tau=float(cfg.tau), **common)
     return neuron.LIFNode(tau=float(cfg.tau), **common)
@@ -85,23 +86,49 @@ def _conv(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> 
     return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, groups=groups, bias=False)
 
 
-class SpikingBottleneck(nn.Module):
-    """Spiking twin of the ANN bottleneck: the residual sum of currents drives the output neuron."""
+def _pool(stride: int) -> nn.Module:
+    return layer.SeqToANNContainer(nn.MaxPool2d(stride)) if stride > 1 else nn.Identity()
 
-    def __init__(self, cin: int, planes: int, stride: int, cfg: FsveCfg):
+
+def _unit(conv: nn.Module, channels: int, cfg: FsveCfg, fire: bool, pool: nn.Module | None = None) -> list[nn.Module]:
+    """One conv of a residual block in the form of ``cfg.residual``: (pool-)conv-BN(-LIF) for "current" and "sew"
+    (the last one of a "current" body without its neuron), LIF(-pool)-conv-BN for "membrane" (spikes into every
+    conv). A list, flattened into the block's body, so "current" keeps its state-dict keys (body.0 ... body.3)."""
+    pooled = [] if pool is None else [pool]
+    if cfg.residual == "membrane":
+        return [make_neuron(cfg), *pooled, ConvNormLIF(conv, channels, cfg, fire=False)]
+    return [*pooled, ConvNormLIF(conv, channels, cfg, fire=fire)]
+
+
+class SpikingResidual(nn.Module):
+    """``body(x) + short(x)`` in one of three forms (``FsveCfg.residual``):
+
+    - ``current``: LIF(body current + shortcut current); block outputs are spikes (the original spiking ResNet).
+    - ``sew``: LIF(body current) + shortcut spikes (SEW-ResNet ADD); outputs are spike counts (0, 1, 2, ...).
+    - ``membrane``: body(x) + x on a real-valued stream, neurons before the convs (MS-ResNet).
+
+    ``fire=False`` drops the output neuron of "current" (the readout gets the current; the other forms have none).
+    """
+
+    def __init__(self, body: list[nn.Module], short: nn.Module, channels: int, cfg: FsveCfg, fire: bool = True):
         super().__init__()
-        cout = planes * 4
-        pool = layer.SeqToANNContainer(nn.MaxPool2d(stride)) if stride > 1 else nn.Identity()
-        self.body = nn.Sequential(ConvNormLIF(_conv(cin, planes, 1), planes, cfg),
-                                  ConvNormLIF(_conv(planes, planes), planes, cfg), pool,
-                                  ConvNormLIF(_conv(planes, cout, 1), cout, cfg, fire=False))
-        self.short = (nn.Sequential(layer.SeqToANNContainer(nn.MaxPool2d(stride)) if stride > 1 else nn.Identity(),
-                                    ConvNormLIF(_conv(cin, cout, 1), cout, cfg, fire=False))
-                      if stride > 1 or cin != cout else nn.Identity())
-        self.lif = make_neuron(cfg)
+        self.body, self.short = nn.Sequential(*body), short
+        self.lif = make_neuron(cfg) if cfg.residual == "current" and fire else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.lif(self.body(x) + self.short(x))
+
+
+class SpikingBottleneck(SpikingResidual):
+    """Spiking twin of the ANN bottleneck (1x1, 3x3, max-pool when strided, 1x1), residual in ``cfg.residual``'s form."""
+
+    def __init__(self, cin: int, planes: int, stride: int, cfg: FsveCfg, fire: bool = True):
+        cout, last_fires = planes * 4, cfg.residual == "sew"
+        body = [*_unit(_conv(cin, planes, 1), planes, cfg, True), *_unit(_conv(planes, planes), planes, cfg, True),
+                *_unit(_conv(planes, cout, 1), cout, cfg, last_fires, pool=_pool(stride))]
+        short = (nn.Sequential(*_unit(_conv(cin, cout, 1), cout, cfg, last_fires, pool=_pool(stride)))
+                 if stride > 1 or cin != cout else nn.Identity())
+        super().__init__(body, short, cout, cfg, fire)
 
 
 class SpikingResNet(nn.Module):
@@ -111,14 +138,17 @@ class SpikingResNet(nn.Module):
         super().__init__()
         cfg, wd = model.fsve, model.backbone.width
         resnet_output_size(height, width, len(model.backbone.layers))  # same size check as the ANN backbone
+        # "membrane" blocks start with a neuron: the stem hands them its current (max-pooled), the others spikes
         self.stem = nn.Sequential(ConvNormLIF(_conv(in_ch, wd // 2, stride=2), wd // 2, cfg),
                                   ConvNormLIF(_conv(wd // 2, wd // 2), wd // 2, cfg),
-                                  ConvNormLIF(_conv(wd // 2, wd), wd, cfg), layer.SeqToANNContainer(nn.MaxPool2d(2)))
+                                  ConvNormLIF(_conv(wd // 2, wd), wd, cfg, fire=cfg.residual != "membrane"),
+                                  layer.SeqToANNContainer(nn.MaxPool2d(2)))
         blocks, cin = [], wd
-        for i, n in enumerate(model.backbone.layers):
-            for j in range(n):
-                blocks.append(SpikingBottleneck(cin, wd * 2 ** i, 2 if i and not j else 1, cfg))
-                cin = wd * 2 ** i * 4
+        strides = [(i, 2 if i and not j else 1) for i, n in enumerate(model.backbone.layers) for j in range(n)]
+        for b, (i, stride) in enumerate(strides):  # readout "current": the last block's output neuron is dropped
+            blocks.append(SpikingBottleneck(cin, wd * 2 ** i, stride, cfg,
+                                            fire=b < len(strides) - 1 or cfg.readout == "spikes"))
+            cin = wd * 2 ** i * 4
         self.stages = nn.Sequential(*blocks)
         self.head = layer.SeqToANNContainer(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, model.embed_dim))
 
@@ -177,17 +207,13 @@ class SpikingBlock(nn.Module):
         return x + self._seq(self.norm2, self.fc2(hidden))
 
 
-class SpikingBasicBlock(nn.Module):
-    """Spiking twin of the HSFE trunk block: 3 convs (the last without a neuron), + x, output neuron."""
+class SpikingBasicBlock(SpikingResidual):
+    """Spiking twin of the HSFE trunk block: 3 convs 3x3, + x, residual in ``cfg.residual``'s form."""
 
     def __init__(self, ch: int, cfg: FsveCfg):
-        super().__init__()
-        self.body = nn.Sequential(ConvNormLIF(_conv(ch, ch), ch, cfg), ConvNormLIF(_conv(ch, ch), ch, cfg),
-                                  ConvNormLIF(_conv(ch, ch), ch, cfg, fire=False))
-        self.lif = make_neuron(cfg)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lif(self.body(x) + x)
+        body = [*_unit(_conv(ch, ch), ch, cfg, True), *_unit(_conv(ch, ch), ch, cfg, True),
+                *_unit(_conv(ch, ch), ch, cfg, cfg.residual == "sew")]
+        super().__init__(body, nn.Identity(), ch, cfg)
 
 
 class SpikingHSFE(HSFE):
@@ -201,15 +227,19 @@ class SpikingHSFE(HSFE):
         self.branch2 = ConvNormLIF(nn.Conv2d(m * hs.branch_hidden, m, 3, padding=1, groups=m), m, cfg)
         self.gate = (nn.Sequential(ConvNormLIF(_conv(m, 2 * m), 2 * m, cfg), ConvNormLIF(_conv(2 * m, m), m, cfg))
                      if hs.spatial_attention else None)
-        self.fuse = ConvNormLIF(_conv(m, f), f, cfg)
+        self.membrane = cfg.residual == "membrane"
+        self.fuse = ConvNormLIF(_conv(m, f), f, cfg, fire=not self.membrane)
         self.trunk = nn.Sequential(*(SpikingBasicBlock(f, cfg) for _ in range(hs.num_res_blocks)))
+        self.out_lif = make_neuron(cfg) if self.membrane else nn.Identity()
 
     def forward(self, blocks: torch.Tensor) -> torch.Tensor:
         maps = self.branch2(self.branch1(blocks))  # [T, B*K, M, H', W'] spikes
         if self.gate is not None:
             maps = maps * self.gate(maps)  # spike AND spike: the gate stays binary
         tmp = self.fuse(maps)
-        return torch.maximum(self.trunk(tmp), tmp)  # long skip as spike OR
+        if self.membrane:  # real-valued stream: long skip as a sum, one neuron makes the output spikes
+            return self.out_lif(self.trunk(tmp) + tmp)
+        return torch.maximum(self.trunk(tmp), tmp).clamp(max=1)  # long skip as spike OR (spike counts for "sew")
 
 
 class SpikingVisualEncoder(nn.Module):
