@@ -36,8 +36,25 @@
             STEP(j, th, DARK) \
             charge[i] = c; \
         }
+/* one plane at w = 0 (P = 1, the CLI default): s * 0 + a is a for every finite s (and for a = -0: the charge then
+   gets the same sum), so b is not read: one conversion per pixel instead of two */
+#define HELD(LOAD, TH, DARK) \
+    for (ptrdiff_t i = i0; i < i1; i++) { \
+        const double ai = LOAD(a[i]), th = (TH); \
+        double c = charge[i]; \
+        const int j = 0; \
+        double p = ai; \
+        DARK \
+        const double x = c + p; \
+        const double r = x >= th ? th : 0.0; \
+        c = x - r; \
+        o[i] = (uint8_t)(x >= th); \
+        charge[i] = c; \
+        (void)j; \
+    }
 #define BY_PLANES(LOAD, TH, DARK) \
-    if (planes == 1) PIXELS(LOAD, TH, DARK, 1) \
+    if (planes == 1 && w[0] == 0.0) HELD(LOAD, TH, DARK) \
+    else if (planes == 1) PIXELS(LOAD, TH, DARK, 1) \
     else if (planes == 2) PIXELS(LOAD, TH, DARK, 2) \
     else if (planes == 4) PIXELS(LOAD, TH, DARK, 4) \
     else PLANES(LOAD, TH, DARK)
@@ -47,23 +64,33 @@
 #define CHECK_F64 \
     for (ptrdiff_t i = i0; i < i1; i++) bad += !(a[i] >= 0.0 && a[i] <= 1.0) + !(b[i] >= 0.0 && b[i] <= 1.0);
 #define CHECK_NONE
+/* one pair's planes over the pixels [i0, i1): a function of its own so that every pointer is a restrict parameter
+   (which the compiler trusts; restrict locals it may not, and the loops then lose their vectorisation) */
+#define PAIR(NAME, T, LOAD, CHECK) \
+    static inline __attribute__((always_inline)) ptrdiff_t NAME##_pair( \
+            const T *restrict a, const T *restrict b, double *restrict charge, const double *restrict theta, \
+            double theta0, const double *restrict w, int planes, const double *restrict dk, uint8_t *restrict o, \
+            ptrdiff_t n, ptrdiff_t i0, ptrdiff_t i1) { \
+        ptrdiff_t bad = 0; \
+        CHECK \
+        if (theta && dk) { BY_PLANES(LOAD, theta[i], DARK_ON) } \
+        else if (theta) { BY_PLANES(LOAD, theta[i], DARK_OFF) } \
+        else if (dk) { BY_PLANES(LOAD, theta0, DARK_ON) } \
+        else { BY_PLANES(LOAD, theta0, DARK_OFF) } \
+        return bad; \
+    }
 #define KERNEL(NAME, T, LOAD, CHECK) \
-    CLONES ptrdiff_t NAME(const T *a0, const T *b0, ptrdiff_t stride, int pairs, double *restrict charge, \
-                          const double *restrict theta, double theta0, const double *restrict w, int planes, \
-                          const double *dark, uint8_t *out, ptrdiff_t n, ptrdiff_t block) { \
+    PAIR(NAME, T, LOAD, CHECK) \
+    CLONES ptrdiff_t NAME(const T *a0, const T *b0, ptrdiff_t stride, int pairs, double *charge, \
+                          const double *theta, double theta0, const double *w, int planes, const double *dark, \
+                          uint8_t *out, ptrdiff_t n, ptrdiff_t block) { \
         ptrdiff_t bad = 0; \
         for (ptrdiff_t i0 = 0; i0 < n; i0 += block) { \
             const ptrdiff_t i1 = i0 + block < n ? i0 + block : n; \
-            for (int k = 0; k < pairs; k++) { \
-                const T *restrict a = a0 + k * stride, *restrict b = b0 + k * stride; \
-                uint8_t *restrict o = out + (ptrdiff_t)k * planes * n; \
-                const double *restrict dk = dark ? dark + (ptrdiff_t)k * planes * n : NULL; \
-                CHECK \
-                if (theta && dk) { BY_PLANES(LOAD, theta[i], DARK_ON) } \
-                else if (theta) { BY_PLANES(LOAD, theta[i], DARK_OFF) } \
-                else if (dk) { BY_PLANES(LOAD, theta0, DARK_ON) } \
-                else { BY_PLANES(LOAD, theta0, DARK_OFF) } \
-            } \
+            for (int k = 0; k < pairs; k++) \
+                bad += NAME##_pair(a0 + k * stride, b0 + k * stride, charge, theta, theta0, w, planes, \
+                                   dark ? dark + (ptrdiff_t)k * planes * n : NULL, out + (ptrdiff_t)k * planes * n, \
+                                   n, i0, i1); \
         } \
         return bad; \
     }
