@@ -90,6 +90,9 @@ def test_trial_line():
                       {"optim.lr": 0.0005, "model.hsfe.num_subblocks": 3})
     assert line == "trial 3/8 a1b2 done: val/top1 0.412 after 4 epochs  model.hsfe.num_subblocks=3 optim.lr=0.0005"
     assert trial_line(1, 2, "c3", "failed", {}, (("val/top1", "max"),), {}) == "trial 1/2 c3 failed"
+    unscored = {"val/top1": -sys.float_info.max, "step": 4}  # the last report was a mid-epoch checkpoint's
+    assert trial_line(1, 2, "c3", "failed", unscored, (("val/top1", "max"),), {}) == \
+        "trial 1/2 c3 failed: val/top1 not evaluated yet"
     seeds = {"val/top1": 0.9431, "val/top1/ci95": 0.2449, "val/top1/seeds": 2, "step": 600.0, "epoch": 50.0,
              "training_iteration": 1}  # what a trial of several seeds reports once, at its end
     assert trial_line(2, 3, "d4", "done", seeds, (("val/top1", "max"),), {"_variant": "hsfe"}) == \

@@ -152,3 +152,23 @@ def test_ui_link_opens_the_runs_table(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     exp = MlflowClient(tracking_uri=uri).create_experiment("ui", artifact_location=(tmp_path / "art").as_uri())
     assert ui_link(uri, "ui").endswith(f"http://127.0.0.1:5056/#/experiments/{exp}?workflowType=machine_learning")
+
+
+def test_best_config_reads_none_params_back(tmp_path):
+    """MLflow stores str(value): a None config field (e.g. model.fsve.surrogate_alpha) is logged as "None" and must
+    rebuild as None, not fail as the string 'None'."""
+    import mlflow
+
+    from spklip.config import ExperimentConfig, load_config
+    from spklip.tune.report import best_config
+
+    cfg = load_config(None, ["model.fsve.surrogate_alpha=null"])
+    assert cfg.model.fsve.surrogate_alpha is None
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    run = client.create_run(client.create_experiment("e", artifact_location=str(tmp_path / "art")))
+    for k, v in cfg.to_flat_dict().items():
+        client.log_param(run.info.run_id, k, v)
+    back = best_config(uri, run.info.run_id)
+    assert isinstance(back, ExperimentConfig) and back.model.fsve.surrogate_alpha is None
+    assert back.to_flat_dict() == cfg.to_flat_dict()

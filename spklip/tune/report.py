@@ -325,7 +325,9 @@ def plot_pareto(table: SweepTable, path: str | Path):
 def best_config(uri: str, run_id: str) -> ExperimentConfig:
     """The full config of a trial, rebuilt from its flat params (every trial logs its whole flat config)."""
     params = mlflow_client(uri).get_run(run_id).data.params
-    flat = {k: (parse_value(v) if v != "" else "") for k, v in params.items() if not k.startswith("_")}
+    # MLflow stores every param as str(value): None comes back as "None" (YAML reads that as a string)
+    flat = {k: None if v == "None" else parse_value(v) if v != "" else "" for k, v in params.items()
+            if not k.startswith("_")}
     try:
         return ExperimentConfig.from_flat_dict(flat)
     except ValueError as e:

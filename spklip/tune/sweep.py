@@ -273,7 +273,9 @@ def trial_line(n: int, total: int, trial_id: str, status: str, result: dict[str,
     scores = []
     for m, _ in metrics:
         value, ci = result.get(m), result.get(f"{m}/ci95")
-        if isinstance(value, (int, float)):
+        if isinstance(value, (int, float)) and abs(value) >= sys.float_info.max:
+            scores.append(f"{m} not evaluated yet")  # a mid-epoch checkpoint's report (spklip.train.worker)
+        elif isinstance(value, (int, float)):
             scores.append(f"{m} {value:.3f}" + (f" ± {ci:.3f}" if isinstance(ci, float) and ci == ci else ""))
     text = f"trial {n}/{total} {trial_id} {status}" + (f": {', '.join(scores)}" if scores else "")
     seeds = result.get(f"{metrics[0][0]}/seeds") if metrics else None
