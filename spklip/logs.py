@@ -27,7 +27,8 @@ from spklip.train.progress import PROGRESS_FILE
 
 LOG_FILE = "spklip.log"  # in the run folder (``spklip train``) or the sweep folder
 QUIET_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "mlflow", "optuna", "alembic", "py.warnings")
-QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1"}  # transformers' "Loading weights" bar when a checkpoint is loaded
+QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' "Loading weights" bar when a checkpoint is loaded
+             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # MLflow's "Downloading artifacts" bars (model logging)
 _FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 

@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import logging
 import sys
 import time
@@ -124,3 +125,19 @@ def test_best_metrics_are_the_best_checkpoints(best, expected):
     local = SimpleNamespace(best_checkpoints=[])  # local mode ranks nothing: the last checkpoint is the best one
     out.best_checkpoint = out.checkpoint
     assert _best_metrics(local, out) == {"val/top1": 0.25}
+
+
+def test_quiet_output_turns_off_the_library_progress_bars(monkeypatch):
+    """Not verbose: MLflow's artifact bars (printed on stderr when the model is logged) and transformers' are off,
+    unless the user set the switches; verbose leaves them alone."""
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+
+    for key in ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "HF_HUB_DISABLE_PROGRESS_BARS"):
+        monkeypatch.delenv(key, raising=False)
+    RunOutput(verbose=True)
+    assert MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.get() is True
+    RunOutput(verbose=False)
+    assert MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.get() is False and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "true")
+    RunOutput(verbose=False)
+    assert MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.get() is True
