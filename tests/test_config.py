@@ -144,6 +144,7 @@ def test_yes_no_switches_parse_as_booleans_from_the_command_line():
     ("eval.few_shot_ks=[1, 0]", "eval.few_shot_ks[1] must be >= 1, got 0"),
     ("eval.retrieval_ks=[0]", "eval.retrieval_ks[0] must be >= 1, got 0"),
     ("eval.few_shot_seeds=0", "eval.few_shot_seeds must be >= 1, got 0"),
+    ("eval.every_epochs=0", "eval.every_epochs must be >= 1, got 0"),
     ("eval.few_shot_lr=-1", "eval.few_shot_lr must be > 0, got -1.0"),
     ("eval.batch_size=0", "eval.batch_size must be >= 1, got 0"),
     ("tracking.experiment=''", "tracking.experiment must not be empty"),

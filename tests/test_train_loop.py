@@ -12,6 +12,7 @@ from spklip.loss import ClipLoss
 from spklip.model import create_model
 from spklip.train.checkpoint import (TrainState, model_from_checkpoint, read_checkpoint, restore_training,
                                      save_checkpoint)
+from spklip.train.epoch_eval import evaluates_after
 from spklip.train.loop import Loop, run_training, seed_everything, train_epoch
 from spklip.train.schedule import lr_factor
 
@@ -36,6 +37,15 @@ def _fresh_loop(cfg, total_steps=4):
     seed_everything(cfg.train.seed)
     model = create_model(cfg.model, loss_cfg=cfg.loss)
     return Loop.create(cfg, model, ClipLoss(cfg.loss), torch.device("cpu"), total_steps)
+
+
+def test_evaluated_epochs_are_every_nth_and_the_last():
+    cfg = load_config("configs/tiny.yaml", ["train.epochs=7", "eval.every_epochs=3"])
+    assert [e for e in range(1, 8) if evaluates_after(cfg, e, step=10 * e)] == [3, 6, 7]
+    capped = load_config("configs/tiny.yaml", ["train.epochs=100", "eval.every_epochs=3", "train.max_steps=45"])
+    assert [e for e in range(1, 6) if evaluates_after(capped, e, step=min(10 * e, 45))] == [3, 5]  # 5: max_steps
+    every = load_config("configs/tiny.yaml", ["train.epochs=3"])
+    assert all(evaluates_after(every, e, step=e) for e in (1, 2, 3))
 
 
 def test_resume_from_a_checkpoint_continues_the_same_loss_curve(tmp_path):

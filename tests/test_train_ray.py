@@ -192,3 +192,26 @@ def test_checkpoint_interval_dividing_the_epoch_keeps_one_checkpoint_per_step(ra
     run = tmp_path / "runs" / "ray" / "every3"
     kept = sorted(p.name for p in run.glob("checkpoint_step=*"))
     assert kept and len(kept) == len(set(kept)) and all((run / k / "state.pt").is_file() for k in kept), kept
+
+
+@pytest.mark.slow
+def test_every_n_epochs_evaluates_and_checkpoints_only_those_and_the_last(ray_session, tmp_path, monkeypatch):
+    # eval.every_epochs=2 over 3 epochs: epochs 2 and 3 (the last) are evaluated and checkpointed; epoch 1 only
+    # trains and prints its progress line without metrics.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    data = write_motion_shards(tmp_path / "motion", per_class=16, shape=(16, 32, 32))
+    cfg = _cfg(data, tmp_path, "train.epochs=3", "eval.every_epochs=2", "train.keep_checkpoints=5",
+               "scale.num_workers=1", "eval.energy=false", "eval.few_shot_ks=[1]", "eval.few_shot_seeds=1",
+               "eval.few_shot_steps=5", "eval.bn_recal_batches=1", "tracking.log_model=false")
+    result = fit(cfg, run_name="every2")
+    spe = 48 // 4  # one worker, batch 4
+    assert result.metrics["step"] == 3 * spe and "val/top1" in result.metrics
+    client = _client(tmp_path)
+    assert _steps(client, result.mlflow_run_id, "val/top1") == [2 * spe, 3 * spe]
+    assert [m.value for m in client.get_metric_history(result.mlflow_run_id, "epoch")] == [2.0, 3.0]
+    run = tmp_path / "runs" / "ray" / "every2"
+    lines = (run / "progress.log").read_text().splitlines()
+    assert [line.split()[1] for line in lines] == ["1/3", "2/3", "3/3"], lines
+    assert ["val/top1" in line for line in lines] == [False, True, True], lines
+    kept = sorted(p.name for p in run.glob("checkpoint_step=*"))
+    assert kept == [f"checkpoint_step={2 * spe:07d}", f"checkpoint_step={3 * spe:07d}"], kept

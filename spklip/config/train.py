@@ -73,6 +73,7 @@ class ScaleCfg:
 
 @dataclass(frozen=True)
 class EvalCfg:
+    every_epochs: int = 1  # evaluate (and checkpoint) after every N-th epoch; the run's last epoch always
     few_shot_ks: tuple[int, ...] = (1, 2, 4, 8, 16)
     few_shot_seeds: int = 5  # episodes per k
     retrieval_ks: tuple[int, ...] = (1, 5, 10)
@@ -91,6 +92,7 @@ class EvalCfg:
         for key in ("few_shot_ks", "retrieval_ks"):
             for i, k in enumerate(getattr(self, key)):
                 check_range(f"eval.{key}[{i}]", k, 1)
+        check_range("eval.every_epochs", self.every_epochs, 1)
         check_range("eval.few_shot_seeds", self.few_shot_seeds, 1)
         check_range("eval.few_shot_steps", self.few_shot_steps, 0)
         check_range("eval.few_shot_lr", self.few_shot_lr, 0, low_open=True)

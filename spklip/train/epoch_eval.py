@@ -15,6 +15,13 @@ from spklip.tracking import Tracker
 from spklip.train.timing import Phases
 
 
+def evaluates_after(cfg: ExperimentConfig, epochs_done: int, step: int) -> bool:
+    """Whether the epoch that ends with `epochs_done` epochs and `step` optimiser steps done is evaluated (and
+    checkpointed): every ``eval.every_epochs``-th one, and the run's last (``train.epochs`` or ``train.max_steps``)."""
+    last = epochs_done >= cfg.train.epochs or bool(cfg.train.max_steps and step >= cfg.train.max_steps)
+    return last or epochs_done % cfg.eval.every_epochs == 0
+
+
 class EpochEvaluator:
     """Evaluates on rank 0 after each epoch and logs metrics (step-indexed) and artifacts (per epoch)."""
 

@@ -26,7 +26,7 @@ from spklip.model import create_model
 from spklip.train import data as train_data
 from spklip.torchutil import unwrap
 from spklip.train.checkpoint import TrainState, read_checkpoint, restore_training, save_checkpoint
-from spklip.train.epoch_eval import EpochEvaluator
+from spklip.train.epoch_eval import EpochEvaluator, evaluates_after
 from spklip.train.faults import maybe_crash
 from spklip.train.loop import Loop, run_training, seed_everything
 from spklip.train.progress import append_line, epoch_line
@@ -175,10 +175,11 @@ class _WorkerRun:
         self.last_loss = metrics.get("loss", self.last_loss)
         if self.rank == 0 and st.step % train.log_every == 0:
             self.tracker.log_metrics({f"train/{k}": v for k, v in metrics.items()}, st.step)
-        # The epoch's last step (or the max_steps one) is checkpointed by on_epoch_end, with its evaluation: one
-        # checkpoint per step, so Ray never holds two reports of one folder (it deleted the folder with the first).
-        ends_epoch = self.epoch_drained or (train.max_steps and st.step >= train.max_steps)
-        if train.checkpoint_every and st.step % train.checkpoint_every == 0 and not ends_epoch:
+        # An evaluated epoch's last step (or the max_steps one) is checkpointed by on_epoch_end, with its evaluation:
+        # one checkpoint per step, so Ray never holds two reports of one folder (it deleted the folder with the first).
+        ends_eval_epoch = (self.epoch_drained and evaluates_after(self.cfg, st.epoch + 1, st.step)) or (
+            train.max_steps and st.step >= train.max_steps)
+        if train.checkpoint_every and st.step % train.checkpoint_every == 0 and not ends_eval_epoch:
             # not evaluated yet: the worst finite score (Ray's run snapshot is JSON, which stores +-inf as null; a
             # resumed run then failed ranking its restored checkpoints, "float * NoneType")
             unscored = -sys.float_info.max if train.metric_mode == "max" else sys.float_info.max
@@ -195,16 +196,22 @@ class _WorkerRun:
             self.tracker.log_metrics(metrics, step)
 
     def on_epoch_end(self, st: TrainState) -> None:
+        """Rank 0 writes the epoch's progress line. An evaluated epoch (`evaluates_after`; every one unless
+        ``eval.every_epochs`` > 1) is first evaluated by rank 0, then reported by every rank with the checkpoint."""
+        evaluated = evaluates_after(self.cfg, st.epoch, st.step)
         if self.rank == 0:
-            self.last_eval = self.evaluator.run(self.model, self.device, st.step, st.epoch, self.loop.autocast_dtype,
-                                                phases=self.phases)
-            st.metrics = dict(self.last_eval)
+            if evaluated:
+                self.last_eval = self.evaluator.run(self.model, self.device, st.step, st.epoch,
+                                                    self.loop.autocast_dtype, phases=self.phases)
+                st.metrics = dict(self.last_eval)
             if self.plan.run_dir:
                 append_line(self.plan.run_dir, epoch_line(int(st.epoch), self.cfg.train.epochs, st.step,
-                                                          self.plan.total_steps, self.cfg.train.metric, self.last_eval,
-                                                          self.last_loss, time.monotonic() - self.epoch_started,
+                                                          self.plan.total_steps, self.cfg.train.metric,
+                                                          self.last_eval if evaluated else {}, self.last_loss,
+                                                          time.monotonic() - self.epoch_started,
                                                           {p: self.phases.seconds.get(p, 0.0) for p in PHASES}))
-        self.timed_report({"step": st.step, "epoch": st.epoch, **self.last_eval})
+        if evaluated:
+            self.timed_report({"step": st.step, "epoch": st.epoch, **self.last_eval})
         self.end_epoch_timing(st.step)
 
     def end_epoch_timing(self, step: int) -> None:
