@@ -3,7 +3,7 @@
 Prints medians over repeats, and ratios measured in the same run against a reference:
 * simulator: `simulate_spikes` (the fused kernel, or its numpy fallback: the backend is printed) vs the textbook
   per-plane loop (vectorised over pixels only) on the same 240x320 frames (float64 with 4 planes per frame, and
-  uint8 with 1), timed alternately in CPU time, equal bits checked; the load (``uptime``) before and after; and the simulator's peak traced memory
+  uint8 with 1), timed alternately in wall time (the kernel on its default threads and on one), equal bits checked; the load (``uptime``) before and after; and the simulator's peak traced memory
   (tracemalloc: numpy buffers included) streaming 1080p frames with the default chunk;
 * storage: bits per pixel-plane on disk for a moving-digits dataset vs 8 (uint8 planes) and 1 (raw packbits);
 * streaming input (``--streaming`` alone): clips/s the training split's streaming Ray Dataset
@@ -15,6 +15,7 @@ Prints medians over repeats, and ratios measured in the same run against a refer
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -29,6 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from spklip.data.shards import write_shards  # noqa: E402
+from spklip.data.simkernel import kernel_threads  # noqa: E402
 from spklip.data.simulate import (SimParams, SpikeSimulator, default_chunk_planes, iter_simulate,  # noqa: E402
                                   simulate_spikes, simulator_backend)
 
@@ -56,6 +58,20 @@ def reference_simulator(frames: np.ndarray, ppf: int, threshold: float, seed: in
     return out
 
 
+@contextlib.contextmanager
+def single_thread():
+    """The simulator's kernel on one thread (``SPKLIP_SIM_THREADS=1``) inside the block."""
+    old = os.environ.get("SPKLIP_SIM_THREADS")
+    os.environ["SPKLIP_SIM_THREADS"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["SPKLIP_SIM_THREADS"]
+        else:
+            os.environ["SPKLIP_SIM_THREADS"] = old
+
+
 def load() -> str:
     """``uptime``'s line (the load averages), or /proc/loadavg where there is no uptime."""
     try:
@@ -76,16 +92,20 @@ def bench_simulator(frames_n: int, repeats: int) -> None:
             return reference_simulator(fr / 255.0 if fr.dtype == np.uint8 else fr, ppf, 2.0, 0)
 
         assert np.array_equal(simulate_spikes(fr, planes_per_frame=ppf), reference())
-        new, ref = [], []
-        for _ in range(repeats):  # alternately, so both see the same machine; CPU time (both single-threaded)
-            new.append(median_time(lambda: simulate_spikes(fr, planes_per_frame=ppf, seed=0), 1, time.process_time))
-            ref.append(median_time(reference, 1, time.process_time))
-        new_s, ref_s = statistics.median(new), statistics.median(ref)
+        new, one, ref = [], [], []
+        simulate = lambda: simulate_spikes(fr, planes_per_frame=ppf, seed=0)  # noqa: E731
+        for _ in range(repeats):  # alternately, so all three see the same machine; wall time (the kernel threads)
+            new.append(median_time(simulate, 5))
+            with single_thread():
+                one.append(median_time(simulate, 5))
+            ref.append(median_time(reference, 5))
+        new_s, one_s, ref_s = statistics.median(new), statistics.median(one), statistics.median(ref)
         pp = frames_n * ppf * 240 * 320
-        print(f"simulator ({simulator_backend()}) 240x320 {name}, {frames_n} frames x {ppf} planes: "
-              f"{pp / new_s / 1e6:.1f} M pixel-planes/s (reference per-plane loop {pp / ref_s / 1e6:.1f} M/s; "
-              f"ratio {ref_s / new_s:.2f}x; rounds {' / '.join(f'{r / n:.2f}' for r, n in zip(ref, new))}), "
-              f"CPU-time medians of {repeats}, equal bits")
+        print(f"simulator ({simulator_backend()}, {kernel_threads()} threads) 240x320 {name}, {frames_n} frames x "
+              f"{ppf} planes: {pp / new_s / 1e6:.1f} M pixel-planes/s (reference per-plane loop {pp / ref_s / 1e6:.1f}"
+              f" M/s; ratio {ref_s / new_s:.2f}x; rounds {' / '.join(f'{r / n:.2f}' for r, n in zip(ref, new))}; "
+              f"one thread {pp / one_s / 1e6:.1f} M/s, ratio {ref_s / one_s:.2f}x), wall-time medians of {repeats} rounds of 5, "
+              f"equal bits")
     print(f"simulator: after: {load()}")
 
 

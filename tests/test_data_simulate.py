@@ -211,3 +211,43 @@ def test_mixed_dtypes_in_one_stream_and_a_bad_frame_midway(backend):
         simulate_spikes(bad, **params)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         simulate_spikes(iter([floats[0], np.full((5, 7), np.nan)]), **params)
+
+
+@pytest.mark.parametrize("params", [SimParams(planes_per_frame=4, seed=2, mismatch=0.1),
+                                    SimParams(planes_per_frame=1, seed=3),
+                                    SimParams(planes_per_frame=2, seed=4, dark_current=0.05)])
+def test_threaded_kernel_calls_give_the_bits_of_one_thread(params, monkeypatch):
+    """Threads share a call's pixels in disjoint block-aligned ranges: every split gives the one-thread bits, and an
+    out-of-range value in the last thread's range still fails the call."""
+    import spklip.data.simkernel as simkernel
+
+    if simulator_backend() != "c":
+        pytest.skip("no C compiler here: only the numpy loop runs")
+    monkeypatch.setattr(simkernel, "MIN_THREAD_WORK", 1)  # thread even these small calls
+    frames = np.random.default_rng(9).random((5, 37, 61))  # 2257 pixels: 2 whole blocks and a partial one
+    kwargs = dict(threshold=params.threshold, planes_per_frame=params.planes_per_frame, seed=params.seed,
+                  mismatch=params.mismatch, dark_current=params.dark_current)
+    expected = slow_simulation(frames, params)
+    for threads in ("1", "2", "3", "7"):
+        monkeypatch.setenv("SPKLIP_SIM_THREADS", threads)
+        assert simkernel.kernel_threads() == int(threads)
+        assert np.array_equal(simulate_spikes(frames, **kwargs), expected), threads
+        assert np.array_equal(simulate_spikes((frames * 255).astype(np.uint8), **kwargs),
+                              slow_simulation((frames * 255).astype(np.uint8), params)), threads
+    bad = frames.copy()
+    bad[3, -1, -1] = 1.5  # the last pixel: in the last range
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        simulate_spikes(bad, **kwargs)
+
+
+def test_kernel_threads_follow_the_environment(monkeypatch):
+    import spklip.data.simkernel as simkernel
+
+    monkeypatch.delenv("SPKLIP_SIM_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what Ray sets in a one-CPU task: a parallel build stays 1 each
+    assert simkernel.kernel_threads() == 1
+    monkeypatch.setenv("SPKLIP_SIM_THREADS", "3")
+    assert simkernel.kernel_threads() == 3
+    monkeypatch.delenv("SPKLIP_SIM_THREADS")
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert simkernel.kernel_threads() >= 1

@@ -6,6 +6,8 @@
    run of frames F: a0 = F, b0 = F + n, stride = n) and writes planes k * planes ... onto `out` [pairs * planes, n].
    The pixels go in cache-sized blocks, all pairs of a block before the next block, so the charge stays in the
    L1 cache across frames and each frame is read from memory once.
+   A call does the pixels [begin, end) of the n (n is also the row stride of `out` and the dark planes), so
+   threads can share a frame's pixels: each owns its range of the charge and of every output row.
    Two entry points: spklip_fire reads float64 frames and returns how many of their values lie outside [0, 1] (NaN
    included; the caller raises), so no separate validation pass is needed; spklip_fire_u8 reads 8-bit frames and
    converts each value as numpy's `frames / 255.0` does (an exact double division), so no float64 copy is made. */
@@ -83,10 +85,10 @@
     PAIR(NAME, T, LOAD, CHECK) \
     CLONES ptrdiff_t NAME(const T *a0, const T *b0, ptrdiff_t stride, int pairs, double *charge, \
                           const double *theta, double theta0, const double *w, int planes, const double *dark, \
-                          uint8_t *out, ptrdiff_t n, ptrdiff_t block) { \
+                          uint8_t *out, ptrdiff_t n, ptrdiff_t block, ptrdiff_t begin, ptrdiff_t end) { \
         ptrdiff_t bad = 0; \
-        for (ptrdiff_t i0 = 0; i0 < n; i0 += block) { \
-            const ptrdiff_t i1 = i0 + block < n ? i0 + block : n; \
+        for (ptrdiff_t i0 = begin; i0 < end; i0 += block) { \
+            const ptrdiff_t i1 = i0 + block < end ? i0 + block : end; \
             for (int k = 0; k < pairs; k++) \
                 bad += NAME##_pair(a0 + k * stride, b0 + k * stride, charge, theta, theta0, w, planes, \
                                    dark ? dark + (ptrdiff_t)k * planes * n : NULL, out + (ptrdiff_t)k * planes * n, \

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import threading
 import hashlib
 import os
 import platform
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,48 @@ BLOCK = 1024  # pixels per kernel block: a, b, charge, threshold and the dark pl
 # -ffp-contract=off: no fused multiply-add (the numpy loop rounds the product); -fno-trapping-math only lets the
 # compiler turn the compares into vector selects (no FP exceptions are observed); no -ffast-math, no -march.
 KERNEL_FLAGS = ("-O3", "-shared", "-fPIC", "-ffp-contract=off", "-fno-trapping-math")
+
+
+# pixel-planes per call below which one thread does the whole call: handing a part to another thread costs tens of
+# microseconds, ~1/10 of this much work (a 64x64 clip's call stays on the caller's thread)
+MIN_THREAD_WORK = 1 << 20
+_pool: tuple[int, ThreadPoolExecutor] | None = None  # (pid that made it, the pool): a forked child makes its own
+_pool_lock = threading.Lock()
+
+
+def kernel_threads() -> int:
+    """Threads one kernel call may use: ``SPKLIP_SIM_THREADS``, else ``OMP_NUM_THREADS`` (Ray sets it to a task's
+    CPUs, so a build's parallel tasks stay one thread each), else the CPUs this process may run on."""
+    for var in ("SPKLIP_SIM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "").strip()
+        if value.isdigit() and int(value) >= 1:
+            return int(value)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _executor(threads: int) -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] != os.getpid() or _pool[1]._max_workers < threads:
+            _pool = os.getpid(), ThreadPoolExecutor(threads, thread_name_prefix="spklip-sim")
+        return _pool[1]
+
+
+def run_kernel(fn, args: tuple, n: int, work: int, threads: int | None = None) -> int:
+    """``fn(*args, n, BLOCK, begin, end)`` over the pixels ``[0, n)``, split into `threads` (default
+    `kernel_threads`) ranges of whole blocks when the call has `work` >= `MIN_THREAD_WORK` pixel-planes per thread;
+    the ranges are disjoint, so the bits do not depend on the split. Returns the summed out-of-range counts."""
+    threads = max(1, min(threads or kernel_threads(), work // MIN_THREAD_WORK, -(-n // BLOCK)))
+    if threads == 1:
+        return fn(*args, n, BLOCK, 0, n)
+    edges = [min(n, -(-n * t // threads) // BLOCK * BLOCK) for t in range(threads)] + [n]  # block-aligned starts
+    pool = _executor(threads - 1)
+    parts = [pool.submit(fn, *args, n, BLOCK, lo, hi) for lo, hi in zip(edges[1:-1], edges[2:])]
+    bad = fn(*args, n, BLOCK, edges[0], edges[1])  # the first range on this thread
+    return bad + sum(p.result() for p in parts)
 
 
 def _cache_dir() -> Path | None:
@@ -68,7 +112,7 @@ def load_kernel() -> Kernel | None:
     ptr = ctypes.c_void_p
     for fn in (lib.spklip_fire, lib.spklip_fire_u8):
         fn.argtypes = [ptr, ptr, ctypes.c_ssize_t, ctypes.c_int, ptr, ptr, ctypes.c_double, ptr, ctypes.c_int, ptr,
-                       ptr, ctypes.c_ssize_t, ctypes.c_ssize_t]
+                       ptr, ctypes.c_ssize_t, ctypes.c_ssize_t, ctypes.c_ssize_t, ctypes.c_ssize_t]
         fn.restype = ctypes.c_ssize_t
     return Kernel(lib.spklip_fire, lib.spklip_fire_u8)
 

@@ -38,7 +38,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from spklip.data.simkernel import BLOCK, load_kernel
+from spklip.data.simkernel import load_kernel, run_kernel
 
 LUMA_BT601 = np.array([0.299, 0.587, 0.114])  # RGB -> luminance weights (the GRAY conversion SpikeCV uses)
 
@@ -100,8 +100,8 @@ def _range_error(arr: np.ndarray) -> ValueError:
 
 
 SPIKE_CHUNK_BYTES = 32 << 20  # the default chunk: as many planes as fit in 32 MiB of uint8 spikes (at most 256)
-_DARK_BYTES = 32 << 20
-RUN_PAIRS = 8  # frame pairs per kernel call: the call's overhead shared, few enough memory streams per pixel block  # dark-current draws held at once (float64 planes)
+_DARK_BYTES = 32 << 20  # dark-current draws held at once (float64 planes)
+RUN_PAIRS = 8  # frame pairs per kernel call: the call's overhead shared, few enough memory streams per pixel block
 
 
 def simulator_backend() -> str:
@@ -260,9 +260,10 @@ class SpikeSimulator:
         fire = self._kernel.fire_u8 if a.dtype == np.uint8 else self._kernel.fire
         theta = self._theta_map
         stride = a.shape[1] * a.shape[2] if pairs > 1 else 0  # elements from one pair's frame to the next's
-        return fire(a.ctypes.data, b.ctypes.data, stride, pairs, self.charge.ctypes.data,
-                    None if theta is None else theta.ctypes.data, float(self.params.threshold),
-                    self._weights.ctypes.data, len(self._weights), None, out.ctypes.data, a[0].size, BLOCK)
+        args = (a.ctypes.data, b.ctypes.data, stride, pairs, self.charge.ctypes.data,
+                None if theta is None else theta.ctypes.data, float(self.params.threshold),
+                self._weights.ctypes.data, len(self._weights), None, out.ctypes.data)
+        return run_kernel(fire, args, a[0].size, a[0].size * pairs * len(self._weights))
 
     def _fire_pair(self, a: np.ndarray, b: np.ndarray, weights: np.ndarray, out: np.ndarray) -> int:
         """One float64 pair ``[H, W]``: the planes ``a + w (b - a)``, w in `weights`, into ``out [len(weights), H,
@@ -278,10 +279,11 @@ class SpikeSimulator:
                 dark *= 2.0 * dc
             if self._kernel is not None:
                 theta = self._theta_map
-                bad += self._kernel.fire(a.ctypes.data, b.ctypes.data, 0, 1, self.charge.ctypes.data,
-                                         None if theta is None else theta.ctypes.data, float(self.params.threshold),
-                                         w.ctypes.data, len(w), None if dark is None else dark.ctypes.data,
-                                         out[j:j + len(w)].ctypes.data, a.size, BLOCK)
+                args = (a.ctypes.data, b.ctypes.data, 0, 1, self.charge.ctypes.data,
+                        None if theta is None else theta.ctypes.data, float(self.params.threshold),
+                        w.ctypes.data, len(w), None if dark is None else dark.ctypes.data,
+                        out[j:j + len(w)].ctypes.data)
+                bad += run_kernel(self._kernel.fire, args, a.size, a.size * len(w))
             else:
                 self._fire_numpy(a, b, w, dark, out[j:j + len(w)])
         return bad
