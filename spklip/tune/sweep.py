@@ -362,9 +362,12 @@ def run_sweep(spec: SweepSpec, cfg: ExperimentConfig, *, num_samples: int | None
         else:
             ctx = _new_context(spec, cfg, path, num_samples or (spec.smoke_samples if smoke else spec.num_samples),
                                seeds, experiment)
+        started = not ray.is_initialized()
         ensure_ray(ctx.base.scale.address, verbose=verbose)
         output.ray_logs = ray_logs_dir()
         results = _tuner(spec, ctx, experiment, resume, points, max_concurrent, verbose).fit()
+        if started:  # the report needs only MLflow; Ray's late messages (the raylet's worker-count warning after
+            ray.shutdown()  # the last trial) reach the log, not the terminal after the table
     return finish_sweep(ctx, path, results)
 
 
