@@ -3,8 +3,9 @@
 Prints medians over repeats, and ratios measured in the same run against a reference:
 * simulator: `simulate_spikes` (the fused kernel, or its numpy fallback: the backend is printed) vs the textbook
   per-plane loop (vectorised over pixels only) on the same 240x320 frames (float64 with 4 planes per frame, and
-  uint8 with 1), timed alternately in wall time (the kernel on its default threads and on one), equal bits checked; the load (``uptime``) before and after; and the simulator's peak traced memory
-  (tracemalloc: numpy buffers included) streaming 1080p frames with the default chunk;
+  uint8 with 1), timed alternately in wall time (the kernel on its default threads and on one), equal bits
+  checked; the load (``uptime``) before and after; and the simulator's peak traced memory (tracemalloc: numpy
+  buffers included) streaming 1080p frames with the default chunk;
 * storage: bits per pixel-plane on disk for a moving-digits dataset vs 8 (uint8 planes) and 1 (raw packbits);
 * streaming input (``--streaming`` alone): clips/s the training split's streaming Ray Dataset
   (`spklip.train.data.streaming_dataset`) yields to 2 workers at spklip-small's clip shape, once the start-up is paid
@@ -15,7 +16,6 @@ Prints medians over repeats, and ratios measured in the same run against a refer
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import subprocess
@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from unittest import mock
 from pathlib import Path
 
 import numpy as np
@@ -58,20 +59,6 @@ def reference_simulator(frames: np.ndarray, ppf: int, threshold: float, seed: in
     return out
 
 
-@contextlib.contextmanager
-def single_thread():
-    """The simulator's kernel on one thread (``SPKLIP_SIM_THREADS=1``) inside the block."""
-    old = os.environ.get("SPKLIP_SIM_THREADS")
-    os.environ["SPKLIP_SIM_THREADS"] = "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["SPKLIP_SIM_THREADS"]
-        else:
-            os.environ["SPKLIP_SIM_THREADS"] = old
-
-
 def load() -> str:
     """``uptime``'s line (the load averages), or /proc/loadavg where there is no uptime."""
     try:
@@ -96,7 +83,7 @@ def bench_simulator(frames_n: int, repeats: int) -> None:
         simulate = lambda: simulate_spikes(fr, planes_per_frame=ppf, seed=0)  # noqa: E731
         for _ in range(repeats):  # alternately, so all three see the same machine; wall time (the kernel threads)
             new.append(median_time(simulate, 5))
-            with single_thread():
+            with mock.patch.dict(os.environ, {"SPKLIP_SIM_THREADS": "1"}):  # the kernel on one thread
                 one.append(median_time(simulate, 5))
             ref.append(median_time(reference, 5))
         new_s, one_s, ref_s = statistics.median(new), statistics.median(one), statistics.median(ref)
@@ -104,8 +91,8 @@ def bench_simulator(frames_n: int, repeats: int) -> None:
         print(f"simulator ({simulator_backend()}, {kernel_threads()} threads) 240x320 {name}, {frames_n} frames x "
               f"{ppf} planes: {pp / new_s / 1e6:.1f} M pixel-planes/s (reference per-plane loop {pp / ref_s / 1e6:.1f}"
               f" M/s; ratio {ref_s / new_s:.2f}x; rounds {' / '.join(f'{r / n:.2f}' for r, n in zip(ref, new))}; "
-              f"one thread {pp / one_s / 1e6:.1f} M/s, ratio {ref_s / one_s:.2f}x), wall-time medians of {repeats} rounds of 5, "
-              f"equal bits")
+              f"one thread {pp / one_s / 1e6:.1f} M/s, ratio {ref_s / one_s:.2f}x), wall-time medians of {repeats} "
+              f"rounds of 5, equal bits")
     print(f"simulator: after: {load()}")
 
 

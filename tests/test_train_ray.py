@@ -35,6 +35,9 @@ SMALL = ["model.num_planes=16", "model.height=32", "model.width=32", "model.hsfe
          "scale.num_workers=2", "scale.cpus_per_worker=0.5", "optim.lr=2e-3", "optim.warmup_steps=10",
          "train.log_every=1", "eval.few_shot_ks=[1,4]", "eval.few_shot_seeds=3", "eval.few_shot_steps=30"]
 EPOCHS = 10
+# evaluation at its cheapest, for tests about checkpoints and schedules rather than accuracy
+CHEAP_EVAL = ["eval.energy=false", "eval.few_shot_ks=[1]", "eval.few_shot_seeds=1", "eval.few_shot_steps=5",
+              "eval.bn_recal_batches=1", "tracking.log_model=false"]
 
 
 def _cfg(data, tmp_path, *extra):
@@ -179,9 +182,7 @@ def test_checkpoint_interval_dividing_the_epoch_keeps_one_checkpoint_per_step(ra
     # checkpoint_step=0000006: Ray deleted it as the worse of the two and the run ended on "Path not found".
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     data = write_motion_shards(tmp_path / "motion", per_class=16, shape=(16, 32, 32))
-    cfg = _cfg(data, tmp_path, "train.epochs=2", "train.checkpoint_every=3", "train.keep_checkpoints=1",
-               "eval.energy=false", "eval.few_shot_ks=[1]", "eval.few_shot_seeds=1", "eval.few_shot_steps=5",
-               "eval.bn_recal_batches=1", "tracking.log_model=false")
+    cfg = _cfg(data, tmp_path, "train.epochs=2", "train.checkpoint_every=3", "train.keep_checkpoints=1", *CHEAP_EVAL)
     result = fit(cfg, run_name="every3")
     assert result.metrics["step"] == 12
     for path in (result.checkpoint, result.best_checkpoint):
@@ -201,8 +202,7 @@ def test_every_n_epochs_evaluates_and_checkpoints_only_those_and_the_last(ray_se
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     data = write_motion_shards(tmp_path / "motion", per_class=16, shape=(16, 32, 32))
     cfg = _cfg(data, tmp_path, "train.epochs=3", "eval.every_epochs=2", "train.keep_checkpoints=5",
-               "scale.num_workers=1", "eval.energy=false", "eval.few_shot_ks=[1]", "eval.few_shot_seeds=1",
-               "eval.few_shot_steps=5", "eval.bn_recal_batches=1", "tracking.log_model=false")
+               "scale.num_workers=1", *CHEAP_EVAL)
     result = fit(cfg, run_name="every2")
     spe = 48 // 4  # one worker, batch 4
     assert result.metrics["step"] == 3 * spe and "val/top1" in result.metrics

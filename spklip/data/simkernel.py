@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import threading
 import hashlib
 import os
 import platform
@@ -21,6 +20,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +35,7 @@ KERNEL_FLAGS = ("-O3", "-shared", "-fPIC", "-ffp-contract=off", "-fno-trapping-m
 # pixel-planes per call below which one thread does the whole call: handing a part to another thread costs tens of
 # microseconds, ~1/10 of this much work (a 64x64 clip's call stays on the caller's thread)
 MIN_THREAD_WORK = 1 << 20
-_pool: tuple[int, ThreadPoolExecutor] | None = None  # (pid that made it, the pool): a forked child makes its own
+_pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid that made it, size, pool): a forked child makes its own
 _pool_lock = threading.Lock()
 
 
@@ -55,9 +55,11 @@ def kernel_threads() -> int:
 def _executor(threads: int) -> ThreadPoolExecutor:
     global _pool
     with _pool_lock:
-        if _pool is None or _pool[0] != os.getpid() or _pool[1]._max_workers < threads:
-            _pool = os.getpid(), ThreadPoolExecutor(threads, thread_name_prefix="spklip-sim")
-        return _pool[1]
+        if _pool is None or _pool[0] != os.getpid() or _pool[1] < threads:
+            if _pool is not None and _pool[0] == os.getpid():
+                _pool[2].shutdown(wait=False)  # a bigger one replaces it (its idle threads exit)
+            _pool = os.getpid(), threads, ThreadPoolExecutor(threads, thread_name_prefix="spklip-sim")
+        return _pool[2]
 
 
 def run_kernel(fn, args: tuple, n: int, work: int, threads: int | None = None) -> int:
