@@ -224,6 +224,7 @@ def test_threaded_kernel_calls_give_the_bits_of_one_thread(params, monkeypatch):
     if simulator_backend() != "c":
         pytest.skip("no C compiler here: only the numpy loop runs")
     monkeypatch.setattr(simkernel, "MIN_THREAD_WORK", 1)  # thread even these small calls
+    monkeypatch.setattr(simkernel, "BLOCK", 1024)  # blocks small enough for this frame to split into several
     frames = np.random.default_rng(9).random((5, 37, 61))  # 2257 pixels: 2 whole blocks and a partial one
     kwargs = dict(threshold=params.threshold, planes_per_frame=params.planes_per_frame, seed=params.seed,
                   mismatch=params.mismatch, dark_current=params.dark_current)
