@@ -105,12 +105,14 @@ class BasicBlock(nn.Module):
 
     def __init__(self, ch: int, norm: bool = False):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(ch, ch, 3, padding=1, bias=not norm), _norm(ch, norm), nn.ReLU(),
-                                  nn.Conv2d(ch, ch, 3, padding=1, bias=not norm), _norm(ch, norm), nn.ReLU(),
+        # in-place ReLUs and residual add: a conv's or BN's backward does not need its output, so autograd allows it,
+        # and at the paper size each saves a pass over a 19 MB map (the elementwise ops are ~12 % of the HSFE's time)
+        self.body = nn.Sequential(nn.Conv2d(ch, ch, 3, padding=1, bias=not norm), _norm(ch, norm), nn.ReLU(True),
+                                  nn.Conv2d(ch, ch, 3, padding=1, bias=not norm), _norm(ch, norm), nn.ReLU(True),
                                   nn.Conv2d(ch, ch, 3, padding=1, bias=not norm), _norm(ch, norm, zero=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.body(x) + x)
+        return self.body(x).add_(x).relu_()
 
 
 class BranchConv(nn.Conv2d):
@@ -181,8 +183,8 @@ class HSFE(nn.Module):
 
     def extract(self, blocks: torch.Tensor) -> torch.Tensor:
         """All given sub-blocks in one call per layer: ``[n, 2r+1, H, W] -> [n, F, H', W']``."""
-        tmp = F.relu(self.norm_fuse(self.fuse(self.branch_maps(blocks))))  # [n, F, H', W']
-        return self.trunk(tmp) + tmp
+        tmp = F.relu(self.norm_fuse(self.fuse(self.branch_maps(blocks))), inplace=True)  # [n, F, H', W']
+        return self.trunk(tmp) + tmp  # not in place: the trunk's last ReLU needs its output for the backward
 
     def block_bytes(self, blocks: torch.Tensor) -> int:
         """Bytes of one sub-block's largest activation: the input window or the widest map at ``H' x W'``."""
