@@ -190,3 +190,41 @@ def test_neuron_options_reach_every_neuron():
     cfg = _cfg("full-snn", surrogate="atan", surrogate_alpha=5.0, detach_reset=False, decay_input=False)
     lifs = [m for m in SpikingVisualEncoder(cfg).modules() if isinstance(m, neuron.BaseNode)]
     assert lifs and all(m.surrogate_function.alpha == 5.0 and not m.detach_reset and not m.decay_input for m in lifs)
+
+
+def test_loss_per_step_hands_the_loss_one_embedding_per_time_step():
+    """TET: a training forward gives [T, B, D] whose mean over T is the usual output, evaluation gives [B, D]; the
+    loop's loss is the mean of the contrastive loss at each step (a hand-computed reference), and it trains."""
+    from spklip.config import load_config
+    from spklip.loss import ClipLoss
+    from spklip.model.spklip import Spklip
+    from spklip.train.loop import Loop
+
+    torch.manual_seed(0)
+    cfg = _cfg("full-snn", time_steps=3, loss_per_step=True)
+    enc = SpikingVisualEncoder(cfg).train()
+    spikes = (torch.rand(4, cfg.num_planes, 32, 32) < 0.2).float()
+    steps = enc(spikes)
+    assert steps.shape == (3, 4, cfg.embed_dim)
+    enc.per_step = False
+    torch.testing.assert_close(enc(spikes), steps.mean(dim=0))  # same batch statistics, fresh membranes
+    enc.per_step = True
+    assert enc.eval()(spikes).shape == (4, cfg.embed_dim)
+
+    model = Spklip(cfg).train()
+    loop = Loop.__new__(Loop)  # only the loss of the loop: no data, optimiser or device needed
+    loop.loss_fn = ClipLoss(load_config(None, {}).loss)
+    captions = ["a one moving left", "a seven moving up", "a one moving left", "a two moving right"]
+    keys = torch.tensor([0, 1, 0, 2])
+    out = model(spikes, captions)
+    assert out["spike_features"].shape == (3, 4, cfg.embed_dim)
+    terms = loop.loss(out, keys)
+    by_hand = sum(loop.loss_fn(out["spike_features"][t], out["text_features"], out["logit_scale"], keys=keys)
+                  ["contrastive_loss"] for t in range(3)) / 3
+    torch.testing.assert_close(terms["contrastive_loss"], by_hand)
+    assert not torch.allclose(terms["contrastive_loss"], loop.loss_fn(
+        torch.nn.functional.normalize(out["spike_features"].mean(0), dim=-1), out["text_features"],
+        out["logit_scale"], keys=keys)["contrastive_loss"])  # not the loss of the mean embedding
+    terms["contrastive_loss"].backward()
+    first_conv = next(model.visual.hsfe.branch1.conv.parameters())  # the spiking HSFE's branch conv
+    assert first_conv.grad is not None and first_conv.grad.abs().sum() > 0

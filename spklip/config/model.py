@@ -181,6 +181,10 @@ class FsveCfg:
     # what the spiking ResNet's pooled head reads: the last block's output "spikes", or its "current" (that block's
     # output neuron dropped; "sew" and "membrane" blocks have no output neuron, so for them both are the same)
     readout: Literal["spikes", "current"] = "spikes"
+    # TET (Deng et al., ICLR 2022): in training the encoder hands the loss one embedding per time step ([T, B, D])
+    # and the contrastive loss is averaged over the T steps, instead of one loss on their mean; evaluation always
+    # uses the mean over T
+    loss_per_step: bool = False
 
     def __post_init__(self):
         check_range("model.fsve.time_steps", self.time_steps, 1)

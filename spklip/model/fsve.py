@@ -11,7 +11,8 @@ folded into the batch through ``layer.SeqToANNContainer``. Two variants (FsveCfg
 Spiking-specific choices: downsampling by max-pool (keeps spikes binary, where the ANN uses average pooling),
 residual blocks in one of three forms (``FsveCfg.residual``; by default the residual sum feeds the block's output
 neuron, so block outputs stay binary, and the HSFE's long skip is a spike OR), and attention is Spikformer-style (spiking q/k/v, no softmax). Neuron state is reset at the start of every forward
-so nothing leaks from one batch to the next.
+so nothing leaks from one batch to the next. With ``FsveCfg.loss_per_step`` (TET) a training forward returns
+``[T, B, D]``, one embedding per time step, and the loss is averaged over them.
 """
 
 from __future__ import annotations
@@ -247,7 +248,7 @@ class SpikingVisualEncoder(nn.Module):
 
     def __init__(self, cfg: ModelCfg):
         super().__init__()
-        hs, self.t = cfg.hsfe, cfg.fsve.time_steps
+        hs, self.t, self.per_step = cfg.hsfe, cfg.fsve.time_steps, cfg.fsve.loss_per_step
         self.window = hs.window
         self.k, self.step, self.offset = hs.layout(cfg.num_planes)
         self.hsfe = SpikingHSFE(cfg) if cfg.fsve.variant == "full-snn" else HSFE(hs)
@@ -276,4 +277,7 @@ class SpikingVisualEncoder(nn.Module):
             x = x + self.pos
         for block in self.blocks:
             x = block(x)
-        return x.mean(dim=(0, 2))  # rate over T and the K sub-blocks -> [B, D]
+        steps = x.mean(dim=2)  # mean over the K sub-blocks: [T, B, K, D] -> [T, B, D]
+        if self.per_step and self.training:
+            return steps  # TET: one embedding per time step, the loss is taken at each (spklip.train.loop)
+        return steps.mean(dim=0)  # rate over T -> [B, D]

@@ -68,7 +68,8 @@ class Spklip(nn.Module):
             raise ValueError(f"spikes must be uint8, bool or float, got {spikes.dtype}")
 
     def encode_spikes(self, spikes: torch.Tensor) -> torch.Tensor:
-        """``[B, N, H, W]`` uint8/bool/float spike planes -> ``[B, D]`` L2-normalised embeddings."""
+        """``[B, N, H, W]`` uint8/bool/float spike planes -> ``[B, D]`` L2-normalised embeddings (in training with
+        ``model.fsve.loss_per_step``: ``[T, B, D]``, one per SNN time step)."""
         self.check_spikes(spikes)
         x = spikes.to(self.logit_scale.dtype)
         return F.normalize(self.visual(x), dim=-1)

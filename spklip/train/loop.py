@@ -100,14 +100,22 @@ class Loop:
         with sync_ctx:
             with self.autocast():
                 out = self.model(spikes, captions)
-                terms = self.loss_fn(out["spike_features"].float(), out["text_features"].float(), out["logit_scale"],
-                                     keys=self.pair_keys(batch, captions))
+                terms = self.loss(out, self.pair_keys(batch, captions))
                 loss = sum(v for k, v in terms.items() if k.endswith("_loss"))
             (loss * scale).backward()
         metrics = {k: float(v.detach()) for k, v in terms.items()}
         metrics["loss"] = float(loss.detach())
         metrics["logit_scale"] = float(out["logit_scale"].detach())
         return metrics
+
+    def loss(self, out: dict[str, torch.Tensor], keys: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The loss terms of one forward. Spike features ``[T, B, D]`` (an FSVE with ``loss_per_step``, TET) get the
+        loss at each of the T time steps, averaged; ``[B, D]`` one loss."""
+        spk, txt = out["spike_features"].float(), out["text_features"].float()
+        if spk.dim() == 2:
+            return self.loss_fn(spk, txt, out["logit_scale"], keys=keys)
+        per_step = [self.loss_fn(s, txt, out["logit_scale"], keys=keys) for s in spk]  # T (2-4) small losses
+        return {k: torch.stack([terms[k] for terms in per_step]).mean() for k in per_step[0]}
 
     def optimizer_step(self) -> float:
         """Clip, step, schedule; returns the global gradient norm before clipping."""
