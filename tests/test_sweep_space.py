@@ -132,6 +132,9 @@ def test_fsve_space_is_valid_and_two_objective():
     for p in samples:
         trial_config(base, p)  # raises ConfigError on an invalid sample
     assert {p["model.fsve.variant"] for p in samples} == {"snn-backbone", "full-snn"}
+    built = [trial_config(base, p).model.fsve for p in samples]  # the new options reach the model config
+    assert {f.residual for f in built} == {"current", "sew", "membrane"} and {f.neuron for f in built} == {"lif", "plif"}
+    assert {f.loss_per_step for f in built} == {False, True}
     assert [m for m, _ in spec.metrics] == ["val/top1", "energy/energy_per_clip_mj"] and spec.scheduler == "fifo"
 
 

@@ -1,7 +1,8 @@
 """FSVE sweep: accuracy against energy per clip for the full-spiking visual encoder (two objectives, Pareto front).
 
 Swept: FSVE variant (spiking backbone + temporal encoder, or everything spiking), SNN time steps T, membrane time
-constant tau, firing threshold, surrogate-gradient function, reset mode. Objectives: validation prompt top-1
+constant tau, firing threshold, surrogate-gradient function, reset mode, neuron (LIF / PLIF), residual form, and
+the per-time-step loss (TET); docs/training.md measures them one at a time. Objectives: validation prompt top-1
 (maximised) and energy per clip in mJ (45 nm MAC/AC accounting, minimised), searched with Optuna's NSGA-II
 multi-objective sampler; the report adds the Pareto front as a plot. No early stopping (ASHA ranks one metric).
 
@@ -20,6 +21,9 @@ def space(trial, base):
     trial.suggest_float("model.fsve.v_threshold", 0.25, 1.5)
     trial.suggest_categorical("model.fsve.surrogate", ["atan", "sigmoid", "rect"])
     trial.suggest_categorical("model.fsve.reset", ["hard", "soft"])
+    trial.suggest_categorical("model.fsve.neuron", ["lif", "plif"])
+    trial.suggest_categorical("model.fsve.residual", ["current", "sew", "membrane"])
+    trial.suggest_categorical("model.fsve.loss_per_step", [False, True])
 
 
 SPEC = SweepSpec(
