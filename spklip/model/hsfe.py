@@ -184,7 +184,10 @@ class HSFE(nn.Module):
     def extract(self, blocks: torch.Tensor) -> torch.Tensor:
         """All given sub-blocks in one call per layer: ``[n, 2r+1, H, W] -> [n, F, H', W']``."""
         tmp = F.relu(self.norm_fuse(self.fuse(self.branch_maps(blocks))), inplace=True)  # [n, F, H', W']
-        return self.trunk(tmp) + tmp  # not in place: the trunk's last ReLU needs its output for the backward
+        out = self.trunk(tmp)  # [n, F, H', W']
+        if torch.is_grad_enabled() or out is tmp:  # the trunk's last ReLU needs its output for the backward
+            return out + tmp
+        return out.add_(tmp)  # no autograd (evaluation, encoding): in place, no new map
 
     def block_bytes(self, blocks: torch.Tensor) -> int:
         """Bytes of one sub-block's largest activation: the input window or the widest map at ``H' x W'``."""
