@@ -27,8 +27,8 @@ from pathlib import Path
 
 KERNEL_SOURCE = Path(__file__).with_name("simkernel.c")
 # pixels per kernel block: a call's frames, charge, threshold, dark planes and output rows of one block stay in the L2
-# cache (4096 px x 9 frames of float64 ~ 300 KB); longer inner loops than 1024's: 1.16x (AVX2) and 1.31x (AVX-512) at 240x320 x 4
-# planes, the same bits (the blocks only order the pixels, which are independent)
+# cache (4096 px x 9 frames of float64 ~ 300 KB); longer inner loops than 1024's: 1.16x (AVX2) and 1.31x (AVX-512)
+# at 240x320 x 4 planes, the same bits (the blocks only order the pixels, which are independent)
 BLOCK = 4096
 # -ffp-contract=off: no fused multiply-add (the numpy loop rounds the product); -fno-trapping-math only lets the
 # compiler turn the compares into vector selects (no FP exceptions are observed); no -ffast-math, no -march.
