@@ -14,7 +14,8 @@ run on this machine (new vs reference, medians of repeated timings). Sections:
    HSFE at 64 planes of 64x64, r=8, K=5, batch 2), eval, no grad, `--threads` threads: the default grouping
    (`model.hsfe.chunk_mb=auto`: cache-sized chunks of sub-blocks on CPU) vs one batch of all B*K sub-blocks
    (`chunk_mb=0`) vs the per-sub-block loop (spklip.model.reference.hsfe_subblock_loop), each also with
-   channels_last, and a 2048^3 fp32 matmul; all timed alternately, one call each per round (the order rotates),
+   channels_last (the default's also without its fused conv post-ops, `model.hsfe.fusion=none`: spklip.model.fused),
+   and a 2048^3 fp32 matmul; all timed alternately, one call each per round (the order rotates),
    medians of `--rounds` rounds. Outputs must agree to 1e-5. `uptime` is printed before and after the run.
 
 ``--quick`` proves the script runs (tiny sizes, one round, chunk_mb=1 so the chunked path is taken); its figures
@@ -193,6 +194,8 @@ def bench_grouping(label: str, overrides: dict, batch: int, rounds: int, chunk_m
     hsfe_cl = copy.deepcopy(hsfe).to(memory_format=torch.channels_last)
     hsfe_cl.cfg = dataclasses.replace(cfg.hsfe, memory_format="channels_last")
     blocks_cl = blocks.contiguous(memory_format=torch.channels_last)
+    hsfe_unfused = copy.deepcopy(hsfe_cl)  # the default's layout and grouping with the eager layers (fusion="none")
+    hsfe_unfused.cfg = dataclasses.replace(hsfe_cl.cfg, fusion="none")
     budget = "auto" if chunk_mb == "auto" else int(chunk_mb) * 2 ** 20
 
     def grouped(model, x, b):
@@ -203,7 +206,8 @@ def bench_grouping(label: str, overrides: dict, batch: int, rounds: int, chunk_m
 
     variants = {  # name -> one timed call
         "chunked": grouped(hsfe, blocks, budget),
-        "chunked + channels_last": grouped(hsfe_cl, blocks_cl, budget),
+        "chunked + channels_last": grouped(hsfe_cl, blocks_cl, budget),  # + fused post-ops (the default)
+        "chunked + channels_last, no fusion": grouped(hsfe_unfused, blocks_cl, budget),
         "one batch": grouped(hsfe, blocks, 0),
         "one batch + channels_last": grouped(hsfe_cl, blocks_cl, 0),
         "per-sub-block loop": lambda: hsfe_subblock_loop(hsfe, blocks),
@@ -211,7 +215,7 @@ def bench_grouping(label: str, overrides: dict, batch: int, rounds: int, chunk_m
     }
     hsfe.chunk_budget = budget
     n, chunk = blocks.shape[0], hsfe.subblocks_per_call(blocks)
-    per_call = dict(zip(variants, (chunk, chunk, n, n, 1, 1)))  # sub-blocks per extractor call
+    per_call = dict(zip(variants, (chunk, chunk, chunk, n, n, 1, 1)))  # sub-blocks per extractor call
     a, b = torch.randn(matmul_n, matmul_n), torch.randn(matmul_n, matmul_n)
     matmul = lambda: a @ b  # noqa: E731
     times: dict[str, list[float]] = {name: [] for name in [*variants, "matmul"]}
@@ -302,7 +306,8 @@ def main() -> None:
         torch.set_num_threads(threads)
         print(f"\n## HSFE grouping on CPU (eval, no grad, {args.threads} threads, chunk_mb={chunk_mb}, "
               f"{args.rounds} rounds; targets at paper size: chunked >= 1.3x the loop, >= 0.85 of the matmul; "
-              "spklip's default on a CPU, model.hsfe.memory_format=auto, is 'chunked + channels_last')\n"
+              "spklip's default on a CPU without autograd, model.hsfe.memory_format=auto and fusion=auto, is "
+              "'chunked + channels_last' with fused post-ops)\n"
               + table(rows) + "\n\n" + table(summaries))
     print(f"load after: {load_line()}")
 

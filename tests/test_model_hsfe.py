@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from spklip.config import ConfigError, HsfeCfg, load_config
+from spklip.model.fused import fusable
 from spklip.model.hsfe import FALLBACK_CACHE_MB, HSFE, chunk_size, cpu_cache_mb, cut_subblocks
 from spklip.model.reference import hsfe_reference, hsfe_subblock_loop
 
@@ -265,3 +266,51 @@ def test_channels_last_maps_equal_contiguous_ones(train):
         out_ref.square().sum().backward()
         for (name, p), q in zip(auto.named_parameters(), ref.parameters()):
             torch.testing.assert_close(p.grad, q.grad, atol=1e-9, rtol=1e-9, msg=name)
+
+
+@pytest.mark.parametrize("changes", [{}, {"stride": 2}, {"spatial_attention": False}, {"num_res_blocks": 0},
+                                     {"photon_conservation": True, "channel_step": 2}])
+def test_fused_inference_equals_the_eager_layers_and_is_what_a_cpu_evaluation_runs(changes):
+    """On CPU without autograd the HSFE runs each conv with its ReLU / residual add fused (spklip.model.fused): the
+    output equals the eager layers', and the eager `extract` is not called at all."""
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(SMALL, **changes)
+    hsfe = HSFE(cfg).eval()
+    if cfg.photon_conservation:
+        torch.nn.init.normal_(hsfe.branch1.theta)
+    blocks = cut_subblocks((torch.rand(2, 20, 9, 11) < 0.3).float(), cfg.window, *cfg.layout(20))
+    with torch.no_grad():
+        want = hsfe_subblock_loop(hsfe, blocks)  # eager, NCHW, one sub-block per call
+        hsfe.extract = None  # from here a call of the eager path would fail
+        for budget in (0, hsfe.block_bytes(blocks) * 2):  # one batch, and chunks of two sub-blocks
+            hsfe.chunk_budget = budget
+            out = hsfe(blocks)
+            assert out.is_contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(out, want, atol=1e-6, rtol=1e-6)
+    del hsfe.extract
+    with torch.no_grad():
+        torch.testing.assert_close(hsfe.extract_fused(blocks.contiguous(memory_format=torch.channels_last)), want,
+                                   atol=1e-6, rtol=1e-6)
+
+
+def test_fusion_runs_only_where_it_applies():
+    hsfe = HSFE(SMALL).eval()
+    x = torch.zeros(3, SMALL.window, 8, 8).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert fusable(hsfe, x)
+        assert not fusable(hsfe, x.contiguous())  # NCHW maps: the eager layers
+        assert not fusable(hsfe, x.double())
+        assert not fusable(HSFE(dataclasses.replace(SMALL, fusion="none")), x)
+        assert not fusable(HSFE(dataclasses.replace(SMALL, norm="bn")).eval(), x)  # BN not folded: eager
+        assert not fusable(hsfe, x.to("meta"))
+        handle = hsfe.trunk[0].body[0].register_forward_hook(lambda *a: None)  # e.g. the energy accounting's
+        assert not fusable(hsfe, x)
+        handle.remove()
+        assert fusable(hsfe, x)
+    assert not fusable(hsfe, x)  # autograd: no post-op here has a backward
+    assert load_config(overrides=["model.hsfe.fusion=none"]).model.hsfe.fusion == "none"
+    with pytest.raises(ConfigError, match="fusion"):
+        load_config(overrides=["model.hsfe.fusion=always"])
+    # autograd on: forward takes the eager path, gradients flow
+    out = HSFE(dataclasses.replace(SMALL, memory_format="channels_last"))(x.clone().requires_grad_(True))
+    out.sum().backward()

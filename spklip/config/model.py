@@ -33,6 +33,9 @@ class HsfeCfg:
     memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"  # of the sub-block maps (speed only,
     # same output to 1e-5): "auto" is channels_last on CPU without autograd (evaluation, encoding: oneDNN's native
     # layout, 1.32-1.44x at the paper's size, docs/benchmarks.md), NCHW in training and on other devices
+    fusion: Literal["auto", "none"] = "auto"  # "auto": on CPU without autograd, in channels_last and without BN, each
+    # conv and the ReLU / residual add after it run as one oneDNN call (spklip/model/fused.py; speed only, same
+    # output); "none": the eager layers everywhere
 
     @property
     def window(self) -> int:

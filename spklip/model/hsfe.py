@@ -9,10 +9,12 @@ Grouping (`HSFE.forward`): on a CPU, one batch of all B*K sub-blocks makes every
 (paper size: 197 MB per 64x240x320 map at B=2, K=5) and the convs memory-bound, while one sub-block's (19.7 MB)
 stays in the last-level cache between layers. So the sub-blocks run through the whole extractor in chunks whose
 largest activation fits a cache budget (`HsfeCfg.chunk_mb`; "auto": the cache read from sysfs on CPU, one batch on
-a GPU, where a big batch is what keeps the device busy), in channels_last on CPU without autograd (`HsfeCfg.memory_format`:
-oneDNN's native layout; 1.32-1.44x faster at the paper's size, measured). The output is the same as one batch (tested to 1e-5,
-gradients too); a BatchNorm that is training normalises over the whole batch, so it always gets one batch, as does
-`torch.jit.trace` (a trace would freeze the chunk count of the traced batch size).
+a GPU, where a big batch is what keeps the device busy), in channels_last on CPU without autograd
+(`HsfeCfg.memory_format`: oneDNN's native layout; 1.32-1.44x faster at the paper's size, measured), with each
+conv's ReLU or residual add fused into the conv's oneDNN call there (`spklip.model.fused`, `HsfeCfg.fusion`). The
+output is the same as one batch (tested to 1e-5, gradients too); a BatchNorm that is training normalises over the
+whole batch, so it always gets one batch, as does `torch.jit.trace` (a trace would freeze the chunk count of the
+traced batch size).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spklip.config.model import HsfeCfg
+from spklip.model.fused import extract_fused, fusable
 
 CPU_CACHE_DIR = Path("/sys/devices/system/cpu/cpu0/cache")
 FALLBACK_CACHE_MB = 32.0  # when sysfs says nothing (not Linux, a container without /sys)
@@ -189,6 +192,10 @@ class HSFE(nn.Module):
             return out + tmp
         return out.add_(tmp)  # no autograd (evaluation, encoding): in place, no new map
 
+    def extract_fused(self, blocks: torch.Tensor) -> torch.Tensor:
+        """`extract` with each conv's ReLU / residual add fused into it (CPU inference only: `fused.fusable`)."""
+        return extract_fused(self, blocks)
+
     def block_bytes(self, blocks: torch.Tensor) -> int:
         """Bytes of one sub-block's largest activation: the input window or the widest map at ``H' x W'``."""
         cfg, (_, c, h, w) = self.cfg, blocks.shape
@@ -217,17 +224,18 @@ class HSFE(nn.Module):
     def forward(self, blocks: torch.Tensor) -> torch.Tensor:
         if self.channels_last(blocks):  # the input's layout carries through every conv (the weights need not move)
             blocks = blocks.contiguous(memory_format=torch.channels_last)  # [B*K, 2r+1, H, W], NHWC strides
+        extract = self.extract_fused if fusable(self, blocks) else self.extract  # same output (fused.py)
         if torch.jit.is_tracing():  # a traced graph would freeze the chunk count of the traced batch size
-            return self.extract(blocks)
+            return extract(blocks)
         per_call = self.subblocks_per_call(blocks)
         if per_call >= blocks.shape[0]:
-            return self.extract(blocks)
+            return extract(blocks)
         # A loop over cache-sized chunks, not over batch elements in the sense the team bans: chunks are only cut
         # when one batch's activations exceed the cache, so each iteration is a whole extractor pass over maps of
         # ~the cache's size (paper size: ~0.8 s of convs per sub-block against ~30 module calls of Python), and the
         # count is ceil(B*K / per_call) (10 at the paper's batch 2). Each chunk's maps stay in the cache between
         # layers; the last layer's outputs are concatenated once.
-        return torch.cat([self.extract(part) for part in blocks.split(per_call)], dim=0)  # [B*K, F, H', W']
+        return torch.cat([extract(part) for part in blocks.split(per_call)], dim=0)  # [B*K, F, H', W']
 
 
 class SubblockEncoder(nn.Module):
