@@ -130,8 +130,9 @@ def _child(code: str, tmp_path, timeout: int) -> str:
                RAY_TMPDIR=tempfile.mkdtemp(prefix="spks", dir="/tmp"))  # short: Ray's socket paths < 108 bytes
     log = tmp_path / "child.log"
     with open(log, "w") as out:
-        child = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
+        # -X faulthandler: a crash (the pyarrow S3 exit segfault seen once in CI) leaves its stack in the log
+        child = subprocess.Popen([sys.executable, "-X", "faulthandler", "-c", code], cwd=ROOT, env=env, stdout=out,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
         try:
             child.wait(timeout=timeout)
         finally:
