@@ -303,6 +303,8 @@ def test_fusion_runs_only_where_it_applies():
         assert not fusable(HSFE(dataclasses.replace(SMALL, fusion="none")), x)
         assert not fusable(HSFE(dataclasses.replace(SMALL, norm="bn")).eval(), x)  # BN not folded: eager
         assert not fusable(hsfe, x.to("meta"))
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # the eager convs run in bf16 there
+            assert not fusable(hsfe, x)
         handle = hsfe.trunk[0].body[0].register_forward_hook(lambda *a: None)  # e.g. the energy accounting's
         assert not fusable(hsfe, x)
         handle.remove()

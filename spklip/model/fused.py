@@ -6,12 +6,13 @@ when the allocator hands the memory back to the OS between layers). oneDNN's pos
 that produces the map: ``conv -> ReLU`` is one call (``attr="relu"``), and a trunk block's last conv adds its
 residual and applies the ReLU in the same call (``binary_attr="add"``, ``unary_attr="relu"``). The ops are
 PyTorch's own (``torch.ops.mkldnn._convolution_pointwise``, what Inductor emits for the same patterns on CPU); the
-results equal the eager layers (the same oneDNN kernels, tested to 1e-6; at the paper's size bit-identical).
+results equal the eager layers' (the same oneDNN kernels; tested to 1e-6, and `make bench-model` checks the paper
+size to 1e-5).
 
-Used by `HSFE.forward` when `fusable` says so: ``HsfeCfg.fusion="auto"``, a CPU, fp32, no autograd (no
-post-op has a backward here), channels_last maps (the layout the post-ops run in), no BatchNorm (an eval-mode
-BN could be folded into the conv; not done, so ``norm="bn"`` keeps the eager path) and no forward hook on the
-layers (the energy accounting counts MACs with hooks; the fused path calls no layer). Everything else runs
+Used by `HSFE.forward` when `fusable` says so: ``HsfeCfg.fusion="auto"``, a CPU, fp32 without autocast, no
+autograd (no post-op has a backward here), channels_last maps (the layout the post-ops run in), no BatchNorm (an
+eval-mode BN could be folded into the conv; not done, so ``norm="bn"`` keeps the eager path) and no forward hook
+on the layers (the energy accounting counts MACs with hooks; the fused path calls no layer). Everything else runs
 `HSFE.extract`, which stays the plain eager reference.
 """
 
@@ -29,6 +30,7 @@ def fusable(hsfe, blocks: torch.Tensor) -> bool:
     return (_POINTWISE is not None and hsfe.cfg.fusion == "auto" and hsfe.cfg.norm == "none"
             and blocks.device.type == "cpu" and blocks.dtype == torch.float32 and not torch.is_grad_enabled()
             and blocks.is_contiguous(memory_format=torch.channels_last) and blocks.dim() == 4
+            and not torch.is_autocast_enabled("cpu")  # autocast runs the eager convs in bf16; the fused ops are fp32
             and not torch.jit.is_tracing() and not _hooked(hsfe))
 
 
