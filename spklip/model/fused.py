@@ -1,6 +1,6 @@
 """Fused CPU inference for the HSFE: each conv and the elementwise op after it in one oneDNN call.
 
-At the paper's size an eager HSFE pass over one sub-block makes ~26 elementwise passes over 19.7 MB maps (a ReLU
+At the paper's size an eager HSFE pass over one sub-block makes ~30 elementwise passes over 19.7 MB maps (a ReLU
 after almost every conv, a residual add per trunk block) and allocates a fresh map for most of them (page faults
 when the allocator hands the memory back to the OS between layers). oneDNN's post-ops fold those into the conv
 that produces the map: ``conv -> ReLU`` is one call (``attr="relu"``), and a trunk block's last conv adds its
