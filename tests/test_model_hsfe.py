@@ -313,6 +313,8 @@ def test_fusion_runs_only_where_it_applies():
     assert load_config(overrides=["model.hsfe.fusion=none"]).model.hsfe.fusion == "none"
     with pytest.raises(ConfigError, match="fusion"):
         load_config(overrides=["model.hsfe.fusion=always"])
-    # autograd on: forward takes the eager path, gradients flow
-    out = HSFE(dataclasses.replace(SMALL, memory_format="channels_last"))(x.clone().requires_grad_(True))
-    out.sum().backward()
+    # autograd on: forward takes the eager path (the fused ops have no backward), gradients reach the input
+    blocks = (torch.rand(3, SMALL.window, 8, 8) < 0.3).float().contiguous(memory_format=torch.channels_last)
+    blocks.requires_grad_(True)
+    HSFE(dataclasses.replace(SMALL, memory_format="channels_last"))(blocks).square().sum().backward()
+    assert blocks.grad is not None and blocks.grad.abs().sum() > 0
