@@ -59,9 +59,9 @@ def test_text_video_retrieval_matches_a_slow_loop():
             order = sorted(range(12), key=lambda j: -s[q, j].item())
             ranks.append(next(i for i, j in enumerate(order, 1) if captions[j] == captions[q]))
         ranks = torch.tensor(ranks, dtype=torch.float)
-        assert got[f"{name}/R1"] == pytest.approx((ranks <= 1).float().mean().item())
-        assert got[f"{name}/R5"] == pytest.approx((ranks <= 5).float().mean().item())
-        assert got[f"{name}/mean_rank"] == pytest.approx(ranks.mean().item())
+        assert got[f"{name}_clip/R1"] == pytest.approx((ranks <= 1).float().mean().item())
+        assert got[f"{name}_clip/R5"] == pytest.approx((ranks <= 5).float().mean().item())
+        assert got[f"{name}_clip/mean_rank"] == pytest.approx(ranks.mean().item())
 
 
 def test_support_sampling_takes_k_per_class_and_varies_by_episode():

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_train_then_eval_a_checkpoint_from_the_cli(ray_session, tmp_path, capsys):
-    data = write_motion_shards(tmp_path / "motion", per_class=8, val_per_class=2)
+    data = write_motion_shards(tmp_path / "motion", per_class=10, val_per_class=2, test_per_class=2)
     args = ["train", "--config", "configs/tiny.yaml", "--name", "cli", "--set", f"data.path={data}",
             "--set", f"train.run_dir={tmp_path / 'runs'}", "--set", "scale.num_workers=0", "--set", "train.epochs=1",
             "--set", "data.batch_size=4", "--set", "eval.few_shot_ks=[1]", "--set", "eval.few_shot_steps=5",
@@ -35,6 +35,12 @@ def test_train_then_eval_a_checkpoint_from_the_cli(ray_session, tmp_path, capsys
     ckpt = summary["best_checkpoint"]
     assert ckpt.endswith("checkpoint_step=0000006")
     assert summary["best_metrics"] == summary["last_metrics"]  # one epoch: the last checkpoint is the best one
+    test = summary["test_metrics"]  # selected on val, scored on test: the chosen and the last checkpoint, labelled
+    for key in ("top1", "zeroshot/top1", "v2t_class/R1", "t2v_class/mAP"):
+        assert test[f"test/{key}"] == test[f"test_final/{key}"], key  # one checkpoint: the same numbers
+    assert test["chance/test/top1"] == 0.25 and test["clips/test"] == 8  # 4 seen classes x 2 test clips
+    assert test["chance/test/zeroshot/top1"] == 0.5 and test["clips/test/zeroshot"] == 20  # 2 unseen x 10
+    assert "test split 'test': best-on-val checkpoint: test/top1" in out.err
     progress = [line for line in out.err.splitlines() if line.startswith("epoch ")]
     assert len(progress) == 1 and progress[0].startswith("epoch 1/1  step 6/6  loss ") and "val/top1" in progress[0]
     log = Path(summary["log"])
@@ -52,6 +58,10 @@ def test_train_then_eval_a_checkpoint_from_the_cli(ray_session, tmp_path, capsys
     assert timing["wall_s"] <= summary["seconds"] + before_fit + 0.5
     assert 0 < timing["step_fraction"] < timing["model_fraction"] <= 1
 
+    assert main(["eval", "--checkpoint", ckpt]) == 0  # the default split is test: the run's own test numbers
+    metrics = json.loads(capsys.readouterr().out)
+    for key in ("test/top1", "test/zeroshot/top1", "test/t2v_class/mAP"):
+        assert metrics[key] == pytest.approx(test[key], abs=1e-6), key
     assert main(["eval", "--checkpoint", ckpt, "--split", "val", "--out", str(tmp_path / "ev")]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["val/top1"] == pytest.approx(summary["last_metrics"]["val/top1"], abs=1e-6)  # same split, same model
@@ -113,7 +123,7 @@ def other_ray_instance():
 def test_train_with_another_ray_on_the_host_prints_no_traceback(other_ray_instance, tmp_path):
     """Ray Train's placement-group cleaner asks the State API without an address; with two instances on the host it
     used to print a ConnectionError traceback. --verbose: the workers' output reaches stderr, so it would show."""
-    data = write_motion_shards(tmp_path / "motion", per_class=8, val_per_class=2)
+    data = write_motion_shards(tmp_path / "motion", per_class=10, val_per_class=2, test_per_class=2)
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0",
                PYTHONPATH=str(ROOT))
@@ -137,7 +147,7 @@ def test_killed_driver_resumes_with_train_resume(tmp_path):
     as KILLED."""
     from mlflow.tracking import MlflowClient
 
-    data = write_motion_shards(tmp_path / "motion", per_class=8, val_per_class=2)
+    data = write_motion_shards(tmp_path / "motion", per_class=10, val_per_class=2, test_per_class=2)
     runs = tmp_path / "runs"
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=str(ROOT))

@@ -34,8 +34,9 @@ def _clip(motion: str, rng: np.random.Generator, shape: tuple[int, int, int]) ->
 
 
 def write_motion_shards(out: Path, per_class: int = 12, unseen: tuple[int, ...] = (4, 5), seed: int = 0,
-                        val_per_class: int = 4, shape: tuple[int, int, int] = (32, 64, 64)) -> Path:
-    """Six motion classes of a square; `unseen` labels go to the unseen split, others to train/val."""
+                        val_per_class: int = 4, shape: tuple[int, int, int] = (32, 64, 64),
+                        test_per_class: int = 0) -> Path:
+    """Six motion classes of a square; `unseen` labels go to the unseen split, others to train/val/test."""
     rng = np.random.default_rng(seed)
     names = [f"square moving {m}" if m not in ("still", "blinks") else f"square {m == 'still' and 'standing still' or 'blinking'}"
              for m in MOTIONS]
@@ -43,7 +44,8 @@ def write_motion_shards(out: Path, per_class: int = 12, unseen: tuple[int, ...] 
     def clips():
         for label, motion in enumerate(MOTIONS):
             for i in range(per_class):
-                split = "unseen" if label in unseen else ("val" if i < val_per_class else "train")
+                split = "unseen" if label in unseen else ("val" if i < val_per_class else "test"
+                                                          if i < val_per_class + test_per_class else "train")
                 yield Clip(_clip(motion, rng, shape), label, f"a spike video of a {names[label]}.", split,
                            f"synthetic/{motion}/{i}", f"{motion}-{i}", seed)
 

@@ -82,7 +82,7 @@ def test_two_workers_learn_and_the_run_is_fully_recorded(ray_session, tmp_path, 
     loss = [m.value for m in client.get_metric_history(run.info.run_id, "train/loss")]
     assert len(loss) == EPOCHS * spe and np.mean(loss[-2 * spe:]) < np.mean(loss[:2 * spe]) - 0.5  # loss falls
     assert _steps(client, run.info.run_id, "val/top1") == [spe * e for e in range(1, EPOCHS + 1)]
-    for key in ("zeroshot/top1", "fewshot/4shot_top1", "val/t2v/R1", "val/v2t/median_rank",
+    for key in ("zeroshot/top1", "fewshot/4shot_top1", "val/t2v_clip/R1", "val/v2t_class/median_rank",
                 "energy/energy_per_clip_mj"):
         assert key in run.data.metrics
     # where the time went (spklip.train.timing): start-up once, at the first step; each epoch's phases at its end
@@ -104,7 +104,7 @@ def test_two_workers_learn_and_the_run_is_fully_recorded(ray_session, tmp_path, 
     # The best checkpoint alone rebuilds the model and reproduces the evaluation reported for it.
     model, ck_cfg, payload = model_from_checkpoint(result.best_checkpoint)
     report = evaluate_model(model, ck_cfg, dataset_info(ck_cfg), torch.device("cpu"))
-    for key in ("val/top1", "val/top5", "val/t2v/R1", "zeroshot/top1", "fewshot/4shot_top1"):
+    for key in ("val/top1", "val/top5", "val/t2v_class/R1", "zeroshot/top1", "fewshot/4shot_top1"):
         assert report.metrics[key] == pytest.approx(payload["metrics"][key], abs=1e-6), key
 
     # The logged model (safetensors, no pickle) reloads as a spike encoder that embeds clips exactly like the

@@ -9,8 +9,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from spklip.cliargs import folder_name
 from spklip.config import add_set_flag, apply_overrides, load_config, parse_overrides
+from spklip.config.train import RUN_NAME_MAX_BYTES
 from spklip.logs import RunOutput
+from spklip.outdir import private_files
+from spklip.train.ownership import check_name
 from spklip.train.timing import Timeline, read_timing
 
 
@@ -22,6 +26,8 @@ def _timeline(args: argparse.Namespace) -> Timeline:
 def _train(args: argparse.Namespace) -> int:
     if args.resume:
         return _resume(args)
+    if args.name is not None:
+        check_name(args.name)  # one folder name: before anything is read, made or started
     timeline = _timeline(args)
     overrides = list(args.set)
     if args.address:
@@ -49,13 +55,14 @@ def _fit(cfg, args: argparse.Namespace, name: str | None, storage: str | None, t
     output = RunOutput(verbose=args.verbose)  # stdout: only the summary below; Ray's and MLflow's logs: the run log
     from spklip.train.launcher import fit  # imports Ray and torch (seconds): only once the config is valid
 
-    with output:  # entering it imports MLflow and Ray
+    with private_files(), output:  # files of the run 0600/0700; entering the output imports MLflow and Ray
         timeline.mark("import")
         result = fit(cfg, run_name=name, storage_path=storage, output=output, timeline=timeline)
     summary = {"run_name": result.run_name, "storage": result.storage_path, "seconds": round(result.seconds, 1),
                "best_checkpoint": result.best_checkpoint, "latest_checkpoint": result.checkpoint,
                "mlflow_run_id": result.mlflow_run_id, "model_uri": result.model_uri,
-               "best_metrics": result.best_metrics, "last_metrics": result.metrics,
+               "test_metrics": result.test_metrics, "best_metrics": result.best_metrics,
+               "last_metrics": result.metrics, "notes": result.notes,
                "log": str(output.log_path) if output.log_path else None, "ray_logs": output.ray_logs,
                "time": read_timing(Path(result.storage_path) / result.run_name)}  # rank 0's breakdown
     print(json.dumps(summary, indent=1, default=str))
@@ -68,16 +75,24 @@ def _eval(args: argparse.Namespace) -> int:
     from spklip.data.read import dataset_info
     from spklip.eval.report import check_report_out, write_report
     from spklip.eval.run import evaluate_model
+    from spklip.torchutil import nonfinite_tensors
     from spklip.tracking import download_model, resolve_uri
+    from spklip.tracking.existing import require_store
     from spklip.train.export import load_model
+    from spklip.train.loop import NonFiniteError
 
     if bool(args.checkpoint) == bool(args.model):
         raise ValueError("spklip eval: give one of --checkpoint DIR or --model models:/NAME@ALIAS")
     if args.out:
         check_report_out(args.out)  # refuse a folder spklip did not write before spending time on the evaluation
     with tempfile.TemporaryDirectory(prefix="spklip-eval-") as tmp:
-        source = args.checkpoint or download_model(args.model, tmp, resolve_uri(args.tracking_uri, "runs"))
+        source = args.checkpoint or download_model(args.model, tmp, require_store(resolve_uri(args.tracking_uri,
+                                                                                            "runs")))
         model, cfg, meta = load_model(source)  # safetensors or weights_only: nothing from the store is unpickled
+    bad = nonfinite_tensors(model.state_dict())
+    if bad:  # a diverged run's weights: NaN scores would rank as anything, so there is nothing to measure
+        raise NonFiniteError(f"{args.checkpoint or args.model}: {len(bad)} weight tensor(s) hold NaN or inf (first "
+                             f"{bad[0]}, step {meta.step}): a diverged model, not evaluated")
     overrides = parse_overrides(args.set)
     if args.data:
         overrides["data.path"] = args.data
@@ -88,6 +103,8 @@ def _eval(args: argparse.Namespace) -> int:
     what = f"checkpoint {args.checkpoint}" if args.checkpoint else f"model {args.model}"
     print(f"{what} (step {meta.step}, epoch {meta.epoch}) on "
           f"{cfg.data.path} split {args.split!r}:", file=sys.stderr)
+    for note in report.notes:
+        print(f"spklip eval: {note}", file=sys.stderr)
     print(json.dumps(report.metrics, indent=1, sort_keys=True))
     if args.out:
         provenance = {"checkpoint": str(args.checkpoint or args.model), "step": meta.step, "data": cfg.data.path,
@@ -105,7 +122,8 @@ def register(subparsers) -> None:
     p.add_argument("--config", help="experiment YAML (e.g. configs/tiny.yaml)")
     add_set_flag(p)
     p.add_argument("--address", default="", help="Ray cluster address (default: RAY_ADDRESS or in-process Ray)")
-    p.add_argument("--name", default=None, help="run name (default <preset>-<timestamp>); an existing one resumes")
+    p.add_argument("--name", default=None, type=folder_name(RUN_NAME_MAX_BYTES, "a run name"),
+                   help="run name (default <preset>-<timestamp>); an existing one resumes")
     p.add_argument("--storage", default=None, help="Ray storage root (default <train.run_dir>/ray): a folder, or an "
                    "s3:// URI for checkpoints in a bucket (docs/cluster.md, \"Object storage (S3)\")")
     p.add_argument("--resume", default=None, metavar="NAME|DIR",

@@ -5,8 +5,17 @@
 * Zero-shot: clips of the ``unseen`` split against the prompts of the unseen classes only (never trained on).
 * Few-shot: the prompt-initialised linear head of `spklip.eval.fewshot` on the unseen clips, mean and std over
   ``eval.few_shot_seeds`` episodes for each k in ``eval.few_shot_ks``.
-* Retrieval on the seen split: text->video and video->text R@k and median rank over clip/caption pairs.
+  Zero- and few-shot need at least `MIN_UNSEEN_CLASSES` unseen classes: over one class every clip ranks first, so
+  the metrics are left out (with a note in ``EvalReport.notes``) rather than reported as 1.0.
+* Retrieval on the seen split: clip-level (``t2v_clip``/``v2t_clip``: every clip/caption pair, the figure moves with
+  clips per class) and class-level (``t2v_class``/``v2t_class``: each distinct caption once, plus mAP), see
+  `spklip.eval.metrics`.
+* Beside each accuracy, what a random scorer gets (``chance/<metric>``) and the clips behind it (``clips/<split>``).
 Every model of the registry (SPKLIP, FSVE, baselines) goes through the same function.
+
+Metric names: the closed set and retrieval are ``<prefix>/...`` (``val/top1``); zero- and few-shot are
+``zeroshot/top1`` and ``fewshot/{k}shot_top1`` for the ``val`` evaluation of training, ``<prefix>/zeroshot/top1``
+otherwise (``test/zeroshot/top1``: the test-time evaluation of the chosen checkpoint).
 """
 
 from __future__ import annotations
@@ -18,7 +27,8 @@ import torch
 
 from spklip.config import EvalCfg
 from spklip.eval.fewshot import few_shot_eval
-from spklip.eval.metrics import confusion_matrix, text_video_retrieval, topk_accuracy
+from spklip.eval.metrics import (class_retrieval, class_retrieval_chance, confusion_matrix, text_video_retrieval,
+                                 topk_accuracy, topk_chance)
 from spklip.torchutil import eval_mode, maybe_autocast, unwrap
 
 
@@ -40,6 +50,16 @@ class EvalReport:
     tables: dict[str, str] = field(default_factory=dict)  # file name -> markdown text
     confusion: torch.Tensor | None = None  # [C, C] counts over the seen classes
     confusion_classes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what was left out and why (one line each)
+
+
+MIN_UNSEEN_CLASSES = 2  # zero-/few-shot over fewer classes is 1.0 whatever the model: left out
+
+
+def open_set_prefix(prefix: str) -> str:
+    """Where zero- and few-shot metrics go: unprefixed for the ``val`` evaluation (``zeroshot/top1``, the names the
+    training progress, sweeps and MLflow charts use), under `prefix` for any other (``test/zeroshot/top1``)."""
+    return "" if prefix == "val" else f"{prefix}/"
 
 
 @torch.no_grad()
@@ -78,13 +98,17 @@ def _remap(labels: torch.Tensor, class_ids: list[int], split: str) -> torch.Tens
 
 def closed_set(model, data: Embedded, class_names: list[str], class_ids: list[int], prefix: str,
                top_ks: tuple[int, ...] = (1, 5)) -> tuple[dict[str, float], torch.Tensor]:
-    """Prompt classification over `class_ids`; returns ``{prefix/top{k}}`` and the ``[C, C]`` confusion matrix."""
+    """Prompt classification over `class_ids`; returns ``{prefix/top{k}}`` with ``chance/prefix/top{k}`` beside
+    each, and the ``[C, C]`` confusion matrix. A k of C or more (always right) is left out, top-1 never."""
+    top_ks = tuple(k for k in top_ks if k == 1 or k < len(class_ids))
     names = [class_names[i] for i in class_ids]
     logits = data.features @ class_prompt_embeddings(model, names).T  # [N, C]
     target = _remap(data.labels, class_ids, prefix)
     acc = topk_accuracy(logits, target, top_ks)
     cm = confusion_matrix(logits.argmax(dim=1), target, len(class_ids))
-    return {f"{prefix}/top{k}": v for k, v in acc.items()}, cm
+    metrics = {f"{prefix}/top{k}": v for k, v in acc.items()}
+    metrics.update({f"chance/{prefix}/top{k}": v for k, v in topk_chance(len(class_ids), top_ks).items()})
+    return metrics, cm
 
 
 def logit_scale_of(model: torch.nn.Module) -> float:
@@ -102,26 +126,43 @@ def evaluate_embeddings(model, seen: Embedded, class_names: list[str], seen_ids:
     report = EvalReport(confusion_classes=[class_names[i] for i in seen_ids])
     metrics, report.confusion = closed_set(model, seen, class_names, seen_ids, prefix)
     report.metrics.update(metrics)
+    report.metrics[f"clips/{prefix}"] = float(len(seen.labels))
     retrieval = text_video_retrieval(seen.features, seen.text_features, seen.captions, cfg.retrieval_ks)
+    retrieval.update(class_retrieval(seen.features, seen.text_features, seen.captions, cfg.retrieval_ks))
+    chance = class_retrieval_chance(seen.captions, cfg.retrieval_ks)
     report.metrics.update({f"{prefix}/{k}": v for k, v in retrieval.items()})
-    report.tables["retrieval.md"] = _markdown(["metric", "value"], sorted(retrieval.items()))
-    if unseen is not None and unseen_ids:
-        zs, _ = closed_set(model, unseen, class_names, unseen_ids, "zeroshot")
-        report.metrics.update(zs)
-        prompts = class_prompt_embeddings(model, [class_names[i] for i in unseen_ids])
-        fs = few_shot_eval(unseen.features, _remap(unseen.labels, unseen_ids, "unseen"), prompts,
-                           ks=cfg.few_shot_ks, seeds=cfg.few_shot_seeds, steps=cfg.few_shot_steps,
-                           lr=cfg.few_shot_lr, logit_scale=logit_scale_of(model), base_seed=seed,
-                           head=cfg.few_shot_head, prior=cfg.few_shot_prior)
-        for k, res in fs.items():
-            if res is not None:
-                report.metrics[f"fewshot/{k}shot_top1"] = res["mean"]
-                report.metrics[f"fewshot/{k}shot_top1_std"] = res["std"]
-        report.tables["few_shot.md"] = _markdown(
-            ["k", "top-1 mean", "top-1 std", "zero-shot on same queries", "queries/episode"],
-            [(k, "skipped: a class has <= k clips", "", "", "") if r is None else
-             (k, r["mean"], r["std"], r["zero_shot_mean"], r["queries"]) for k, r in fs.items()])
+    report.metrics.update({f"chance/{prefix}/{k}": v for k, v in chance.items()})
+    report.tables["retrieval.md"] = _markdown(["metric", "value", "chance"],
+                                              [(k, v, chance.get(k, "")) for k, v in sorted(retrieval.items())])
+    if unseen_ids and len(unseen_ids) < MIN_UNSEEN_CLASSES:
+        report.notes.append(f"zero-/few-shot left out: {len(unseen_ids)} unseen class (a ranking over one class is "
+                            f"always right); build the data with >= {MIN_UNSEEN_CLASSES} unseen classes")
+    elif unseen is not None and unseen_ids:
+        _open_set(report, model, unseen, class_names, unseen_ids, cfg, open_set_prefix(prefix), seed)
     return report
+
+
+def _open_set(report: EvalReport, model, unseen: Embedded, class_names: list[str], unseen_ids: list[int],
+              cfg: EvalCfg, pre: str, seed: int) -> None:
+    """Zero-shot and few-shot on the unseen classes, with their chance level and clip count, into `report`."""
+    zs, _ = closed_set(model, unseen, class_names, unseen_ids, "zeroshot")
+    report.metrics.update({(f"chance/{pre}{k[len('chance/'):]}" if k.startswith("chance/") else f"{pre}{k}"): v
+                           for k, v in zs.items()})
+    report.metrics[f"clips/{pre}zeroshot"] = float(len(unseen.labels))
+    prompts = class_prompt_embeddings(model, [class_names[i] for i in unseen_ids])
+    fs = few_shot_eval(unseen.features, _remap(unseen.labels, unseen_ids, "unseen"), prompts,
+                       ks=cfg.few_shot_ks, seeds=cfg.few_shot_seeds, steps=cfg.few_shot_steps,
+                       lr=cfg.few_shot_lr, logit_scale=logit_scale_of(model), base_seed=seed,
+                       head=cfg.few_shot_head, prior=cfg.few_shot_prior)
+    for k, res in fs.items():
+        if res is not None:
+            report.metrics[f"{pre}fewshot/{k}shot_top1"] = res["mean"]
+            report.metrics[f"{pre}fewshot/{k}shot_top1_std"] = res["std"]
+            report.metrics[f"chance/{pre}fewshot/{k}shot_top1"] = 1.0 / len(unseen_ids)
+    report.tables["few_shot.md"] = _markdown(
+        ["k", "top-1 mean", "top-1 std", "zero-shot on same queries", "queries/episode"],
+        [(k, "skipped: a class has <= k clips", "", "", "") if r is None else
+         (k, r["mean"], r["std"], r["zero_shot_mean"], r["queries"]) for k, r in fs.items()])
 
 
 def _markdown(header: list[str], rows: Iterable[Iterable[Any]]) -> str:

@@ -110,9 +110,11 @@ def few_shot_eval(features: torch.Tensor, labels: torch.Tensor, class_embeddings
 def _score_queries(features, labels, support, weight, bias, class_embeddings, logit_scale) -> dict[str, float]:
     query = ~support  # [S, N]
     logits = logit_scale * torch.einsum("nd,scd->snc", features, weight) + bias[:, None, :]  # [S, N, C]
-    correct = (logits.argmax(dim=2) == labels[None]).float()  # [S, N]
+    # a query with a NaN/inf score is wrong (argmax picks a NaN as the largest, which could be the true class)
+    correct = ((logits.argmax(dim=2) == labels[None]) & torch.isfinite(logits).all(dim=2)).float()  # [S, N]
     acc = (correct * query).sum(dim=1) / query.sum(dim=1)  # [S]
-    zs_correct = ((features @ class_embeddings.T).argmax(dim=1) == labels).float()  # [N]
+    zs_logits = features @ class_embeddings.T  # [N, C]
+    zs_correct = ((zs_logits.argmax(dim=1) == labels) & torch.isfinite(zs_logits).all(dim=1)).float()  # [N]
     zs = (zs_correct[None] * query).sum(dim=1) / query.sum(dim=1)  # [S]
     return {"mean": acc.mean().item(), "std": acc.std().item() if acc.numel() > 1 else 0.0,
             "zero_shot_mean": zs.mean().item(), "queries": float(query.sum(dim=1).float().mean())}

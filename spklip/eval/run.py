@@ -13,7 +13,7 @@ import torch
 
 from spklip.config import ExperimentConfig
 from spklip.data.read import eval_batches
-from spklip.eval.evaluate import EvalReport, embed_clips, evaluate_embeddings
+from spklip.eval.evaluate import MIN_UNSEEN_CLASSES, EvalReport, embed_clips, evaluate_embeddings
 from spklip.model.energy import estimate_energy
 from spklip.torchutil import eval_mode, unwrap
 
@@ -35,8 +35,8 @@ def evaluate_model(model: torch.nn.Module, cfg: ExperimentConfig, dataset: dict[
     split = split or cfg.data.val_split
     bs = cfg.eval.batch_size
     seen = embed_clips(model, eval_batches(cfg.data.path, split, bs), device, autocast_dtype)
-    unseen = None
-    if dataset["unseen_ids"] and dataset["split_rows"].get(cfg.data.zero_shot_split, 0):
+    unseen = None  # one unseen class or none: zero-/few-shot mean nothing (`evaluate_embeddings` notes why)
+    if len(dataset["unseen_ids"]) >= MIN_UNSEEN_CLASSES and dataset["split_rows"].get(cfg.data.zero_shot_split, 0):
         unseen = embed_clips(model, eval_batches(cfg.data.path, cfg.data.zero_shot_split, bs), device,
                              autocast_dtype)
     report = evaluate_embeddings(model, seen, dataset["class_names"], dataset["seen_ids"], cfg.eval, unseen=unseen,

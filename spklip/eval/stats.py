@@ -2,6 +2,9 @@
 
 Small-sample honest: with n seeds the interval uses t(0.975, n-1), so 3 seeds give a wide interval (t = 4.30) and
 one seed gives none. Two settings differ "beyond noise" when the 95 % interval of their difference excludes 0.
+Seeds that all give the same value (a saturated top-5, a deterministic energy) carry no information about the
+noise: such a comparison says "no variation across N seeds" and gives no p-value, never "p = 0: beyond noise".
+An accuracy over n clips also has a sampling interval of its own (`wilson`), beside the interval over seeds.
 """
 
 from __future__ import annotations
@@ -20,9 +23,16 @@ class SeedSummary:
     ci95: float  # half-width of the 95 % interval of the mean (nan for fewer than 2 values)
     n: int
 
+    @property
+    def constant(self) -> bool:
+        """Several seeds, all with the same value: the interval of 0 is no evidence of a small spread."""
+        return self.n >= 2 and self.ci95 == 0
+
     def __str__(self) -> str:
         if self.n == 0:
             return "n/a"
+        if self.constant:
+            return f"{self.mean:.3f} (no variation across {self.n} seeds)"
         return f"{self.mean:.3f}" if self.n < 2 else f"{self.mean:.3f} ± {self.ci95:.3f}"
 
 
@@ -46,13 +56,24 @@ def summarize(values: Iterable[float]) -> SeedSummary:
 class Difference:
     diff: float  # mean(a) - mean(b)
     ci95: float  # half-width of the Welch 95 % interval of the difference (nan if either side has < 2 values)
-    p_value: float
+    p_value: float  # nan when there is no interval (one seed, or no variation at all)
+    seeds: tuple[int, int] = (0, 0)  # values behind each side
+
+    @property
+    def no_variation(self) -> bool:
+        """Both sides have >= 2 seeds and every seed of each side gave the same value: no noise estimate."""
+        return min(self.seeds) >= 2 and self.ci95 == 0
 
     @property
     def beyond_noise(self) -> bool:
-        return not math.isnan(self.ci95) and abs(self.diff) > self.ci95
+        return not math.isnan(self.ci95) and not self.no_variation and abs(self.diff) > self.ci95
 
     def __str__(self) -> str:
+        if math.isnan(self.diff):
+            return "n/a"
+        if self.no_variation:
+            return (f"{self.diff:+.3f} (no variation across {self.seeds[0]} + {self.seeds[1]} seeds: no interval or "
+                    "p-value, cannot tell from noise)")
         if math.isnan(self.ci95):
             return f"{self.diff:+.3f} (one seed: no interval, cannot tell from noise)"
         verdict = "beyond noise" if self.beyond_noise else "within noise"
@@ -62,15 +83,27 @@ class Difference:
 def difference(a: Iterable[float], b: Iterable[float]) -> Difference:
     """Welch's unequal-variance comparison of two settings' per-seed values."""
     xa, xb = _clean(a), _clean(b)
+    seeds = (len(xa), len(xb))
     if len(xa) == 0 or len(xb) == 0:
-        return Difference(float("nan"), float("nan"), float("nan"))
+        return Difference(float("nan"), float("nan"), float("nan"), seeds)
     diff = float(xa.mean() - xb.mean())
     if len(xa) < 2 or len(xb) < 2:
-        return Difference(diff, float("nan"), float("nan"))
+        return Difference(diff, float("nan"), float("nan"), seeds)
     va, vb = xa.var(ddof=1) / len(xa), xb.var(ddof=1) / len(xb)
     se = math.sqrt(va + vb)
-    if se == 0:
-        return Difference(diff, 0.0, 0.0 if diff else 1.0)
+    if se == 0:  # every seed of both sides alike: nothing to estimate the noise from
+        return Difference(diff, 0.0, float("nan"), seeds)
     dof = (va + vb) ** 2 / (va ** 2 / (len(xa) - 1) + vb ** 2 / (len(xb) - 1))
     p = float(2 * stats.t.sf(abs(diff) / se, dof))
-    return Difference(diff, float(stats.t.ppf(0.975, dof) * se), p)
+    return Difference(diff, float(stats.t.ppf(0.975, dof) * se), p, seeds)
+
+
+def wilson(accuracy: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The 95 % Wilson score interval ``(low, high)`` of an accuracy measured on `n` clips (one run's sampling
+    error over clips; it says nothing of the seed-to-seed spread). ``(nan, nan)`` without clips or a value."""
+    if n <= 0 or accuracy != accuracy:
+        return float("nan"), float("nan")
+    p = min(max(float(accuracy), 0.0), 1.0)
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half

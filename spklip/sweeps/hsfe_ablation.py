@@ -48,6 +48,8 @@ SPEC = SweepSpec(
     description=__doc__.splitlines()[0],
     space=space,
     metrics=(("val/top1", "max"),),
+    # selected on val; the result is each run's best-on-val checkpoint on the test split (and zero-shot)
+    report_metrics=(("test/top1", "max"), ("test/zeroshot/top1", "max")),
     # 600 optimiser steps per trial (50 epochs of the demo data): what spklip-tiny needs to learn the direction of
     # motion with augmentation (docs/training.md); ASHA still stops weak trials after each epoch
     base={"model_preset": "spklip-tiny", "train.epochs": 10000, "train.max_steps": 600, "scale.num_workers": 1,

@@ -19,8 +19,10 @@ import functools
 import json
 import os
 import socket
+import sys
 import tempfile
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,16 +42,22 @@ from spklip.outdir import private_dir
 from spklip.rayenv import connect, init_local
 from spklip.train import data as train_data
 from spklip.train.checkpoint import model_from_checkpoint
+from spklip.train.epoch_eval import log_report_artifacts
+from spklip.train.final_eval import BEST, FINAL, evaluate_on_test
 from spklip.train.faults import FAULT_ENV_PREFIX
 from spklip.train.timing import Timeline
 from spklip.train.torch_store import LoopbackTorchConfig
-from spklip.train.worker import FailFastOnDataError, WorkerPlan, train_fn_per_worker
-from spklip.tracking import (SPOOL_DIR, Tracker, claim_run, ensure_experiment, git_commit, register_model,
-                             resolve_uri, send_model_folder, shard_set_dataset, start_run)
+from spklip.train.worker import FailFastOnDataError, WorkerPlan, fail_fast_error_in, train_fn_per_worker
+from spklip.train.ownership import check_name, folder_location, lock_folder
+from spklip.tracking import (SPOOL_DIR, Tracker, claim_run, credentials_env, ensure_experiment, git_commit,
+                             is_remote, register_model, resolve_uri, send_model_folder, shard_set_dataset, start_run)
 
 CONFIG_FILE = "spklip_config.json"  # inside {storage_path}/{run_name}: the run's flat config (`spklip train --resume`)
 RUN_FILE = "spklip_run.json"  # inside {storage_path}/{run_name}: the MLflow run a resumed job keeps logging to
 WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAY_CHDIR_TO_TRIAL_DIR": "0"}
+FOLDER_TAG = "spklip.run_folder"  # on a run's MLflow run: the folder it was created in (`spklip_run.json` too)
+FOLDER_ID_TAG = "spklip.run_folder_id"  # and that folder's random id
+COPIED_FROM_TAG = "spklip.copied_from"  # on the new MLflow run of a copied (or moved) run folder: the original run
 
 
 @dataclass
@@ -78,12 +86,19 @@ class FitResult:
     model_uri: str | None = None
     seconds: float = 0.0
     best_metrics: dict[str, float] = field(default_factory=dict)  # the metrics best_checkpoint was scored with
+    # the result: the best-on-val and the last checkpoint scored on the test split (``test/...``, ``test_final/...``,
+    # with ``chance/...`` and ``clips/...``; `spklip.train.final_eval`)
+    test_metrics: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what the evaluation left out and why
 
 
-def ensure_ray(address: str = "", verbose: bool = True) -> None:
+def ensure_ray(address: str = "", verbose: bool = True, temp_parent: str | Path | None = None) -> None:
     """Connect to ``address`` / ``RAY_ADDRESS`` when given, else start an in-process Ray (no-op if running).
 
-    The in-process Ray listens on loopback only, with token authentication (`spklip.rayenv.init_local`).
+    The in-process Ray listens on loopback only, with token authentication, its session folder private: under
+    ``<temp_parent>/ray_tmp`` (the run or sweep folder; `spklip.rayenv.init_local`); its processes inherit this
+    one's environment, MLflow credentials included (not passed in a runtime env: Ray's runtime-env agent writes
+    those to its log). A cluster's processes get them (`spklip.tracking.credentials_env`) in the job's runtime env.
     `verbose` False: ``log_to_driver=False``, the workers' output stays in Ray's session logs (`ray_logs_dir`).
     Ray's own processes get the address of this cluster in the job's runtime env, so nothing of Ray's looks for a
     cluster by itself: Ray Train's placement-group cleaner calls the State API without an address, which otherwise
@@ -94,10 +109,10 @@ def ensure_ray(address: str = "", verbose: bool = True) -> None:
     address = address or os.environ.get("RAY_ADDRESS", "")
     if address:
         env = {"RAY_ADDRESS": address} if "://" not in address and address != "auto" else {}
-        connect(address, log_to_driver=verbose, runtime_env=_job_env(env))
+        connect(address, log_to_driver=verbose, runtime_env=_job_env({**env, **credentials_env()}))
     else:
         port = _free_port()  # the dashboard is the State API's server: its address is known before Ray starts
-        init_local(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+        init_local(temp_parent, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
                    configure_logging=False, log_to_driver=verbose,
                    runtime_env=_job_env({"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}))
 
@@ -153,19 +168,34 @@ def _mlflow_run(cfg: ExperimentConfig, run_name: str, run_folder: Path, dataset:
     """Reuse the MLflow run of an earlier attempt of this Ray run (resume), else start a new one: config as params
     and as ``config/resolved.yaml``, the shard set as the run's training input, system metrics from this process
     until the run ends. Calls the server cannot take go to ``<run folder>/tracking_spool``; the run id is kept in
-    `saved` (default ``<run folder>/spklip_run.json``; for an object store, the run's folder in the bucket)."""
+    `saved` (default ``<run folder>/spklip_run.json``; for an object store, the run's folder in the bucket), with
+    the folder it was made in: a copy of the folder resumed elsewhere (or a moved one) starts a new MLflow run,
+    tagged with the original's id, rather than write into the original's."""
     uri = cfg.tracking.uri
     if not cfg.tracking.enabled:
         return Tracker(uri, None)
     saved = saved or run_folder / RUN_FILE
     spool = run_folder / SPOOL_DIR
-    if storage.exists(saved):
-        tracker = Tracker(uri, json.loads(storage.read_text(saved))["mlflow_run_id"], spool_dir=spool)
+    where = folder_location(str(saved).rpartition("/")[0])
+    record = json.loads(storage.read_text(saved)) if storage.exists(saved) else None
+    if record is not None and record.get("run_folder", where) != where:
+        original = record.get("mlflow_run_id")
+        print(f"spklip: {where} was created as {record['run_folder']}: a copy or a move, so it logs to a new MLflow "
+              f"run (tag {COPIED_FROM_TAG}={original}), not to that folder's", file=sys.stderr, flush=True)
+        extra_tags = {**(extra_tags or {}), **({COPIED_FROM_TAG: str(original)} if original else {})}
+        record = None
+    if record is not None:
+        if record.get("tracking_auth") and is_remote(uri) and not credentials_env():
+            print(f"spklip: this run logged to {uri} with credentials, which spklip does not store: set "
+                  "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to resume logging to it", file=sys.stderr,
+                  flush=True)
+        tracker = Tracker(uri, record["mlflow_run_id"], spool_dir=spool)
         ensure_experiment(tracker, cfg.tracking.experiment, cfg.train.run_dir)  # an experiment made before the tag
     else:
+        folder_id = uuid.uuid4().hex
         tags = {"git_commit": git_commit(), "dataset_fingerprint": dataset["fingerprint"],
                 "model_arch": cfg.model.arch, "model_preset": cfg.model_preset, "ray_run_name": run_name,
-                **(extra_tags or {})}
+                FOLDER_TAG: where, FOLDER_ID_TAG: folder_id, **(extra_tags or {})}
         tracker = start_run(uri, cfg.tracking.experiment, cfg.train.run_dir, run_name=run_name,
                             params=cfg.to_flat_dict(), tags=tags, parent_run_id=parent_run_id, spool_dir=spool)
         if not tracker.enabled:
@@ -175,7 +205,9 @@ def _mlflow_run(cfg: ExperimentConfig, run_name: str, run_folder: Path, dataset:
                             tags={"spklip.train_split": cfg.data.train_split, "spklip.val_split": cfg.data.val_split})
         run_folder.mkdir(parents=True, exist_ok=True)
         storage.write_text(saved, json.dumps({"mlflow_run_id": tracker.run_id, "tracking_uri": uri,
-                                              "parent_run_id": parent_run_id}))
+                                              "parent_run_id": parent_run_id, "run_folder": where,
+                                              "run_folder_id": folder_id,
+                                              "tracking_auth": bool(is_remote(uri) and credentials_env())}))
     claim_run(tracker, run_folder)  # `spklip tracking sync` closes the run as KILLED once this process is gone
     if cfg.tracking.system_metrics:
         # Here, on the driver, for the run's lifetime: the workers of an in-process Ray or a one-node cluster share
@@ -186,12 +218,16 @@ def _mlflow_run(cfg: ExperimentConfig, run_name: str, run_folder: Path, dataset:
 
 def prepare_run(cfg: ExperimentConfig, *, run_name: str | None = None, storage_path: str | None = None,
                 mlflow_parent_run_id: str | None = None, tags: dict[str, str] | None = None,
-                timeline: Timeline | None = None, start_ray: Callable[[], None] | None = None) -> RunPlan:
-    """Validate data and config, plan steps, open (or reopen) the MLflow run. Raises before any worker starts.
+                timeline: Timeline | None = None, start_ray: Callable[..., None] | None = None) -> RunPlan:
+    """Validate data and config, plan steps, lock the run folder (`spklip.train.ownership`: one driver per run, held
+    until this process exits), open (or reopen) the MLflow run. Raises before any worker starts.
 
-    `start_ray` (`fit`): called once every check has passed, while the MLflow run is being opened (both take seconds;
-    Ray's start runs in its own processes)."""
+    `start_ray` (`fit`): called as ``start_ray(temp_parent=<run folder>)`` once every check has passed, while the
+    MLflow run is being opened (both take seconds; Ray's start runs in its own processes)."""
     timeline = timeline or Timeline()
+    if run_name is not None or cfg.tracking.run_name:
+        check_name(run_name if run_name is not None else cfg.tracking.run_name,
+                   "--name" if run_name is not None else "tracking.run_name")
     cfg = resolve_paths(cfg)
     dataset = dataset_info(cfg)
     timeline.mark("validate")
@@ -202,7 +238,7 @@ def prepare_run(cfg: ExperimentConfig, *, run_name: str | None = None, storage_p
     storage_path = storage.absolute(storage_path or Path(cfg.train.run_dir) / "ray")
     private_dir(cfg.train.run_dir)  # every check passed: the MLflow store, checkpoints and spool, the user's alone
     run_folder = local_run_folder(cfg, storage_path, run_name)
-    run_folder.mkdir(parents=True, exist_ok=True)
+    lock_folder(run_folder, f"run {run_name}")  # until this driver exits: a second driver of the run stops here
     config_file = storage.join(storage_path, run_name, CONFIG_FILE)
     if not storage.exists(config_file):  # the first attempt's config is what a --resume trains
         storage.write_text(config_file, json.dumps(cfg.to_flat_dict(), indent=1))
@@ -210,7 +246,7 @@ def prepare_run(cfg: ExperimentConfig, *, run_name: str | None = None, storage_p
         opening = pool.submit(_mlflow_run, cfg, run_name, run_folder, dataset, mlflow_parent_run_id, tags,
                               saved=storage.join(storage_path, run_name, RUN_FILE))
         if start_ray is not None:
-            start_ray()
+            start_ray(temp_parent=run_folder)  # an in-process Ray's session folder goes inside the run folder
             timeline.mark("ray_init")
         tracker = opening.result()
     timeline.mark("mlflow_run")  # after ray_init when both ran: what was left to wait for
@@ -298,9 +334,9 @@ def fit(cfg: ExperimentConfig, *, run_name: str | None = None, storage_path: str
         result = trainer.fit()
     except BaseException as e:
         plan.tracker.terminate("FAILED")
-        bad = train_data.data_error_in(e)
-        if bad is not None:  # a shard that cannot be read: one error naming the file, not Ray Train's wrapper
-            raise bad from None
+        bad = fail_fast_error_in(e)
+        if bad is not None:  # a shard that cannot be read, a diverged run: one line naming the file or the step,
+            raise bad from None  # not Ray Train's wrapper
         raise
     out = _finish(plan, result, time.perf_counter() - t0)
     out.best_metrics = _best_metrics(result, out)
@@ -328,6 +364,7 @@ def _finish(plan: RunPlan, result, seconds: float) -> FitResult:
                     best_checkpoint=_checkpoint_uri(plan.storage_path, best), run_name=plan.run_name,
                     storage_path=plan.storage_path, mlflow_run_id=plan.tracker.run_id if plan.tracker.enabled
                     else None, seconds=seconds)
+    _test(plan, out)
     tracking = plan.cfg.tracking
     register_as = tracking.register_as if not _parent_run(plan) else ""  # a sweep registers its best trial only
     if plan.tracker.enabled and (tracking.log_model or register_as) and out.best_checkpoint:
@@ -337,6 +374,20 @@ def _finish(plan: RunPlan, result, seconds: float) -> FitResult:
         plan.tracker.set_tags({"best_checkpoint": str(out.best_checkpoint)})
     plan.tracker.terminate("FINISHED")
     return out
+
+
+def _test(plan: RunPlan, out: FitResult) -> None:
+    """Score the best-on-val and the last checkpoint on the test split; log the metrics (at the last step) and the
+    tables (``test/best``, ``test/final``), and print one line on stderr."""
+    report = evaluate_on_test(plan.cfg, plan.dataset, out.best_checkpoint, out.checkpoint)
+    out.test_metrics, out.notes = report.metrics, report.notes
+    step = int(out.metrics.get("step", 0))
+    if plan.tracker.enabled and report.metrics:
+        plan.tracker.log_metrics(report.metrics, step)
+        for prefix, folder in ((BEST, "test/best"), (FINAL, "test/final")):
+            if prefix in report.reports:
+                log_report_artifacts(plan.tracker, report.reports[prefix], folder)
+    print(f"spklip: {report.line(plan.cfg)}", file=sys.stderr, flush=True)
 
 
 def ray_storage(storage_path: str) -> dict[str, Any]:

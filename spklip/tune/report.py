@@ -18,7 +18,7 @@ import yaml
 
 from spklip.config import ExperimentConfig
 from spklip.config.base import parse_value, unflatten
-from spklip.eval.stats import difference, summarize
+from spklip.eval.stats import difference, summarize, wilson
 from spklip.tracking import PARENT_TAG, fluent_tracking_uri
 
 ROLE_TAG = "spklip.sweep.role"  # "parent" on the sweep's own run
@@ -136,7 +136,44 @@ def sweep_table(experiment: str, *, uri: str, parent_run_id: str | None = None,
     trials = frame.get(f"tags.{TRIAL_TAG}")
     if trials is not None and trials.notna().any() and trials.value_counts().max() > 1:
         table = aggregate_seeds(table, frame)
+    note = chance_note(frame, table)
+    if note:
+        table.notes.append(note)
     return table
+
+
+def clips_key(metric: str) -> str:
+    """The ``clips/...`` count behind an accuracy: ``test/top1`` -> ``clips/test``, ``test/zeroshot/top1`` and
+    ``test/fewshot/4shot_top1`` -> ``clips/test/zeroshot`` (few-shot queries are those clips less the support)."""
+    parts = metric.split("/")
+    for i, part in enumerate(parts):
+        if part in ("zeroshot", "fewshot"):
+            return "clips/" + "/".join(parts[:i] + ["zeroshot"])
+    return f"clips/{parts[0]}"
+
+
+def chance_note(frame: pd.DataFrame, table: SweepTable) -> str:
+    """One note line: each table metric's chance level and the clips behind it (as the runs logged them,
+    ``chance/<metric>`` and ``clips/<split>``), and for the best row the 95 % Wilson interval over those clips of a
+    single run at its mean (the sampling error of one evaluation, beside the interval over seeds)."""
+    best = table.frame.iloc[0] if not table.frame.empty else None
+    parts = []
+    for metric, _ in table.metrics:
+        chance = frame.get(f"metrics.chance/{metric}")
+        if chance is None or chance.dropna().empty:
+            continue
+        clips = frame.get(f"metrics.{clips_key(metric)}")
+        n = int(clips.dropna().iloc[0]) if clips is not None and not clips.dropna().empty else 0
+        text = f"{metric} {float(chance.dropna().iloc[0]):.3g}" + (f" ({n} clips" if n else "")
+        value = best[metric] if best is not None and metric in best else float("nan")
+        if n and value == value:
+            low, high = wilson(float(value), n)
+            text += f"; one run at {float(value):.3f}: {low:.2f}-{high:.2f}"
+        parts.append(text + (")" if n else ""))
+    if not parts:
+        return ""
+    return ("Chance level (clips per evaluation; for the first row, the 95 % Wilson interval of one run over those "
+            "clips): " + ", ".join(parts) + ".")
 
 
 def aggregate_seeds(table: SweepTable, frame: pd.DataFrame) -> SweepTable:
@@ -162,11 +199,10 @@ def aggregate_seeds(table: SweepTable, frame: pd.DataFrame) -> SweepTable:
     params = [p for p in table.params if p in labels or out[p].astype(str).nunique() > 1]  # held-fixed keys: noise
     out = out.drop(columns=[p for p in table.params if p not in params])
     name, mode = table.metrics[0]
-    out = out.sort_values([m for m, _ in table.metrics], ascending=[md == "min" for _, md in table.metrics],
-                          na_position="last", kind="stable").reset_index(drop=True)
+    out = best_first(out, table.metrics).reset_index(drop=True)
     notes = [f"{len(runs)} runs: each row is one configuration, mean over its seeds; ± is the 95 % Student-t "
              "interval of the mean."]
-    scored = out[out[name].notna()]
+    scored = out[rankable(out, name)]
 
     def called(row) -> str:  # a configuration by its label (e.g. the study's variant), else its trial id
         return " ".join(str(row[p]) for p in labels) or str(row["trial"])
@@ -199,13 +235,29 @@ def _assemble(frame: pd.DataFrame, params: list[str], metrics: list[tuple[str, s
     best = None
     if metrics:
         name, mode = metrics[0]  # ties on the first metric are broken by the next ones
-        out = out.sort_values([m for m, _ in metrics], ascending=[md == "min" for _, md in metrics],
-                              na_position="last", kind="stable")
-        scored = out[out[name].notna()]
+        out = best_first(out, metrics)
+        scored = out[rankable(out, name)]
         if not scored.empty:
             best = scored.iloc[0]["run_id"]
             notes.append(f"Best trial by {name} ({mode}): {scored.iloc[0]['trial']} (run {best}).")
     return SweepTable(out.reset_index(drop=True), params, list(metrics), parent_run_id, best, notes)
+
+
+def rankable(frame: pd.DataFrame, name: str) -> pd.Series:
+    """Rows that may rank (and be the best trial): a finite `name` from runs none of which failed. A diverged trial
+    (a NaN or infinite score, or a run ended FAILED, e.g. `spklip.train.loop.NonFiniteError`) never wins."""
+    values = pd.to_numeric(frame[name], errors="coerce").astype(float)
+    failed = frame["status"].astype(str).str.contains("FAILED")
+    return values.map(math.isfinite) & ~failed
+
+
+def best_first(frame: pd.DataFrame, metrics: list[tuple[str, str]]) -> pd.DataFrame:
+    """`frame` sorted best first by `metrics` (ties on the first broken by the next ones); rows that are not
+    `rankable` by the first metric (NaN/inf, failed) come last."""
+    keyed = frame.assign(_unranked=~rankable(frame, metrics[0][0]))
+    return keyed.sort_values(["_unranked", *(m for m, _ in metrics)],
+                             ascending=[True, *(mode == "min" for _, mode in metrics)], na_position="last",
+                             kind="stable").drop(columns="_unranked")
 
 
 def pareto_front(values: pd.DataFrame, metrics: list[tuple[str, str]]) -> list[int]:

@@ -39,11 +39,12 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from spklip.config import ConfigError, ExperimentConfig, load_config
 from spklip.data import storage
 from spklip.data.smoke import ensure_smoke_data
-from spklip.outdir import private_dir
+from spklip.outdir import private_dir, private_files
 from spklip.eval.stats import summarize
 from spklip.logs import RunOutput
 from spklip.tracking import BEST_ALIAS, SPOOL_DIR, Tracker, start_run
 from spklip.train.launcher import ensure_ray, fit, log_encoder, ray_logs_dir, ray_storage, resolve_paths
+from spklip.train.ownership import check_name, lock_folder
 from spklip.tune import report as rep
 from spklip.tune.cli import add_sweep_args, parse_first
 from spklip.tune.space import (AUX_PREFIX, SpaceFn, base_point, build_searcher, config_params, space_keys,
@@ -216,10 +217,11 @@ def run_trial(params: dict[str, Any], ctx: SweepContext) -> None:
                            storage_path=ctx.storage, callbacks=[TuneReportCallback()] if ctx.seeds == 1 else [],
                            mlflow_parent_run_id=ctx.parent_run_id,
                            tags={rep.TRIAL_TAG: trial_id, rep.SEED_TAG: str(offset), **labels}))
-    if ctx.seeds > 1:
+    if ctx.seeds > 1:  # one report for Tune: the mean over seeds (val selects; the test metrics ride along)
         report = {}
-        for name in sorted({k for r in results for k, v in r.metrics.items() if isinstance(v, (int, float))}):
-            summary = summarize(r.metrics.get(name, float("nan")) for r in results)
+        scored = [{**r.metrics, **r.test_metrics} for r in results]
+        for name in sorted({k for m in scored for k, v in m.items() if isinstance(v, (int, float))}):
+            summary = summarize(m.get(name, float("nan")) for m in scored)
             report.update({name: summary.mean, f"{name}/ci95": summary.ci95, f"{name}/seeds": summary.n})
         tune.report(report)
 
@@ -340,6 +342,8 @@ def run_sweep(spec: SweepSpec, cfg: ExperimentConfig, *, num_samples: int | None
     """
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    if name is not None:
+        check_name(name)  # one folder name under <run_dir>/sweeps: before anything is made or started
     root = sweep_root(cfg)
     remote = storage.absolute(storage_root) if storage_root else None  # the Tune experiment's root, if not `root`
     if resume:
@@ -352,10 +356,12 @@ def run_sweep(spec: SweepSpec, cfg: ExperimentConfig, *, num_samples: int | None
             cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, experiment=spec.name))
         path = root / (name or f"{spec.name}{'-smoke' if smoke else ''}-{time.strftime('%Y%m%d-%H%M%S')}")
     experiment = storage.join(remote, path.name) if remote else path  # the Tune experiment: state, trials, SWEEP_FILE
+    if not resume or storage.exists(storage.join(experiment, SWEEP_FILE)):  # (a sweep not found: said below)
+        lock_folder(path, f"sweep {path.name}")  # until this driver exits: a second driver of the sweep stops here
     if not resume and storage.exists(storage.join(experiment, SWEEP_FILE)):
         raise FileExistsError(f"sweep {experiment} exists; pass --resume to continue it or another --name")
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
-    with RunOutput(verbose) as output:  # the table finish_sweep prints goes to stdout, after it
+    with private_files(), RunOutput(verbose) as output:  # files 0600/0700; the table finish_sweep prints: stdout
         output.attach(path)
         if resume:
             ctx = SweepContext.load(experiment)
@@ -363,7 +369,7 @@ def run_sweep(spec: SweepSpec, cfg: ExperimentConfig, *, num_samples: int | None
             ctx = _new_context(spec, cfg, path, num_samples or (spec.smoke_samples if smoke else spec.num_samples),
                                seeds, experiment)
         started = not ray.is_initialized()
-        ensure_ray(ctx.base.scale.address, verbose=verbose)
+        ensure_ray(ctx.base.scale.address, verbose=verbose, temp_parent=path)  # Ray's session folder: inside
         output.ray_logs = ray_logs_dir()
         results = _tuner(spec, ctx, experiment, resume, points, max_concurrent, verbose).fit()
         if started:  # the report needs only MLflow; Ray's late messages (the raylet's worker-count warning after
@@ -436,6 +442,8 @@ def _register_best(ctx: SweepContext, path: Path, parent: Tracker, best_run_id: 
 
 def run_from_args(spec: SweepSpec, args: argparse.Namespace) -> int:
     """Load the config, make sure smoke-test data exists, run the sweep; returns an exit code."""
+    if args.name is not None:
+        check_name(args.name)  # before the smoke data is built
     if args.scheduler:
         spec = dataclasses.replace(spec, scheduler=args.scheduler)
     cfg = sweep_config(spec, args.config, args.overrides, smoke=args.smoke_test)
