@@ -5,8 +5,8 @@
     spklip data build video-folder --root /tmp/motion-videos --out /tmp/motion-shards --model spklip-tiny \
         --planes-per-frame 2 --unseen-classes 10 --seed 0
 
-Layout: ``OUT/<object>_moves_<motion>/<i>.mp4`` (the class name becomes "<object> moves <motion>"). The objects are
-square patches cut from the two photographs shipped with scikit-learn (`sklearn.datasets.load_sample_images`:
+Layout: ``OUT/<object>_moves_<motion>/gGG_cCCC.mp4`` (the class name becomes "<object> moves <motion>"). The objects
+are square regions of the two photographs shipped with scikit-learn (`sklearn.datasets.load_sample_images`:
 china.jpg, flower.jpg), pasted at ``--object-size`` px over a background that is another patch of the same photos
 (drawn per clip from a few regions, dimmed by ``--background-gain`` so the object stands out). Per clip: a random
 background crop, a random speed in ``[--speed-min, --speed-max]`` px per frame, a random start position such that
@@ -15,12 +15,22 @@ the object stays inside the frame for the whole clip, and a global brightness ga
 clip)``, so the same arguments give the same frames (the encoded bytes depend on the encoder build). Encoded with
 PyAV: libx264 (crf 18) if the installed PyAV has it, else mpeg4.
 
+Different object pixels per split: each object region is cut into ``--instances`` disjoint tiles (`instance_boxes`:
+no two tiles of any objects share a pixel), and clip ``c`` (from 0) of a class shows tile ``c mod instances``, its
+group ``gGG`` in the file name (UCF101-style ``gGG_cCCC``). ``spklip data build video-folder``'s default
+``--group-by`` keeps every group in one split; as every class of the tree has the same groups of the same sizes,
+an instance lands in the same split (train, val or test) in every class, so no object pixels appear in two
+splits. Backgrounds are drawn from the same regions in every split, and a held-out (``unseen``) class shows all
+instances of its object. ``--instances 1`` pastes the whole region into every clip, the frames of the tool before
+instances existed (pixels shared by all splits).
+
 The default clip is 16 frames of 64 x 64, which ``--planes-per-frame 2`` turns into spklip-tiny's 32 planes.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +71,7 @@ class VideoSpec:
     brightness_jitter: float = 0.2
     background_gain: float = 0.5
     fps: int = 25
+    instances: int = 5  # disjoint tiles of each object region; clip c shows instance c mod instances (its group)
 
 
 def photos() -> dict[str, np.ndarray]:
@@ -75,10 +86,38 @@ def resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
     return np.asarray(pil.resize((w, h), Image.BOX), dtype=np.float32) / 255.0
 
 
-def object_patches(pics: dict[str, np.ndarray], names: list[str], side: int) -> dict[str, np.ndarray]:
-    table = {name: (photo, top, left, s) for name, photo, top, left, s in OBJECTS}
-    return {n: resize(pics[table[n][0]][table[n][1]:table[n][1] + table[n][3], table[n][2]:table[n][2] + table[n][3]],
-                      side, side) for n in names}
+def _overlap(a: tuple[int, int, int], b: tuple[int, int, int]) -> bool:
+    """Whether two ``(top, left, side)`` squares share a pixel."""
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[2] and b[1] < a[1] + a[2]
+
+
+def instance_boxes(name: str, instances: int) -> list[tuple[int, int, int]]:
+    """``(top, left, side)`` in its photo of each of object `name`'s `instances` disjoint tiles: the first tiles, in
+    raster order, of the smallest ``g x g`` grid over its region (``g >= ceil(sqrt(instances))``) that has enough
+    tiles not overlapping a smaller object's region (the dahlia's tiles leave out the petals), so no two tiles of the
+    table share a pixel. One instance is the whole region, as before instances existed (then objects may overlap)."""
+    table = {n: (photo, top, left, side) for n, photo, top, left, side in OBJECTS}
+    photo, top, left, side = table[name]
+    if instances == 1:
+        return [(top, left, side)]
+    smaller = [box for n, (ph, *box) in table.items() if ph == photo and n != name and box[2] < side]
+    grid = math.ceil(math.sqrt(instances))
+    while True:
+        tile = side // grid
+        boxes = [(top + r * tile, left + c * tile, tile) for r in range(grid) for c in range(grid)]
+        free = [b for b in boxes if not any(_overlap(b, o) for o in smaller)]
+        if len(free) >= instances or tile <= 1:
+            return free[:instances]
+        grid += 1
+
+
+def object_patches(pics: dict[str, np.ndarray], names: list[str], side: int,
+                   instances: int = 1) -> dict[str, list[np.ndarray]]:
+    """``{object: [instances x [side, side, 3] float]}``: each instance a disjoint tile of the object's region
+    (`instance_boxes`), scaled to ``side``."""
+    photo = {n: ph for n, ph, *_ in OBJECTS}
+    return {n: [resize(pics[photo[n]][y:y + s, x:x + s], side, side) for y, x, s in instance_boxes(n, instances)]
+            for n in names}
 
 
 def background(pics: dict[str, np.ndarray], rng: np.random.Generator, size: int) -> np.ndarray:
@@ -144,7 +183,7 @@ def make_tree(out: Path, objects: list[str], motions: list[str], clips_per_class
               seed: int) -> int:
     """Write every clip; returns the number of videos."""
     pics = photos()
-    patches = object_patches(pics, objects, spec.object_size)
+    patches = object_patches(pics, objects, spec.object_size, spec.instances)
     codec = pick_codec()
     count = 0
     for oi, obj in enumerate(objects):
@@ -153,8 +192,9 @@ def make_tree(out: Path, objects: list[str], motions: list[str], clips_per_class
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(clips_per_class):
                 rng = np.random.default_rng([seed, oi, mi, i])
-                clip = render_clip(patches[obj], background(pics, rng, spec.size), motion, rng, spec)
-                write_mp4(folder / f"{i:03d}.mp4", clip, spec.fps, codec)
+                inst = i % spec.instances  # the clip's group: one object instance, one split
+                clip = render_clip(patches[obj][inst], background(pics, rng, spec.size), motion, rng, spec)
+                write_mp4(folder / f"g{inst + 1:02d}_c{i + 1:03d}.mp4", clip, spec.fps, codec)
                 count += 1
     return count
 
@@ -173,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--speed-max", type=float, default=VideoSpec.speed_max)
     p.add_argument("--brightness-jitter", type=float, default=VideoSpec.brightness_jitter)
     p.add_argument("--background-gain", type=float, default=VideoSpec.background_gain)
+    p.add_argument("--instances", type=int, default=VideoSpec.instances, help="disjoint tiles of each object "
+                   "region (its groups: build with the default --group-by, so no instance is in two splits)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     objects, motions = args.objects.split(","), args.motions.split(",")
@@ -181,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown objects/motions: {', '.join(bad)}")
     spec = VideoSpec(frames=args.frames, size=args.size, object_size=args.object_size, speed_min=args.speed_min,
                      speed_max=args.speed_max, brightness_jitter=args.brightness_jitter,
-                     background_gain=args.background_gain)
+                     background_gain=args.background_gain, instances=args.instances)
+    if args.instances < 1 or min(box[2] for o in objects for box in instance_boxes(o, args.instances)) < 8:
+        p.error("--instances must be >= 1 and leave tiles of at least 8 px of every object region")
     if spec.object_size + spec.speed_max * (spec.frames - 1) >= spec.size - 1 and any(m != "still" for m in motions):
         p.error("object size + speed-max x (frames - 1) must stay below the frame size")
     if args.out.exists() and any(args.out.iterdir()):

@@ -3,7 +3,10 @@
 
 Layout: ``ROOT/<class folder>/<clip file>``; the class name is the folder name as words (``ApplyEyeMakeup`` ->
 "apply eye makeup", ``brush_hair`` -> "brush hair"), which is also the caption. Held-out classes: ``unseen`` names
-or ``unseen_classes`` drawn with the seed; each seen class's clips are split train/val/test by fractions.
+or ``unseen_classes`` drawn with the seed; each seen class's clips are split train/val/test by fractions, whole
+groups at a time (``group_by``: UCF101's ``_gNN_``, HMDB51's source video), or by official split lists
+(``split_files``: test from the lists, val carved from the listed training clips by group). The manifest's
+``builder["splits"]`` records which (`split_record`).
 
 Taking N planes from a clip:
 
@@ -25,6 +28,7 @@ import functools
 import itertools
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -33,10 +37,13 @@ import numpy as np
 from PIL import Image
 
 from spklip.data.dat import dat_num_planes, plane_bytes, read_dat
+from spklip.data.npyfile import load_npy
 from spklip.data.shards import Clip, DatasetInfo, Skipped
 from spklip.data.simulate import SimParams, simulate_spikes
 from spklip.data.parallel import Mapper, serial_map
-from spklip.data.splits import assign_splits, choose_unseen_classes, clip_seed, empty_split_warning, humanize
+from spklip.data.splits import (DEFAULT_GROUP_BY, SplitLists, assign_group_splits, assign_splits,
+                                 choose_unseen_classes, clip_seed, compile_group_by, group_key, group_keys, humanize,
+                                 read_split_lists)
 
 # containers FFmpeg (PyAV) decodes, by extension; `check_inputs` then opens each file and decodes a frame
 VIDEO_EXTS = (".avi", ".mp4", ".m4v", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".gif", ".wmv", ".asf", ".flv",
@@ -44,6 +51,7 @@ VIDEO_EXTS = (".avi", ".mp4", ".m4v", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 VIDEO_FIELDS = ("frame_stride", "pad_short")  # FolderSpec fields only video-folder uses
 DAT_FIELDS = ("dat_height", "dat_width", "plane_offset", "plane_stride", "spatial")  # ... only dat-folder uses
+SPLIT_FIELDS = ("group_by", "split_files", "split_number")  # recorded as builder["splits"] (`split_record`)
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,10 @@ class FolderSpec:
     plane_offset: int = 0  # recording: first plane taken
     plane_stride: int = 1  # recording: take every k-th plane
     spatial: str = "subsample"  # recording: "subsample" (aspect crop + nearest rows/cols) or "crop"
+    group_by: str | None = DEFAULT_GROUP_BY  # regex: its match on a clip's file name is the clip's group (None/"none":
+    # per-clip random split); all clips of a group get one split
+    split_files: tuple[str, ...] = ()  # official split lists (files or folders): test and train from them
+    split_number: int = 1  # which split's lists a folder in `split_files` gives (UCF101 0N, HMDB51 splitN)
 
 
 @dataclass(frozen=True)
@@ -170,7 +182,7 @@ def check_inputs(paths: list[Path], probe: Callable[[Path], str | None], *, skip
 
 def _builder_args(spec: FolderSpec, kind: str) -> dict:
     """The spec as stored in the manifest: an absolute root, without the other folder kind's fields."""
-    unused = DAT_FIELDS if kind == "video-folder" else VIDEO_FIELDS
+    unused = (DAT_FIELDS if kind == "video-folder" else VIDEO_FIELDS) + SPLIT_FIELDS
     args = {k: (list(v) if isinstance(v, tuple) else v) for k, v in spec.__dict__.items() if k not in unused}
     return {**args, "root": str(Path(spec.root).expanduser().absolute())}
 
@@ -178,9 +190,12 @@ def _builder_args(spec: FolderSpec, kind: str) -> dict:
 def folder_plan(spec: FolderSpec, kind: str, sim: SimParams | None, *, skip_bad: bool = False,
                 pmap: Mapper = serial_map) -> FolderPlan:
     """List and check the inputs of a `kind` folder build (``video-folder`` or ``dat-folder``) and plan its clips:
-    held-out classes, the split of each clip, the header. Class folders without any readable file are left out."""
+    held-out classes, the split of each clip (`class_splits`), the header. Class folders without any readable file
+    (or, with split lists, without a listed clip) are left out."""
     exts = VIDEO_EXTS if kind == "video-folder" else (".dat",)
     probe = probe_video if kind == "video-folder" else functools.partial(probe_dat, spec=spec)
+    pattern = compile_group_by(spec.group_by)  # bad flags fail before any input is probed
+    lists = read_split_lists(spec.split_files, spec.split_number) if spec.split_files else None
     classes, skipped = scan_inputs(spec.root, exts)
     if kind == "dat-folder":
         plane_bytes(spec.dat_height, spec.dat_width)  # a sensor size no file can fit: one error, not one per file
@@ -188,31 +203,110 @@ def folder_plan(spec: FolderSpec, kind: str, sim: SimParams | None, *, skip_bad:
     bad_paths = {b.path for b in bad}
     kept = [(name, [f for f in files if str(f) not in bad_paths]) for name, files in classes]
     skipped += bad
+    base = Path(spec.root).expanduser().absolute()
     for name, files in kept:
         if not files:
-            skipped.append(Skipped(str(Path(spec.root).expanduser().absolute() / name),
-                                   "class folder left out: none of its files can be read"))
-    classes = [(name, files) for name, files in kept if files]
-    if not classes:
+            skipped.append(Skipped(str(base / name), "class folder left out: none of its files can be read"))
+    kept = [(name, files) for name, files in kept if files]
+    notes, tally = [], {}
+    if lists is not None:
+        kept, tally, list_notes = _listed_clips(kept, classes, lists, base)
+        notes += list_notes
+        skipped += [Skipped(str(base / name), "class folder left out: none of its clips is in the --split-file "
+                            "lists") for name, files in kept if not files]
+        kept = [(name, files) for name, files in kept if files]
+    if not kept:
         raise ValueError(f"{spec.root}: no class folder holds a readable file")
-    names = [name for name, _ in classes]
+    names = [name for name, _ in kept]
     unseen = choose_unseen_classes(names, spec.unseen_classes, list(spec.unseen), spec.seed)
-    notes = []
-    for label, (name, files) in enumerate(classes):
-        if label not in unseen:
-            assign_splits(len(files), spec.val_frac, spec.test_frac, np.random.default_rng(0))  # fail early
-            notes.append(empty_split_warning(f"class {name!r}", len(files), spec.val_frac, spec.test_frac))
+    splits = [["unseen"] * len(files) if label in unseen else class_splits(spec, label, name, files, pattern, lists)
+              for label, (name, files) in enumerate(kept)]
+    notes += [n for label, (name, files) in enumerate(kept) if label not in unseen
+              if (n := _empty_split_note(spec, name, splits[label], lists is not None))]
+    record = split_record(spec, pattern, lists, kept, splits, tally)
     info = DatasetInfo(kind=kind, class_names=[humanize(n) for n in names], unseen_labels=sorted(unseen),
                        clip_shape=(spec.num_planes, spec.height, spec.width),
                        simulator=None if sim is None else {k: v for k, v in sim.to_dict().items() if k != "seed"},
-                       builder=_builder_args(spec, kind), skipped=skipped)
-    items = []
-    for label, (name, files) in enumerate(classes):
-        rng = np.random.default_rng([spec.seed, label, 1])
-        splits = (["unseen"] * len(files) if label in unseen else
-                  assign_splits(len(files), spec.val_frac, spec.test_frac, rng))
-        items += [FolderItem(label, j, f, s) for j, (f, s) in enumerate(zip(files, splits))]
-    return FolderPlan(info, items, [n for n in notes if n])
+                       builder={**_builder_args(spec, kind), "splits": record}, skipped=skipped)
+    items = [FolderItem(label, j, f, s) for label, (_, files) in enumerate(kept)
+             for j, (f, s) in enumerate(zip(files, splits[label]))]
+    return FolderPlan(info, items, notes)
+
+
+def class_splits(spec: FolderSpec, label: int, folder: str, files: list[Path], pattern: re.Pattern | None,
+                 lists: SplitLists | None) -> list[str]:
+    """The split of each clip of one seen class.
+
+    With `lists`: the listed test clips go to test and the listed training clips are split train/val by group
+    (``val_frac`` of them; ``test_frac`` is not used). Otherwise train/val/test by ``val_frac``/``test_frac``, by
+    group. A class none of whose names carries a group (or no `pattern`) gets the per-clip random split.
+    """
+    rng = np.random.default_rng([spec.seed, label, 1])
+    if lists is None:
+        return _grouped_splits([f.name for f in files], spec.val_frac, spec.test_frac, spec.seed, rng, pattern)
+    marks = [lists.mark(folder, f.name) for f in files]
+    train = [f.name for f, m in zip(files, marks) if m == "train"]
+    carved = iter(_grouped_splits(train, spec.val_frac, 0.0, spec.seed, rng, pattern) if train else [])
+    return [next(carved) if m == "train" else "test" for m in marks]
+
+
+def _grouped_splits(names: list[str], val_frac: float, test_frac: float, seed: int, rng: np.random.Generator,
+                    pattern: re.Pattern | None) -> list[str]:
+    """Whole groups per split (`assign_group_splits`), or, when no name carries a group (or no `pattern`), the
+    seeded per-clip split `assign_splits` (the same clips per split as builds made before groups)."""
+    if pattern is None or all(group_key(n, pattern) is None for n in names):  # the per-clip split of old builds
+        return assign_splits(len(names), val_frac, test_frac, rng)
+    return assign_group_splits(group_keys(names, pattern), val_frac, test_frac, seed)
+
+
+def _listed_clips(kept: list[tuple[str, list[Path]]], scanned: list[tuple[str, list[Path]]], lists: SplitLists,
+                  base: Path) -> tuple[list[tuple[str, list[Path]]], dict[str, int], list[str]]:
+    """The readable clips the lists mark train or test, the counts of those left out (``unlisted``: in no list,
+    ``unused``: HMDB51's 0, ``missing``: listed train/test but not under the root), and one warning per count."""
+    on_disk = {(name.lower(), f.name) for name, files in scanned for f in files}
+    listed = [(name, [f for f in files if lists.mark(name, f.name) in ("train", "test")]) for name, files in kept]
+    marks = [lists.mark(name, f.name) for name, files in kept for f in files]
+    tally = {"unlisted": marks.count(None), "unused": marks.count("unused"),
+             "missing": sum(k not in on_disk for k, m in lists.marks.items() if m != "unused")}
+    if not any(files for _, files in listed):
+        raise ValueError(f"--split-file: none of the clips the lists name is under {base} (lists of another "
+                         "dataset, or another layout?)")
+    why = {"unlisted": "under the root {} in no list", "unused": "{} marked 0 (unused) in the HMDB51 lists",
+           "missing": "named in the lists {} not under the root"}
+    notes = [f"--split-file: {n} clip{'s' * (n != 1)} {why[k].format('is' if n == 1 else 'are')}: left out"
+             for k, n in tally.items() if n]
+    return listed, tally, notes
+
+
+def _empty_split_note(spec: FolderSpec, name: str, splits: list[str], listed: bool) -> str | None:
+    """The warning for a seen class whose val or test split is empty although it should hold clips, else None."""
+    wanted = {"val": spec.val_frac > 0, "test": listed or spec.test_frac > 0}
+    empty = [s for s in ("val", "test") if wanted[s] and s not in splits]
+    if not empty:
+        return None
+    n = len(splits)
+    return (f"class {name!r} has {n} clip{'s' * (n != 1)}: its {' and '.join(empty)} split{'s' * (len(empty) > 1)} "
+            "will be empty")
+
+
+def split_record(spec: FolderSpec, pattern: re.Pattern | None, lists: SplitLists | None,
+                 classes: list[tuple[str, list[Path]]], splits: list[list[str]], tally: dict[str, int]) -> dict:
+    """How the splits were made, for the manifest (``builder["splits"]``): ``method`` (``random``: per clip,
+    ``group``: whole groups, ``split-file``: official lists), ``group_by`` (the regex, or None), ``split_files``
+    (absolute), ``split_number``, ``grouped_clips`` (seen clips whose name carries a group), ``groups`` (groups
+    per seen split) and, for lists, the ``unlisted`` / ``unused`` / ``missing`` counts."""
+    method = "split-file" if lists is not None else "group" if pattern is not None else "random"
+    record: dict = {"method": method, "group_by": None if pattern is None else pattern.pattern,
+                    "split_files": [] if lists is None else list(lists.files),
+                    "split_number": None if lists is None else lists.number, **tally}
+    if pattern is not None:
+        seen = [(label, f.name, s) for label, (_, files) in enumerate(classes)
+                for f, s in zip(files, splits[label]) if s != "unseen"]
+        keys = [(label, group_key(name, pattern), s) for label, name, s in seen]
+        record["grouped_clips"] = sum(k is not None for _, k, _ in keys)
+        record["groups"] = {s: len({(label, k) for label, k, t in keys if k is not None and t == s})
+                            for s in ("train", "val", "test")}
+    return record
 
 
 def iter_video(path: str | os.PathLike, height: int | None = None, width: int | None = None, *,
@@ -333,7 +427,7 @@ def _frames(path: Path, height: int | None, width: int | None) -> Iterator[np.nd
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
     if path.suffix == ".npy":
-        arr = np.load(path, mmap_mode="r")
+        arr = load_npy(path, (3, 4), "frames [T, H, W] or [T, H, W, 3] (uint8, or float in [0, 1])")
         if (height or width) and arr.shape[1:3] != (height or arr.shape[1], width or arr.shape[2]):
             raise ValueError("--height/--width resizing is for videos and images; resize the .npy beforehand")
         yield from arr

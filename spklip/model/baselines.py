@@ -4,6 +4,11 @@
   the same CLIP-style ResNet (no HSFE, no temporal encoder).
 - ``spike-rate-mlp``: per-pixel spike rates average-pooled to a ``RATE_GRID x RATE_GRID`` grid (at most the input
   size), flattened, through a two-layer MLP of width 4 * backbone.width.
+- ``tfp-windows``: the order-aware, HSFE-free baseline: the K windows of the SPKLIP layout (``model.hsfe``'s
+  num_subblocks / radius / step; its other keys are unused), each reduced to one spike-rate image (TFP: the mean
+  of its 2r+1 planes), through the same ResNet (shared over the windows) and the same temporal transformer with
+  positions (``model.temporal``). Against ``spklip`` it isolates what the MTF, the spatial attention and the
+  residual trunk add; against ``tfp-resnet`` what reading the windows in order adds.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from torch import nn
 
 from spklip.config.model import ModelCfg
 from spklip.model.backbone import ModifiedResNet
+from spklip.model.temporal import TemporalEncoder
 
 RATE_GRID = 16
 
@@ -38,3 +44,37 @@ class SpikeRateMLP(nn.Module):
     def forward(self, spikes: torch.Tensor) -> torch.Tensor:
         rates = F.adaptive_avg_pool2d(spikes.mean(dim=1, keepdim=True), self.grid)  # [B, 1, g, g]
         return self.mlp(rates.flatten(1))  # [B, g*g] -> [B, D]
+
+
+def window_rates(spikes: torch.Tensor, window: int, k: int, step: int, offset: int) -> torch.Tensor:
+    """The K windows' spike-rate images, folded into the batch, in one pass (no loop over windows or samples).
+
+    Args:
+        spikes: ``[B, N, H, W]`` float planes.
+        window: planes per window (2r+1).
+        k, step, offset: from `HsfeCfg.layout` (window i holds planes ``[offset + i*step, offset + i*step + window)``).
+
+    Returns:
+        ``[B*K, 1, H, W]``, the windows of sample b at rows ``b*K ... b*K+K-1`` (as `hsfe.cut_subblocks`).
+    """
+    b, _, h, w = spikes.shape
+    span = spikes[:, offset: offset + (k - 1) * step + window]  # [B, (K-1)s+L, H, W]
+    blocks = span.unfold(1, window, step)  # [B, K, H, W, L] (a view: the overlapping windows are not copied)
+    return blocks.mean(dim=-1).reshape(b * k, 1, h, w)  # mean over L -> [B, K, H, W] -> [B*K, 1, H, W]
+
+
+class TfpWindows(nn.Module):
+    """``[B, N, H, W] -> [B, embed_dim]``: K windowed spike-rate images -> shared ResNet -> temporal transformer."""
+
+    def __init__(self, cfg: ModelCfg):
+        super().__init__()
+        self.window = cfg.hsfe.window
+        self.k, self.step, self.offset = cfg.hsfe.layout(cfg.num_planes)
+        self.backbone = ModifiedResNet(cfg.backbone, 1, cfg.height, cfg.width, cfg.embed_dim)
+        self.temporal = TemporalEncoder(cfg.temporal, cfg.embed_dim, self.k)
+
+    def forward(self, spikes: torch.Tensor) -> torch.Tensor:
+        b = spikes.shape[0]
+        rates = window_rates(spikes, self.window, self.k, self.step, self.offset)  # [B*K, 1, H, W]
+        frames = self.backbone(rates)  # [B*K, D]
+        return self.temporal(frames.view(b, self.k, -1))  # [B*K, D] -> [B, K, D] -> [B, D]

@@ -1,0 +1,227 @@
+"""Two-phase motions for moving digits, and the analytic accuracy ceilings of a data set's class structure.
+
+Pure numpy (no torch): ``spklip data inspect`` uses it to print the ceilings of any moving-digits data set.
+
+A two-phase motion ``A-B`` moves the digit in direction A towards the canvas centre, pauses there, then moves in
+direction B: "the digit three moves left, pauses, then moves up". A phase may carry a speed class,
+``left:slow-up:fast`` ("moves left slowly, pauses, then moves up fast"); without one it moves at the base speed.
+Every clip is still at the (jittered) centre for the same middle planes, so a window there sees the digit alone
+and still, whatever the class. Time-reversing ``A-B`` gives ``(-B)-(-A)`` with the same positions and dwell
+(`reverse_motion`); a data set of two-phase motions must hold each class's reverse, so that an order-blind average
+of the planes cannot tell a class from its reverse.
+
+`ceilings` computes, from the class structure alone, the best top-1 accuracy two observers can reach under
+uniform classes: ``centred_window`` sees only the centred window of the default layout (spklip-tiny's HSFE with
+K = 1: 2r+1 = 11 planes); ``order_blind`` sees the whole clip but not the order of its planes (a spike average,
+or the authors' position-free temporal encoder). Classes whose observations are identical are merged into one
+group; a group of g classes is right 1/g of the time at best, so the ceiling is (groups) / (classes).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import numpy as np
+
+from spklip.model.registry import get_model_config
+
+DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}  # (dx, dy) in image coordinates
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
+SPEED_FACTORS = {"slow": 0.5, "fast": 1.5}  # x the base speed (``--speed``); no class: 1.0
+SPEED_WORDS = {"slow": "slowly", "fast": "fast", None: ""}
+AUTO_PAUSE_MARGIN = 2  # auto pause = the default centred window + this many planes
+JITTER_FRAC = 1 / 8  # the builder's centre jitter, +- this share of the shorter canvas side
+MAX_TRAVEL_FRAC = 3 / 8  # a phase may carry the digit's centre this share of the shorter side from the centre
+DEFAULT_WINDOW_PRESET = "spklip-tiny"  # whose HSFE window the centred-window ceiling uses
+
+Phase = tuple[str, str | None]  # (direction, speed class or None)
+
+
+def parse_motion(name: str) -> tuple[Phase, Phase] | None:
+    """``"left:slow-up"`` -> ``(("left", "slow"), ("up", None))``; None if `name` has no ``-`` (a one-phase motion
+    such as ``left`` or ``rotate``). Raises ValueError naming the bad part of a malformed two-phase name."""
+    if "-" not in name:
+        return None
+    parts = name.split("-")
+    if len(parts) != 2:
+        raise ValueError(f"motion {name!r}: a phased motion has exactly two phases, DIR[:SPEED]-DIR[:SPEED]")
+    phases = []
+    for part in parts:
+        direction, _, speed = part.partition(":")
+        if direction not in DIRECTIONS or (speed and speed not in SPEED_FACTORS):
+            raise ValueError(f"motion {name!r}: phase {part!r} must be DIR[:SPEED] with DIR in "
+                             f"{', '.join(DIRECTIONS)} and SPEED in {', '.join(SPEED_FACTORS)}")
+        phases.append((direction, speed or None))
+    return phases[0], phases[1]
+
+
+def is_phased(name: str) -> bool:
+    """Whether `name` is a two-phase motion (``A-B``)."""
+    return "-" in name
+
+
+def motion_name(phases: tuple[Phase, Phase]) -> str:
+    """The inverse of `parse_motion`."""
+    return "-".join(d + (f":{s}" if s else "") for d, s in phases)
+
+
+def reverse_motion(name: str) -> str:
+    """The time-reverse of a two-phase motion: ``A:s-B:t`` -> ``(-B):t-(-A):s`` (same positions and dwell)."""
+    first, second = parse_motion(name)
+    return motion_name(((OPPOSITE[second[0]], second[1]), (OPPOSITE[first[0]], first[1])))
+
+
+def missing_reverses(motions: tuple[str, ...]) -> list[str]:
+    """The reverses of the two-phase motions in `motions` that `motions` lacks (empty: closed under reversal)."""
+    have = set(motions)
+    return sorted({reverse_motion(m) for m in motions if is_phased(m)} - have)
+
+
+def with_speeds(motions: tuple[str, ...], speeds: tuple[str, ...]) -> tuple[str, ...]:
+    """``--speeds``: each two-phase motion given without speeds, once per speed pattern.
+
+    A pattern is one class for both phases (``slow``: ``left-up`` -> ``left:slow-up:slow``) or one per phase
+    (``slow-fast``: ``left-left`` -> ``left:slow-left:fast``, "speeds up"). Raises ValueError naming ``--speeds``.
+    """
+    out = []
+    for m in motions:
+        phases = parse_motion(m)
+        if phases is None or any(s for _, s in phases):
+            raise ValueError(f"--speeds applies to two-phase motions without speeds (DIR-DIR); got {m!r}")
+        for pattern in speeds:
+            pair = pattern.split("-")
+            if len(pair) == 1:
+                pair = pair * 2
+            if len(pair) != 2 or any(s not in SPEED_FACTORS for s in pair):
+                raise ValueError(f"--speeds: {pattern!r} must be SPEED or SPEED-SPEED with SPEED in "
+                                 f"{', '.join(SPEED_FACTORS)}")
+            out.append(motion_name(((phases[0][0], pair[0]), (phases[1][0], pair[1]))))
+    return tuple(dict.fromkeys(out))
+
+
+def phrases(name: str) -> tuple[str, str]:
+    """``(caption verb phrase, class-name phrase)`` of a two-phase motion:
+    ``("moves left slowly, pauses, then moves up fast", "moving left slowly, pausing, then moving up fast")``."""
+    (d1, s1), (d2, s2) = parse_motion(name)
+    one, two = f"{d1} {SPEED_WORDS[s1]}".strip(), f"{d2} {SPEED_WORDS[s2]}".strip()
+    return f"moves {one}, pauses, then moves {two}", f"moving {one}, pausing, then moving {two}"
+
+
+def rest_frames(num_planes: int, planes_per_frame: int = 1, pause: int | None = None,
+                window: int | None = None) -> int:
+    """Frames the digit rests at the centre: `pause` planes, or (None) the default centred window + 2 planes, at
+    most half the clip; in frames, rounded up to the parity of the clip's frame count so that the rest sits
+    exactly in the middle (frames ``[s, s + rest)``, s = (T - rest) // 2, mirror-symmetric)."""
+    n_frames = math.ceil(num_planes / planes_per_frame)
+    if pause is None:
+        pause = min((window or default_window()) + AUTO_PAUSE_MARGIN, max(1, num_planes // 2))
+    rest = math.ceil(pause / planes_per_frame)
+    return min(n_frames, rest + (rest - n_frames) % 2)
+
+
+def phase_track(name: str, n_frames: int, pause: int, speed: float) -> np.ndarray:
+    """``[T, 2]`` offsets (px) of the digit's centre from its rest point, per frame, for a two-phase motion.
+
+    Frames ``[s, e]`` (s = (T - pause) // 2, e = s + pause - 1; `pause` frames from `rest_frames`) are the rest; phase
+    one reaches the rest point at frame s, phase two leaves it after frame e, each at its own speed (px/frame).
+    """
+    (d1, s1), (d2, s2) = parse_motion(name)
+    v1 = np.array(DIRECTIONS[d1], float) * speed * SPEED_FACTORS.get(s1, 1.0)  # px per frame
+    v2 = np.array(DIRECTIONS[d2], float) * speed * SPEED_FACTORS.get(s2, 1.0)
+    s = (n_frames - pause) // 2
+    e = s + pause - 1
+    t = np.arange(n_frames, dtype=np.float64)[:, None]  # [T, 1]
+    return np.where(t < s, v1 * (t - s), 0.0) + np.where(t > e, v2 * (t - e), 0.0)  # [T, 2]
+
+
+def max_travel(name: str, n_frames: int, pause: int, speed: float) -> float:
+    """Largest distance (px) of the digit's centre from its rest point over the clip."""
+    return float(np.abs(phase_track(name, n_frames, pause, speed)).max(initial=0.0))
+
+
+def default_window(preset: str = DEFAULT_WINDOW_PRESET) -> int:
+    """2r+1 of `preset`'s HSFE (the window a single centred sub-block sees)."""
+    return 2 * int(get_model_config(preset).get("hsfe", {}).get("radius", 30)) + 1
+
+
+def _get(spec: Any, key: str, default: Any = None) -> Any:
+    return spec.get(key, default) if isinstance(spec, Mapping) else getattr(spec, key, default)
+
+
+def _track(motion: str, n_frames: int, pause: int, speed: float) -> np.ndarray:
+    """``[T, 4]`` canonical per-frame state (dx, dy, angle, log scale) without the per-clip jitter, handwriting,
+    random scale or rotation sense: what distinguishes one motion from another."""
+    t = np.arange(n_frames, dtype=np.float64)
+    out = np.zeros((n_frames, 4))
+    if is_phased(motion):
+        out[:, :2] = phase_track(motion, n_frames, pause, speed)
+    elif motion in DIRECTIONS:
+        out[:, :2] = np.array(DIRECTIONS[motion]) * speed * (t[:, None] - (n_frames - 1) / 2)
+    elif motion == "rotate":
+        out[:, 2] = np.deg2rad(6.0 * speed) * t
+    elif motion in ("grow", "shrink"):
+        out[:, 3] = 0.025 * speed * (1 if motion == "grow" else -1) * (t - (n_frames - 1) / 2)
+    return out
+
+
+def plane_views(motion: str, num_planes: int, planes_per_frame: int, pause: int, speed: float) -> list[tuple]:
+    """What each spike plane shows (`pause`: rest frames): the two frames' states it interpolates between and its weight (the simulator's
+    linear interpolation; the last frame is held), rounded so that equal views compare equal."""
+    n_frames = math.ceil(num_planes / planes_per_frame)
+    track = np.round(_track(motion, n_frames, pause, speed), 6) + 0.0  # + 0.0: no -0.0
+    views = []
+    for n in range(num_planes):
+        f, j = divmod(n, planes_per_frame)
+        views.append((tuple(track[f]), tuple(track[min(f + 1, n_frames - 1)]) if j else (), j))
+    return views
+
+
+def ceilings(spec: Any, labels: list[int] | None = None, planes_per_frame: int = 1,
+             window: int | None = None) -> dict[str, Any]:
+    """Analytic top-1 ceilings of two observers on a moving-digits data set, under uniform classes.
+
+    Args:
+        spec: a `DigitsSpec` or its builder dict (``digits``, ``motions``, ``num_planes``, ``speed``, ``pause``).
+        labels: the classes competing (indices into digit x motion, digit-major); None: all of them.
+        planes_per_frame: the simulator's (planes interpolate between frames).
+        window: planes of the centred window; None: the default preset's 2r+1 (spklip-tiny: 11).
+
+    Returns:
+        ``{"centred_window": x, "order_blind": y, "window": [first, last], "classes": C, "groups": {observer: G}}``:
+        x and y are (groups of identical observations) / (classes). The centred window is HsfeCfg.layout's with
+        K = 1 (offset (N - w) // 2); a window longer than the clip is the whole clip.
+    """
+    digits, motions = list(_get(spec, "digits")), list(_get(spec, "motions"))
+    n, speed = int(_get(spec, "num_planes")), float(_get(spec, "speed", 1.0))
+    w = min(window or default_window(), n)
+    pause = rest_frames(n, planes_per_frame, _get(spec, "pause"), window)
+    offset = (n - w) // 2
+    pairs = [(d, m) for d in digits for m in motions]
+    chosen = range(len(pairs)) if labels is None else labels
+    views = {m: plane_views(m, n, planes_per_frame, pause, speed) for m in motions}
+    centred = {(pairs[i][0], tuple(views[pairs[i][1]][offset: offset + w])) for i in chosen}
+    blind = {(pairs[i][0], tuple(sorted(views[pairs[i][1]]))) for i in chosen}
+    c = max(len(chosen), 1)
+    return {"centred_window": len(centred) / c, "order_blind": len(blind) / c, "window": [offset, offset + w - 1],
+            "classes": len(chosen), "groups": {"centred_window": len(centred), "order_blind": len(blind)}}
+
+
+def ceilings_line(meta: Mapping[str, Any]) -> str | None:
+    """The ``ceilings`` line of ``spklip data inspect`` for a moving-digits data set (None for other kinds): the
+    stored ceilings, or (data sets built before they were stored) ones computed from the builder's arguments."""
+    if meta.get("kind") != "moving-digits":
+        return None
+    builder = meta.get("builder", {})
+    stored = builder.get("ceilings")
+    if stored is None:
+        ppf = int((meta.get("simulator") or {}).get("planes_per_frame", 1))
+        unseen = set(meta.get("unseen_labels", []))
+        seen = [i for i in range(len(meta.get("class_names", []))) if i not in unseen]
+        stored = {"all": ceilings(builder, None, ppf), "seen": ceilings(builder, seen, ppf)}
+    parts = []
+    for key in ("seen", "all"):
+        c = stored[key]
+        parts.append(f"{key} {c['classes']} classes: centred window (planes {c['window'][0]}-{c['window'][1]}) "
+                     f"{c['centred_window']:.3f}, order-blind {c['order_blind']:.3f}")
+    return "; ".join(parts) + " (analytic top-1 ceilings under uniform classes)"
