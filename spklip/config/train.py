@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from spklip.config.base import ConfigError, check_nonempty, check_range
+from spklip.config.base import MAX_NAME_CHARS, ConfigError, check_length, check_nonempty, check_range
+
+
+RUN_NAME_MAX_BYTES = 200  # a run name is a folder name (255 bytes at most), with room for Ray's suffixes
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,10 @@ class TrainCfg:
     metric: str = "val/top1"  # metric that ranks checkpoints and sweep trials
     metric_mode: Literal["max", "min"] = "max"
     run_dir: str = "runs"  # local root for Ray storage, MLflow sqlite file and artifacts
+    # an optimiser step whose loss or gradient norm is NaN/inf: "stop" the run (one line naming the step, the
+    # weights left as they were), or "skip" it (no update; counted as train/skipped_steps)
+    nonfinite: Literal["stop", "skip"] = "stop"
+    nonfinite_skips: int = 20  # skip: stop anyway after this many consecutive skipped steps (a diverged run)
 
     def __post_init__(self):
         check_range("train.epochs", self.epochs, 1)
@@ -52,7 +59,9 @@ class TrainCfg:
         check_range("train.checkpoint_every", self.checkpoint_every, 0)
         check_range("train.keep_checkpoints", self.keep_checkpoints, 1)
         check_nonempty("train.metric", self.metric)
+        check_length("train.metric", self.metric, MAX_NAME_CHARS)  # an MLflow metric key
         check_nonempty("train.run_dir", self.run_dir)
+        check_range("train.nonfinite_skips", self.nonfinite_skips, 1)
 
 
 @dataclass(frozen=True)
@@ -117,4 +126,7 @@ class TrackingCfg:
 
     def __post_init__(self):
         check_nonempty("tracking.experiment", self.experiment)
+        check_length("tracking.experiment", self.experiment, MAX_NAME_CHARS)  # MLflow names: refused after start
+        check_length("tracking.register_as", self.register_as, MAX_NAME_CHARS)
+        check_length("tracking.run_name", self.run_name, MAX_NAME_CHARS, max_bytes=RUN_NAME_MAX_BYTES)
         check_range("tracking.system_metrics_interval_s", self.system_metrics_interval_s, 0, low_open=True)

@@ -30,8 +30,9 @@ class DataError(ShardError):
     """A shard that cannot be read or decoded while training: deterministic, so restarting the workers cannot help."""
 
 
-def data_error_in(e: BaseException) -> DataError | None:
-    """The `DataError` inside `e`, however Ray wrapped it (task errors, Ray Data's, Ray Train's); None without one."""
+def data_error_in(e: BaseException, kinds: tuple[type[Exception], ...] = (DataError,)) -> Exception | None:
+    """The `DataError` (or other error of `kinds`) inside `e`, however Ray wrapped it (task errors, Ray Data's, Ray
+    Train's), as a plain exception of the kind it is an instance of; None without one."""
     seen: set[int] = set()
     todo: list[BaseException | None] = [e]
     while todo:
@@ -39,8 +40,9 @@ def data_error_in(e: BaseException) -> DataError | None:
         if x is None or id(x) in seen:
             continue
         seen.add(id(x))
-        if isinstance(x, DataError):
-            return DataError(*x.args)
+        kind = next((k for k in kinds if isinstance(x, k)), None)
+        if kind is not None:  # Ray's wrapper classes derive from the error's own: their `cause` is the original
+            return kind(*(x.cause.args if isinstance(getattr(x, "cause", None), kind) else x.args))
         todo += [x.__cause__, x.__context__, getattr(x, "cause", None), getattr(x, "_base_exc", None),
                  getattr(x, "controller_failure", None), *getattr(x, "worker_failures", {}).values()]
     return None

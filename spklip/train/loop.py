@@ -9,8 +9,10 @@ run sees the same data, RNG and schedule as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
@@ -20,12 +22,19 @@ import torch
 from spklip.config import ExperimentConfig
 from spklip.data.augment import augment_batch
 from spklip.loss import caption_keys
+from spklip.model.text import in_templates, training_texts
 from spklip.torchutil import maybe_autocast, unwrap
 from spklip.train.checkpoint import TrainState
 from spklip.train.schedule import build_optimizer, build_scheduler
 from spklip.train.timing import Phases
 
 Batch = dict[str, Any]  # {"spikes": uint8 [B, N, H, W], "caption": list[str], "label": int64 [B], ...}
+
+
+class NonFiniteError(ValueError):
+    """A run that diverged: a NaN/inf loss or gradient norm at an optimiser step (``train.nonfinite``), or weights
+    that are not finite where a checkpoint would be saved or evaluated. Deterministic, so restarting the workers
+    cannot help (`spklip.train.worker.FailFastOnDataError` fails the run at once); one line naming the step."""
 
 
 def seed_everything(seed: int) -> None:
@@ -56,6 +65,8 @@ class Loop:
     autocast_dtype: torch.dtype | None = None
     rank: int = 0  # seeds this worker's augmentation stream
     phases: Phases = field(default_factory=Phases)  # seconds waiting for ``data`` and in ``step`` (fwd/bwd/opt)
+    skipped_steps: int = 0  # ``train.nonfinite=skip``: steps skipped for a non-finite loss/gradient (this process)
+    consecutive_skips: int = 0  # of which in a row, up to the last step
 
     @classmethod
     def create(cls, cfg: ExperimentConfig, model: torch.nn.Module, loss_fn, device: torch.device,
@@ -73,12 +84,22 @@ class Loop:
         ``(train.seed, rank, epoch, index)``, so a resumed run augments exactly like an uninterrupted one.
         """
         spikes = batch["spikes"].to(self.device, non_blocking=True)  # [B, N, H, W] uint8
-        captions = list(batch["caption"])
+        captions = training_texts(self.cfg.model.text, batch)  # the caption or class-name column
         if not self.cfg.augment.enabled:
             return spikes, captions
         seed = int(np.random.SeedSequence([self.cfg.train.seed, self.rank, epoch, index]).generate_state(1)[0])
         gen = torch.Generator(device=self.device).manual_seed(seed)
         return augment_batch(spikes, captions, self.cfg.augment, gen)
+
+    def prompts(self, texts: list[str], epoch: int, index: int) -> list[str]:
+        """The texts the model encodes: with ``model.text.train_templates`` each of `texts` in a template drawn from
+        ``model.text.templates`` (the set evaluation averages over), a pure function of ``(train.seed, rank, epoch,
+        index)`` on its own stream (the spike augmentation's draws are unchanged); otherwise `texts` as they are."""
+        text = self.cfg.model.text
+        if not text.train_templates:
+            return texts
+        seed = int(np.random.SeedSequence([self.cfg.train.seed, self.rank, epoch, index, 1]).generate_state(1)[0])
+        return in_templates(texts, text.templates, torch.Generator().manual_seed(seed))
 
     def pair_keys(self, batch: Batch, captions: list[str]) -> torch.Tensor | None:
         """Keys that mark a batch's positive pairs for the loss (``loss.positives``); None: only the diagonal."""
@@ -99,8 +120,8 @@ class Loop:
         sync_ctx = contextlib.nullcontext() if sync or not hasattr(self.model, "no_sync") else self.model.no_sync()
         with sync_ctx:
             with self.autocast():
-                out = self.model(spikes, captions)
-                terms = self.loss(out, self.pair_keys(batch, captions))
+                out = self.model(spikes, self.prompts(captions, epoch, index))
+                terms = self.loss(out, self.pair_keys(batch, captions))  # keys of the texts before templates
                 loss = sum(v for k, v in terms.items() if k.endswith("_loss"))
             (loss * scale).backward()
         metrics = {k: float(v.detach()) for k, v in terms.items()}
@@ -117,15 +138,52 @@ class Loop:
         per_step = [self.loss_fn(s, txt, out["logit_scale"], keys=keys) for s in spk]  # T (2-4) small losses
         return {k: torch.stack([terms[k] for terms in per_step]).mean() for k in per_step[0]}
 
-    def optimizer_step(self) -> float:
-        """Clip, step, schedule; returns the global gradient norm before clipping."""
+    def optimizer_step(self, loss: float = 0.0, step: int = 0) -> float:
+        """Clip, step, schedule; returns the global gradient norm before clipping.
+
+        `loss` is the step's (mean) loss and `step` the number of the step being made. A non-finite loss or gradient
+        norm (the norm is all-reduced, so every rank sees the same one) stops the run with `NonFiniteError` before
+        the optimiser touches the weights (``train.nonfinite=stop``), or skips the update (``skip``): the gradients
+        are dropped, the schedule still advances (it stays aligned with the step count), `skipped_steps` counts it,
+        and ``train.nonfinite_skips`` skips in a row stop the run anyway. The check reads the norm once, as the
+        step's metrics always did: no extra device sync. An update too large for the weights' dtype (torch's
+        "value cannot be converted ... without overflow", e.g. ``optim.lr=1e308``) stops the run in either mode.
+        """
         params = [p for p in self.model.parameters() if p.grad is not None]
         max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.tensor(0.0)
-        self.optimizer.step()
-        self.scheduler.step()
+        norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
+        if math.isfinite(norm) and math.isfinite(loss):
+            self.consecutive_skips = 0
+            try:
+                self.optimizer.step()
+            except RuntimeError as e:
+                if "overflow" not in str(e):
+                    raise
+                raise NonFiniteError(f"step {step}: the optimiser's update overflows the weights' dtype ({e}): the "
+                                     f"run diverged (optim.lr={self.cfg.optim.lr:g}; lower it)") from e
+            self.scheduler.step()
+        else:
+            self.skip_nonfinite(loss, norm, step)
+            with warnings.catch_warnings():  # a skipped first step: torch warns the scheduler stepped before it
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+                self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(norm)
+        return norm
+
+    def skip_nonfinite(self, loss: float, norm: float, step: int) -> None:
+        """Count a step skipped for a non-finite `loss` or gradient `norm`; raise `NonFiniteError` (one line naming
+        the step) in ``train.nonfinite=stop`` mode or after ``train.nonfinite_skips`` skips in a row."""
+        train = self.cfg.train
+        what = f"the loss is {loss}" if not math.isfinite(loss) else f"the gradient norm is {norm} (loss {loss:.4g})"
+        hint = f"optim.lr={self.cfg.optim.lr:g}; lower it"
+        if train.nonfinite == "stop":
+            raise NonFiniteError(f"step {step}: {what}: the run diverged ({hint}, or set train.nonfinite=skip to "
+                                 "skip such steps)")
+        self.skipped_steps += 1
+        self.consecutive_skips += 1
+        if self.consecutive_skips >= train.nonfinite_skips:
+            raise NonFiniteError(f"step {step}: {what}, {self.consecutive_skips} steps in a row skipped "
+                                 f"(train.nonfinite_skips={train.nonfinite_skips}): the run diverged ({hint})")
 
 
 def _skip(batches: Iterable[Batch], n: int) -> Iterator[Batch]:
@@ -166,7 +224,9 @@ def train_epoch(loop: Loop, batches: Iterable[Batch], state: TrainState,
         if last_in_group:
             metrics = {k: float(np.mean([m[k] for m in pending])) for k in pending[0]}
             with timed("step"):
-                metrics["grad_norm"] = loop.optimizer_step()
+                metrics["grad_norm"] = loop.optimizer_step(metrics["loss"], state.step + 1)
+            if loop.cfg.train.nonfinite == "skip":
+                metrics["skipped_steps"] = float(loop.skipped_steps)
             metrics["lr"] = loop.scheduler.get_last_lr()[0]
             metrics["clips_per_s"] = clips / max(time.perf_counter() - t0, 1e-9)
             state.step += 1
@@ -183,7 +243,11 @@ def run_training(loop: Loop, state: TrainState, epoch_batches: Callable[[int], I
                  on_epoch_end: Callable[[TrainState], None]) -> TrainState:
     """Epochs ``state.epoch .. train.epochs-1``; `epoch_batches(epoch)` yields that epoch's micro-batches."""
     while state.epoch < loop.cfg.train.epochs:
-        go_on = train_epoch(loop, epoch_batches(state.epoch), state, on_step)
+        batches = epoch_batches(state.epoch)
+        try:
+            go_on = train_epoch(loop, batches, state, on_step)
+        finally:  # a run that stops (an error, max_steps) closes its batch generator now, not when it is collected:
+            getattr(batches, "close", lambda: None)()  # a Ray Data iterator reports to Ray, which may be gone then
         state.epoch += 1
         state.batch_in_epoch = 0
         on_epoch_end(state)

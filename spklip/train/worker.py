@@ -24,11 +24,11 @@ from spklip.config import ExperimentConfig
 from spklip.loss import ClipLoss
 from spklip.model import create_model
 from spklip.train import data as train_data
-from spklip.torchutil import unwrap
-from spklip.train.checkpoint import TrainState, read_checkpoint, restore_training, save_checkpoint
+from spklip.torchutil import nonfinite_tensors, unwrap
+from spklip.train.checkpoint import TrainState, read_checkpoint, restore_training, save_checkpoint, trainable_state_dict
 from spklip.train.epoch_eval import EpochEvaluator, evaluates_after
 from spklip.train.faults import maybe_crash
-from spklip.train.loop import Loop, run_training, seed_everything
+from spklip.train.loop import Loop, NonFiniteError, run_training, seed_everything
 from spklip.train.progress import append_line, epoch_line
 from spklip.train.timing import PHASES, RunTiming, Timeline, epoch_metrics, startup_metrics
 from spklip.tracking import SPOOL_DIR, Tracker
@@ -146,8 +146,19 @@ class _WorkerRun:
         return save_checkpoint(directory, model=self.model, cfg=self.cfg, state=self.state,
                                optimizer=self.loop.optimizer, scheduler=self.loop.scheduler)
 
+    def check_finite(self) -> None:
+        """Raise `NonFiniteError` when a weight of the model holds a NaN or an infinity: a diverged model is never
+        checkpointed, so it can never become the best checkpoint or the logged model. Every rank checks (DDP ranks
+        hold the same weights), so they all stop together; one pass over the weights per checkpoint."""
+        bad = nonfinite_tensors(trainable_state_dict(unwrap(self.model)))
+        if bad:
+            raise NonFiniteError(f"step {self.state.step}: {len(bad)} weight tensor(s) hold NaN or inf (first "
+                                 f"{bad[0]}): the run diverged, no checkpoint saved (optim.lr={self.cfg.optim.lr:g})")
+
     def report(self, metrics: dict[str, float]) -> None:
-        """``ray.train.report`` with a checkpoint (attached by rank 0; every rank reports)."""
+        """``ray.train.report`` with a checkpoint (attached by rank 0; every rank reports); never of non-finite
+        weights (`check_finite`)."""
+        self.check_finite()
         name = f"checkpoint_step={self.state.step:07d}"
         if self.state.step == self.checkpointed_step:  # never reuse a folder name: Ray would delete it along with
             name += f"-epoch={self.state.epoch}"  # the older report's entry (on_step avoids getting here)
@@ -228,18 +239,27 @@ class _WorkerRun:
             self.timing.write(self.plan.run_dir)
 
 
+FAIL_FAST: tuple[type[Exception], ...] = (train_data.DataError, NonFiniteError)  # deterministic: never retried
+
+
+def fail_fast_error_in(e: BaseException) -> Exception | None:
+    """The deterministic error (`FAIL_FAST`: a bad shard, a diverged run) inside `e`, however Ray wrapped it."""
+    return train_data.data_error_in(e, FAIL_FAST)
+
+
 class FailFastOnDataError(WorkerGroupCallback, ControllerCallback):
-    """A worker that failed on a bad shard (`spklip.train.data.DataError`) fails the run at once: restarting the
-    workers would read the same file again, ``scale.max_failures`` times. Ray Train retries every worker error; a
+    """A worker that failed on a deterministic error (`FAIL_FAST`: a bad shard, `spklip.train.data.DataError`; a
+    diverged run, `spklip.train.loop.NonFiniteError`) fails the run at once: restarting the workers would read the
+    same file again, or diverge again, ``scale.max_failures`` times. Ray Train retries every worker error; a
     controller callback that raises makes a controller error, which it does not retry (Ray 2.60, Train v2).
     (Internal Ray Train hooks: the public ``UserCallback`` can observe a worker's error but not stop the retry.)"""
 
     def __init__(self):
-        self.error: train_data.DataError | None = None
+        self.error: Exception | None = None
 
     def after_worker_group_poll_status(self, worker_group_status) -> None:
         for error in (worker_group_status.errors or {}).values():
-            self.error = self.error or train_data.data_error_in(error)
+            self.error = self.error or fail_fast_error_in(error)
 
     def before_controller_execute_failure_decision(self, failure_decision) -> None:
         if self.error is not None:
