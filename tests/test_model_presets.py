@@ -22,7 +22,8 @@ def _spikes(cfg: ModelCfg, b: int = 2, seed: int = 0) -> torch.Tensor:
 
 def test_registry_has_the_required_presets():
     for name in ["spklip-paper", "spklip-small", "spklip-tiny", "spklip-tiny-snn-backbone", "spklip-tiny-full-snn",
-                 "spklip-paper-snn-backbone", "spklip-paper-full-snn", "tfp-resnet-tiny", "spike-rate-mlp-tiny"]:
+                 "spklip-paper-snn-backbone", "spklip-paper-full-snn", "tfp-resnet-tiny", "spike-rate-mlp-tiny",
+                 "spklip-paper-authors", "spklip-tiny-authors"]:
         assert name in list_models()
     p = resolve_cfg("spklip-paper")
     assert (p.num_planes, p.height, p.width, p.hsfe.num_subblocks, p.hsfe.radius, p.hsfe.step,
@@ -166,3 +167,26 @@ def test_every_trainable_parameter_gets_a_gradient(name, overrides):
     sum(v for k, v in terms.items() if k.endswith("_loss")).backward()
     unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not unused, unused
+
+
+def test_the_authors_presets_and_the_baselines_variant_are_the_authors_recipe():
+    """spklip-paper-authors is the authors' code (docs/model.md, "spklip-paper vs the authors' recipe"); the
+    baselines sweep's ``authors`` variant on its spklip-tiny base gives exactly spklip-tiny-authors' model and
+    configs/authors-tiny.yaml's training recipe."""
+    from spklip.sweeps.baselines import SPEC, VARIANTS
+    from spklip.tune.space import trial_config
+
+    p = resolve_cfg("spklip-paper-authors")
+    assert (p.backbone.layers, p.backbone.heads, p.backbone.attn_dropout) == ((2, 2, 4, 2), 4, 0.1)
+    assert (p.temporal.style, p.temporal.pos_embed, p.temporal.pool, p.temporal.dropout) == ("authors", False,
+                                                                                              "mean", 0.1)
+    assert (p.text.kind, p.text.width, p.text.layers, p.text.adapter_dim) == ("clip-text", 128, 4, 64)
+    assert (p.text.templates, p.text.train_text) == (("{}",), "class-name")
+    base = load_config(None, SPEC.base)
+    variant = trial_config(base, VARIANTS["authors"])
+    assert variant.model == resolve_cfg("spklip-tiny-authors")
+    recipe = load_config("configs/authors-tiny.yaml")
+    assert variant.model == recipe.model and variant.loss == recipe.loss and variant.augment == recipe.augment
+    assert not variant.augment.enabled and variant.eval.bn_recal_batches == 0
+    for key in ("warmup_steps", "min_lr_ratio", "weight_decay", "betas", "grad_clip"):
+        assert getattr(variant.optim, key) == getattr(recipe.optim, key), key

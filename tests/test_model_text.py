@@ -100,3 +100,31 @@ def test_frozen_tower_encodes_each_distinct_string_once_and_gives_the_same_embed
     tuned(texts)
     tuned(texts)
     assert len(calls) == 2 and not tuned._cache  # a training encoder is never cached
+
+
+def test_text_adapters_follow_every_block_and_need_clip_text():
+    """``text.adapter_dim``: the authors' TextAdapter ``x + fc2(GELU(fc1(x)))`` after each CLIP text block."""
+    torch.manual_seed(0)
+    cfg = TextCfg(kind="clip-text", width=32, layers=2, heads=2, context_length=16, adapter_dim=16)
+    tower = ClipTextTower(cfg, 8).eval()
+    assert len(tower.adapters) == 2 and tower.adapters[0].fc1.out_features == 16
+    assert all(not a.fc1.bias.any() and not a.fc2.bias.any() for a in tower.adapters)
+    texts = ["diving", "golf swing"]
+    with torch.no_grad():
+        tokens = tower.tokenizer(texts, 16)
+        x = tower.token_embedding(tokens) + tower.pos  # [B, L, width]
+        for block, adapter in zip(tower.transformer.blocks, tower.adapters):
+            h = block(x, tower.causal_mask)
+            x = h + adapter.fc2(F.gelu(adapter.fc1(h)))
+        eot = (tokens == tower.tokenizer.eot).int().argmax(dim=1)
+        want = tower.proj(tower.ln_final(x[torch.arange(2), eot]))
+        torch.testing.assert_close(tower(texts), want)
+        plain = ClipTextTower(TextCfg(kind="clip-text", width=32, layers=2, heads=2, context_length=16), 8)
+    assert plain.adapters is None and not any("adapters" in k for k in plain.state_dict())  # old checkpoints load
+    out = tower.train()(texts)
+    out.sum().backward()
+    assert all(p.grad is not None for a in tower.adapters for p in a.parameters())
+    with pytest.raises(ValueError, match="model.text.adapter_dim applies to kind=clip-text only"):
+        TextCfg(kind="minilm", adapter_dim=8)
+    with pytest.raises(ValueError, match=r"model.text.templates\[1\] must contain"):
+        TextCfg(templates=("a {}", "no placeholder"))

@@ -11,7 +11,9 @@ import json
 import sys
 from pathlib import Path
 
+from spklip.cliargs import fraction, positive_int, seed_int
 from spklip.config import add_set_flag, parse_overrides
+from spklip.data.npyfile import load_npy
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -25,7 +27,7 @@ def _models(args: argparse.Namespace) -> int:
         cfg = resolve_cfg(name)
         with torch.device("meta"):  # parameter count without allocating weights
             params = sum(p.numel() for p in build_visual_tower(cfg).parameters())
-        layout = cfg.hsfe.layout(cfg.num_planes) if cfg.arch == "spklip" else None
+        layout = cfg.hsfe.layout(cfg.num_planes) if cfg.arch in ("spklip", "tfp-windows") else None
         rows.append({"name": name, "arch": cfg.arch, "fsve": cfg.fsve.variant, "input": f"{cfg.num_planes}x"
                      f"{cfg.height}x{cfg.width}", "subblocks": f"K={layout[0]} r={cfg.hsfe.radius} s={layout[1]}"
                      if layout else "-", "text": cfg.text.kind, "embed_dim": cfg.embed_dim,
@@ -46,7 +48,7 @@ def _spikes(args: argparse.Namespace, cfg):
 
     shape = (args.batch, cfg.num_planes, cfg.height, cfg.width)
     if args.spikes:
-        arr = torch.from_numpy(np.load(args.spikes))
+        arr = torch.from_numpy(load_npy(args.spikes, (3, 4), "[B, N, H, W] or [N, H, W] spike planes", mmap=False))
         if arr.dim() == 3:
             arr = arr.unsqueeze(0)
         if tuple(arr.shape[1:]) != shape[1:]:
@@ -101,11 +103,12 @@ def register(subparsers) -> None:
     p.add_argument("--model", action="append", required=True, metavar="NAME",
                    help="preset name, repeatable to compare side by side (e.g. spklip-tiny, spklip-tiny-full-snn)")
     add_set_flag(p, help="model override applied to every --model, e.g. --set fsve.time_steps=4")
-    p.add_argument("--batch", type=int, default=2, help="clips per forward (default 2)")
-    p.add_argument("--rate", type=float, default=0.1, help="firing rate of the random input spikes (default 0.1)")
+    p.add_argument("--batch", type=positive_int, default=2, help="clips per forward (default 2)")
+    p.add_argument("--rate", type=fraction, default=0.1, help="firing rate of the random input spikes (default 0.1)")
     p.add_argument("--spikes", help=".npy file of [B,N,H,W] or [N,H,W] spike planes instead of random ones")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--depth", type=int, default=2, help="group layers by this many name components (default 2)")
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--depth", type=positive_int, default=2,
+                   help="group layers by this many name components (default 2)")
     p.add_argument("--detail", action="store_true", help="one row per layer")
     p.add_argument("--eval-bn", action="store_true",
                    help="use BatchNorm running statistics (right for trained weights; untrained ones go silent)")

@@ -122,6 +122,9 @@ class TemporalCfg:
     dropout: float = 0.1
     pos_embed: bool = True  # learned positional embedding; false reproduces the authors' order-blind encoder
     pool: Literal["mean", "cls"] = "mean"
+    # "spklip": pre-LN GELU blocks between a LayerNorm on the tokens and a final LayerNorm (CLIP's ViT); "authors":
+    # the authors' torch.nn.TransformerEncoder (post-LN, ReLU, no extra norms; spklip/model/temporal.py)
+    style: Literal["spklip", "authors"] = "spklip"
 
     def __post_init__(self):
         check_range("model.temporal.layers", self.layers, 1)
@@ -141,11 +144,28 @@ class TextCfg:
     layers: int = 4  # clip-text: transformer layers
     heads: int = 4  # clip-text: attention heads
     templates: tuple[str, ...] = ("a spike video of {}.",)  # prompt templates; class embeddings are averaged
+    # ("{}": the bare class name, as the authors)
+    adapter_dim: int = 0  # clip-text: bottleneck adapter x + fc2(GELU(fc1(x))) of this width after every block
+    # (the authors' TextAdapter, width 128 -> 64 -> 128); 0: none
+    # the text each training clip is paired with: its dataset "caption" (a sentence, or the class name for folder
+    # datasets) or its "class-name" (the string evaluation formats into the templates)
+    train_text: Literal["caption", "class-name"] = "caption"
+    train_templates: bool = False  # wrap each training text in a template drawn uniformly from `templates`, so
+    # that with train_text=class-name every evaluation prompt is a training text (spklip/model/text.py)
 
     def __post_init__(self):
         check_range("model.text.finetune_layers", self.finetune_layers, 0)
         for key in ("context_length", "width", "layers", "heads"):
             check_range(f"model.text.{key}", getattr(self, key), 1)
+        check_range("model.text.adapter_dim", self.adapter_dim, 0)
+        if not self.templates:
+            raise ConfigError("model.text.templates must hold at least one template ('{}': the bare class name)")
+        for i, template in enumerate(self.templates):
+            if template.count("{}") != 1:
+                raise ConfigError(f"model.text.templates[{i}] must contain '{{}}' (where the class name goes) "
+                                  f"exactly once, got {template!r}")
+        if self.adapter_dim and self.kind != "clip-text":
+            raise ConfigError(f"model.text.adapter_dim applies to kind=clip-text only, got kind={self.kind}")
         if self.kind == "clip-text":
             if self.context_length < 2:
                 raise ConfigError(f"model.text.context_length must be >= 2 with kind=clip-text (start and end "
@@ -215,7 +235,8 @@ class LossCfg:
 
 @dataclass(frozen=True)
 class ModelCfg:
-    arch: Literal["spklip", "tfp-resnet", "spike-rate-mlp"] = "spklip"  # full model or a reviewer baseline
+    arch: Literal["spklip", "tfp-resnet", "spike-rate-mlp", "tfp-windows"] = "spklip"  # full model or a reviewer
+    # baseline (tfp-windows: hsfe's window layout and the temporal encoder, no HSFE; spklip/model/baselines.py)
     num_planes: int = 250  # N spike planes per clip the model is built for (defaults: the paper, 25 x 10 planes)
     height: int = 240
     width: int = 320
@@ -229,12 +250,15 @@ class ModelCfg:
     def __post_init__(self):
         if min(self.num_planes, self.height, self.width, self.embed_dim) < 1:
             raise ConfigError("model.num_planes, height, width and embed_dim must be >= 1")
-        if self.arch == "spklip":
+        if self.arch in ("spklip", "tfp-windows"):
             self.hsfe.layout(self.num_planes)  # raises a ConfigError naming the bad key if the sub-blocks don't fit
             if self.embed_dim % self.temporal.heads:  # the temporal blocks (ANN or spiking) split embed_dim
                 raise ConfigError(f"model.temporal.heads must divide model.embed_dim={self.embed_dim}, "
                                   f"got {self.temporal.heads}")
-        if (self.arch == "tfp-resnet" or (self.arch == "spklip" and self.fsve.variant == "none")) \
+            if self.temporal.style != "spklip" and self.fsve.variant != "none":
+                raise ConfigError(f"model.temporal.style={self.temporal.style} applies to the ANN temporal encoder "
+                                  f"only, got model.fsve.variant={self.fsve.variant}")
+        if (self.arch in ("tfp-resnet", "tfp-windows") or (self.arch == "spklip" and self.fsve.variant == "none")) \
                 and self.backbone.pool_width % self.backbone.heads:  # the ANN backbone's attention pool
             raise ConfigError(f"model.backbone.heads must divide the attention pool's width "
                               f"{self.backbone.pool_width} (model.backbone.width * 2**(stages-1) * 4), "

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spklip.config.model import LossCfg, ModelCfg
-from spklip.model.text import build_text_tower
+from spklip.model.text import build_text_tower, eval_prompts
 
 
 def build_visual_tower(cfg: ModelCfg) -> nn.Module:
@@ -20,6 +20,9 @@ def build_visual_tower(cfg: ModelCfg) -> nn.Module:
     if cfg.arch == "spike-rate-mlp":
         from spklip.model.baselines import SpikeRateMLP
         return SpikeRateMLP(cfg)
+    if cfg.arch == "tfp-windows":
+        from spklip.model.baselines import TfpWindows
+        return TfpWindows(cfg)
     if cfg.fsve.variant != "none":
         from spklip.model.fsve import SpikingVisualEncoder
         return SpikingVisualEncoder(cfg)
@@ -102,7 +105,7 @@ class Spklip(nn.Module):
         key = (tuple(class_names), templates)
         if not self.training and key in self._class_cache:
             return self._class_cache[key]
-        prompts = [t.format(name) for name in class_names for t in templates]
+        prompts = [p for name in class_names for p in eval_prompts(name, templates)]  # class-major, C*T
         emb = self.encode_text(prompts).view(len(class_names), len(templates), -1)  # [C*T, D] -> [C, T, D]
         emb = F.normalize(emb.mean(dim=1), dim=-1)  # [C, D]
         if not self.training:

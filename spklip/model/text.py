@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import os
 from functools import lru_cache
+from typing import Any
 
 import torch
 from torch import nn
@@ -105,8 +106,23 @@ class HFTextTower(nn.Module):
         return self.proj(pooled.to(self.proj.weight.dtype))
 
 
+class TextAdapter(nn.Module):
+    """The authors' bottleneck adapter after each text block: ``x + fc2(GELU(fc1(x)))`` on ``[B, L, width]``,
+    ``width -> dim -> width``, biases zero-initialised, weights PyTorch's default."""
+
+    def __init__(self, width: int, dim: int):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(width, dim), nn.Linear(dim, width)
+        nn.init.zeros_(self.fc1.bias)
+        nn.init.zeros_(self.fc2.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc2(nn.functional.gelu(self.fc1(x)))
+
+
 class ClipTextTower(nn.Module):
-    """CLIP-style causal text transformer trained from scratch, pooled at the end-of-text token."""
+    """CLIP-style causal text transformer trained from scratch, pooled at the end-of-text token; with
+    ``adapter_dim > 0`` a `TextAdapter` follows every block (the authors' text tower)."""
 
     def __init__(self, cfg: TextCfg, embed_dim: int):
         super().__init__()
@@ -114,6 +130,8 @@ class ClipTextTower(nn.Module):
         self.token_embedding = nn.Embedding(VOCAB_SIZE, cfg.width)
         self.pos = nn.Parameter(torch.randn(cfg.context_length, cfg.width) * 0.01)
         self.transformer = Transformer(cfg.width, cfg.layers, cfg.heads)
+        self.adapters = nn.ModuleList(TextAdapter(cfg.width, cfg.adapter_dim) for _ in range(cfg.layers)) \
+            if cfg.adapter_dim else None  # None (not an empty list): state dicts without adapters stay as they were
         self.ln_final = nn.LayerNorm(cfg.width)
         self.proj = nn.Linear(cfg.width, embed_dim, bias=False)
         mask = torch.full((cfg.context_length, cfg.context_length), float("-inf")).triu(1)
@@ -122,9 +140,35 @@ class ClipTextTower(nn.Module):
 
     def forward(self, texts: list[str]) -> torch.Tensor:
         tokens = self.tokenizer(list(texts), self.context_length).to(self.pos.device)  # [B, L]
-        x = self.transformer(self.token_embedding(tokens) + self.pos, self.causal_mask)  # [B, L, width]
+        x = self.token_embedding(tokens) + self.pos  # [B, L, width]
+        if self.adapters is None:
+            x = self.transformer(x, self.causal_mask)
+        else:
+            for block, adapter in zip(self.transformer.blocks, self.adapters):
+                x = adapter(block(x, self.causal_mask))  # [B, L, width]
         eot = (tokens == self.tokenizer.eot).int().argmax(dim=1)  # first end-of-text position per row
         return self.proj(self.ln_final(x[torch.arange(x.shape[0], device=x.device), eot]))  # [B, width] -> [B, D]
+
+
+def training_texts(cfg: TextCfg, batch: dict[str, Any]) -> list[str]:
+    """The text each clip of a training batch is paired with (``model.text.train_text``), before any template:
+    the ``caption`` column or the ``class_name`` column."""
+    column = "class_name" if cfg.train_text == "class-name" else "caption"
+    if column not in batch:
+        raise ValueError(f"model.text.train_text={cfg.train_text} needs a {column!r} column in the training batches")
+    return [str(t) for t in batch[column]]
+
+
+def in_templates(texts: list[str], templates: tuple[str, ...], generator: torch.Generator) -> list[str]:
+    """Each text formatted into a template drawn uniformly from `templates` (``model.text.train_templates``), so
+    that training sees every prompt that `Spklip.class_embeddings` averages at evaluation."""
+    picks = torch.randint(len(templates), (len(texts),), generator=generator).tolist()  # [B] template index
+    return [templates[i].format(text) for i, text in zip(picks, texts)]
+
+
+def eval_prompts(name: str, templates: tuple[str, ...]) -> list[str]:
+    """The prompts evaluation embeds (and averages) for class `name`: the name in every template."""
+    return [t.format(name) for t in templates]
 
 
 def build_text_tower(cfg: TextCfg, embed_dim: int) -> nn.Module:

@@ -40,7 +40,8 @@ def train_in_process(cfg: ExperimentConfig, device: str | torch.device = "cpu") 
         for i in range(n // bs):
             idx = order[i * bs:(i + 1) * bs]
             yield {"spikes": clips["spikes"][idx], "label": clips["label"][idx],
-                   "caption": [clips["caption"][j] for j in idx]}
+                   "caption": [clips["caption"][j] for j in idx],
+                   "class_name": [clips["class_name"][j] for j in idx]}
 
     evaluator = EpochEvaluator(cfg, dataset, Tracker(None, None))
     final: dict[str, Any] = {}
