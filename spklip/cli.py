@@ -13,8 +13,10 @@ import os
 import sys
 import time
 import traceback
+import typing
 
 from spklip.config import ConfigError
+from spklip.tracking.store import redact_text  # plain Python: no MLflow
 
 COMMAND_MODULES = [
     "spklip.commands.data",  # data simulate | build | inspect
@@ -24,10 +26,20 @@ COMMAND_MODULES = [
     "spklip.commands.tracking",  # tracking sync RUN_DIR
 ]
 DEBUG_ENV = "SPKLIP_DEBUG"  # SPKLIP_DEBUG=1 does what --debug does
+SIGPIPE_EXIT = 128 + 13  # what a shell reports for a process ended by SIGPIPE (`spklip ... | head`)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line like every other spklip error (exit 2): the flag and what is wrong,
+    then where the usage is (``--help``); sub-command parsers inherit it."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        message = " ".join(message.split())
+        self.exit(2, f"spklip: error: {message} (usage: {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="spklip", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="spklip", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true",
                         help=f"print the full traceback of an error (also {DEBUG_ENV}=1); accepted anywhere")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -48,10 +60,19 @@ def main(argv: list[str] | None = None) -> int:
     end = argv.index("--") if "--" in argv else len(argv)  # what follows "--" belongs to the command
     debug = "--debug" in argv[:end] or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     argv = [a for i, a in enumerate(argv) if i >= end or a != "--debug"]
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except BrokenPipeError:  # `spklip --help | head -1`
+        _silence_stdout()
+        return SIGPIPE_EXIT
     args.started_at = started  # handlers that time their start-up count from here (`spklip train`)
     try:
-        return int(args.handler(args) or 0)
+        code = int(args.handler(args) or 0)
+        sys.stdout.flush()  # a reader that went away (`| head`) is found here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:  # `spklip data inspect DIR | head -3`: the reader is gone; stop quietly, as Unix tools do
+        _silence_stdout()
+        return SIGPIPE_EXIT
     except KeyboardInterrupt:
         if debug:
             traceback.print_exc()
@@ -62,6 +83,16 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"spklip: error: {error_line(e, args, hint=not debug)}", file=sys.stderr)
         return 2
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's final flush into the closed pipe prints nothing."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout is not a file (a test's capture): nothing to flush
+        pass
 
 
 def error_line(e: BaseException, args: argparse.Namespace | None = None, hint: bool = False) -> str:
@@ -77,7 +108,7 @@ def error_line(e: BaseException, args: argparse.Namespace | None = None, hint: b
         if e.context and e.context_mark is not None:  # where the construct that broke began
             what += f" ({e.context} at line {e.context_mark.line + 1}, column {e.context_mark.column + 1})"
         return f"{name}: YAML syntax error at line {mark.line + 1}, column {mark.column + 1}: {what}"
-    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    lines = [line.strip() for line in redact_text(str(e)).strip().splitlines() if line.strip()]  # no password
     text = lines[0] + (" ..." if len(lines) > 1 else "") if lines else ""
     if isinstance(e, (ConfigError, ValueError, OSError)) and text:
         return text

@@ -17,6 +17,11 @@ process umask); an explicit ``RAY_AUTH_MODE``, ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_
 The local cluster (cluster/local.sh) sets the same variable on ``ray start`` and in the client environment it prints
 (a driver given ``RAY_ADDRESS=127.0.0.1:PORT`` would otherwise rewrite it too, to an address where nothing listens),
 and has its own private token. `connect` keeps a loopback cluster address for a process without that variable.
+
+A private session folder: Ray's default temp folder (``/tmp/ray``) and every folder Ray makes in it are mode 0777
+without the sticky bit (`ray._common.utils.try_to_create_directory`), its logs world-readable. `init_local` gives
+Ray a temp folder inside a folder of mode 0700 (`private_temp_dir`): ``<run folder>/ray_tmp/ray``, or a fresh
+``/tmp/spklip-ray-XXXXXXXX/ray`` when the run folder's path is too long for Ray's unix sockets.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -33,6 +39,10 @@ from ray._private.authentication.authentication_token_generator import generate_
 
 LOOPBACK_ENV = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR  # "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 TOKEN_ENV = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")  # a token of the user's own
+PRIVATE_TEMP = "ray_tmp"  # in a run or sweep folder: the private parent of Ray's temp folder
+SOCKET_PATH_MAX = 107  # Linux's AF_UNIX path limit, the terminating NUL excluded (Ray checks the same)
+# What Ray appends to its temp folder for its longest socket, the session name at its longest (a 7-digit PID)
+_SOCKET_TAIL = "/ray/session_2026-01-01_00-00-00_000000_4194304/sockets/plasma_store.99"
 
 
 @contextlib.contextmanager
@@ -81,8 +91,30 @@ def is_loopback_address(address: str) -> bool:
         return False
 
 
-def init_local(**kwargs: Any) -> Any:
-    """``ray.init(address="local", **kwargs)``: every server of the new Ray on loopback, token authentication on."""
+def private_temp_dir(parent: str | os.PathLike | None = None) -> Path:
+    """A temp folder for Ray inside a folder only this user can enter (mode 0700): ``<parent>/ray_tmp/ray``.
+
+    Ray makes its temp folder and everything in it mode 0777 and puts its unix sockets there, at
+    ``<temp>/session_<date>_<time>_<us>_<pid>/sockets/plasma_store``: a path longer than 107 bytes fails. When
+    `parent` is None or too long for that, the private folder is a fresh ``mkdtemp`` under ``/tmp`` instead (mode
+    0700 too; Ray's logs for the run are then there: ``spklip train`` prints where).
+    """
+    if parent is not None:
+        private = Path(parent).resolve() / PRIVATE_TEMP
+        if len(os.fsencode(private)) + len(_SOCKET_TAIL) <= SOCKET_PATH_MAX:
+            private.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(private, 0o700)  # mkdir's mode is masked by the umask; an older one is made private again
+            return private / "ray"
+    base = tempfile.gettempdir()
+    if len(os.fsencode(base)) + len("/spklip-ray-XXXXXXXX") + len(_SOCKET_TAIL) > SOCKET_PATH_MAX:
+        base = "/tmp"  # a long TMPDIR
+    return Path(tempfile.mkdtemp(prefix="spklip-ray-", dir=base)) / "ray"  # mkdtemp: mode 0700
+
+
+def init_local(temp_parent: str | os.PathLike | None = None, **kwargs: Any) -> Any:
+    """``ray.init(address="local", **kwargs)``: every server of the new Ray on loopback, token authentication on,
+    its session folder private (`private_temp_dir` of `temp_parent`, e.g. the run folder)."""
     ensure_private_token()
+    kwargs.setdefault("_temp_dir", str(private_temp_dir(temp_parent)))
     with loopback_node():
         return ray.init(address="local", **kwargs)

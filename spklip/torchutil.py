@@ -34,3 +34,13 @@ def maybe_autocast(device: torch.device | str, dtype: torch.dtype | None) -> con
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors in `tensors` holding a NaN or an infinity (one device sync in all)."""
+    names = [k for k, v in tensors.items() if torch.is_tensor(v) and v.is_floating_point() and v.numel()]
+    if not names:
+        return []
+    device = tensors[names[0]].device
+    finite = torch.stack([torch.isfinite(tensors[k]).all().to(device) for k in names]).cpu()  # [T] bool
+    return [k for k, ok in zip(names, finite.tolist()) if not ok]

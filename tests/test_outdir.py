@@ -16,7 +16,7 @@ from spklip.cli import main
 from spklip.data.shards import read_metadata, write_shards
 from spklip.eval.evaluate import EvalReport
 from spklip.eval.report import REPORT_MARKER, write_report
-from spklip.outdir import HOST, RefusedError, clear_stale, private_dir
+from spklip.outdir import HOST, TEMP_MARKER, RefusedError, clear_stale, private_dir
 from test_data_shards import INFO, make_clips
 
 BUILD = ["data", "build", "moving-digits", "--digits", "0,1", "--motions", "left,right", "--clips-per-class", "2",
@@ -127,6 +127,8 @@ def test_a_rerun_clears_what_dead_builds_left_and_restores_an_unfinished_swap(tm
     for d in stale:
         (d / "train").mkdir(parents=True)
         (d / "train" / "part-00000.parquet").write_bytes(b"PAR1 partial")
+        (d / TEMP_MARKER).write_text(json.dumps({"written_by": "spklip", "kind": "tmp", "dest": "ds", "host": HOST,
+                                                 "pid": dead}))  # what make_temp writes
     alive = tmp_path / f".ds.tmp-{HOST}-{os.getppid()}"  # a build still running: left alone
     alive.mkdir()
     other = tmp_path / f".ds.tmp-otherhost-{dead}"  # another machine's (shared disk): cannot tell, left alone
@@ -136,6 +138,8 @@ def test_a_rerun_clears_what_dead_builds_left_and_restores_an_unfinished_swap(tm
 
     # Killed between moving the old dataset aside and moving the new one in: the old one comes back.
     os.replace(ds, tmp_path / f".ds.old-{HOST}-{dead}")
+    (tmp_path / f".ds.old-{HOST}-{dead}" / TEMP_MARKER).write_text(json.dumps(
+        {"written_by": "spklip", "kind": "old", "dest": "ds", "host": HOST, "pid": dead}))  # what replace_dir writes
     assert clear_stale(ds) == [tmp_path / f".ds.old-{HOST}-{dead}"]
     assert read_metadata(ds)["num_clips"] == 12
 

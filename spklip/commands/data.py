@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from spklip.cliargs import (csv_of, float_range, fraction, int_range, nonneg_float, nonneg_int, positive_float,
+                            positive_int, seed_int)
 from spklip.data import storage
 from spklip.data.dat import write_dat
 from spklip.data.folders import FolderSpec, frame_count, read_frames
-from spklip.data.shards import SPLITS, decode_batch, open_shard, reading, validate_shards
+from spklip.data.phases import ceilings_line, with_speeds
+from spklip.data.shards import SEEN_SPLITS, SPLITS, decode_batch, open_shard, read_shard, reading, validate_shards
 from spklip.data.simulate import SimParams, iter_simulate
+from spklip.data.splits import DEFAULT_GROUP_BY, describe_split_method, leaking_groups
+from spklip.outdir import atomic_file, check_file_out
 
 
 def _csv(kind):
@@ -22,21 +28,17 @@ def _csv(kind):
 
 def _sim_args(p: argparse.ArgumentParser, chunk: bool = True) -> None:
     g = p.add_argument_group("simulator")
-    g.add_argument("--threshold", type=float, default=2.0, help="charge to fire, >= 1 (default 2)")
-    g.add_argument("--planes-per-frame", type=int, default=1, help="spike planes per video frame (interpolated)")
-    g.add_argument("--mismatch", type=float, default=0.0, help="relative std of per-pixel thresholds (0 = off)")
-    g.add_argument("--dark-current", type=float, default=0.0, help="mean dark charge per pixel and plane (0 = off)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--threshold", type=float_range(1.0), default=2.0, help="charge to fire, >= 1 (default 2)")
+    g.add_argument("--planes-per-frame", type=positive_int, default=1,
+                   help="spike planes per video frame (interpolated)")
+    g.add_argument("--mismatch", type=nonneg_float, default=0.0, help="relative std of per-pixel thresholds (0 = off)")
+    g.add_argument("--dark-current", type=nonneg_float, default=0.0,
+                   help="mean dark charge per pixel and plane, below --threshold (0 = off)")
+    g.add_argument("--seed", type=seed_int, default=0)
     if chunk:  # (moving-digits renders each clip whole: its simulator takes no chunk size yet)
-        g.add_argument("--chunk-planes", type=_positive, help="spike planes simulated and held at once; bounds memory "
+        g.add_argument("--chunk-planes", type=positive_int,
+                       help="spike planes simulated and held at once; bounds memory "
                        "(default: 32 MiB of spikes, at most 256 planes; the bits do not depend on it)")
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def register(subparsers) -> None:
@@ -47,9 +49,11 @@ def register(subparsers) -> None:
     sim = sub.add_parser("simulate", help="a video, a .npy of frames or a folder of images -> spikes (.dat/.npy)")
     sim.add_argument("input", help="video file (PyAV), .npy frames [T,H,W(,3)], or a folder of images")
     sim.add_argument("--out", required=True, help="output .dat (streamed, SpikeCV layout) or .npy [N,H,W] uint8")
-    sim.add_argument("--height", type=int, help="resize frames to this many rows (default: keep)")
-    sim.add_argument("--width", type=int, help="resize frames to this many columns (default: keep)")
-    sim.add_argument("--max-frames", type=int, help="use at most this many frames")
+    sim.add_argument("--height", type=positive_int, help="resize frames to this many rows (default: keep)")
+    sim.add_argument("--width", type=positive_int, help="resize frames to this many columns (default: keep)")
+    sim.add_argument("--max-frames", type=positive_int, help="use at most this many frames")
+    sim.add_argument("--overwrite", action="store_true", help="replace an existing file --out (a plain file; never a "
+                     "folder or a link)")
     _sim_args(sim)
     sim.set_defaults(handler=cmd_simulate)
 
@@ -73,46 +77,69 @@ def _build_args(p: argparse.ArgumentParser, kind: str) -> None:
                        "(docs/cluster.md, \"Object storage (S3)\")")
     p.add_argument("--overwrite", action="store_true", help="replace an existing spklip dataset folder (nothing else)")
     p.add_argument("--model", default="spklip-tiny", help="take the clip shape (N, H, W) from this model preset")
-    p.add_argument("--planes", type=int, help="spike planes N per clip (overrides --model)")
-    p.add_argument("--height", type=int, help="clip rows H (overrides --model)")
-    p.add_argument("--width", type=int, help="clip columns W (overrides --model)")
-    p.add_argument("--val-frac", type=float, default=0.2, help="share of each seen class's clips for val")
-    p.add_argument("--test-frac", type=float, default=0.2, help="share of each seen class's clips for test")
-    p.add_argument("--shard-mb", type=float, default=64.0, help="close a shard file at this many MB of spikes")
+    p.add_argument("--planes", type=positive_int, help="spike planes N per clip (overrides --model)")
+    p.add_argument("--height", type=positive_int, help="clip rows H (overrides --model)")
+    p.add_argument("--width", type=positive_int, help="clip columns W (overrides --model)")
+    p.add_argument("--val-frac", type=float_range(0.0, 1.0, high_open=True), default=0.2,
+                   help="share of each seen class's clips for val, in [0, 1)")
+    p.add_argument("--test-frac", type=float_range(0.0, 1.0, high_open=True), default=0.2,
+                   help="share of each seen class's clips for test, in [0, 1)")
+    p.add_argument("--shard-mb", type=positive_float, default=64.0, help="close a shard file at this many MB of spikes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     par = p.add_argument_group("parallel build (a Ray Data pipeline; the same dataset as a one-process build)")
-    par.add_argument("--workers", type=int, help="build with this many Ray workers (a local Ray instance unless "
+    par.add_argument("--workers", type=positive_int,
+                     help="build with this many Ray workers (a local Ray instance unless "
                      "--address/RAY_ADDRESS names a cluster, whose CPUs it then caps)")
     par.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or None,
                      help="build on this Ray cluster (auto, HOST:PORT, ray://...; default $RAY_ADDRESS)")
     if kind == "moving-digits":
-        p.add_argument("--clips-per-class", type=int, default=20)
-        p.add_argument("--digits", type=_csv(int), default=tuple(range(10)), help="e.g. 0,1,7 (default all)")
-        p.add_argument("--motions", type=_csv(str), help="subset of left,right,up,down,rotate,grow,shrink,still")
-        p.add_argument("--unseen-classes", type=int, help="held-out (digit, motion) classes (default 1/8)")
-        p.add_argument("--speed", type=float, default=1.0, help="px per frame (rotation/scaling scale with it)")
-        p.add_argument("--digit-size", type=int, default=0, help="digit side in px (0: 45%% of the canvas)")
-        p.add_argument("--clutter", type=int, default=0, help="static distractor digits per clip")
-        p.add_argument("--background", type=float, default=0.05, help="background intensity in [0, 1]")
+        p.add_argument("--clips-per-class", type=positive_int, default=20)
+        p.add_argument("--digits", type=csv_of(int_range(0, 9)), default=tuple(range(10)),
+                       help="e.g. 0,1,7 (default all)")
+        p.add_argument("--motions", type=_csv(str), help="subset of left,right,up,down,rotate,grow,shrink,still, "
+                       "and/or two-phase motions DIR[:SPEED]-DIR[:SPEED] that rest at the centre in between, e.g. "
+                       "left-up,down-right (each with its time-reverse; docs/data.md)")
+        p.add_argument("--speeds", type=_csv(str), help="each two-phase motion once per speed pattern: slow,fast "
+                       "(speed classes) or slow-fast,fast-slow (speeds up / slows down)")
+        p.add_argument("--pause", type=nonneg_int, help="planes two-phase motions rest at the centre (default: the "
+                       "default centred window + 2, 13 planes)")
+        p.add_argument("--unseen-classes", type=nonneg_int, help="held-out (digit, motion) classes (default 1/8)")
+        p.add_argument("--speed", type=nonneg_float, default=1.0, help="px per frame (rotation/scaling scale with it)")
+        p.add_argument("--digit-size", type=nonneg_int, default=0, help="digit side in px (0: 45%% of the canvas)")
+        p.add_argument("--clutter", type=nonneg_int, default=0, help="static distractor digits per clip")
+        p.add_argument("--background", type=fraction, default=0.05, help="background intensity in [0, 1]")
         p.add_argument("--source", choices=("mnist", "sklearn"), default="mnist", help="handwritten digits used")
     else:
         p.add_argument("--root", required=True, help="folder of class folders")
-        p.add_argument("--unseen-classes", type=int, default=0, help="hold out this many classes (seeded draw)")
+        p.add_argument("--unseen-classes", type=nonneg_int, default=0, help="hold out this many classes (seeded draw)")
         p.add_argument("--unseen", type=_csv(str), default=(),
                        help="hold out these classes: folder names (bag_moves_up) or class names (bag moves up)")
         p.add_argument("--skip-bad", action="store_true", help="leave out inputs that cannot be read (listed on "
                        "stderr and in the manifest) instead of refusing the build")
+        grp = p.add_argument_group("splits without leakage (docs/data.md, \"Splits without leakage\")")
+        grp.add_argument("--group-by", default=DEFAULT_GROUP_BY, metavar="REGEX",
+                         help="a clip's group is this regex's match on its file name (its first group, if it has "
+                         "one); all clips of a group land in one split. Default: UCF101's _gNN_ and HMDB51's source "
+                         "video; 'none': each clip drawn at random")
+        grp.add_argument("--split-file", action="append", default=[], metavar="PATH",
+                         help="official split lists (repeatable; a file or a folder): UCF101 trainlist0N.txt + "
+                         "testlist0N.txt, or HMDB51 <class>_test_splitN.txt; test comes from the lists, val "
+                         "(--val-frac of the listed training clips) by group, --test-frac is not used")
+        grp.add_argument("--split-number", type=positive_int, default=1,
+                         help="which split's lists to take from a --split-file folder (default 1)")
     if kind == "video-folder":
-        p.add_argument("--frame-stride", type=int, default=1, help="take every k-th video frame")
+        p.add_argument("--frame-stride", type=positive_int, default=1, help="take every k-th video frame")
         p.add_argument("--pad-short", action="store_true", help="hold the last frame of too-short videos")
     if kind == "dat-folder":
-        p.add_argument("--dat-height", type=int, required=True, help="sensor rows of the recordings (e.g. 250)")
-        p.add_argument("--dat-width", type=int, required=True, help="sensor columns of the recordings (e.g. 400)")
-        p.add_argument("--plane-offset", type=int, default=0, help="first plane taken from each recording")
-        p.add_argument("--plane-stride", type=int, default=1, help="take every k-th plane")
+        p.add_argument("--dat-height", type=positive_int, required=True,
+                       help="sensor rows of the recordings (e.g. 250)")
+        p.add_argument("--dat-width", type=positive_int, required=True,
+                       help="sensor columns of the recordings (e.g. 400)")
+        p.add_argument("--plane-offset", type=nonneg_int, default=0, help="first plane taken from each recording")
+        p.add_argument("--plane-stride", type=positive_int, default=1, help="take every k-th plane")
         p.add_argument("--spatial", choices=("subsample", "crop"), default="subsample",
                        help="subsample: aspect crop + evenly spaced rows/cols; crop: centred H x W window")
-        p.add_argument("--seed", type=int, default=0, help="seeds the split assignment")
+        p.add_argument("--seed", type=seed_int, default=0, help="seeds the split assignment")
     else:
         _sim_args(p, chunk=kind == "video-folder")
 
@@ -134,17 +161,22 @@ def dataset_spec(args: argparse.Namespace):
     if args.kind != "dat-folder":
         sim = SimParams(args.threshold, args.planes_per_frame, args.seed, args.mismatch, args.dark_current)
     if args.kind == "moving-digits":
-        spec = DigitsSpec(num_planes=n, height=h, width=w, digits=args.digits, motions=args.motions or tuple(MOTIONS),
+        motions = args.motions or tuple(MOTIONS)
+        if args.speeds:
+            motions = with_speeds(motions, args.speeds)
+        spec = DigitsSpec(num_planes=n, height=h, width=w, digits=args.digits, motions=motions,
                           clips_per_class=args.clips_per_class, unseen_classes=args.unseen_classes,
                           val_frac=args.val_frac, test_frac=args.test_frac, speed=args.speed,
                           digit_size=args.digit_size, clutter=args.clutter, background=args.background,
-                          source=args.source, seed=args.seed)
+                          source=args.source, seed=args.seed, pause=args.pause)
         return spec, sim
     extra = ({"frame_stride": args.frame_stride, "pad_short": args.pad_short} if args.kind == "video-folder" else
              {"dat_height": args.dat_height, "dat_width": args.dat_width, "plane_offset": args.plane_offset,
               "plane_stride": args.plane_stride, "spatial": args.spatial})
     spec = FolderSpec(root=args.root, num_planes=n, height=h, width=w, unseen_classes=args.unseen_classes,
-                      unseen=args.unseen, val_frac=args.val_frac, test_frac=args.test_frac, seed=args.seed, **extra)
+                      unseen=args.unseen, val_frac=args.val_frac, test_frac=args.test_frac, seed=args.seed,
+                      group_by=args.group_by, split_files=tuple(args.split_file), split_number=args.split_number,
+                      **extra)
     return spec, sim
 
 
@@ -169,6 +201,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
           f"fingerprint {meta['fingerprint']})")
     print(f"rows         {meta['num_clips']} clips of {n} planes x {h} x {w}")
     print("splits       " + ", ".join(f"{s} {meta['splits'].get(s, 0)}" for s in SPLITS))
+    print("split method " + describe_split_method(meta.get("builder") or {}))
+    _warn_random_split(args.path, meta)
     print(f"classes      {len(meta['class_names'])}: {len(meta['seen_labels'])} seen, "
           f"{len(meta['unseen_labels'])} unseen")
     print(f"on disk      {meta['bytes_on_disk'] / 2**20:.2f} MiB in "
@@ -179,11 +213,33 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"firing rate  {_firing_rate(args.path, meta):.4f} spikes per pixel-plane (first shard)")
     sim = meta["simulator"]
     print("simulator    " + (", ".join(f"{k}={v}" for k, v in sim.items()) if sim else "none (real recordings)"))
+    if ceilings_line(meta):
+        print(f"ceilings     {ceilings_line(meta)}")
     print("unseen       " + ("; ".join(meta["unseen_classes"]) or "none"))
     shown = meta["seen_classes"][:12]
     more = len(meta["seen_classes"]) - len(shown)
     print("seen         " + "; ".join(shown) + (f"; ... ({more} more)" if more > 0 else ""))
     return 0
+
+
+def _warn_random_split(path: str, meta: dict) -> None:
+    """One line on stderr when the splits were drawn per clip at random although the stored clip names carry
+    groups (the default --group-by): clips of one group (actor, source video) may then be in train and test."""
+    record = (meta.get("builder") or {}).get("splits")
+    if isinstance(record, dict) and record.get("method") != "random":
+        return
+    clips = []
+    for split in SEEN_SPLITS:
+        for rel in meta["shards"].get(split, []):
+            file = storage.join(path, rel)
+            with reading(file):
+                table = read_shard(file, columns=["clip_id"])
+            clips += [(clip_id, split) for clip_id in table.column("clip_id").to_pylist()]
+    grouped, groups, leaking = leaking_groups(clips)
+    if grouped:
+        print(f"spklip: warning: {path}: splits were drawn per clip at random, but {grouped} of {len(clips)} clip "
+              f"names carry a group (UCF101 _gNN_, HMDB51 source video) and {leaking} of {groups} groups have clips "
+              "in more than one split; rebuild with --group-by (the default) or --split-file", file=sys.stderr)
 
 
 def _firing_rate(path: str, meta: dict) -> float:
@@ -194,22 +250,24 @@ def _firing_rate(path: str, meta: dict) -> float:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    """``spklip data simulate INPUT --out FILE``: all or nothing, and an existing FILE only with --overwrite."""
     out = Path(args.out)
     if out.suffix not in (".dat", ".npy"):
         raise ValueError(f"--out must end in .dat or .npy, got {out.name}")
+    check_file_out(out, args.overwrite)  # before minutes of simulation: a folder or a link is never replaced
+    SimParams(args.threshold, args.planes_per_frame, args.seed, args.mismatch, args.dark_current)  # checked now
     frames = tqdm(read_frames(args.input, args.height, args.width, args.max_frames), desc="simulate", unit="frame",
                   total=frame_count(args.input, args.max_frames))
     chunks = iter_simulate(frames, threshold=args.threshold, planes_per_frame=args.planes_per_frame, seed=args.seed,
                            mismatch=args.mismatch, dark_current=args.dark_current, chunk_planes=args.chunk_planes)
     if out.suffix == ".dat":
-        planes = write_dat(out, chunks)
+        planes = write_dat(out, chunks)  # streamed into a marked temporary folder beside `out`, then renamed
         shape = None
     else:
         spikes = np.concatenate(list(chunks))
-        tmp = out.with_name(out.name + ".tmp")
-        with open(tmp, "wb") as f:  # written whole, then renamed: no partial .npy on failure
-            np.save(f, spikes)
-        tmp.replace(out)
+        with atomic_file(out) as tmp:  # written whole, then renamed: no partial .npy, no leftover on failure
+            with open(tmp, "wb") as f:
+                np.save(f, spikes)
         planes, shape = spikes.shape[0], spikes.shape
     print(f"wrote {planes} spike planes{'' if shape is None else ' ' + str(shape)} to {out}")
     return 0

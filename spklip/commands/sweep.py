@@ -51,10 +51,11 @@ def _parse_metric(text: str) -> tuple[str, str]:
 def _report(args: argparse.Namespace) -> int:
     from spklip.config import load_config
     from spklip.tracking import resolve_uri
+    from spklip.tracking.existing import require_store
     from spklip.tune.report import sweep_table, write_report  # pandas and MLflow: only for the report
 
     cfg = load_config(None, {})
-    uri = args.uri or resolve_uri("", cfg.train.run_dir)
+    uri = require_store(resolve_uri(args.uri or "", cfg.train.run_dir))  # read-only: never creates runs/mlflow.db
     metrics = [_parse_metric(m) for m in args.metric] or None
     table = sweep_table(args.experiment, uri=uri, parent_run_id=args.parent, metrics=metrics)
     print(table.to_markdown())

@@ -7,17 +7,26 @@ import argparse
 import sys
 from pathlib import Path
 
-from spklip.tracking import SPOOL_DIR, close_abandoned_run, spool_folder, sync_spool
+from spklip.tracking import DRIVER_FILE, SPOOL_DIR, adopt_credentials, close_abandoned_run, spool_folder, sync_spool
+
+
+# What a spklip run folder holds (launcher.RUN_FILE / CONFIG_FILE, tune.sweep.SWEEP_FILE: named here so that this
+# command imports neither Ray nor Tune); a folder with none of them is not a run.
+RUN_FOLDER_FILES = ("spklip_run.json", "spklip_config.json", "spklip_sweep.json", DRIVER_FILE, SPOOL_DIR)
 
 
 def _sync(args: argparse.Namespace) -> int:
     folder = spool_folder(args.run_dir)
     if not Path(args.run_dir).is_dir():
         raise FileNotFoundError(f"{args.run_dir}: no such run folder")
-    result = sync_spool(args.run_dir, uri=args.uri or None)
+    if folder != Path(args.run_dir) and not any((Path(args.run_dir) / name).exists() for name in RUN_FOLDER_FILES):
+        raise FileNotFoundError(f"{args.run_dir}: not a spklip run folder (none of {', '.join(RUN_FOLDER_FILES)} in "
+                                "it); give <storage>/<run name>, the folder `spklip train` printed")
+    uri = adopt_credentials(args.uri) if args.uri else None  # credentials in it go to MLflow's environment
+    result = sync_spool(args.run_dir, uri=uri)
     if not result.sent:
         print(f"spklip: nothing to send in {folder}", file=sys.stderr)
-    closed = close_abandoned_run(args.run_dir, uri=args.uri or None)  # after the spool: it may end the run itself
+    closed = close_abandoned_run(args.run_dir, uri=uri)  # after the spool: it may end the run itself
     if closed:
         print(f"spklip: {closed}", file=sys.stderr)
     return 0

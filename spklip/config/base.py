@@ -15,6 +15,7 @@ import dataclasses
 import math
 import types
 import typing
+import unicodedata
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
@@ -22,6 +23,68 @@ import yaml
 
 class ConfigError(ValueError):
     """A config key is unknown or a value has the wrong type or is out of range; the message names the dotted key."""
+
+
+MAX_STR_CHARS = 1024  # any string value (paths, URIs, names, templates): longer ones are refused where read
+MAX_NAME_CHARS = 250  # names MLflow keeps as keys (experiment, registered model, metric): its entity-key limit
+MAX_LIST_ITEMS = 256  # any list value (few_shot_ks, templates, layers ...)
+_SHOWN_CHARS = 80  # a value or key quoted in an error line is cut to this many characters
+
+
+def short_repr(value: Any, limit: int = _SHOWN_CHARS) -> str:
+    """``repr(value)``, cut to about `limit` characters (an error line quotes a 100,000-character value briefly)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def non_ascii_note(text: str) -> str:
+    """``"contains non-ASCII character 'а' (U+0430 CYRILLIC SMALL LETTER A) at position 3"`` for the first
+    non-ASCII character of `text` (position counted from 1), or "" when it is all ASCII: a look-alike letter
+    (Cyrillic, Greek), a non-breaking or zero-width space in a key otherwise reads like a valid one."""
+    for i, ch in enumerate(text):
+        if ord(ch) > 127:
+            name = unicodedata.name(ch, "unnamed character")
+            shown = ch if ch.isprintable() and not ch.isspace() else ""
+            return f"contains non-ASCII character {shown!r} (U+{ord(ch):04X} {name}) at position {i + 1}"
+    return ""
+
+
+def check_length(key: str, value: str, max_chars: int = MAX_STR_CHARS, *, max_bytes: int | None = None) -> None:
+    """Raise ConfigError naming `key` when the string `value` is longer than `max_chars` characters (or, when given,
+    `max_bytes` bytes of UTF-8: a folder name's limit). Such a value would fail only after Ray and MLflow started."""
+    if len(value) > max_chars:
+        raise ConfigError(f"{key} must be at most {max_chars} characters, got {len(value)}")
+    if max_bytes is not None and len(value.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise ConfigError(f"{key} must be at most {max_bytes} bytes in UTF-8 (it names a folder), got "
+                          f"{len(value.encode('utf-8', 'surrogatepass'))}")
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases: ``*name`` is refused where it appears, so that a few hundred bytes of
+    nested aliases (a "billion laughs" file) cannot expand to gigabytes. Anchors alone do nothing and are kept."""
+
+    source = "YAML"
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            mark = event.start_mark
+            raise ConfigError(f"{self.source}: line {mark.line + 1}, column {mark.column + 1}: YAML aliases "
+                              f"(*{event.anchor}) are not allowed in spklip configs; write the value out")
+        return super().compose_node(parent, index)
+
+
+def safe_yaml_load(text: str, source: str = "YAML") -> Any:
+    """`yaml.safe_load` of `text` without aliases (`_NoAliasLoader`); `source` (a file name, ``--set KEY``) names
+    where the text came from in a refusal. Syntax errors stay `yaml.YAMLError` (the CLI words them by line)."""
+    loader = _NoAliasLoader(text)
+    loader.source = source
+    try:
+        return loader.get_single_data()
+    except RecursionError:
+        raise ConfigError(f"{source}: YAML nested too deeply") from None
+    finally:
+        loader.dispose()
 
 
 def _range_text(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
@@ -79,7 +142,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is Literal:
         if value in get_args(tp) and type(value) in {type(a) for a in get_args(tp)}:
             return value
-        raise ConfigError(f"{key}: expected one of {_type_name(tp)}, got {value!r}")
+        note = non_ascii_note(value) if isinstance(value, str) else ""
+        raise ConfigError(f"{key}: expected one of {_type_name(tp)}, got {short_repr(value)}"
+                          + (f" ({note})" if note else ""))
     if origin in (Union, types.UnionType):
         errors = []
         for arg in get_args(tp):
@@ -87,7 +152,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        telling = [e for e in errors if e.startswith(f"{key} must") or "non-ASCII" in e]  # the value's own arm
+        raise ConfigError(telling[0] if telling else f"{key}: expected {_type_name(tp)}, got {short_repr(value)}")
     if tp is type(None):
         if value is None:
             return None
@@ -96,7 +162,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, str):
             value = _split_list(value)
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list for {_type_name(tp)}, got {value!r}")
+            raise ConfigError(f"{key}: expected a list for {_type_name(tp)}, got {short_repr(value)}")
+        if len(value) > MAX_LIST_ITEMS:
+            raise ConfigError(f"{key} must hold at most {MAX_LIST_ITEMS} items, got {len(value)}")
         args = get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
@@ -107,18 +175,18 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping for section {tp.__name__}, got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping for section {tp.__name__}, got {short_repr(value)}")
         return from_dict(tp, value, prefix=key + ".")
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: expected a bool (true/false), got {value!r}")
+        raise ConfigError(f"{key}: expected a bool (true/false), got {short_repr(value)}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        raise ConfigError(f"{key}: expected an int, got {value!r}")
+        raise ConfigError(f"{key}: expected an int, got {short_repr(value)}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -127,11 +195,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected a float, got {value!r}")
+        raise ConfigError(f"{key}: expected a float, got {short_repr(value)}")
     if tp is str:
         if isinstance(value, str):
+            check_length(key, value)
             return value
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
+        raise ConfigError(f"{key}: expected a string, got {short_repr(value)}")
     raise ConfigError(f"{key}: unsupported field type {tp!r}")
 
 
@@ -142,12 +211,15 @@ def _hints(cls: type) -> dict[str, Any]:
 def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """Build dataclass `cls` from a nested dict; missing keys keep their defaults, unknown keys are an error."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {short_repr(data)}")
     hints = _hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - names)
+    unknown = sorted((k for k in data if k not in names), key=str)  # YAML keys may be numbers or null too
     if unknown:
-        raise ConfigError(f"unknown config key {prefix}{unknown[0]!s} (valid keys under "
+        key = str(unknown[0])
+        shown = key if len(key) <= _SHOWN_CHARS else f"{key[:_SHOWN_CHARS]}... ({len(key)} characters)"
+        note = non_ascii_note(key)
+        raise ConfigError(f"unknown config key {prefix}{shown}{' (' + note + ')' if note else ''} (valid keys under "
                           f"{prefix.rstrip('.') or 'the top level'}: {', '.join(sorted(names))})")
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
     try:
@@ -197,10 +269,12 @@ def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def parse_value(text: str) -> Any:
-    """A command-line value: parsed as a YAML scalar/list (``3`` -> 3, ``true`` -> True, ``[2,2]`` -> [2, 2])."""
+def parse_value(text: str, source: str = "a command-line value") -> Any:
+    """A command-line value: parsed as a YAML scalar/list (``3`` -> 3, ``true`` -> True, ``[2,2]`` -> [2, 2]).
+
+    YAML aliases are refused (ConfigError naming `source`): a value is text, never a reference."""
     try:
-        return yaml.safe_load(text)
+        return safe_yaml_load(text, source)
     except yaml.YAMLError:
         return text
 
@@ -215,7 +289,7 @@ def parse_overrides(items: typing.Iterable[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         key, _, value = item.partition("=")
-        out[key.strip()] = parse_value(value)
+        out[key.strip()] = parse_value(value, f"--set {key.strip()[:_SHOWN_CHARS]}")
     return out
 
 

@@ -10,11 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-import yaml
-
 from spklip.config.augment import AugmentCfg
-from spklip.config.base import (ConfigError, check_nonempty, deep_merge, from_dict, parse_overrides, to_flat_dict,
-                                 unflatten)
+from spklip.config.base import (ConfigError, check_nonempty, deep_merge, from_dict, parse_overrides, safe_yaml_load,
+                                 to_flat_dict, unflatten)
 from spklip.config.data import DataCfg
 from spklip.config.model import LossCfg, ModelCfg
 from spklip.config.train import EvalCfg, OptimCfg, ScaleCfg, TrackingCfg, TrainCfg
@@ -60,6 +58,33 @@ def build_config(raw: dict[str, Any] | None = None, overrides: dict[str, Any] | 
     return from_dict(ExperimentConfig, nested)
 
 
+MAX_CONFIG_BYTES = 1 << 20  # an experiment YAML is a few KiB; a larger file is not a config
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping in the YAML file `path`; every refusal is a ConfigError naming the file: missing, not a regular
+    file, over `MAX_CONFIG_BYTES`, not UTF-8 (the byte and its offset), YAML aliases (`safe_yaml_load`), or not a
+    mapping at the top level. YAML syntax errors stay `yaml.YAMLError` (the CLI words them with line and column)."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"config file {p} does not exist")
+    if not p.is_file():
+        raise ConfigError(f"config file {p} is not a file")
+    if p.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {p} is {p.stat().st_size} bytes; a spklip config is at most "
+                          f"{MAX_CONFIG_BYTES} bytes")
+    data = p.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {p} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
+                          "save it as UTF-8") from None
+    loaded = safe_yaml_load(text, str(p)) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {p} must hold a mapping at the top level")
+    return loaded
+
+
 def load_config(path: str | Path | None = None, overrides: Iterable[str] | dict[str, Any] = (),
                 defaults: dict[str, Any] | None = None) -> ExperimentConfig:
     """Load a YAML experiment file (optional) and apply ``key=value`` strings or a dotted dict on top.
@@ -68,12 +93,7 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] | dict[
     """
     raw: dict[str, Any] = unflatten(defaults or {})
     if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"config file {p} does not exist")
-        loaded = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {p} must hold a mapping at the top level")
+        loaded = read_config_file(path)
         raw = deep_merge(raw, loaded)
     flat = dict(overrides) if isinstance(overrides, dict) else parse_overrides(overrides)
     return build_config(raw, flat)

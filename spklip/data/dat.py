@@ -15,6 +15,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from spklip.outdir import atomic_file
+
 
 class DatFormatError(ValueError):
     """A ``.dat`` file or a spike array does not fit the format (size, shape or values)."""
@@ -111,7 +113,8 @@ def write_dat(path: str | os.PathLike, spikes: np.ndarray | Iterable[np.ndarray]
     """Write spikes to a ``.dat`` file; returns the number of planes written.
 
     Args:
-        path: destination; written to ``<path>.tmp`` first and renamed, so a failure leaves no partial file.
+        path: destination; written in a temporary folder beside it first and renamed (`spklip.outdir.atomic_file`),
+            so a failure leaves no partial file and nothing else is touched.
         spikes: one ``[N, H, W]`` array, or an iterable of ``[n_i, H, W]`` chunks (streamed, e.g. from
             `spklip.data.simulate.iter_simulate`), all with the same H and W.
 
@@ -120,9 +123,8 @@ def write_dat(path: str | os.PathLike, spikes: np.ndarray | Iterable[np.ndarray]
     """
     path = Path(path)
     chunks = [spikes] if isinstance(spikes, np.ndarray) else spikes
-    tmp = path.with_name(path.name + ".tmp")
     planes, shape = 0, None
-    try:
+    with atomic_file(path) as tmp:  # a marked .NAME.tmp-HOST-PID folder beside `path`: never a user's file
         with open(tmp, "wb") as f:
             for chunk in chunks:
                 chunk = check_spikes(chunk)
@@ -131,7 +133,4 @@ def write_dat(path: str | os.PathLike, spikes: np.ndarray | Iterable[np.ndarray]
                 shape = chunk.shape[1:]
                 f.write(pack_planes(chunk).tobytes())
                 planes += chunk.shape[0]
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return planes

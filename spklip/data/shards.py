@@ -468,15 +468,66 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     manifest = storage.join(root, MANIFEST)
     if not storage.is_file(manifest):
         raise ShardError(f"{root} is not a spike shard folder (no {MANIFEST}); build one with `spklip data build`")
-    meta = json.loads(storage.read_text(manifest))
-    if meta.get("schema_version") != SCHEMA_VERSION:
-        raise ShardError(f"{root}: shard schema version {meta.get('schema_version')!r}, this spklip reads version "
-                         f"{SCHEMA_VERSION}; rebuild the dataset with `spklip data build`")
+    meta = _parse_manifest(manifest, root)
     unseen = set(meta["unseen_labels"])
     meta["seen_labels"] = [i for i in range(len(meta["class_names"])) if i not in unseen]
     meta["seen_classes"] = [meta["class_names"][i] for i in meta["seen_labels"]]
     meta["unseen_classes"] = [meta["class_names"][i] for i in sorted(unseen)]
     meta.setdefault("skipped", [])
+    return meta
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+_MANIFEST_KEYS: dict[str, tuple[str, Callable[[Any], bool]]] = {  # key: (what it must be, check)
+    "kind": ("a string", lambda v: isinstance(v, str)),
+    "class_names": ("a list of strings", _is_str_list),
+    "unseen_labels": ("a list of integers", lambda v: isinstance(v, list) and all(_is_int(x) for x in v)),
+    "clip_shape": ("three integers >= 1 [N, H, W]",
+                   lambda v: isinstance(v, list) and len(v) == 3 and all(_is_int(x) and x >= 1 for x in v)),
+    "simulator": ("a mapping or null", lambda v: v is None or isinstance(v, dict)),
+    "fingerprint": ("a string", lambda v: isinstance(v, str)),
+    "splits": ("a mapping of split to clip count",
+               lambda v: isinstance(v, dict) and all(_is_int(x) and x >= 0 for x in v.values())),
+    "shards": ("a mapping of split to a list of relative file names",
+               lambda v: isinstance(v, dict) and all(_is_str_list(x) for x in v.values())),
+    "num_clips": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "bytes_on_disk": ("a number >= 0", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0),
+    "bits_per_pixel_plane": ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+}
+
+
+def _parse_manifest(manifest: str | Path, root: str | Path) -> dict[str, Any]:
+    """The manifest at `manifest` as a dict, checked key by key: every problem is a ShardError naming the file
+    (not JSON, not an object, another schema version, a missing or mistyped key, a file outside the folder)."""
+    try:
+        meta = json.loads(storage.read_text(manifest))
+    except (UnicodeDecodeError, ValueError) as e:
+        why = e.msg if isinstance(e, json.JSONDecodeError) else type(e).__name__
+        raise ShardError(f"{manifest}: not a spklip dataset manifest (not JSON: {why}); rebuild the dataset") from None
+    if not isinstance(meta, dict):
+        raise ShardError(f"{manifest}: not a spklip dataset manifest (a JSON {type(meta).__name__}, not an object)")
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise ShardError(f"{root}: shard schema version {meta.get('schema_version')!r}, this spklip reads version "
+                         f"{SCHEMA_VERSION}; rebuild the dataset with `spklip data build`")
+    for key, (what, ok) in _MANIFEST_KEYS.items():
+        if key not in meta:
+            raise ShardError(f"{manifest}: no {key!r} in this manifest; rebuild the dataset")
+        if not ok(meta[key]):
+            raise ShardError(f"{manifest}: {key!r} must be {what}; rebuild the dataset")
+    names = len(meta["class_names"])
+    if any(not 0 <= label < names for label in meta["unseen_labels"]):
+        raise ShardError(f"{manifest}: 'unseen_labels' outside 0..{names - 1}; rebuild the dataset")
+    for files in meta["shards"].values():
+        for rel in files:
+            if Path(rel).is_absolute() or ".." in Path(rel).parts or not rel:
+                raise ShardError(f"{manifest}: shard file {rel!r} is not inside the dataset folder")
     return meta
 
 

@@ -31,6 +31,7 @@ chunking or the backend.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -59,8 +60,16 @@ class SimParams:
                              f"fires at most once per plane; got {self.threshold}")
         if int(self.planes_per_frame) != self.planes_per_frame or self.planes_per_frame < 1:
             raise ValueError(f"planes_per_frame must be an integer >= 1, got {self.planes_per_frame}")
+        if not (math.isfinite(self.threshold) and math.isfinite(self.mismatch) and math.isfinite(self.dark_current)):
+            raise ValueError(f"threshold, mismatch and dark_current must be finite, got {self.threshold}, "
+                             f"{self.mismatch}, {self.dark_current}")
         if self.mismatch < 0 or self.dark_current < 0:
             raise ValueError(f"mismatch and dark_current must be >= 0, got {self.mismatch}, {self.dark_current}")
+        if self.dark_current >= self.threshold:  # U(0, 2 dc) per plane: a dark pixel would fire on most planes
+            raise ValueError(f"dark_current (--dark-current) must be below threshold ({self.threshold}), got "
+                             f"{self.dark_current}: every pixel would fire from noise alone")
+        if int(self.seed) != self.seed or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed}")
 
     def to_dict(self) -> dict:
         return asdict(self)

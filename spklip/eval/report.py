@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from spklip.eval.evaluate import EvalReport, confusion_figure
-from spklip.outdir import check_replaceable, make_temp, read_marker, replace_dir
+from spklip.outdir import TEMP_MARKER, check_replaceable, make_temp, read_marker, replace_dir
 
 REPORT_MARKER = "spklip_eval.json"  # in every `write_report` folder: what wrote it and the files it holds
 
@@ -46,7 +46,7 @@ def write_report(report: EvalReport, out_dir: str | Path, provenance: dict[str, 
             fig = confusion_figure(report.confusion, report.confusion_classes)
             fig.savefig(tmp / "confusion_matrix.png", dpi=100)
             plt.close(fig)
-        files = sorted(p.name for p in tmp.iterdir())
+        files = sorted(p.name for p in tmp.iterdir() if p.name != TEMP_MARKER)  # the marker stays behind
         (tmp / REPORT_MARKER).write_text(json.dumps({"written_by": "spklip eval", "files": files,
                                                      **(provenance or {})}, indent=1, default=str))
         check_report_out(out)  # again: it may have changed while the report was computed

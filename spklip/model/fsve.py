@@ -224,6 +224,9 @@ class SpikingHSFE(HSFE):
         hs, cfg = model.hsfe, model.fsve
         super().__init__(hs)
         m, f = hs.num_branches, hs.features
+        # each ConvNormLIF normalises by model.fsve.norm: the ANN HSFE's BatchNorms of model.hsfe.norm=bn would get
+        # no gradient (DDP without find_unused_parameters then fails at the second step), so there are none
+        self.norm1, self.norm_fuse = nn.Identity(), nn.Identity()
         self.branch1 = ConvNormLIF(BranchConv(hs), m * hs.branch_hidden, cfg)
         self.branch2 = ConvNormLIF(nn.Conv2d(m * hs.branch_hidden, m, 3, padding=1, groups=m), m, cfg)
         self.gate = (nn.Sequential(ConvNormLIF(_conv(m, 2 * m), 2 * m, cfg), ConvNormLIF(_conv(2 * m, m), m, cfg))

@@ -18,7 +18,8 @@ turns it offline, what it cannot send is kept in a local spool and replayed when
 the run, or by ``spklip tracking sync RUN_DIR`` (`sync_spool`); any other failure switches tracking off.
 
 The modules, each importing only those listed before it:
-  * `store`: the tracking URI, artifact locations, whether a server answers, MLflow's fluent API pointed at a URI.
+  * `store`: the tracking URI (credentials moved to MLflow's environment, never stored), artifact locations, whether
+    a server answers, MLflow's fluent API pointed at a URI.
   * `spool`: the offline spool on disk (JSON-lines files and the artifact copies they name).
   * `replay`: records sent through a live ``MlflowClient`` (live and from spool files).
   * `datasets`: the shard folder as a run's dataset input.
@@ -38,15 +39,16 @@ from spklip.tracking.runs import (EXPERIMENT_KIND_TAG, PARENT_TAG, TRAINING_KIND
                                   start_run)
 from spklip.tracking.spool import (SPOOL_DIR, SPOOL_ENV, Record, Spool, default_spool_dir, read_spool_file,
                                    spool_folder)
-from spklip.tracking.store import artifact_location, fluent_tracking_uri, is_remote, resolve_uri, server_reachable
+from spklip.tracking.store import (adopt_credentials, artifact_location, credentials_env, fluent_tracking_uri,
+                                   is_remote, redact_text, redact_uri, resolve_uri, server_reachable)
 from spklip.tracking.sync import sync_spool
 from spklip.tracking.tracker import PARAM_VALUE_LIMIT, Tracker
 
 __all__ = [
-    "BEST_ALIAS", "DRIVER_FILE", "EXPERIMENT_KIND_TAG", "MODEL_NAME", "PARAM_VALUE_LIMIT", "PARENT_TAG", "Record",
-    "SCORE_METRIC_TAG", "SCORE_MODE_TAG", "SCORE_TAG", "SPOOL_DIR", "SPOOL_ENV", "Spool", "SyncResult",
-    "TRAINING_KIND", "Tracker", "artifact_location", "claim_run", "close_abandoned_run", "default_spool_dir",
-    "download_model", "ensure_experiment", "fluent_tracking_uri", "git_commit", "is_remote", "read_spool_file",
-    "register_model", "resolve_uri", "send_model_folder", "server_reachable", "shard_set_dataset", "spool_folder",
-    "start_run", "sync_spool",
+    "BEST_ALIAS", "DRIVER_FILE", "EXPERIMENT_KIND_TAG", "MODEL_NAME", "PARAM_VALUE_LIMIT", "PARENT_TAG",
+    "SCORE_METRIC_TAG", "SCORE_MODE_TAG", "SCORE_TAG", "SPOOL_DIR", "SPOOL_ENV", "TRAINING_KIND", "adopt_credentials",
+    "artifact_location", "claim_run", "close_abandoned_run", "credentials_env", "default_spool_dir", "download_model",
+    "ensure_experiment", "fluent_tracking_uri", "git_commit", "is_remote", "read_spool_file", "Record", "redact_text",
+    "redact_uri", "register_model", "resolve_uri", "send_model_folder", "server_reachable", "shard_set_dataset",
+    "Spool", "spool_folder", "start_run", "sync_spool", "SyncResult", "Tracker"
 ]

@@ -64,8 +64,23 @@ def _append_line(path: Path, obj: dict) -> None:
 
 def read_spool_file(path: str | Path) -> tuple[dict[str, str], list[Record]]:
     """The header (``uri``, ``run_id``) and the records of one spool file."""
-    lines = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not lines or "run_id" not in lines[0]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a spklip tracking spool (not UTF-8 text at byte {e.start})") from None
+    lines = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as e:
+            raise ValueError(f"{path}: not a spklip tracking spool (line {number} is not JSON: {e.msg}); move the "
+                             "file away to sync the rest") from None
+        if not isinstance(record, dict) or (lines and not isinstance(record.get("op"), str)):
+            raise ValueError(f"{path}: not a spklip tracking spool (line {number} is not a spklip record)")
+        lines.append(record)
+    if not lines or not isinstance(lines[0].get("run_id"), str):
         raise ValueError(f"{path}: not a spklip tracking spool (no header line)")
     return lines[0], lines[1:]
 

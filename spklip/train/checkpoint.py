@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from spklip.config import ExperimentConfig
+from spklip.config import ConfigError, ExperimentConfig
 from spklip.data import storage
 from spklip.torchutil import unwrap
 
@@ -64,15 +64,46 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
+def _cpu_bytes(t: torch.Tensor) -> torch.Tensor:
+    """An RNG state as the CPU ``uint8`` tensor `torch.set_rng_state` / `torch.cuda.set_rng_state` require."""
+    return t.detach().to("cpu", torch.uint8)
+
+
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what `rng_state` captured."""
+    """Restore what `rng_state` captured (states found on another device are brought back to the CPU first)."""
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(_cpu_bytes(state["torch"]))
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    np.random.set_state(("MT19937", n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        cuda = [_cpu_bytes(s) for s in state["cuda"]][:torch.cuda.device_count()]  # fewer GPUs now: the first ones
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def place_payload(payload: dict[str, Any], device: str | torch.device) -> dict[str, Any]:
+    """A checkpoint loaded on the CPU with its model weights moved to `device`, its RNG states and optimizer state
+    left on the CPU.
+
+    `torch.set_rng_state` and `torch.cuda.set_rng_state` take only CPU ``uint8`` tensors, so a checkpoint loaded
+    with ``map_location=<a GPU>`` as a whole made every resume on a GPU fail. The optimizer state stays too:
+    ``Optimizer.load_state_dict`` puts each state on its parameter's device itself and keeps AdamW's ``step``
+    counters where it wants them (on the CPU unless capturable or fused).
+    """
+    device = torch.device(device)
+    if device.type == "cpu":
+        return payload
+
+    def move(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return value.to(device)
+        if isinstance(value, dict):
+            return {k: move(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(move(v) for v in value)
+        return value
+
+    return {k: (v if k in ("rng", "optimizer") else move(v)) for k, v in payload.items()}
 
 
 def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -151,6 +182,9 @@ def verify_checksum(state_file: str | Path) -> bool:
 def read_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load ``state.pt`` with ``weights_only=True`` after checking it against ``state.pt.sha256``.
 
+    It is loaded on the CPU, then its model weights go to `map_location` and its RNG states stay on the CPU
+    (`place_payload`), so that `restore_training` works whatever device the caller names.
+
     A checkpoint written before checksums existed (no ``state.pt.sha256``) still loads, unverified. `directory` may
     be an ``s3://`` URI (a checkpoint in a Ray storage bucket): it is downloaded first.
 
@@ -171,14 +205,40 @@ def read_checkpoint(directory: str | Path, map_location: str | torch.device = "c
     try:
         with warnings.catch_warnings():  # a foreign pickle makes torch warn about its protocol before failing
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            payload = torch.load(path, map_location=map_location, weights_only=True)
+            payload = torch.load(path, map_location="cpu", weights_only=True)  # moved by `place_payload`
     except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, OSError) as e:
         raise CheckpointError(f"{path}: not a readable spklip checkpoint ({_load_problem(e)})") from e
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path}: not a spklip checkpoint (holds a {type(payload).__name__})")
     if payload.get("format") != FORMAT_VERSION:
         raise ValueError(f"checkpoint {path} has format {payload.get('format')!r}, expected {FORMAT_VERSION}")
-    return payload
+    check_payload(payload, path)
+    return place_payload(payload, map_location)
+
+
+_PAYLOAD_KEYS: dict[str, tuple[str, Any]] = {  # key: (what it must be, check) of what `save_checkpoint` writes
+    "model": ("a mapping of parameter names to tensors",
+              lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(t, torch.Tensor)
+                                                    for k, t in v.items())),
+    "config": ("a mapping of config keys", lambda v: isinstance(v, dict)),
+    "step": ("an integer >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+    "epoch": ("an integer >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+    "batch_in_epoch": ("an integer >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+    "metrics": ("a mapping of metric names to numbers", lambda v: isinstance(v, dict)),
+    "rng": ("a mapping of RNG states", lambda v: isinstance(v, dict)),
+    "optimizer": ("an optimizer state or null", lambda v: v is None or isinstance(v, dict)),
+    "scheduler": ("a scheduler state or null", lambda v: v is None or isinstance(v, dict)),
+}
+
+
+def check_payload(payload: dict[str, Any], path: str | Path) -> None:
+    """Raise CheckpointError naming `path` unless `payload` holds every key `save_checkpoint` writes, each of
+    the right kind (a file that loads but misses ``model`` would otherwise end in a bare ``KeyError: 'model'``)."""
+    for key, (what, ok) in _PAYLOAD_KEYS.items():
+        if key not in payload:
+            raise CheckpointError(f"{path}: not a complete spklip checkpoint (no {key!r})")
+        if not ok(payload[key]):
+            raise CheckpointError(f"{path}: not a spklip checkpoint ({key!r} must be {what})")
 
 
 def _load_problem(e: Exception) -> str:
@@ -190,14 +250,23 @@ def _load_problem(e: Exception) -> str:
     return str(e).strip().split(". ")[0].splitlines()[0][:160] if str(e).strip() else type(e).__name__
 
 
-def load_model_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
-    """Load a `trainable_state_dict`; only frozen parameters may be absent, and nothing may be unexpected."""
+def load_model_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: str | Path | None = None
+                       ) -> None:
+    """Load a `trainable_state_dict`; only frozen parameters may be absent, nothing may be unexpected, and every
+    tensor must have its parameter's shape. Errors are one line naming `source` (the file) when given."""
+    where = f"{source}: " if source is not None else ""
+    expected = unwrap(model).state_dict()
+    wrong = [f"{k} {list(v.shape)} (model: {list(expected[k].shape)})" for k, v in weights.items()
+             if k in expected and isinstance(v, torch.Tensor) and v.shape != expected[k].shape]
+    if wrong:
+        raise CheckpointError(f"{where}checkpoint does not fit the model: {len(wrong)} tensor(s) of the wrong shape, "
+                              f"first {wrong[0]}")
     result = unwrap(model).load_state_dict(weights, strict=False)
     frozen = {name for name, p in unwrap(model).named_parameters() if not p.requires_grad}
     missing = sorted(set(result.missing_keys) - frozen)
     if missing or result.unexpected_keys:
-        raise ValueError(f"checkpoint does not fit the model: missing {missing[:5]}, "
-                         f"unexpected {list(result.unexpected_keys)[:5]}")
+        raise CheckpointError(f"{where}checkpoint does not fit the model: missing {missing[:5]}, "
+                              f"unexpected {list(result.unexpected_keys)[:5]}")
 
 
 def restore_training(payload: dict[str, Any], *, model: torch.nn.Module, optimizer=None, scheduler=None,
@@ -223,7 +292,10 @@ def model_from_checkpoint(directory: str | Path, map_location: str | torch.devic
     from spklip.model import create_model  # deferred: keeps `spklip train --help` light
 
     payload = read_checkpoint(directory, map_location)
-    cfg = ExperimentConfig.from_flat_dict(payload["config"])
+    try:
+        cfg = ExperimentConfig.from_flat_dict(payload["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"{directory}: the config stored in this checkpoint is not valid ({e})") from None
     model = create_model(cfg.model, loss_cfg=cfg.loss)
-    load_model_weights(model, payload["model"])
+    load_model_weights(model, payload["model"], source=directory)
     return model.eval(), cfg, payload

@@ -29,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from spklip.config import ExperimentConfig
+from spklip.config import ConfigError, ExperimentConfig
 from spklip.train.checkpoint import (CheckpointError, STATE_FILE, load_model_weights, model_from_checkpoint,
                                      read_checkpoint)
 
@@ -145,9 +145,17 @@ def read_export(folder: str | Path, device: str = "cpu") -> tuple[dict[str, torc
         weights = load_file(folder / WEIGHTS_FILE, device=device)
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{folder / WEIGHTS_FILE}: not a safetensors file ({e})") from e
-    cfg = ExperimentConfig.from_flat_dict(flat)
-    return weights, cfg, ExportMeta(step=int(meta.get("step", 0)), epoch=int(meta.get("epoch", 0)),
-                                    metrics={k: float(v) for k, v in meta.get("metrics", {}).items()})
+    if not isinstance(flat, dict):
+        raise CheckpointError(f"{folder / CONFIG_FILE}: not a mapping of config keys")
+    try:
+        cfg = ExperimentConfig.from_flat_dict(flat)
+    except ConfigError as e:
+        raise CheckpointError(f"{folder / CONFIG_FILE}: not a valid spklip config ({e})") from None
+    try:
+        return weights, cfg, ExportMeta(step=int(meta.get("step", 0)), epoch=int(meta.get("epoch", 0)),
+                                        metrics={k: float(v) for k, v in meta.get("metrics", {}).items()})
+    except (TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{folder / META_FILE}: malformed step, epoch or metrics ({e})") from None
 
 
 def model_from_export(folder: str | Path, device: str = "cpu") -> tuple[nn.Module, ExperimentConfig, ExportMeta]:
@@ -156,7 +164,7 @@ def model_from_export(folder: str | Path, device: str = "cpu") -> tuple[nn.Modul
 
     weights, cfg, meta = read_export(folder, device)
     model = create_model(cfg.model, loss_cfg=cfg.loss)
-    load_model_weights(model, weights)
+    load_model_weights(model, weights, source=Path(folder) / WEIGHTS_FILE)
     return model.eval(), cfg, meta
 
 
