@@ -94,5 +94,7 @@ def test_video_folder_with_two_workers_is_the_serial_build(tmp_path, ray_session
 
 @pytest.mark.parametrize("bad", [["--workers", "0"]])
 def test_bad_worker_counts_are_clear_errors(tmp_path, capsys, bad):
-    assert main(["data", "build", "moving-digits", "--out", str(tmp_path / "ds"), *SMALL, *bad]) == 2
-    assert "--workers must be >= 1" in capsys.readouterr().err and not (tmp_path / "ds").exists()
+    with pytest.raises(SystemExit) as e:  # a range-checked flag: argparse's one line and exit 2 (spklip.cliargs)
+        main(["data", "build", "moving-digits", "--out", str(tmp_path / "ds"), *SMALL, *bad])
+    assert e.value.code == 2
+    assert "--workers: must be an integer >= 1" in capsys.readouterr().err and not (tmp_path / "ds").exists()
