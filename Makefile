@@ -27,7 +27,7 @@ DEMO_SEEDS ?= 3
 # "does the HSFE beat a plain spike average?": HSFE (K=3), one sub-block, the spike average, each with DEMO_SEEDS seeds
 DEMO_STUDY ?= --first _variant=hsfe,hsfe-k1,average
 
-demo: install  ## moving-digits spikes + the baselines study (HSFE vs K=1 vs spike average, 2 seeds; in-process Ray, MLflow sqlite)
+demo: install  ## moving-digits spikes + the baselines study (HSFE vs K=1 vs spike average, DEMO_SEEDS=3 seeds; in-process Ray, MLflow sqlite)
 	@[ -d $(DEMO_DATA) ] && echo "using the dataset in $(DEMO_DATA) (make clean rebuilds it)" || \
 	$(PY) -m spklip.cli data build moving-digits --out $(DEMO_DATA) $(DEMO_BUILD)
 	$(PY) -m spklip.cli data inspect $(DEMO_DATA)

@@ -393,3 +393,14 @@ def test_motion_tool_puts_each_object_instance_in_one_split(motion_tool, tmp_pat
         where[folder.split("_moves_")[0], name.split("_")[0]].add(split)
     assert len(where) == 9 and all(len(s) == 1 for s in where.values()), where
     assert set().union(*where.values()) == {"train", "val", "test"}
+
+
+def test_inspect_names_the_handwriting_pools_of_moving_digits(tmp_path, capsys):
+    """A moving-digits build says how its splits were made (disjoint handwriting pools), not "not recorded"."""
+    out_dir = tmp_path / "md"
+    assert main(["data", "build", "moving-digits", "--out", str(out_dir), "--digits", "0,1", "--motions", "left,right",
+                 "--clips-per-class", "3", "--planes", "8", "--height", "16", "--width", "16"]) == 0
+    capsys.readouterr()
+    assert main(["data", "inspect", str(out_dir)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("split method"))
+    assert "own 60/20/20 pool" in line and "not recorded" not in line

@@ -201,7 +201,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
           f"fingerprint {meta['fingerprint']})")
     print(f"rows         {meta['num_clips']} clips of {n} planes x {h} x {w}")
     print("splits       " + ", ".join(f"{s} {meta['splits'].get(s, 0)}" for s in SPLITS))
-    print("split method " + describe_split_method(meta.get("builder") or {}))
+    print("split method " + describe_split_method(meta.get("builder") or {}, meta.get("kind", "")))
     _warn_random_split(args.path, meta)
     print(f"classes      {len(meta['class_names'])}: {len(meta['seen_labels'])} seen, "
           f"{len(meta['unseen_labels'])} unseen")

@@ -267,9 +267,13 @@ def read_split_lists(paths: Sequence[str | os.PathLike], number: int = 1) -> Spl
     return SplitLists(marks, tuple(str(f) for f in files), numbers[0])
 
 
-def describe_split_method(builder: dict) -> str:
-    """One line for ``data inspect``: how the splits of a dataset with this manifest ``builder`` were made."""
+def describe_split_method(builder: dict, kind: str = "") -> str:
+    """One line for ``data inspect``: how the splits of a dataset of `kind` with this manifest ``builder`` were
+    made."""
     record = builder.get("splits")
+    if not isinstance(record, dict) and kind == "moving-digits":  # `moving_digits._pools`, fixed by the builder
+        return ("per clip, seeded; each split draws its handwriting from its own 60/20/20 pool of the source's "
+                "images (unseen classes from the test pool)")
     if not isinstance(record, dict):
         return "per clip, seeded (not recorded in the manifest)"
     if record.get("method") == "random":
