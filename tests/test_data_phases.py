@@ -143,3 +143,26 @@ def test_cli_builds_speed_classes_and_inspect_prints_the_ceilings(tmp_path, caps
     assert main(["data", "build", "moving-digits", "--out", str(tmp_path / "bad"), "--motions", "left-up",
                  "--planes", "32", "--no-progress"]) == 2
     assert "--motions" in capsys.readouterr().err
+
+
+def test_unseen_pairs_are_held_out_as_named_and_inspect_prints_the_zero_shot_ceilings(tmp_path, capsys):
+    """``--unseen 0:left,0:right,1:left,1:right``: a 2 x 2 block, so zero-shot must read the digit and the direction;
+    an order-blind average tells the digit only (ceiling 0.5 over the 4 unseen classes)."""
+    out = tmp_path / "ds"
+    assert main(["data", "build", "moving-digits", "--out", str(out), "--digits", "0,1,2", "--motions",
+                 "left,right,up", "--unseen", "0:left,0:right,1:left,1:right", "--clips-per-class", "2",
+                 "--planes", "16", "--height", "16", "--width", "16", "--no-progress"]) == 0
+    meta = read_metadata(out)
+    held = sorted(meta["class_names"][i] for i in meta["unseen_labels"])
+    assert held == ["the digit one moving left", "the digit one moving right", "the digit zero moving left",
+                    "the digit zero moving right"]
+    assert meta["builder"]["unseen"] == ["0:left", "0:right", "1:left", "1:right"]
+    capsys.readouterr()
+    assert main(["data", "inspect", str(out)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("ceilings"))
+    assert "unseen 4 classes: centred window (planes 2-12) 1.000, order-blind 0.500" in line, line
+    assert "unseen" not in DigitsSpec().builder_args()  # builds without --unseen keep their fingerprints
+    for bad in ("0-left", "7:left", "0:spin", "0:left,0:left"):
+        assert main(["data", "build", "moving-digits", "--out", str(tmp_path / "bad"), "--digits", "0,1",
+                     "--motions", "left,right", "--unseen", bad, "--no-progress"]) == 2
+        assert "--unseen" in capsys.readouterr().err

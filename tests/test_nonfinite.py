@@ -258,3 +258,22 @@ def test_a_diverged_worker_is_not_restarted(ray_session, tmp_path, capsys):
     assert client.get_run(run_id).info.status == "FAILED"
     history = client.get_metric_history(run_id, "train/loss")
     assert [m.step for m in history] == [1] and math.isfinite(history[0].value)  # one attempt, not 1 + max_failures
+
+
+@pytest.mark.slow
+def test_a_study_with_a_diverged_trial_writes_its_report_and_exits_1(ray_session, tmp_path, capsys):
+    """A study that lost trials must not look complete to a script that chains it: the report is written (the
+    failure in its notes), then one line on stderr and exit 1."""
+    from spklip.sweeps.hsfe_ablation import SPEC
+    from spklip.tune.sweep import main as sweep_main
+
+    data = write_motion_shards(tmp_path / "motion", per_class=8, val_per_class=2)
+    runs = tmp_path / "runs"
+    code = sweep_main(SPEC, ["--smoke-test", "--num-samples", "1", "--scheduler", "fifo", "--name", "lost",
+                             "--set", f"train.run_dir={runs}", "--set", f"data.path={data}",
+                             "--set", "optim.lr=1e308", "--set", "data.batch_size=4"])
+    err = capsys.readouterr().err
+    assert code == 1, err[-3000:]
+    assert "spklip: 1 trial(s) failed" in err and "exit 1" in err
+    report = runs / "sweeps" / "lost" / "report" / "table.md"
+    assert "1 trial(s) failed" in report.read_text()

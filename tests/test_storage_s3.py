@@ -169,7 +169,7 @@ args = ["--name", "s3sweep", "--storage", {storage!r}, "--set", {run_dir!r}, "--
         "--set", "train.checkpoint_every=2", "--set", "train.log_every=1",
         "--set", "data.batch_size=6"]  # the smoke set's 24 training clips: 4 steps in its one epoch
 os.environ.update(SPKLIP_FAULT_CRASH_AT_STEP="4", SPKLIP_FAULT_MARKER={marker!r})
-assert main(SPEC, ["--smoke-test", "--num-samples", "1", "--scheduler", "fifo", *args]) == 0  # its trial dies
+assert main(SPEC, ["--smoke-test", "--num-samples", "1", "--scheduler", "fifo", *args]) == 1  # its trial dies: exit 1
 shutil.rmtree({local!r})  # the local sweep folder is gone: the resume reads the bucket only
 assert main(SPEC, ["--resume", *args]) == 0
 """

@@ -76,6 +76,7 @@ class DigitsSpec:
     source: str = "mnist"
     seed: int = 0
     pause: int | None = None  # two-phase motions: planes at rest in the middle; None: the default centred window + 2
+    unseen: tuple[str, ...] = ()  # held-out classes named "DIGIT:MOTION" (e.g. 0:left); empty: unseen_classes drawn
 
     def __post_init__(self):
         bad = sorted(set(m for m in self.motions if not phases.is_phased(m)) - set(MOTIONS))
@@ -90,6 +91,10 @@ class DigitsSpec:
         if missing:
             raise ValueError(f"--motions: two-phase motions need their time-reverses too (else an order-blind "
                              f"average could tell them apart); add {','.join(missing)}")
+        if self.unseen:
+            if self.unseen_classes is not None and self.unseen_classes != len(self.unseen):
+                raise ValueError("--unseen names the held-out classes; leave out --unseen-classes")
+            self.unseen_pairs()  # a ValueError naming a malformed or unknown pair
         if self.pause is not None and not 1 <= self.pause <= self.num_planes:
             raise ValueError(f"--pause must be in [1, {self.num_planes}] planes, got {self.pause}")
         if min(self.num_planes, self.height, self.width, self.clips_per_class) < 1:
@@ -109,14 +114,38 @@ class DigitsSpec:
 
     def builder_args(self) -> dict:
         """The builder dict stored in the metadata. Without two-phase motions it is what it was before they existed
-        (no ``pause``, no ceilings), so old builds keep their fingerprints."""
+        (no ``pause``, no ceilings), and without ``--unseen`` it has no ``unseen``, so old builds keep their
+        fingerprints."""
         builder = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
         if not self.phased:
             builder.pop("pause")
+        if not self.unseen:
+            builder.pop("unseen")
         return builder
+
+    def unseen_pairs(self) -> list[tuple[int, int]]:
+        """The held-out cells (digit index, motion index) of the class grid: those `unseen` names, else
+        `num_unseen` drawn with the seed (`choose_unseen_pairs`)."""
+        if not self.unseen:
+            return choose_unseen_pairs(len(self.digits), len(self.motions), self.num_unseen, self.seed)
+        cells = []
+        for item in self.unseen:
+            digit, sep, motion = item.partition(":")
+            if not sep or not digit.strip().isdigit() or int(digit) not in self.digits or \
+                    motion.strip() not in self.motions:
+                raise ValueError(f"--unseen {item!r}: expected DIGIT:MOTION with a digit of --digits "
+                                 f"({','.join(map(str, self.digits))}) and a motion of --motions "
+                                 f"({','.join(self.motions)}), e.g. {self.digits[0]}:{self.motions[0]}")
+            cells.append((self.digits.index(int(digit)), self.motions.index(motion.strip())))
+        if len(set(cells)) != len(cells) or len(cells) >= len(self.class_pairs):
+            raise ValueError(f"--unseen: {len(cells)} pairs, repeated or all {len(self.class_pairs)} classes; "
+                             "name each held-out class once and keep at least one seen")
+        return sorted(cells)
 
     @property
     def num_unseen(self) -> int:
+        if self.unseen:
+            return len(self.unseen)
         if self.unseen_classes is not None:
             return self.unseen_classes
         return len(self.class_pairs) // 8 if len(self.digits) > 1 and len(self.motions) > 1 else 0
@@ -194,7 +223,7 @@ def _render(images: np.ndarray, theta: np.ndarray, height: int, width: int) -> n
 def digit_clips(spec: DigitsSpec, sim: SimParams) -> tuple[DatasetInfo, Iterator[Clip], int]:
     """The dataset header, a lazy iterator over its clips, and the clip count (for a progress bar)."""
     load_digits(spec.source)  # a source that is not installed is an error here, before the first clip (cached)
-    unseen = set(choose_unseen_pairs(len(spec.digits), len(spec.motions), spec.num_unseen, spec.seed))
+    unseen = set(spec.unseen_pairs())
     pairs = spec.class_pairs
     unseen_labels = [i for i, (d, m) in enumerate(pairs)
                      if (spec.digits.index(d), spec.motions.index(m)) in unseen]

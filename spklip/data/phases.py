@@ -213,14 +213,18 @@ def ceilings_line(meta: Mapping[str, Any]) -> str | None:
     if meta.get("kind") != "moving-digits":
         return None
     builder = meta.get("builder", {})
+    ppf = int((meta.get("simulator") or {}).get("planes_per_frame", 1))
+    unseen = sorted(meta.get("unseen_labels", []))
     stored = builder.get("ceilings")
     if stored is None:
-        ppf = int((meta.get("simulator") or {}).get("planes_per_frame", 1))
-        unseen = set(meta.get("unseen_labels", []))
-        seen = [i for i in range(len(meta.get("class_names", []))) if i not in unseen]
+        seen = [i for i in range(len(meta.get("class_names", []))) if i not in set(unseen)]
         stored = {"all": ceilings(builder, None, ppf), "seen": ceilings(builder, seen, ppf)}
+    if unseen and "unseen" not in stored:  # the zero-shot competition: cheap, so computed here, never stored
+        stored = {**stored, "unseen": ceilings(builder, unseen, ppf)}
     parts = []
-    for key in ("seen", "all"):
+    for key in ("seen", "unseen", "all"):
+        if key not in stored:
+            continue
         c = stored[key]
         parts.append(f"{key} {c['classes']} classes: centred window (planes {c['window'][0]}-{c['window'][1]}) "
                      f"{c['centred_window']:.3f}, order-blind {c['order_blind']:.3f}")

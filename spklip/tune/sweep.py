@@ -125,6 +125,7 @@ class SweepRun:
     table_markdown: str = ""
     report_dir: Path | None = None
     best_run_id: str | None = None
+    failed: int = 0  # trials that ended in an error (their seeds included); the report covers the others
 
 
 def sweep_config(spec: SweepSpec, path: str | Path | None = None, overrides: Sequence[str] | dict[str, Any] = (),
@@ -381,6 +382,7 @@ def finish_sweep(ctx: SweepContext, path: Path, results) -> SweepRun:
     """Close early-stopped trial runs; write the comparison table, plots, gaps and best config onto the parent."""
     run = SweepRun(path.name, path, ctx.parent_run_id, ctx.tracking_uri)
     errors = [r.error for r in results if r.error is not None]
+    run.failed = len(errors)
     if not ctx.parent_run_id:
         run.table_markdown = rep.tune_table(results, ctx.metrics)
         print(run.table_markdown)
@@ -465,9 +467,13 @@ def run_from_args(spec: SweepSpec, args: argparse.Namespace) -> int:
         points = first_points(spec, cfg, *parse_first(args.first))
         if args.num_samples is not None and args.num_samples < len(points):
             raise ConfigError(f"--num-samples {args.num_samples} is fewer than the {len(points)} --first trials")
-    run_sweep(spec, cfg, num_samples=args.num_samples or (len(points) or None), smoke=args.smoke_test,
-              resume=args.resume, name=args.name, points=points, seeds=args.seeds,
-              max_concurrent=args.max_concurrent, verbose=args.verbose, storage_root=args.storage)
+    run = run_sweep(spec, cfg, num_samples=args.num_samples or (len(points) or None), smoke=args.smoke_test,
+                    resume=args.resume, name=args.name, points=points, seeds=args.seeds,
+                    max_concurrent=args.max_concurrent, verbose=args.verbose, storage_root=args.storage)
+    if run.failed:  # a study that lost trials must not look complete to a script that chains it
+        print(f"spklip: {run.failed} trial(s) failed (their errors are above and in the report's notes); the report "
+              "covers the rest: exit 1", file=sys.stderr)
+        return 1
     return 0
 
 
