@@ -6,10 +6,15 @@ autograd-aware all_gather, whose backward sums each slice's gradient over the ra
 compute the same loss and, after DDP's gradient averaging, the same gradients as one worker with batch N*b.
 ``local_loss=True`` instead scores only the local rows against all gathered columns (less memory, same gradients
 after averaging). Pure torch; no ray import.
+
+Precision: the logits ``scale * S T^T`` and their softmax are computed in fp32 with autocast switched off
+(`scaled_logits`), also inside a bf16 autocast region, where a matmul would otherwise run in bf16 (8 bits of
+mantissa: at scale 100 a logit is off by up to ~0.4, more than the gap between a positive and a hard negative).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 
 import torch
@@ -47,15 +52,31 @@ def caption_keys(captions: list[str]) -> torch.Tensor:
     return torch.tensor(digest, dtype=torch.int64)
 
 
+def no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast switched off for `device`'s type (nothing to switch off on a type without autocast, e.g. meta)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def scaled_logits(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``scale * a @ b.T`` in fp32 with autocast disabled on `a`'s device type, whatever region it is called in
+    (``[R, D] x [C, D] -> [R, C]``; gradients flow back to the inputs in their own dtypes)."""
+    with no_autocast(a.device):
+        return scale.float() * (a.float() @ b.float().T)
+
+
 def soft_cross_entropy(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
     """Mean over rows of ``-sum_j t_ij log softmax(logits_i)_j`` with ``t_i`` uniform over row i's positives.
 
     ``positives`` is a boolean matrix of the logits' shape with at least one True per row; with exactly the
     diagonal it is ``F.cross_entropy(logits, arange)``.
     """
-    target = positives.to(logits.dtype)
-    target = target / target.sum(dim=1, keepdim=True)  # [R, C] rows sum to 1
-    return -(target * logits.log_softmax(dim=1)).sum(dim=1).mean()
+    with no_autocast(logits.device):  # the softmax in fp32 too
+        logits = logits.float()
+        target = positives.to(logits.dtype)
+        target = target / target.sum(dim=1, keepdim=True)  # [R, C] rows sum to 1
+        return -(target * logits.log_softmax(dim=1)).sum(dim=1).mean()
 
 
 class ClipLoss(nn.Module):
@@ -100,11 +121,11 @@ class ClipLoss(nn.Module):
             all_keys = gather_keys(keys, self.world_size)  # [N*b]
         if self.cfg.local_loss:
             positives = keys[:, None] == all_keys[None, :]  # [b, N*b]
-            logits_s = scale * spike_features @ all_txt.T  # [b, N*b]
-            logits_t = scale * text_features @ all_spk.T
+            logits_s = scaled_logits(spike_features, all_txt, scale)  # [b, N*b], fp32
+            logits_t = scaled_logits(text_features, all_spk, scale)
             loss = (soft_cross_entropy(logits_s, positives) + soft_cross_entropy(logits_t, positives)) / 2
             return {"contrastive_loss": loss}
         positives = all_keys[:, None] == all_keys[None, :]  # [N*b, N*b], symmetric
-        logits = scale * all_spk @ all_txt.T  # [N*b, N*b], identical on every rank
+        logits = scaled_logits(all_spk, all_txt, scale)  # [N*b, N*b] fp32, identical on every rank
         loss = (soft_cross_entropy(logits, positives) + soft_cross_entropy(logits.T, positives)) / 2
         return {"contrastive_loss": loss}

@@ -36,6 +36,18 @@ def maybe_autocast(device: torch.device | str, dtype: torch.dtype | None) -> con
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
+def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """`t` on `device`. A CPU tensor bound for a CUDA device is pinned first and copied with ``non_blocking=True``,
+    so the host does not wait for the GPU's queued work (the training loop fetches the next batch meanwhile); any
+    other move is a plain ``.to``."""
+    device = torch.device(device)
+    if device.type == "cuda" and t.device.type == "cpu":
+        if not t.is_pinned():
+            t = t.pin_memory()
+        return t.to(device, non_blocking=True)
+    return t.to(device)
+
+
 def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
     """Names of the floating-point tensors in `tensors` holding a NaN or an infinity (one device sync in all)."""
     names = [k for k, v in tensors.items() if torch.is_tensor(v) and v.is_floating_point() and v.numel()]

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # The GPU check of issue 14, prepared to run once on a lent GPU machine in well under 5 minutes (`make bench-gpu`):
-#   1. bf16 autocast training steps (spklip's own Loop: model, STCL loss, AdamW) of spklip-small and spklip-paper:
-#      clips/s, peak GPU memory, every loss finite;
+#   1. bf16 autocast training steps (spklip's own Loop: model, STCL loss, AdamW) of spklip-small and spklip-paper,
+#      without and with activation checkpointing (model.hsfe/backbone.checkpointing), each at the largest batch that
+#      fits (doubling from the start batch until out of memory, GPU_CHECK_MAX_BATCH): clips/s, peak GPU memory, model
+#      FLOP utilisation (MFU: fwd+bwd FLOPs per clip = 3 x 2 x the visual tower's forward MACs counted by the energy
+#      hooks, times clips/s, over the dense bf16 peak: GPU_CHECK_PEAK_TFLOPS / GPU_PEAK_TFLOPS, else H100/H200 989;
+#      the recomputation of checkpointing is not counted as model FLOPs), every loss finite;
 #   2. HSFE batched vs the authors' per-sample/per-sub-block loop (spklip.model.reference) on the GPU: both outputs
 #      agree (fp32, TF32 off) and the speed-up;
 #   3. one Ray Train run with a GPU worker (`spklip train`, scale.use_gpu=true, so Ray Train's TorchConfig picks the
@@ -14,7 +18,9 @@
 # batch 2, one timed step, a gloo Ray worker) so that the script itself is testable where no GPU is lent.
 # Environment: VENV (default .venv; built with `make install` when it cannot import spklip, ray and torch; on a
 # machine without a package index point pip at carried wheels: PIP_NO_INDEX=1 PIP_FIND_LINKS=/path/to/wheels),
-# GPU_CHECK_STEPS (timed training steps, default 5 on GPU), GPU_CHECK_SMALL_BATCH (64), GPU_CHECK_PAPER_BATCH (8).
+# GPU_CHECK_STEPS (timed training steps, default 5 on GPU), GPU_CHECK_SMALL_BATCH (64), GPU_CHECK_PAPER_BATCH (8): the
+# start batches, GPU_CHECK_MAX_BATCH (512: no batch above it is tried), GPU_PEAK_TFLOPS (the device's dense bf16
+# peak in TFLOPS; default by device name: H100 989, H200 989; unknown: MFU left out with a note).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -50,13 +56,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, "benchmarks")
-from bench_model import bench_loop_vs_batched  # noqa: E402  (benchmarks/ is no package)
+from bench_model import bench_loop_vs_batched, gmac_per_clip  # noqa: E402  (benchmarks/ is no package)
 
 from spklip.config import load_config  # noqa: E402
 from spklip.data import simulate  # noqa: E402
 from spklip.loss import ClipLoss  # noqa: E402
 from spklip.model import create_model  # noqa: E402
-from spklip.train.loop import Loop, seed_everything  # noqa: E402
+from spklip.train.loop import Loop, prepare_for_device, seed_everything  # noqa: E402
 
 work = Path(sys.argv[1])
 gpu = torch.cuda.is_available()
@@ -64,6 +70,23 @@ device = torch.device("cuda" if gpu else "cpu")
 steps = int(os.environ.get("GPU_CHECK_STEPS", 5 if gpu else 1))
 batches = {"spklip-small": int(os.environ.get("GPU_CHECK_SMALL_BATCH", 64 if gpu else 2)),
            "spklip-paper": int(os.environ.get("GPU_CHECK_PAPER_BATCH", 8 if gpu else 2))}
+max_batch = int(os.environ.get("GPU_CHECK_MAX_BATCH", 512 if gpu else 2))  # CPU mode: the start batch only
+CHECKPOINTING = ["model.hsfe.checkpointing=true", "model.backbone.checkpointing=true"]
+PEAKS = {"H100": 989.0, "H200": 989.0}  # dense bf16 TFLOPS (SXM; sparsity not counted)
+
+
+def peak_tflops():
+    """The device's dense bf16 peak: GPU_PEAK_TFLOPS, else by device name; (None, why) when unknown."""
+    if os.environ.get("GPU_PEAK_TFLOPS"):
+        return float(os.environ["GPU_PEAK_TFLOPS"]), "GPU_PEAK_TFLOPS"
+    name = torch.cuda.get_device_name() if gpu else "cpu"
+    for key, value in PEAKS.items():
+        if key in name:
+            return value, f"default for {key}"
+    return None, f"no dense bf16 peak known for {name!r}: set GPU_PEAK_TFLOPS to get MFU"
+
+
+PEAK, PEAK_SOURCE = peak_tflops()
 # CPU mode: the same presets on 16 planes of 32x32 (sub-blocks re-laid out for 16 planes)
 TINY = ["model.num_planes=16", "model.height=32", "model.width=32", "model.hsfe.stride=1", "model.hsfe.radius=3",
         "model.hsfe.step=4", "model.hsfe.num_subblocks=auto"]
@@ -90,8 +113,9 @@ def sync():
         torch.cuda.synchronize()
 
 
-def train_steps(preset: str, batch: int) -> dict:
-    cfg = load_config(None, [f"model_preset={preset}", "train.precision=bf16", *([] if gpu else TINY)])
+def train_steps(preset: str, batch: int, checkpointing: bool = False) -> dict:
+    cfg = load_config(None, [f"model_preset={preset}", "train.precision=bf16", *([] if gpu else TINY),
+                             *(CHECKPOINTING if checkpointing else [])])
     seed_everything(0)
     model = create_model(cfg.model, loss_cfg=cfg.loss).to(device).train()
     loop = Loop.create(cfg, model, ClipLoss(cfg.loss), device, total_steps=steps + 2)
@@ -116,29 +140,58 @@ def train_steps(preset: str, batch: int) -> dict:
     sync()
     sec = (time.perf_counter() - t0) / steps
     peak = torch.cuda.max_memory_allocated() / 2**30 if gpu else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return {"batch": batch, "clip": [n, h, w], "timed_steps": steps, "sec_per_step": round(sec, 4),
-            "clips_per_s": round(batch / sec, 2), ("peak_gpu_mem_gib" if gpu else "peak_host_rss_gib"): round(peak, 2),
-            "losses": [round(x, 4) for x in losses], "loss_finite": all(math.isfinite(x) for x in losses)}
+    gmac = gmac_per_clip(cfg.model)  # the visual tower's forward, dense-equivalent (energy hooks, meta device)
+    model_tflops = 3 * 2 * gmac * 1e9 * batch / sec / 1e12  # fwd + bwd (2x fwd) FLOPs of the clips per second
+    out = {"batch": batch, "clip": [n, h, w], "checkpointing": checkpointing, "timed_steps": steps,
+           "sec_per_step": round(sec, 4), "clips_per_s": round(batch / sec, 2),
+           ("peak_gpu_mem_gib" if gpu else "peak_host_rss_gib"): round(peak, 2),
+           "options": prepare_for_device(model, cfg.train, device),  # what Loop.create set: cudnn, layout, compile
+           "fwd_gmac_per_clip": round(gmac, 4), "model_tflops_per_s": round(model_tflops, 4),
+           "mfu": round(model_tflops / PEAK, 4) if PEAK else None, "peak_tflops": PEAK, "peak_source": PEAK_SOURCE,
+           "losses": [round(x, 4) for x in losses], "loss_finite": all(math.isfinite(x) for x in losses)}
+    return out
 
 
-def train_with_oom_retry(preset: str) -> dict:
-    batch = batches[preset]
-    while True:
-        try:
-            out = train_steps(preset, batch)
-            if not out["loss_finite"]:
-                raise FloatingPointError(f"non-finite loss: {out['losses']}")
-            return out
-        except torch.cuda.OutOfMemoryError:
-            gc.collect()  # the failed attempt's model and activations
-            torch.cuda.empty_cache()
-            if batch == 1:
-                raise
-            batch //= 2  # recorded in the result's "batch"
+def attempt(preset: str, batch: int, checkpointing: bool):
+    """One measurement at `batch`, or None when it does not fit."""
+    try:
+        out = train_steps(preset, batch, checkpointing)
+    except torch.cuda.OutOfMemoryError:
+        out = None
+    gc.collect()  # the attempt's model and activations
+    if gpu:
+        torch.cuda.empty_cache()
+    if out is not None and not out["loss_finite"]:
+        raise FloatingPointError(f"non-finite loss at batch {batch}: {out['losses']}")
+    return out
+
+
+def largest_batch(preset: str, checkpointing: bool) -> dict:
+    """Halve the start batch until it fits, then double it while the double fits (up to GPU_CHECK_MAX_BATCH);
+    the figures of the largest batch that fitted, with every batch tried."""
+    batch, tried = batches[preset], {}
+    best = attempt(preset, batch, checkpointing)
+    tried[batch] = best is not None
+    while best is None:
+        if batch == 1:
+            raise torch.cuda.OutOfMemoryError(f"{preset}: batch 1 does not fit")
+        batch //= 2
+        best = attempt(preset, batch, checkpointing)
+        tried[batch] = best is not None
+    while batch * 2 <= max_batch and not any(b > batch for b in tried):
+        bigger = attempt(preset, batch * 2, checkpointing)
+        tried[batch * 2] = bigger is not None
+        if bigger is None:
+            break
+        best, batch = bigger, batch * 2
+    best["batches_tried"] = {str(b): ("fits" if ok else "out of memory") for b, ok in sorted(tried.items())}
+    return best
 
 
 for preset in ("spklip-small", "spklip-paper"):
-    section(f"train_bf16/{preset}")(lambda preset=preset: train_with_oom_retry(preset))
+    for ckpt in (False, True):
+        name = f"train_bf16/{preset}" + ("/checkpointing" if ckpt else "")
+        section(name)(lambda preset=preset, ckpt=ckpt: largest_batch(preset, ckpt))
 
 
 @section("hsfe_batched_vs_loop")
@@ -170,8 +223,10 @@ def _():
         raise RuntimeError(f"spklip train exited {run.returncode}: {(run.stdout + run.stderr)[-3000:]}")
     summary = json.loads(run.stdout[run.stdout.rindex("\n{") + 1:] if "\n{" in run.stdout else run.stdout)
     log = run.stdout + run.stderr
-    return {"wall_s": round(wall, 1), "fit_seconds": summary["seconds"], "step": summary["metrics"].get("step"),
-            "val_top1": summary["metrics"].get("val/top1"), "use_gpu": gpu,
+    last = summary.get("last_metrics") or {}  # `spklip train`'s summary: the last report's metrics
+    return {"wall_s": round(wall, 1), "fit_seconds": summary["seconds"], "step": last.get("step"),
+            "val_top1": last.get("val/top1"), "test_top1": (summary.get("test_metrics") or {}).get("test/top1"),
+            "use_gpu": gpu,
             "backend": "nccl (Ray Train TorchConfig: backend None + GPU workers)" if gpu else "gloo",
             "nccl_in_log": bool(re.search(r"nccl", log, re.I))}
 

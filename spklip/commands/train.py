@@ -79,7 +79,7 @@ def _eval(args: argparse.Namespace) -> int:
     from spklip.tracking import download_model, resolve_uri
     from spklip.tracking.existing import require_store
     from spklip.train.export import load_model
-    from spklip.train.loop import NonFiniteError
+    from spklip.train.loop import NonFiniteError, resolve_precision
 
     if bool(args.checkpoint) == bool(args.model):
         raise ValueError("spklip eval: give one of --checkpoint DIR or --model models:/NAME@ALIAS")
@@ -99,16 +99,21 @@ def _eval(args: argparse.Namespace) -> int:
     cfg = apply_overrides(cfg, overrides)
     dataset = dataset_info(cfg, eval_only=True, split=args.split)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    report = evaluate_model(model.to(device), cfg, dataset, device, split=args.split, prefix=args.split)
+    # the precision the run asked for (train.precision, `--set train.precision=fp32` to change it), resolved as the
+    # evaluation inside training resolves it: one checkpoint, one set of numbers (tests/test_precision.py)
+    autocast_dtype = resolve_precision(cfg.train.precision, device)
+    report = evaluate_model(model.to(device), cfg, dataset, device, split=args.split, prefix=args.split,
+                            autocast_dtype=autocast_dtype)
     what = f"checkpoint {args.checkpoint}" if args.checkpoint else f"model {args.model}"
+    precision = str(autocast_dtype).removeprefix("torch.") if autocast_dtype is not None else "fp32"
     print(f"{what} (step {meta.step}, epoch {meta.epoch}) on "
-          f"{cfg.data.path} split {args.split!r}:", file=sys.stderr)
+          f"{cfg.data.path} split {args.split!r}, {precision} on {device.type}:", file=sys.stderr)
     for note in report.notes:
         print(f"spklip eval: {note}", file=sys.stderr)
     print(json.dumps(report.metrics, indent=1, sort_keys=True))
     if args.out:
         provenance = {"checkpoint": str(args.checkpoint or args.model), "step": meta.step, "data": cfg.data.path,
-                      "split": args.split}
+                      "split": args.split, "precision": precision, "device": device.type}
         print(f"wrote {write_report(report, args.out, provenance)}", file=sys.stderr)
     return 0
 

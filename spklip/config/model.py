@@ -36,6 +36,9 @@ class HsfeCfg:
     fusion: Literal["auto", "none"] = "auto"  # "auto": on CPU without autograd, in channels_last and without BN, each
     # conv and the ReLU / residual add after it run as one oneDNN call (spklip/model/fused.py; speed only, same
     # output); "none": the eager layers everywhere
+    checkpointing: bool = False  # activation checkpointing in training: only the sub-block windows, the trunk's
+    # input and each residual block's output are kept for the backward, the rest is recomputed (same gradients,
+    # ~1/3 more HSFE compute, far less memory: docs/benchmarks.md); the ANN HSFE only (not fsve.variant=full-snn)
 
     @property
     def window(self) -> int:
@@ -100,6 +103,8 @@ class BackboneCfg:
     width: int = 64  # stem width; stage widths are width*(1,2,4,8), x4 bottleneck expansion
     heads: int = 8  # attention-pool heads (paper 8, authors' code 4)
     attn_dropout: float = 0.0  # attention-pool dropout (CLIP 0, authors' code 0.1)
+    checkpointing: bool = False  # activation checkpointing in training: the stem and each stage keep only their
+    # input and output for the backward (same gradients and BN statistics); the ANN ResNet only (not the FSVE's)
 
     @property
     def pool_width(self) -> int:
@@ -258,6 +263,13 @@ class ModelCfg:
             if self.temporal.style != "spklip" and self.fsve.variant != "none":
                 raise ConfigError(f"model.temporal.style={self.temporal.style} applies to the ANN temporal encoder "
                                   f"only, got model.fsve.variant={self.fsve.variant}")
+        if self.hsfe.checkpointing and (self.arch != "spklip" or self.fsve.variant == "full-snn"):
+            raise ConfigError(f"model.hsfe.checkpointing applies to the ANN HSFE only (arch=spklip with fsve.variant "
+                              f"none or snn-backbone), got arch={self.arch}, fsve.variant={self.fsve.variant}")
+        if self.backbone.checkpointing and (self.arch == "spike-rate-mlp" or
+                                            (self.arch == "spklip" and self.fsve.variant != "none")):
+            raise ConfigError(f"model.backbone.checkpointing applies to the ANN ResNet only (arch spklip, tfp-resnet, "
+                              f"tfp-windows; fsve.variant none), got arch={self.arch}, fsve.variant={self.fsve.variant}")
         if (self.arch in ("tfp-resnet", "tfp-windows") or (self.arch == "spklip" and self.fsve.variant == "none")) \
                 and self.backbone.pool_width % self.backbone.heads:  # the ANN backbone's attention pool
             raise ConfigError(f"model.backbone.heads must divide the attention pool's width "

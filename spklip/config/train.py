@@ -50,6 +50,13 @@ class TrainCfg:
     # weights left as they were), or "skip" it (no update; counted as train/skipped_steps)
     nonfinite: Literal["stop", "skip"] = "stop"
     nonfinite_skips: int = 20  # skip: stop anyway after this many consecutive skipped steps (a diverged run)
+    # CUDA throughput (spklip/train/loop.py, `prepare_for_device`; cudnn.benchmark and pinned, non-blocking batch
+    # copies are always on with a CUDA device). channels_last: the visual tower's conv weights and the HSFE maps in
+    # NHWC, the fast layout of bf16 convs on tensor cores; auto = on CUDA only, true also on CPU, false never (the
+    # model's own model.hsfe.memory_format then applies). ANN visual towers only (fsve.variant=none)
+    channels_last: bool | Literal["auto"] = "auto"
+    compile: bool = False  # torch.compile the visual tower's training forward (evaluation stays eager); the first
+    # steps pay the compilation (minutes at the paper's size on a CPU)
 
     def __post_init__(self):
         check_range("train.epochs", self.epochs, 1)

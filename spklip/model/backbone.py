@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spklip.config.model import BackboneCfg
-from spklip.model.layers import Attention
+from spklip.model.layers import Attention, checkpointed
 
 
 def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Sequential:
@@ -61,7 +61,11 @@ class AttentionPool2d(nn.Module):
 
 
 class ModifiedResNet(nn.Module):
-    """``[B, in_ch, H, W] -> [B, out_dim]``."""
+    """``[B, in_ch, H, W] -> [B, out_dim]``.
+
+    ``checkpointing`` (``cfg.checkpointing``): in training the stem and each stage are checkpointed segments (only
+    their inputs and outputs are kept for the backward, `spklip.model.layers.checkpointed`).
+    """
 
     def __init__(self, cfg: BackboneCfg, in_ch: int, height: int, width: int, out_dim: int):
         super().__init__()
@@ -78,6 +82,12 @@ class ModifiedResNet(nn.Module):
         self.stages = nn.Sequential(*stages)
         h, w = resnet_output_size(height, width, len(cfg.layers))
         self.pool = AttentionPool2d(h, w, cin, cfg.heads, out_dim, cfg.attn_dropout)
+        self.checkpointing = cfg.checkpointing
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.checkpointing and torch.is_grad_enabled():
+            x = checkpointed(self.stem, x)
+            for stage in self.stages:
+                x = checkpointed(stage, x)
+            return self.pool(x)
         return self.pool(self.stages(self.stem(x)))

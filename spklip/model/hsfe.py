@@ -30,6 +30,7 @@ from torch import nn
 
 from spklip.config.model import HsfeCfg
 from spklip.model.fused import extract_fused, fusable
+from spklip.model.layers import checkpointed
 
 CPU_CACHE_DIR = Path("/sys/devices/system/cpu/cpu0/cache")
 FALLBACK_CACHE_MB = 32.0  # when sysfs says nothing (not Linux, a container without /sys)
@@ -163,6 +164,10 @@ class HSFE(nn.Module):
 
     ``chunk_budget``: bytes one call's largest activation may take ("auto" or ``cfg.chunk_mb`` MiB, 0 = one batch);
     a plain attribute, so a benchmark can switch between one batch and chunks on the same module.
+    ``force_channels_last``: run the maps in channels_last whatever ``cfg.memory_format`` says (set by the training
+    loop's ``train.channels_last``, `spklip.model.spklip.Spklip.use_channels_last`).
+    ``checkpointing`` (``cfg.checkpointing``): in training, keep only the input, the head's output and each trunk
+    block's output for the backward and recompute the rest (`spklip.model.layers.checkpointed`).
     """
 
     def __init__(self, cfg: HsfeCfg):
@@ -178,15 +183,27 @@ class HSFE(nn.Module):
         self.fuse = nn.Conv2d(m, cfg.features, 3, padding=1, bias=not norm)
         self.norm_fuse = _norm(cfg.features, norm)
         self.trunk = nn.Sequential(*(BasicBlock(cfg.features, norm) for _ in range(cfg.num_res_blocks)))
+        self.force_channels_last = False
+        self.checkpointing = cfg.checkpointing
 
     def branch_maps(self, blocks: torch.Tensor) -> torch.Tensor:
         """MTF then SA: ``[B*K, 2r+1, H, W] -> [B*K, M, H', W']``, one map per branch (gated if SA is on)."""
         maps = self.branch2(F.relu(self.norm1(self.branch1(blocks))))  # [B*K, M*hidden, H', W'] -> [B*K, M, H', W']
         return maps * self.gate(maps) if self.gate is not None else maps
 
+    def head(self, blocks: torch.Tensor) -> torch.Tensor:
+        """MTF, SA and the fuse conv: ``[n, 2r+1, H, W] -> [n, F, H', W']`` (the trunk's input)."""
+        return F.relu(self.norm_fuse(self.fuse(self.branch_maps(blocks))), inplace=True)
+
     def extract(self, blocks: torch.Tensor) -> torch.Tensor:
         """All given sub-blocks in one call per layer: ``[n, 2r+1, H, W] -> [n, F, H', W']``."""
-        tmp = F.relu(self.norm_fuse(self.fuse(self.branch_maps(blocks))), inplace=True)  # [n, F, H', W']
+        if self.checkpointing and torch.is_grad_enabled():  # head and each trunk block a checkpointed segment
+            tmp = checkpointed(self.head, blocks, owner=self)
+            out = tmp
+            for block in self.trunk:
+                out = checkpointed(block, out)
+            return out + tmp
+        tmp = self.head(blocks)  # [n, F, H', W']
         out = self.trunk(tmp)  # [n, F, H', W']
         if torch.is_grad_enabled() or out is tmp:  # the trunk's last ReLU needs its output for the backward
             return out + tmp
@@ -219,7 +236,7 @@ class HSFE(nn.Module):
         (tests/test_train_ray.py) learned clearly worse at the same seeds (val top-1 0.69 against 0.94), although a
         single process gives the same outputs and gradients (tests/test_model_hsfe.py); the cause is not found."""
         fmt = self.cfg.memory_format
-        return fmt == "channels_last" or (fmt == "auto" and blocks.device.type == "cpu" and not torch.is_grad_enabled())
+        return self.force_channels_last or fmt == "channels_last" or (fmt == "auto" and blocks.device.type == "cpu" and not torch.is_grad_enabled())
 
     def forward(self, blocks: torch.Tensor) -> torch.Tensor:
         if self.channels_last(blocks):  # the input's layout carries through every conv (the weights need not move)

@@ -7,8 +7,53 @@ see every multiply-accumulate, including the two attention products. Sequences a
 
 from __future__ import annotations
 
+import contextlib
+from typing import Callable, Iterator
+
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+@contextlib.contextmanager
+def running_stats_kept(module: nn.Module) -> Iterator[None]:
+    """The running statistics of `module`'s training BatchNorms put back as they were after the block."""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+           and m.track_running_stats]
+    saved = [(b, b.clone()) for m in bns for b in (m.running_mean, m.running_var, m.num_batches_tracked)
+             if b is not None]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buf, value in saved:
+                buf.copy_(value)
+
+
+def checkpointed(fn: Callable[..., torch.Tensor], *args: torch.Tensor, owner: nn.Module | None = None
+                 ) -> torch.Tensor:
+    """``fn(*args)`` under activation checkpointing (``torch.utils.checkpoint``, ``use_reentrant=False``) while
+    autograd records, else a plain call.
+
+    Only `args` and the output are kept for the backward; `fn`'s inner activations are recomputed in the backward
+    (the RNG state is replayed, so dropout draws the same mask). The recomputation runs a training BatchNorm a second
+    time on the same batch: its running statistics are restored afterwards, so they move once per forward as without
+    checkpointing (gradients and statistics tested equal, tests/test_checkpointing.py). `owner`: the module whose
+    BatchNorms `fn` runs (default: `fn` itself when it is a module).
+    """
+    if not torch.is_grad_enabled():
+        return fn(*args)
+    owner = owner if owner is not None else fn if isinstance(fn, nn.Module) else None
+    calls = []
+
+    def run(*xs: torch.Tensor) -> torch.Tensor:
+        if not calls:  # the forward
+            calls.append(True)
+            return fn(*xs)
+        with running_stats_kept(owner) if owner is not None else contextlib.nullcontext():  # the recomputation
+            return fn(*xs)
+
+    return checkpoint(run, *args, use_reentrant=False)
 
 
 class MatMul(nn.Module):

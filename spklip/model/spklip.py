@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spklip.config.model import LossCfg, ModelCfg
+from spklip.model.hsfe import HSFE
 from spklip.model.text import build_text_tower, eval_prompts
 
 
@@ -60,6 +61,7 @@ class Spklip(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(loss_cfg.init_logit_scale)))
         self.max_logit_scale = loss_cfg.max_logit_scale
         self._class_cache: dict[tuple, torch.Tensor] = {}
+        self._compiled_visual = None  # `compile_visual`: the training forward's visual tower (not a submodule)
 
     def check_spikes(self, spikes: torch.Tensor) -> None:
         """Raise ValueError naming the problem if `spikes` is not ``[B, N, H, W]`` of the size the model was built for."""
@@ -75,7 +77,8 @@ class Spklip(nn.Module):
         ``model.fsve.loss_per_step``: ``[T, B, D]``, one per SNN time step)."""
         self.check_spikes(spikes)
         x = spikes.to(self.logit_scale.dtype)
-        return F.normalize(self.visual(x), dim=-1)
+        visual = self._compiled_visual if self._compiled_visual is not None and self.training else self.visual
+        return F.normalize(visual(x), dim=-1)
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         """Strings -> ``[B, D]`` L2-normalised embeddings (tokenised inside the text tower)."""
@@ -87,6 +90,24 @@ class Spklip(nn.Module):
         """A module mapping spikes ``[B, N, H, W]`` -> normalised ``[B, D]``; ``torch.jit.trace`` works on it (the
         forward has no data-dependent Python control flow), e.g. for logging to MLflow."""
         return SpikeEncoderView(self)
+
+    def use_channels_last(self) -> bool:
+        """Put the visual tower's conv weights in channels_last and run the HSFE maps in it (so every conv after
+        them is NHWC too), whatever ``model.hsfe.memory_format`` says; the outputs are the same to float rounding.
+        ANN visual towers only: a spiking tower (``fsve.variant``) is left as it is. Returns whether it applied."""
+        if self.cfg.fsve.variant != "none":
+            return False
+        self.visual.to(memory_format=torch.channels_last)  # 4-d weights NHWC (others unchanged)
+        for m in self.visual.modules():
+            if isinstance(m, HSFE):
+                m.force_channels_last = True
+        return True
+
+    def compile_visual(self, **options) -> None:
+        """``torch.compile`` the visual tower for the training forward (``self.training``): evaluation, energy
+        hooks and export keep the eager module. The compiled wrapper shares the tower's parameters and is kept out
+        of the module tree, so ``state_dict`` and checkpoints are unchanged."""
+        object.__setattr__(self, "_compiled_visual", torch.compile(self.visual, **options))
 
     def scale(self) -> torch.Tensor:
         """exp(log-scale) clamped at the maximum (100 by default)."""

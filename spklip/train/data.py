@@ -129,9 +129,12 @@ def train_batches(shard, cfg: ExperimentConfig, epoch: int) -> Iterator[dict[str
     same batches as an uninterrupted one when the shard is read by a single worker from the in-memory dataset. (The
     streaming one's row-group order is reseeded per execution, counted from the process's first epoch, and its
     parallel reads finish in no fixed order: a resumed epoch gets another order.)
+
+    The batches stay on the CPU: the training loop moves each micro-batch to its device (`spklip.torchutil.to_device`:
+    on CUDA pinned and non-blocking, so the copy does not wait for the step the GPU is still running).
     """
     yield from torch_batches(shard, cfg.data.batch_size, epoch=epoch, seed=cfg.data.seed, shuffle=cfg.data.shuffle,
-                             drop_last=True)
+                             drop_last=True, device="cpu")
 
 
 def steps_per_epoch(train_rows: int, cfg: ExperimentConfig, world: int) -> int:

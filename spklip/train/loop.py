@@ -19,11 +19,11 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-from spklip.config import ExperimentConfig
+from spklip.config import ExperimentConfig, TrainCfg
 from spklip.data.augment import augment_batch
 from spklip.loss import caption_keys
 from spklip.model.text import in_templates, training_texts
-from spklip.torchutil import maybe_autocast, unwrap
+from spklip.torchutil import maybe_autocast, to_device, unwrap
 from spklip.train.checkpoint import TrainState
 from spklip.train.schedule import build_optimizer, build_scheduler
 from spklip.train.timing import Phases
@@ -51,6 +51,39 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return None
 
 
+def resolve_channels_last(setting: bool | str, device: torch.device) -> bool:
+    """``train.channels_last``: ``auto`` is channels_last on CUDA only."""
+    return setting is True or (setting == "auto" and torch.device(device).type == "cuda")
+
+
+def prepare_for_device(model: torch.nn.Module, train: TrainCfg, device: torch.device) -> dict[str, bool]:
+    """The throughput options of `train` for `device`, applied once to `model` (bare or DDP-wrapped; idempotent):
+
+    * CUDA: ``torch.backends.cudnn.benchmark = True`` (clip shapes are fixed, so the algorithm search is paid once
+      per shape);
+    * ``train.channels_last`` (auto: CUDA only): `Spklip.use_channels_last`;
+    * ``train.compile``: `Spklip.compile_visual` (the training forward's visual tower).
+
+    Returns what is on. Called by `Loop.create`; a caller that wraps the model in DDP may call it before wrapping (it
+    then changes the layout of the weights before DDP lays out its gradient buckets).
+    """
+    device = torch.device(device)
+    bare = unwrap(model)
+    done = getattr(bare, "_spklip_prepared", None)
+    if done is not None:
+        return done
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    channels_last = bool(resolve_channels_last(train.channels_last, device) and hasattr(bare, "use_channels_last")
+                         and bare.use_channels_last())  # False where the model has no such layout (spiking towers)
+    compiled = bool(train.compile and hasattr(bare, "compile_visual"))
+    if compiled:
+        bare.compile_visual()
+    done = {"cudnn_benchmark": device.type == "cuda", "channels_last": channels_last, "compile": compiled}
+    object.__setattr__(bare, "_spklip_prepared", done)
+    return done
+
+
 @dataclass
 class Loop:
     """Everything one optimiser step needs; build it with `Loop.create`."""
@@ -71,7 +104,9 @@ class Loop:
     @classmethod
     def create(cls, cfg: ExperimentConfig, model: torch.nn.Module, loss_fn, device: torch.device,
                total_steps: int, rank: int = 0) -> "Loop":
-        """AdamW + warmup/cosine over `total_steps` optimiser steps on `model` (already on `device`)."""
+        """AdamW + warmup/cosine over `total_steps` optimiser steps on `model` (already on `device`), with the
+        device's throughput options (`prepare_for_device`)."""
+        prepare_for_device(model, cfg.train, device)
         optimizer = build_optimizer(unwrap(model), cfg.optim)
         scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
         return cls(cfg, model, loss_fn, optimizer, scheduler, device, total_steps,
@@ -83,7 +118,7 @@ class Loop:
         The augmentation of micro-batch `index` of `epoch` on this rank is a pure function of
         ``(train.seed, rank, epoch, index)``, so a resumed run augments exactly like an uninterrupted one.
         """
-        spikes = batch["spikes"].to(self.device, non_blocking=True)  # [B, N, H, W] uint8
+        spikes = to_device(batch["spikes"], self.device)  # [B, N, H, W] uint8; CUDA: pinned, non-blocking
         captions = training_texts(self.cfg.model.text, batch)  # the caption or class-name column
         if not self.cfg.augment.enabled:
             return spikes, captions
@@ -105,9 +140,9 @@ class Loop:
         """Keys that mark a batch's positive pairs for the loss (``loss.positives``); None: only the diagonal."""
         mode = self.cfg.loss.positives
         if mode == "caption":
-            return caption_keys(captions).to(self.device)
+            return to_device(caption_keys(captions), self.device)
         if mode == "label":
-            return torch.as_tensor(batch["label"]).to(self.device)
+            return to_device(torch.as_tensor(batch["label"]), self.device)
         return None
 
     def autocast(self):
