@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from typing import Callable
 
+from spklip.config.train import RUN_NAME_MAX_BYTES
+
 SEED_MAX = 2**32 - 1  # numpy's legacy seeding and many generators take 32-bit seeds
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=+,@-]*")  # a run or sweep name (`check_name`)
 
 
 def int_range(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
@@ -86,18 +90,32 @@ def bounded_str(max_len: int, what: str = "value") -> Callable[[str], str]:
     return parse
 
 
-def folder_name(max_bytes: int = 200, what: str = "a name") -> Callable[[str], str]:
-    """An argparse type: a name that becomes one folder (``--name``): not empty, at most `max_bytes` bytes of UTF-8
-    (a file name holds 255), no ``/`` or NUL, not ``.`` or ``..``."""
+def check_name(name: str, what: str = "--name", max_len: int = RUN_NAME_MAX_BYTES) -> str:
+    """`name` if it is one plain folder name, else ValueError (one line, naming `what`): not empty, letters, digits
+    and ``. _ - = + , @`` only (ASCII: characters are bytes), not starting with ``.`` or ``-``, no ``..``, no ``/``,
+    at most `max_len` characters. The one check of a run or sweep name: ``--name`` (`folder_name`, at parsing),
+    ``tracking.run_name`` and names given to `spklip.train.launcher.prepare_run` (re-exported by
+    `spklip.train.ownership`)."""
+    shown = name if len(name) <= 40 else name[:40] + "..."
+    if not name:
+        raise ValueError(f"{what}: the name is empty")
+    if len(name) > max_len:
+        raise ValueError(f"{what} {shown!r}: the name has {len(name)} characters, at most {max_len} are allowed")
+    if ".." in name or not _NAME.fullmatch(name):
+        raise ValueError(f"{what} {shown!r}: a name is one folder name: letters, digits and . _ - = + , @ "
+                         "(no '/', no '..', not starting with '.' or '-')")
+    return name
+
+
+def folder_name(max_bytes: int = RUN_NAME_MAX_BYTES, what: str = "a name") -> Callable[[str], str]:
+    """An argparse type: a name that becomes one folder (``--name``), held to `check_name` (`max_bytes`: its
+    length limit; ASCII only, so characters are bytes)."""
 
     def parse(text: str) -> str:
-        size = len(text.encode("utf-8", "surrogatepass"))
-        if not text or text in (".", "..") or "/" in text or "\0" in text:
-            raise argparse.ArgumentTypeError(f"{what} must be one folder name (no '/', not '.' or '..'), got "
-                                             f"{text[:80]!r}")
-        if size > max_bytes:
-            raise argparse.ArgumentTypeError(f"{what} must be at most {max_bytes} bytes, got {size}")
-        return text
+        try:
+            return check_name(text, what, max_bytes)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
 
     parse.__name__ = "name"
     return parse

@@ -22,19 +22,26 @@ A private session folder: Ray's default temp folder (``/tmp/ray``) and every fol
 without the sticky bit (`ray._common.utils.try_to_create_directory`), its logs world-readable. `init_local` gives
 Ray a temp folder inside a folder of mode 0700 (`private_temp_dir`): ``<run folder>/ray_tmp/ray``, or a fresh
 ``/tmp/spklip-ray-XXXXXXXX/ray`` when the run folder's path is too long for Ray's unix sockets.
+
+What the cluster can hold: `cluster_capacity` (the alive nodes' resources, or an autoscaler's maximum) and
+`resource_shortfall` (why a worker group can never be placed there), so an impossible request is refused in one
+line instead of waiting for ever on a placement group (`spklip.train.launcher.check_resources`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
+import math
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import ray
 from ray._private import ray_constants
+from ray._private.state import state as ray_state
 from ray._private.authentication.authentication_token_generator import generate_new_authentication_token
 
 LOOPBACK_ENV = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR  # "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -118,3 +125,57 @@ def init_local(temp_parent: str | os.PathLike | None = None, **kwargs: Any) -> A
     kwargs.setdefault("_temp_dir", str(private_temp_dir(temp_parent)))
     with loopback_node():
         return ray.init(address="local", **kwargs)
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What a Ray cluster can give a worker group: each node's total resources, or, for an autoscaling cluster, the
+    most its autoscaler may bring up (one entry: the sum over its node types, per-node limits not known)."""
+
+    nodes: tuple[dict[str, float], ...]
+    autoscaling: bool = False
+
+    def total(self, resource: str) -> float:
+        return sum(node.get(resource, 0.0) for node in self.nodes)
+
+
+def cluster_capacity() -> Capacity:
+    """The connected Ray's `Capacity` (Ray must be running).
+
+    Without an autoscaler (an in-process Ray, ``ray start`` by hand, the local cluster) the alive nodes are all there
+    is: exact for an in-process Ray; a node joined later by hand is not waited for. With one (its cluster config
+    names node types: KubeRay, ``ray up``) the limit is what it may add, the figure Ray Train itself checks against
+    (`get_max_resources_from_cluster_config`, no public API), which a busy or slow autoscaler may still not deliver:
+    Ray Train then times out the worker group's start and retries it.
+    """
+    most = ray_state.get_max_resources_from_cluster_config()
+    if most:
+        return Capacity(({k: float(v) for k, v in most.items()},), autoscaling=True)
+    total = ray.cluster_resources()  # the cluster's total; each node's, to know whether one worker fits a node
+    nodes = tuple({k: float(v) for k, v in n.get("Resources", {}).items()} for n in ray.nodes() if n.get("Alive"))
+    return Capacity(nodes or (dict(total),))
+
+
+def _workers_on(node: dict[str, float], per_worker: dict[str, float]) -> int:
+    """How many workers of `per_worker` resources one node holds."""
+    fits = [math.floor(node.get(k, 0.0) / v + 1e-9) for k, v in per_worker.items() if v > 0]
+    return min(fits) if fits else 1 << 30
+
+
+def resource_shortfall(per_worker: dict[str, float], workers: int, capacity: Capacity) -> str | None:
+    """Why `workers` workers needing `per_worker` each (``{"CPU": 2, "GPU": 1}``) can never all be placed on
+    `capacity` (Ray Train's placement group: one bundle per worker, each on one node); None when they can."""
+    for resource, amount in per_worker.items():
+        if amount * workers > capacity.total(resource) + 1e-9:
+            return (f"{workers} worker(s) x {amount:g} {resource} = {amount * workers:g} {resource}, but the cluster "
+                    f"{'may grow to' if capacity.autoscaling else 'has'} {capacity.total(resource):g} {resource}")
+    if capacity.autoscaling:
+        return None  # only the total is known
+    held = sum(_workers_on(node, per_worker) for node in capacity.nodes)
+    if held < workers:
+        each = ", ".join(f"{v:g} {k}" for k, v in per_worker.items())
+        biggest = max(capacity.nodes, key=lambda n: _workers_on(n, per_worker))
+        return (f"{workers} worker(s) of {each} each, but the cluster's {len(capacity.nodes)} node(s) hold {held} "
+                f"such worker(s) (a worker runs on one node; the largest has "
+                f"{', '.join(f'{biggest.get(k, 0.0):g} {k}' for k in per_worker)})")
+    return None

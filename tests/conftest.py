@@ -38,3 +38,13 @@ def ray_session():
     yield ray
     if started:
         ray.shutdown()
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Fail a test whose command would start Ray (it should have stopped before: bad input, a held folder...)."""
+    from spklip.train import launcher
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("Ray was started")
+    monkeypatch.setattr(launcher, "ensure_ray", refuse)

@@ -38,13 +38,6 @@ def shards(tmp_path_factory):
 
 
 @pytest.fixture
-def no_ray(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("Ray was started")
-    monkeypatch.setattr(launcher, "ensure_ray", refuse)
-
-
-@pytest.fixture
 def holder():
     """Start a process that locks a folder; yields (start(folder) -> pid); kills what it started."""
     started = []

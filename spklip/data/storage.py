@@ -15,15 +15,24 @@ stores (Tune's ``tuner.pkl`` in the bucket), and a secret must not end up there.
 pods) therefore needs the credentials in its own environment (docs/cluster.md, "Object storage (S3)").
 
 Other URI schemes (``gs://``, ``hdfs://``) go to ``pyarrow.fs.FileSystem.from_uri`` unchanged.
+
+One S3 filesystem per endpoint, region and credentials in the environment is made and kept (`s3_filesystem`). At
+interpreter exit (`release_s3`, registered when the first one is made, so it runs before the exit hooks of what
+was imported earlier) spklip drops those, collects garbage and finalises pyarrow's S3 subsystem itself: an S3 client
+destroyed during the interpreter's own teardown, after the AWS SDK was shut down, crashed an exiting process (exit
+code 139) now and then.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import gc
 import os
 import posixpath
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlparse
@@ -31,6 +40,10 @@ from urllib.parse import urlparse
 import pyarrow.fs as pafs
 
 PathLike = str | os.PathLike
+_CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+_S3: dict[tuple, pafs.S3FileSystem] = {}  # the S3 filesystems made (`s3_filesystem`), released at exit (`release_s3`)
+_S3_LOCK = threading.Lock()
+_S3_AT_EXIT: list[bool] = []  # whether `release_s3` is registered
 
 
 def is_uri(path: PathLike) -> bool:
@@ -40,14 +53,32 @@ def is_uri(path: PathLike) -> bool:
 
 
 def s3_filesystem() -> pafs.S3FileSystem:
-    """An S3 filesystem for the endpoint and region in the environment (see the module docstring)."""
+    """The S3 filesystem for the endpoint and region in the environment (see the module docstring); one per
+    endpoint, region and credentials, kept until exit (`release_s3`)."""
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
     region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
     options: dict = {"region": region}
     if endpoint:
         parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
         options.update(endpoint_override=parsed.netloc + parsed.path.rstrip("/"), scheme=parsed.scheme)
-    return pafs.S3FileSystem(**options)
+    # the filesystem reads the credentials once, when made: other credentials in the environment, another one
+    key = (tuple(sorted(options.items())), tuple(os.environ.get(k) for k in _CREDENTIAL_ENV))
+    with _S3_LOCK:
+        if not _S3_AT_EXIT:
+            atexit.register(release_s3)  # registered after pyarrow's own finaliser (at import): runs before it
+            _S3_AT_EXIT.append(True)
+        if key not in _S3:
+            _S3[key] = pafs.S3FileSystem(**options)
+        return _S3[key]
+
+
+def release_s3() -> None:
+    """Drop the S3 filesystems spklip made, collect what referenced them and finalise pyarrow's S3 subsystem
+    (at exit; any S3 filesystem still alive is unusable afterwards)."""
+    with _S3_LOCK:
+        _S3.clear()
+    gc.collect()
+    pafs.finalize_s3()
 
 
 def resolve(uri: PathLike) -> tuple[pafs.FileSystem, str]:

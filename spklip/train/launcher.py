@@ -7,6 +7,13 @@ Public API (also used by the sweep layer, spklip/tune):
   * `fit(cfg, ...) -> FitResult`: build, fit, log the best checkpoint's encoder as an MLflow model, close the run.
 Re-running with the same ``run_name`` and ``storage_path`` resumes from the latest checkpoint (same MLflow run).
 
+Every way out of `fit` once its MLflow run is open ends that run (`run_closed`): FINISHED; KILLED on Ctrl-C or
+SIGTERM; FAILED otherwise, tagged `FAILURE_TAG` with the error's one line. Ctrl-C while Ray Train runs is a
+``KeyboardInterrupt`` here (`SpklipTrainer`), as anywhere else. What would fail the same way in every worker (a
+model that cannot be built, a resumed checkpoint that cannot be read, more CPUs or GPUs than the cluster has) is
+checked on the driver first (`check_before_workers`, `check_resources`), so Ray Train neither retries it
+``scale.max_failures`` times nor waits for ever.
+
 ``storage_path`` may be an ``s3://`` URI (`spklip.data.storage`): Ray's storage (checkpoints, results) and the small
 files a resume reads (`CONFIG_FILE`, `RUN_FILE`) go to the bucket; what is appended while the run trains (spklip.log,
 progress.log, the tracking spool) stays in a local run folder, `local_run_folder`.
@@ -14,19 +21,22 @@ progress.log, the tracking spool) stays in a local run folder, `local_run_folder
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import os
+import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import ray
 import ray.train
@@ -39,18 +49,21 @@ from spklip.data.read import dataset_info
 from spklip.logs import RunOutput
 from spklip.train.export import export_checkpoint
 from spklip.outdir import private_dir
-from spklip.rayenv import connect, init_local
+from spklip.rayenv import cluster_capacity, connect, init_local, resource_shortfall
 from spklip.train import data as train_data
-from spklip.train.checkpoint import model_from_checkpoint
+from spklip.model import create_model
+from spklip.train.checkpoint import load_model_weights, model_from_checkpoint, read_checkpoint
 from spklip.train.epoch_eval import log_report_artifacts
 from spklip.train.final_eval import BEST, FINAL, evaluate_on_test
 from spklip.train.faults import FAULT_ENV_PREFIX
 from spklip.train.timing import Timeline
 from spklip.train.torch_store import LoopbackTorchConfig
-from spklip.train.worker import FailFastOnDataError, WorkerPlan, fail_fast_error_in, train_fn_per_worker
+from spklip.train.worker import (FailFastOnDataError, ModelError, WorkerPlan, fail_fast_error_in,
+                                 ray_resume_checkpoint, train_fn_per_worker)
 from spklip.train.ownership import check_name, folder_location, lock_folder
 from spklip.tracking import (SPOOL_DIR, Tracker, claim_run, credentials_env, ensure_experiment, git_commit,
-                             is_remote, register_model, resolve_uri, send_model_folder, shard_set_dataset, start_run)
+                             is_remote, redact_text, register_model, resolve_uri, send_model_folder,
+                             shard_set_dataset, start_run)
 
 CONFIG_FILE = "spklip_config.json"  # inside {storage_path}/{run_name}: the run's flat config (`spklip train --resume`)
 RUN_FILE = "spklip_run.json"  # inside {storage_path}/{run_name}: the MLflow run a resumed job keeps logging to
@@ -58,6 +71,12 @@ WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAY_CHDIR_TO_
 FOLDER_TAG = "spklip.run_folder"  # on a run's MLflow run: the folder it was created in (`spklip_run.json` too)
 FOLDER_ID_TAG = "spklip.run_folder_id"  # and that folder's random id
 COPIED_FROM_TAG = "spklip.copied_from"  # on the new MLflow run of a copied (or moved) run folder: the original run
+FAILURE_TAG = "spklip.failure"  # on a FAILED or KILLED run: why, in one line (`run_closed`)
+FAILURE_TAG_MAX = 1000  # characters of that line kept
+
+
+class ResourceError(ValueError):
+    """The worker group asks for more than the Ray cluster can ever give (`check_resources`)."""
 
 
 @dataclass
@@ -239,18 +258,104 @@ def prepare_run(cfg: ExperimentConfig, *, run_name: str | None = None, storage_p
     private_dir(cfg.train.run_dir)  # every check passed: the MLflow store, checkpoints and spool, the user's alone
     run_folder = local_run_folder(cfg, storage_path, run_name)
     lock_folder(run_folder, f"run {run_name}")  # until this driver exits: a second driver of the run stops here
+    check_before_workers(cfg, storage_path, run_name)  # a model that cannot be built, a resume that cannot be read
     config_file = storage.join(storage_path, run_name, CONFIG_FILE)
     if not storage.exists(config_file):  # the first attempt's config is what a --resume trains
         storage.write_text(config_file, json.dumps(cfg.to_flat_dict(), indent=1))
     with ThreadPoolExecutor(1, thread_name_prefix="spklip-mlflow-run") as pool:
         opening = pool.submit(_mlflow_run, cfg, run_name, run_folder, dataset, mlflow_parent_run_id, tags,
                               saved=storage.join(storage_path, run_name, RUN_FILE))
-        if start_ray is not None:
-            start_ray(temp_parent=run_folder)  # an in-process Ray's session folder goes inside the run folder
-            timeline.mark("ray_init")
+        try:
+            if start_ray is not None:
+                start_ray(temp_parent=run_folder)  # an in-process Ray's session folder goes inside the run folder
+                timeline.mark("ray_init")
+        except BaseException as e:  # Ray did not start, Ctrl-C: the run being opened is closed, not left RUNNING
+            _close_opening(opening, e)
+            raise
         tracker = opening.result()
     timeline.mark("mlflow_run")  # after ray_init when both ran: what was left to wait for
     return RunPlan(cfg, run_name, storage_path, dataset, total, tracker, timeline)
+
+
+def _close_opening(opening: Future, error: BaseException) -> None:
+    """End the MLflow run `opening` opens (once it has) as `error` ends it (`end_run`); nothing when it failed."""
+    try:
+        tracker = opening.result()
+    except BaseException:  # noqa: BLE001 - `error` is the one reported
+        return
+    end_run(tracker, error)
+
+
+def check_before_workers(cfg: ExperimentConfig, storage_path: str, run_name: str) -> None:
+    """Raise, once, here, what every Ray Train worker would raise in turn, ``scale.max_failures`` + 1 times (Ray
+    Train retries every worker error): the model cannot be built from the config (`ModelError`: a missing
+    ``model.text.pretrained`` folder, ...), and the checkpoint a resumed run continues from cannot be read (a
+    corrupted, truncated or foreign ``state.pt``) or does not fit the model (`CheckpointError`, naming the file).
+    Local mode (``scale.num_workers=0``) runs the loop in this process: its own errors are raised once already.
+    Workers still check for themselves (`spklip.train.worker.FAIL_FAST`): a folder may exist here and not on their
+    node."""
+    if cfg.scale.num_workers == 0:
+        return
+    try:
+        model = create_model(cfg.model, loss_cfg=cfg.loss)  # on the CPU; built again by each worker
+    except ValueError as e:
+        raise ModelError(str(e)) from None
+    resume = ray_resume_checkpoint(storage.join(storage_path, run_name))
+    if resume is not None:
+        load_model_weights(model, read_checkpoint(resume)["model"], source=resume)
+
+
+def worker_resources(cfg: ExperimentConfig) -> tuple[bool, dict[str, float]]:
+    """``(use_gpu, resources per worker)`` of the run's Ray Train workers (Ray must be running)."""
+    gpu = _use_gpu(cfg)
+    return gpu, {"CPU": cfg.scale.cpus_per_worker, **({"GPU": 1.0} if gpu else {})}
+
+
+def check_resources(cfg: ExperimentConfig) -> None:
+    """Refuse, in one line (`ResourceError`), a worker group the cluster can never hold, rather than wait for ever
+    on its placement group (`spklip.rayenv.cluster_capacity`: exact without an autoscaler, the in-process Ray
+    included; against the autoscaler's maximum with one). Local mode asks Ray for nothing."""
+    if cfg.scale.num_workers == 0:
+        return
+    _, per_worker = worker_resources(cfg)
+    capacity = cluster_capacity()
+    why = resource_shortfall(per_worker, cfg.scale.num_workers, capacity)
+    if why is not None:
+        where = cfg.scale.address or os.environ.get("RAY_ADDRESS", "") or "in-process Ray"
+        raise ResourceError(f"scale asks for {why} ({where}): lower scale.num_workers or scale.cpus_per_worker"
+                            + (", or set scale.use_gpu=false" if "GPU" in why else ""))
+
+
+def failure_line(error: BaseException) -> str:
+    """`error` as the one line `FAILURE_TAG` keeps (no password in it: `redact_text`)."""
+    if isinstance(error, (KeyboardInterrupt, SystemExit)):
+        return "interrupted"
+    lines = [line.strip() for line in redact_text(str(error)).splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    if not (isinstance(error, (ValueError, OSError)) and text):  # spklip's own words stand alone
+        text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return text[:FAILURE_TAG_MAX]
+
+
+def end_run(tracker: Tracker, error: BaseException | None = None) -> None:
+    """End the MLflow run: FINISHED without `error`; KILLED for Ctrl-C (``KeyboardInterrupt``) and SIGTERM (Ray's
+    handler exits with ``SystemExit``); FAILED for anything else. An ended-by-error run is tagged `FAILURE_TAG`."""
+    if error is None:
+        tracker.terminate("FINISHED")
+        return
+    tracker.set_tags({FAILURE_TAG: failure_line(error)})
+    tracker.terminate("KILLED" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "FAILED")
+
+
+@contextlib.contextmanager
+def run_closed(tracker: Tracker) -> Iterator[None]:
+    """``with run_closed(plan.tracker):`` the MLflow run ends with the block, however it ends (`end_run`)."""
+    try:
+        yield
+    except BaseException as e:
+        end_run(tracker, e)
+        raise
+    end_run(tracker)
 
 
 def resume_target(name_or_dir: str, storage_path: str | None, run_dir: str) -> tuple[ExperimentConfig, str, str]:
@@ -285,8 +390,7 @@ def build_trainer(plan: RunPlan, callbacks: Sequence[Any] = ()) -> TorchTrainer:
         callbacks: Ray Train callbacks, e.g. ``ray.tune.integration.ray_train.TuneReportCallback()``.
     """
     cfg = plan.cfg
-    gpu = _use_gpu(cfg)
-    resources = {"CPU": cfg.scale.cpus_per_worker, **({"GPU": 1} if gpu else {})}
+    gpu, resources = worker_resources(cfg)
     run_dir = str(local_run_folder(cfg, plan.storage_path, plan.run_name))
     datasets = {"train": train_data.ray_train_dataset(cfg)}
     plan.timeline.mark("dataset")
@@ -295,7 +399,7 @@ def build_trainer(plan: RunPlan, callbacks: Sequence[Any] = ()) -> TorchTrainer:
                              run_dir=run_dir, timeline=plan.timeline)
     # fault-injection switches (spklip.train.faults) reach the workers whatever environment Ray started them with
     env = {**WORKER_ENV, **{k: v for k, v in os.environ.items() if k.startswith(FAULT_ENV_PREFIX)}}
-    return TorchTrainer(
+    return SpklipTrainer(
         train_fn_per_worker, train_loop_config={"plan": worker_plan}, torch_config=LoopbackTorchConfig(),
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scale.num_workers, use_gpu=gpu,
                                                resources_per_worker=resources,
@@ -326,21 +430,55 @@ def fit(cfg: ExperimentConfig, *, run_name: str | None = None, storage_path: str
     start_ray = functools.partial(ensure_ray, cfg.scale.address, verbose=output.verbose if output is not None else True)
     plan = prepare_run(cfg, run_name=run_name, storage_path=storage_path, mlflow_parent_run_id=mlflow_parent_run_id,
                        tags=tags, timeline=timeline, start_ray=start_ray)
-    if output is not None:
-        output.attach(local_run_folder(plan.cfg, plan.storage_path, plan.run_name), follow=True)
-        output.ray_logs = ray_logs_dir()
-    trainer = build_trainer(plan, callbacks)
+    with run_closed(plan.tracker):  # from here on, every way out ends the MLflow run (FINISHED, KILLED, FAILED)
+        if output is not None:
+            output.attach(local_run_folder(plan.cfg, plan.storage_path, plan.run_name), follow=True)
+            output.ray_logs = ray_logs_dir()
+        check_resources(plan.cfg)  # before Ray Train waits on a placement group the cluster cannot hold
+        result = _fit_trainer(build_trainer(plan, callbacks))
+        out = _finish(plan, result, time.perf_counter() - t0)
+        out.best_metrics = _best_metrics(result, out)
+    return out
+
+
+class SpklipTrainer(TorchTrainer):
+    """``TorchTrainer`` whose Ctrl-C is a ``KeyboardInterrupt`` in the driver, as everywhere else in spklip.
+
+    Ray Train 2.60 installs its own SIGINT handler while it waits for its controller (`_register_sigint_handler`, an
+    internal hook): it aborts the controller, then ends the process with ``sys.exit(0)`` from inside Ray (the
+    process then exited 1, with no message and the MLflow run RUNNING). This one asks the controller to abort
+    (not waited for: the driver's exit ends its workers anyway) and raises ``KeyboardInterrupt``, which `run_closed`
+    turns into a KILLED run and ``spklip`` into ``spklip: interrupted``, exit 130. A second Ctrl-C gets Python's
+    own handler."""
+
+    def _register_sigint_handler(self, controller) -> None:
+        signal.signal(signal.SIGINT, functools.partial(_interrupt, controller))
+
+
+def _interrupt(controller, signum: int, frame) -> None:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        result = trainer.fit()
-    except BaseException as e:
-        plan.tracker.terminate("FAILED")
+        controller.abort.remote()
+    except Exception:  # noqa: BLE001 - the controller is gone already: nothing left to stop
+        pass
+    raise KeyboardInterrupt
+
+
+def _fit_trainer(trainer: TorchTrainer):
+    """``trainer.fit()``: a deterministic worker error (`fail_fast_error_in`) comes out as its own one line, not
+    Ray Train's wrapper; the SIGINT handler in place before (`SpklipTrainer` replaces it) is put back."""
+    main = threading.current_thread() is threading.main_thread()  # Ray Train touches no handler elsewhere (Tune)
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        return trainer.fit()
+    except Exception as e:
         bad = fail_fast_error_in(e)
         if bad is not None:  # a shard that cannot be read, a diverged run: one line naming the file or the step,
             raise bad from None  # not Ray Train's wrapper
         raise
-    out = _finish(plan, result, time.perf_counter() - t0)
-    out.best_metrics = _best_metrics(result, out)
-    return out
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _best_metrics(result, out: FitResult) -> dict[str, float]:
@@ -352,7 +490,8 @@ def _best_metrics(result, out: FitResult) -> dict[str, float]:
 
 
 def _finish(plan: RunPlan, result, seconds: float) -> FitResult:
-    """Collect checkpoints/metrics, log the best encoder to MLflow (and register it), close the run."""
+    """Collect checkpoints/metrics, score them on the test split, log the best encoder to MLflow (and register it).
+    The run is ended by `fit` (`run_closed`): FINISHED, or FAILED when any of this fails."""
     best = None
     if result.best_checkpoints:
         sign = 1 if plan.cfg.train.metric_mode == "max" else -1
@@ -372,7 +511,6 @@ def _finish(plan: RunPlan, result, seconds: float) -> FitResult:
     if plan.tracker.enabled:
         plan.tracker.log_metrics({"fit/seconds": seconds}, int(out.metrics.get("step", 0)))
         plan.tracker.set_tags({"best_checkpoint": str(out.best_checkpoint)})
-    plan.tracker.terminate("FINISHED")
     return out
 
 

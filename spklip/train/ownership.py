@@ -1,9 +1,10 @@
 """One driver per run folder, run names that stay inside their folder, and where a run folder was created.
 
-* `check_name`: a run or sweep name (``--name``, ``tracking.run_name``) is one plain folder name: no ``/``, no
-  ``..``, no leading ``.`` or ``-``, nothing but letters, digits and ``. _ - = + , @``, at most `NAME_MAX`
-  characters. Checked before Ray or MLflow start (after the coarser argparse type of ``--name``,
-  `spklip.cliargs.folder_name`).
+* `check_name` (`spklip.cliargs.check_name`, re-exported here): a run or sweep name (``--name``,
+  ``tracking.run_name``) is one plain folder name: no ``/``, no ``..``, no leading ``.`` or ``-``, nothing but
+  letters, digits and ``. _ - = + , @``, at most `NAME_MAX` characters. The argparse type of ``--name``
+  (`spklip.cliargs.folder_name`) is the same check, so a bad ``--name`` stops at parsing; ``tracking.run_name`` is
+  checked before Ray or MLflow start.
 * `lock_folder`: an exclusive ``flock`` on ``<folder>/spklip.lock``, held until this process exits (the kernel
   releases it when the process dies, SIGKILL included: no stale lock to clean up). A second driver of the same run
   or sweep gets `RunInUseError` naming the holder's PID. Taking it again in the process that holds it is a no-op
@@ -17,34 +18,21 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import re
 import socket
 from pathlib import Path
 
+from spklip.cliargs import check_name
 from spklip.config.train import RUN_NAME_MAX_BYTES
 from spklip.data import storage
 
 LOCK_FILE = "spklip.lock"
 NAME_MAX = RUN_NAME_MAX_BYTES  # ASCII only: characters are bytes
-_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=+,@-]*")
+__all__ = ["LOCK_FILE", "NAME_MAX", "RunInUseError", "check_name", "folder_location", "lock_folder", "release_folder"]
 _HELD: dict[str, int] = {}  # realpath of a locked folder -> the open lock file (kept open: the lock lives with it)
 
 
 class RunInUseError(ValueError):
     """Another process drives this run or sweep (it holds the folder's lock)."""
-
-
-def check_name(name: str, what: str = "--name") -> str:
-    """`name` if it is one plain folder name, else ValueError (one line, naming `what`)."""
-    shown = name if len(name) <= 40 else name[:40] + "..."
-    if not name:
-        raise ValueError(f"{what}: the name is empty")
-    if len(name) > NAME_MAX:
-        raise ValueError(f"{what} {shown!r}: the name has {len(name)} characters, at most {NAME_MAX} are allowed")
-    if ".." in name or not _NAME.fullmatch(name):
-        raise ValueError(f"{what} {shown!r}: a name is one folder name: letters, digits and . _ - = + , @ "
-                         "(no '/', no '..', not starting with '.' or '-')")
-    return name
 
 
 def lock_folder(folder: str | os.PathLike, what: str) -> None:

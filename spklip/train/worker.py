@@ -8,6 +8,7 @@ the same points.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import tempfile
@@ -18,17 +19,20 @@ from typing import Any
 
 import ray.train
 import ray.train.torch
+from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
 from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerGroupCallback
 
 from spklip.config import ExperimentConfig
+from spklip.data import storage
 from spklip.loss import ClipLoss
 from spklip.model import create_model
 from spklip.train import data as train_data
 from spklip.torchutil import nonfinite_tensors, unwrap
-from spklip.train.checkpoint import TrainState, read_checkpoint, restore_training, save_checkpoint, trainable_state_dict
+from spklip.train.checkpoint import (CheckpointError, TrainState, read_checkpoint, restore_training, save_checkpoint,
+                                     trainable_state_dict)
 from spklip.train.epoch_eval import EpochEvaluator, evaluates_after
 from spklip.train.faults import maybe_crash
-from spklip.train.loop import Loop, NonFiniteError, run_training, seed_everything
+from spklip.train.loop import Loop, NonFiniteError, prepare_for_device, run_training, seed_everything
 from spklip.train.progress import append_line, epoch_line
 from spklip.train.timing import PHASES, RunTiming, Timeline, epoch_metrics, startup_metrics
 from spklip.tracking import SPOOL_DIR, Tracker
@@ -53,10 +57,20 @@ class WorkerPlan:
         return self.run_dir if self.cfg.scale.num_workers == 0 else None
 
 
+class ModelError(ValueError):
+    """The model cannot be built from the config (e.g. a ``model.text.pretrained`` folder missing on this node):
+    the same in every attempt, so never retried (`FAIL_FAST`)."""
+
+
 def _setup_model(cfg: ExperimentConfig, world: int, rank: int):
     """Model (DDP-wrapped when world > 1), loss and device; the same seed on every rank gives the same init."""
     seed_everything(cfg.train.seed)
-    model = create_model(cfg.model, loss_cfg=cfg.loss)
+    try:
+        model = create_model(cfg.model, loss_cfg=cfg.loss)
+    except ValueError as e:  # the driver built it (`spklip.train.launcher.check_before_workers`): this node differs
+        raise ModelError(str(e)) from None
+    # layout and compile before DDP lays out its gradient buckets (`Loop.create` finds it done)
+    prepare_for_device(model, cfg.train, ray.train.torch.get_device())
     if world > 1:
         # every trainable parameter gets a gradient each step (tests/test_model_presets.py checks it for every
         # preset), so DDP needs no find_unused_parameters (which costs an extra autograd graph walk per step)
@@ -80,6 +94,19 @@ def _resume_point(plan: WorkerPlan):
         found = _local_checkpoints(plan.local_run_dir)
         checkpoint = ray.train.Checkpoint.from_directory(str(found[-1])) if found else None
     return checkpoint
+
+
+def ray_resume_checkpoint(run_folder: str | Path) -> str | None:
+    """The checkpoint Ray Train hands the workers of a run continued in `run_folder` (``{storage_path}/{run_name}``,
+    local or a URI): the latest of Ray's checkpoint-manager snapshot (Ray 2.60 Train v2's file: no public API reads
+    it before ``fit``); None for a run with none."""
+    snapshot = storage.join(run_folder, CHECKPOINT_MANAGER_SNAPSHOT_FILENAME)
+    try:
+        latest = json.loads(storage.read_text(snapshot)).get("latest_checkpoint_result") or {}
+    except (OSError, ValueError, AttributeError):  # none yet, or not Ray's: Ray decides what it does with it
+        return None
+    name = latest.get("checkpoint_dir_name")
+    return str(storage.join(run_folder, name)) if isinstance(name, str) and name else None
 
 
 def train_fn_per_worker(config: dict[str, Any]) -> None:
@@ -239,17 +266,21 @@ class _WorkerRun:
             self.timing.write(self.plan.run_dir)
 
 
-FAIL_FAST: tuple[type[Exception], ...] = (train_data.DataError, NonFiniteError)  # deterministic: never retried
+# deterministic: never retried (a bad shard, a diverged run, a checkpoint that cannot be read or does not fit the
+# model, a model that cannot be built)
+FAIL_FAST: tuple[type[Exception], ...] = (train_data.DataError, NonFiniteError, CheckpointError, ModelError)
 
 
 def fail_fast_error_in(e: BaseException) -> Exception | None:
-    """The deterministic error (`FAIL_FAST`: a bad shard, a diverged run) inside `e`, however Ray wrapped it."""
+    """The deterministic error (`FAIL_FAST`: a bad shard, a diverged run, a bad checkpoint, a model that cannot be
+    built) inside `e`, however Ray wrapped it."""
     return train_data.data_error_in(e, FAIL_FAST)
 
 
 class FailFastOnDataError(WorkerGroupCallback, ControllerCallback):
     """A worker that failed on a deterministic error (`FAIL_FAST`: a bad shard, `spklip.train.data.DataError`; a
-    diverged run, `spklip.train.loop.NonFiniteError`) fails the run at once: restarting the workers would read the
+    diverged run, `spklip.train.loop.NonFiniteError`; a checkpoint it cannot restore, `CheckpointError`; a model it
+    cannot build, `ModelError`) fails the run at once: restarting the workers would read the
     same file again, or diverge again, ``scale.max_failures`` times. Ray Train retries every worker error; a
     controller callback that raises makes a controller error, which it does not retry (Ray 2.60, Train v2).
     (Internal Ray Train hooks: the public ``UserCallback`` can observe a worker's error but not stop the retry.)"""
