@@ -7,13 +7,13 @@ run on this machine (new vs reference, medians of repeated timings). Sections:
    hooks on the meta device). On CPU the paper-size presets are only counted, not timed (one forward is 300-600
    GMAC; --paper-timing times them at batch 1). On a GPU everything runs under bf16 autocast.
 2. Batched HSFE (one call over all B*K sub-blocks, M branches as one masked conv) vs the authors' way (Python loop
-   over samples, sub-blocks and branches; spklip.model.reference) at batch 8: outputs must agree to 1e-5.
+   over samples, sub-blocks and branches; tests/hsfe_reference.py) at batch 8: outputs must agree to 1e-5.
 3. Paper-size HSFE (~269 GMAC per clip): achieved GMAC/s divided by the GMAC/s of a large matmul measured in the
    same run, eager (the default grouping) vs channels_last vs torch.compile.
 4. HSFE grouping (issue 12), at the paper preset (batch 2, 250 planes of 240x320) and at a small config (the paper
    HSFE at 64 planes of 64x64, r=8, K=5, batch 2), eval, no grad, `--threads` threads: the default grouping
    (`model.hsfe.chunk_mb=auto`: cache-sized chunks of sub-blocks on CPU) vs one batch of all B*K sub-blocks
-   (`chunk_mb=0`) vs the per-sub-block loop (spklip.model.reference.hsfe_subblock_loop), each also with
+   (`chunk_mb=0`) vs the per-sub-block loop (tests/hsfe_reference.py's hsfe_subblock_loop), each also with
    channels_last (the default's also without its fused conv post-ops, `model.hsfe.fusion=none`: spklip.model.fused),
    and a 2048^3 fp32 matmul; all timed alternately, one call each per round (the order rotates),
    medians of `--rounds` rounds. Outputs must agree to 1e-5. `uptime` is printed before and after the run.
@@ -30,7 +30,9 @@ import dataclasses
 import os
 import statistics
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -38,9 +40,11 @@ from tqdm import tqdm
 from spklip.model import list_models, resolve_cfg
 from spklip.model.energy import estimate_energy
 from spklip.model.hsfe import HSFE, cut_subblocks
-from spklip.model.reference import hsfe_reference, hsfe_subblock_loop
 from spklip.model.spklip import build_visual_tower
 from spklip.torchutil import maybe_autocast
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the slow reference HSFE is test code
+from hsfe_reference import hsfe_reference, hsfe_subblock_loop  # noqa: E402
 
 
 def sync(device: torch.device) -> None:

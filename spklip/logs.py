@@ -23,9 +23,8 @@ import threading
 from pathlib import Path
 from typing import TextIO
 
-from spklip.train.progress import PROGRESS_FILE
-
 LOG_FILE = "spklip.log"  # in the run folder (``spklip train``) or the sweep folder
+PROGRESS_FILE = "progress.log"  # in the run folder: rank 0's epoch lines (`spklip.train.progress`), followed here
 QUIET_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "mlflow", "optuna", "alembic", "py.warnings")
 QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' "Loading weights" bar when a checkpoint is loaded
              "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # MLflow's "Downloading artifacts" bars (model logging)

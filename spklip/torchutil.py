@@ -1,6 +1,6 @@
 """Small torch helpers shared by the model library, evaluation and training (pure torch: no ray, no mlflow).
 
-They live here, outside `spklip.model` (whose package import builds the preset registry) and outside
+They live here, outside `spklip.model` (whose package import builds the whole model library) and outside
 `spklip.train`, so that evaluation, checkpoints and the training loop use them without importing each other.
 """
 

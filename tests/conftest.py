@@ -1,6 +1,7 @@
 """Shared fixtures: one Ray session for the whole test run (``ray_session``), started only if none is running."""
 
 import os
+from collections import Counter
 
 import pytest
 
@@ -48,3 +49,21 @@ def no_ray(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("Ray was started")
     monkeypatch.setattr(launcher, "ensure_ray", refuse)
+
+
+@pytest.fixture
+def built_datasets(monkeypatch):
+    """How many training datasets this process builds during the test, by kind (``streaming``, ``in_memory``): the
+    two builders of `spklip.train.data` wrapped to count their calls."""
+    from spklip.train import data as train_data
+
+    built: Counter = Counter()
+
+    def counting(kind, build):
+        def wrapped(cfg):
+            built[kind] += 1
+            return build(cfg)
+        return wrapped
+    monkeypatch.setattr(train_data, "streaming_dataset", counting("streaming", train_data.streaming_dataset))
+    monkeypatch.setattr(train_data, "in_memory_dataset", counting("in_memory", train_data.in_memory_dataset))
+    return built

@@ -9,7 +9,7 @@ import pytest
 
 from spklip.config import ConfigError, ExperimentConfig, HsfeCfg, ModelCfg, apply_overrides, from_dict, load_config
 from spklip.config import parse_overrides
-from spklip.model.registry import get_model_config, list_models
+from spklip.config.registry import get_model_config, list_models
 
 
 def load_preset(name: str) -> ModelCfg:
@@ -105,7 +105,7 @@ def test_model_section_alone_builds():
 
 
 def test_config_and_the_preset_registry_import_no_torch():
-    code = ("import sys, spklip.config, spklip.model.registry; spklip.config.load_config(); "
+    code = ("import sys, spklip.config, spklip.config.registry; spklip.config.load_config(); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -12,7 +12,7 @@ from spklip.data.phases import (ceilings, ceilings_line, default_window, missing
                                 rest_frames, reverse_motion, with_speeds)
 from spklip.data.shards import read_metadata
 from spklip.data.simulate import SimParams
-from spklip.model.registry import get_model_config
+from spklip.config.registry import get_model_config
 
 TURNS = ("left-up", "down-right", "up-left", "right-down")  # closed under time reversal, no palindrome
 

@@ -59,7 +59,7 @@ def _baseline_variants() -> list[dict]:
 
 def _changes(name: str, overrides: dict) -> bool:
     """Whether `overrides` change `name`'s preset (an option equal to the preset's value is no new case)."""
-    from spklip.model.registry import get_model_config
+    from spklip.config.registry import get_model_config
 
     preset = get_model_config(name)
     for key, value in overrides.items():
@@ -72,7 +72,7 @@ def _changes(name: str, overrides: dict) -> bool:
 
 
 def _cases() -> list[tuple[str, dict]]:
-    from spklip.model.registry import get_model_config
+    from spklip.config.registry import get_model_config
 
     cases = []
     for name in list_models():

@@ -10,7 +10,7 @@ import torch
 from spklip.config import ConfigError, HsfeCfg, load_config
 from spklip.model.fused import fusable
 from spklip.model.hsfe import FALLBACK_CACHE_MB, HSFE, chunk_size, cpu_cache_mb, cut_subblocks
-from spklip.model.reference import hsfe_reference, hsfe_subblock_loop
+from hsfe_reference import hsfe_reference, hsfe_subblock_loop
 
 
 def L(k, r, s):  # noqa: E743 - a layout-only config (one branch fits any window)
@@ -135,10 +135,16 @@ def _randomise_bn(hsfe):
         bn.weight.data.normal_()
 
 
+def _with_budget(hsfe, budget):
+    """`hsfe` built again with chunk budget `budget`: the same weights, BN statistics, dtype and mode."""
+    other = HSFE(hsfe.cfg, chunk_budget=budget).to(next(hsfe.parameters()).dtype).train(hsfe.training)
+    other.load_state_dict(hsfe.state_dict())
+    return other
+
+
 def _run(hsfe, blocks, budget):
     """Output and the gradients of a fixed random loss w.r.t. the input and every parameter, at `budget`."""
-    hsfe.zero_grad()
-    hsfe.chunk_budget = budget
+    hsfe = _with_budget(hsfe, budget)
     x = blocks.clone().requires_grad_(True)
     out = hsfe(x)
     weights = torch.linspace(-1, 1, out.numel()).view_as(out)  # a loss that weighs every output differently
@@ -180,9 +186,8 @@ def test_chunked_hsfe_equals_one_batch_and_the_subblock_loop(changes, batch, pla
             continue
         budget = per_call * per_block + per_block // 2  # fits per_call sub-blocks, not per_call + 1
         assert chunk_size(n, per_block, budget) == per_call
-        hsfe.chunk_budget = budget
         chunked = mode == "eval" or cfg.norm == "none"  # a training BatchNorm keeps one batch
-        assert hsfe.subblocks_per_call(blocks) == (per_call if chunked else n)
+        assert _with_budget(hsfe, budget).subblocks_per_call(blocks) == (per_call if chunked else n)
         out, _ = _run(hsfe, blocks, budget)
         torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
         _, grads = _run(hsfe64, blocks64, budget * 2)  # same per_call: float64 doubles block_bytes
@@ -192,13 +197,12 @@ def test_chunked_hsfe_equals_one_batch_and_the_subblock_loop(changes, batch, pla
 
 
 def test_a_training_batchnorm_and_a_gpu_keep_one_batch_the_cpu_chunks_by_its_cache():
-    hsfe = HSFE(dataclasses.replace(SMALL, norm="bn"))
+    bn = dataclasses.replace(SMALL, norm="bn")
     blocks = torch.zeros(6, SMALL.window, 8, 8)
-    hsfe.chunk_budget = hsfe.block_bytes(blocks)  # room for one sub-block
+    hsfe = HSFE(bn, chunk_budget=HSFE(bn).block_bytes(blocks))  # room for one sub-block
     assert hsfe.train().subblocks_per_call(blocks) == 6
     assert hsfe.eval().subblocks_per_call(blocks) == 1
-    hsfe.chunk_budget = 0
-    assert hsfe.subblocks_per_call(blocks) == 6
+    assert HSFE(bn, chunk_budget=0).eval().subblocks_per_call(blocks) == 6
     paper = HSFE(HsfeCfg()).eval()  # the paper's extractor: 64 maps of 240x320 per sub-block
     big = torch.empty(1, 61, 240, 320).expand(10, -1, -1, -1)  # B*K = 10 sub-blocks, one sub-block of memory
     assert paper.block_bytes(big) == 64 * 240 * 320 * 4
@@ -281,13 +285,12 @@ def test_fused_inference_equals_the_eager_layers_and_is_what_a_cpu_evaluation_ru
     blocks = cut_subblocks((torch.rand(2, 20, 9, 11) < 0.3).float(), cfg.window, *cfg.layout(20))
     with torch.no_grad():
         want = hsfe_subblock_loop(hsfe, blocks)  # eager, NCHW, one sub-block per call
-        hsfe.extract = None  # from here a call of the eager path would fail
         for budget in (0, hsfe.block_bytes(blocks) * 2):  # one batch, and chunks of two sub-blocks
-            hsfe.chunk_budget = budget
-            out = hsfe(blocks)
+            chunked = _with_budget(hsfe, budget)
+            chunked.extract = None  # a call of the eager path would fail
+            out = chunked(blocks)
             assert out.is_contiguous(memory_format=torch.channels_last)
             torch.testing.assert_close(out, want, atol=1e-6, rtol=1e-6)
-    del hsfe.extract
     with torch.no_grad():
         torch.testing.assert_close(hsfe.extract_fused(blocks.contiguous(memory_format=torch.channels_last)), want,
                                    atol=1e-6, rtol=1e-6)

@@ -5,11 +5,16 @@ alone) are built and run forward+backward on the meta device: every shape and th
 arithmetic is done (the real-compute numbers are in benchmarks/bench_model.py).
 """
 
+import hashlib
+
 import pytest
 import torch
 
 from spklip.config import ConfigError, ModelCfg, load_config
-from spklip.model import Spklip, add_model_config, create_model, list_models, registry, resolve_cfg
+from spklip.config import registry
+from spklip.model import Spklip, add_model_config, create_model, list_models, resolve_cfg
+from spklip.model.ann_visual import AnnVisualEncoder
+from spklip.model.spklip import build_visual_tower
 
 CPU_PRESETS = [n for n in list_models() if "paper" not in n]
 PAPER_PRESETS = [n for n in list_models() if "paper" in n]
@@ -190,3 +195,32 @@ def test_the_authors_presets_and_the_baselines_variant_are_the_authors_recipe():
     assert not variant.augment.enabled and variant.eval.bn_recal_batches == 0
     for key in ("warmup_steps", "min_lr_ratio", "weight_decay", "betas", "grad_clip"):
         assert getattr(variant.optim, key) == getattr(recipe.optim, key), key
+
+
+# sha256 (first 16 hex) of each preset's visual tower state dict, "key [shape]" lines sorted by key, taken at commit
+# bd2f02a, before the ANN tower moved out of temporal.py: a checkpoint saved then must load now
+VISUAL_STATE_KEYS = {
+    "spike-rate-mlp-tiny": "66f201cd3e425720",
+    "spklip-paper": "7507342da34d810c",
+    "spklip-paper-authors": "e2a18ef72970e0c6",
+    "spklip-paper-full-snn": "8ef9dd31066c8cae",
+    "spklip-paper-snn-backbone": "fd8ca12adb9a4a43",
+    "spklip-small": "1c9e52f4af4ad5bb",
+    "spklip-tiny": "eec3c0d11325290a",
+    "spklip-tiny-authors": "77e43f3959bb9e84",
+    "spklip-tiny-full-snn": "ea3ffa6d80b6cfbc",
+    "spklip-tiny-snn-backbone": "8e29b901d085aefb",
+    "tfp-resnet-tiny": "f86ee103d3d69bae",
+    "tfp-windows-tiny": "1fe294a312fe4035",
+}
+
+
+@pytest.mark.parametrize("name", sorted(VISUAL_STATE_KEYS))
+def test_visual_tower_state_keys_are_those_of_earlier_checkpoints(name):
+    with torch.device("meta"):  # shapes only: no weights are made
+        tower = build_visual_tower(resolve_cfg(name))
+    state = tower.state_dict()
+    lines = "\n".join(f"{k} {list(state[k].shape)}" for k in sorted(state))
+    assert hashlib.sha256(lines.encode()).hexdigest()[:16] == VISUAL_STATE_KEYS[name]
+    if name == "spklip-tiny":
+        assert isinstance(tower, AnnVisualEncoder)

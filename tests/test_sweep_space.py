@@ -7,7 +7,10 @@ import sys
 from collections import Counter
 
 import pytest
+import ray
 
+import spklip.tune.sweep
+from spklip.cli import main as spklip_main
 from spklip.commands.sweep import available_sweeps, load_sweep
 from spklip.config import ConfigError, load_config
 from spklip.tune.space import BoundSpace, base_point, config_params, sample_space, space_keys, trial_config
@@ -199,6 +202,7 @@ def test_first_points_are_suggested_first_and_vary_only_their_key():
     (["--first", "model.hsfe.num_subblocks=1,3", "--resume"], "resumed sweep keeps"),
     (["--first", "optim.lr=0.1"], "not a parameter of this sweep"),
     (["--first", "model.hsfe.num_subblocks"], "KEY=V1"),
+    (["--first", "model.hsfe.num_subblock=1,3"], "(did you mean 'model.hsfe.num_subblocks'?)"),
 ])
 def test_bad_first_flags_fail_before_ray_starts(argv, message, tmp_path, capsys):
     assert main(HSFE, [*argv, "--set", f"train.run_dir={tmp_path}"]) == 2
@@ -214,3 +218,44 @@ def test_fsve_sweep_first_points_vary_one_key_around_the_base():
     for p in points:
         built = trial_config(base, p)
         assert built.model.fsve.tau == base.model.fsve.tau and built.model.fsve.variant == base.model.fsve.variant
+
+
+@pytest.fixture
+def sweep_starts_no_ray(monkeypatch):
+    """Fail the test if the sweep gets as far as starting Ray."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("Ray was started")
+    monkeypatch.setattr(spklip.tune.sweep, "ensure_ray", refuse)
+    was_up = ray.is_initialized()  # the session's shared Ray (conftest) may already run when the whole suite does
+    yield
+    assert ray.is_initialized() == was_up
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("spklip: error: "), err
+    return err
+
+
+def test_a_misspelled_first_key_is_one_line_naming_the_closest_before_anything_starts(tmp_path, capsys,
+                                                                                       sweep_starts_no_ray):
+    assert spklip_main(["sweep", "hsfe-ablation", "--smoke-test", "--first", "model.hsfe.num_subblock=1,3",
+                        "--set", f"train.run_dir={tmp_path}"]) == 2
+    err = _one_error_line(capsys)
+    assert "'model.hsfe.num_subblock'" in err and "did you mean 'model.hsfe.num_subblocks'?" in err
+    assert list(tmp_path.iterdir()) == []  # no smoke data, no sweep folder, no MLflow store
+
+
+def test_a_space_key_the_config_lacks_stops_the_sweep_before_its_first_trial(tmp_path, capsys, sweep_starts_no_ray):
+    script = tmp_path / "typo_sweep.py"
+    script.write_text("from spklip.tune.sweep import SweepSpec\n\n"
+                      "def space(trial, base):\n"
+                      "    trial.suggest_int('model.hsfe.radius', 1, 3)\n"
+                      "    trial.suggest_categorical('model.hsfe.spatial_atention', [True, False])\n\n"
+                      "SPEC = SweepSpec(name='typo', space=space, metrics=(('val/top1', 'max'),))\n")
+    runs = tmp_path / "runs"
+    assert spklip_main(["sweep", str(script), "--set", f"train.run_dir={runs}"]) == 2
+    err = _one_error_line(capsys)
+    assert "'model.hsfe.spatial_atention' is not a config key" in err
+    assert "did you mean 'model.hsfe.spatial_attention'?" in err
+    assert not runs.exists()

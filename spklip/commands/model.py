@@ -91,7 +91,7 @@ def _energy(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add ``models`` and ``energy`` to the spklip command line."""
-    p = subparsers.add_parser("models", help="list the model presets (spklip/model/presets/*.json)")
+    p = subparsers.add_parser("models", help="list the model presets (spklip/config/presets/*.json)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a markdown table")
     p.set_defaults(handler=_models)
 

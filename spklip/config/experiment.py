@@ -16,7 +16,7 @@ from spklip.config.base import (ConfigError, check_nonempty, deep_merge, from_di
 from spklip.config.data import DataCfg
 from spklip.config.model import LossCfg, ModelCfg
 from spklip.config.train import EvalCfg, OptimCfg, ScaleCfg, TrackingCfg, TrainCfg
-from spklip.model.registry import UnknownModelError, get_model_config
+from spklip.config.registry import UnknownModelError, get_model_config
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Model-side config: one dataclass per tower (HSFE, backbone, temporal encoder, text, FSVE) and the loss.
 
 Named architectures (presets: partial `ModelCfg` dicts, defaults fill the rest) are in the registry,
-`spklip.model.registry`. Derived sizes (window length 2r+1, sub-block placement) are properties.
+`spklip.config.registry`. Derived sizes (window length 2r+1, sub-block placement) are properties.
 """
 
 from __future__ import annotations

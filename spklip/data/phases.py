@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from spklip.model.registry import get_model_config
+from spklip.config.registry import get_model_config
 
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}  # (dx, dy) in image coordinates
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}

@@ -1,4 +1,4 @@
-"""Preset name or ModelCfg (+ overrides) -> ModelCfg -> Spklip. The presets themselves: spklip/model/registry.py."""
+"""Preset name or ModelCfg (+ overrides) -> ModelCfg -> Spklip. The presets themselves: spklip/config/registry.py."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 from spklip.config.base import ConfigError, apply_overrides, from_dict
 from spklip.config.model import LossCfg, ModelCfg
-from spklip.model.registry import UnknownModelError, get_model_config
+from spklip.config.registry import UnknownModelError, get_model_config
 from spklip.model.spklip import Spklip
 
 

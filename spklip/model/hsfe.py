@@ -3,7 +3,7 @@
 Every batch element and every sub-block go through each layer in one call (on CPU: in a few cache-sized chunks,
 below): the K overlapping windows are cut with ``unfold`` and folded into the batch (``[B,N,H,W] -> [B*K, 2r+1, H,
 W]``), and the M MTF branches run as one conv whose weights are masked to each branch's centred crop (equivalent to
-M convs on cropped inputs; a slow reference with explicit loops is `spklip.model.reference.hsfe_reference`).
+M convs on cropped inputs; a slow reference with explicit loops is `tests/hsfe_reference.py`).
 
 Grouping (`HSFE.forward`): on a CPU, one batch of all B*K sub-blocks makes every activation B*K times a sub-block's
 (paper size: 197 MB per 64x240x320 map at B=2, K=5) and the convs memory-bound, while one sub-block's (19.7 MB)
@@ -162,19 +162,21 @@ class BranchConv(nn.Conv2d):
 class HSFE(nn.Module):
     """Shared per-sub-block feature extractor: ``[B*K, 2r+1, H, W] -> [B*K, F, H/stride, W/stride]``.
 
-    ``chunk_budget``: bytes one call's largest activation may take ("auto" or ``cfg.chunk_mb`` MiB, 0 = one batch);
-    a plain attribute, so a benchmark can switch between one batch and chunks on the same module.
+    ``chunk_budget`` (default ``cfg.chunk_mb`` MiB): bytes one call's largest activation may take, "auto" (the CPU's
+    cache, one batch elsewhere) or 0 (one batch); in bytes so that a small input can be cut into chunks too.
     ``force_channels_last``: run the maps in channels_last whatever ``cfg.memory_format`` says (set by the training
     loop's ``train.channels_last``, `spklip.model.spklip.Spklip.use_channels_last`).
     ``checkpointing`` (``cfg.checkpointing``): in training, keep only the input, the head's output and each trunk
     block's output for the backward and recompute the rest (`spklip.model.layers.checkpointed`).
     """
 
-    def __init__(self, cfg: HsfeCfg):
+    def __init__(self, cfg: HsfeCfg, chunk_budget: float | Literal["auto"] | None = None):
         super().__init__()
         m, norm = cfg.num_branches, cfg.norm == "bn"
         self.cfg = cfg
-        self.chunk_budget: float | Literal["auto"] = "auto" if cfg.chunk_mb == "auto" else cfg.chunk_mb * 2 ** 20
+        if chunk_budget is None:
+            chunk_budget = "auto" if cfg.chunk_mb == "auto" else cfg.chunk_mb * 2 ** 20
+        self.chunk_budget = chunk_budget
         self.branch1 = BranchConv(cfg)
         self.norm1 = _norm(m * cfg.branch_hidden, norm)  # per-channel, so per branch: the crops stay separate
         self.branch2 = nn.Conv2d(m * cfg.branch_hidden, m, 3, padding=1, groups=m)  # each branch -> one map

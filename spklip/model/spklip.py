@@ -9,6 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from spklip.config.model import LossCfg, ModelCfg
+from spklip.model.ann_visual import AnnVisualEncoder
+from spklip.model.baselines import SpikeRateMLP, TfpResNet, TfpWindows
+from spklip.model.fsve import SpikingVisualEncoder
 from spklip.model.hsfe import HSFE
 from spklip.model.text import build_text_tower, eval_prompts
 
@@ -16,19 +19,14 @@ from spklip.model.text import build_text_tower, eval_prompts
 def build_visual_tower(cfg: ModelCfg) -> nn.Module:
     """The spike encoder named by ``cfg.arch`` (and ``cfg.fsve.variant`` for the spiking ones)."""
     if cfg.arch == "tfp-resnet":
-        from spklip.model.baselines import TfpResNet
         return TfpResNet(cfg)
     if cfg.arch == "spike-rate-mlp":
-        from spklip.model.baselines import SpikeRateMLP
         return SpikeRateMLP(cfg)
     if cfg.arch == "tfp-windows":
-        from spklip.model.baselines import TfpWindows
         return TfpWindows(cfg)
     if cfg.fsve.variant != "none":
-        from spklip.model.fsve import SpikingVisualEncoder
         return SpikingVisualEncoder(cfg)
-    from spklip.model.temporal import SpikeVisualEncoder
-    return SpikeVisualEncoder(cfg)
+    return AnnVisualEncoder(cfg)
 
 
 class SpikeEncoderView(nn.Module):

@@ -1,13 +1,11 @@
-"""Temporal encoder over the K sub-block tokens, and the ANN visual encoder that ties HSFE, ResNet and it together."""
+"""Temporal encoder over the K sub-block tokens (the ANN visual tower, `spklip.model.ann_visual`, ends with it)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from spklip.config.model import ModelCfg, TemporalCfg
-from spklip.model.backbone import ModifiedResNet
-from spklip.model.hsfe import SubblockEncoder
+from spklip.config.model import TemporalCfg
 from spklip.model.layers import Attention, Transformer
 
 
@@ -77,20 +75,3 @@ class TemporalEncoder(nn.Module):
             tokens = tokens + self.pos
         out = self.norm(self.transformer(self.ln_pre(tokens)))  # [B, n, D]
         return out[:, 0] if self.cls is not None else out.mean(dim=1)
-
-
-class SpikeVisualEncoder(nn.Module):
-    """The ANN SPKLIP visual tower: ``[B, N, H, W] -> [B, embed_dim]`` (not normalised)."""
-
-    def __init__(self, cfg: ModelCfg):
-        super().__init__()
-        hs = cfg.hsfe
-        self.subblocks = SubblockEncoder(hs, cfg.num_planes)
-        fh, fw = -(-cfg.height // hs.stride), -(-cfg.width // hs.stride)  # HSFE output size (ceil division)
-        self.backbone = ModifiedResNet(cfg.backbone, hs.features, fh, fw, cfg.embed_dim)
-        self.temporal = TemporalEncoder(cfg.temporal, cfg.embed_dim, self.subblocks.k)
-
-    def forward(self, spikes: torch.Tensor) -> torch.Tensor:
-        b = spikes.shape[0]
-        frames = self.backbone(self.subblocks(spikes))  # [B*K, F, H', W'] -> [B*K, D]
-        return self.temporal(frames.view(b, self.subblocks.k, -1))  # [B*K, D] -> [B, K, D] -> [B, D]

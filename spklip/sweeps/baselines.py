@@ -22,7 +22,7 @@ reviewers asked about, HSFE - average, HSFE - K=1, HSFE - windowed average, FSVE
     python sweeps/baselines.py --smoke-test
 """
 
-from spklip.model.registry import get_model_config
+from spklip.config.registry import get_model_config
 from spklip.tune.sweep import SweepSpec, main
 
 

@@ -23,8 +23,6 @@ from spklip.data.loader import DECODED_BATCH_BYTES, READ_COLUMNS, torch_batches
 from spklip.data.read import decoded_split
 from spklip.data.shards import ShardError, decode_batch, open_shard, reading, split_files, validate_shards
 
-BUILT = {"streaming": 0, "in_memory": 0}  # datasets this process built (tests check: once per run, not per epoch)
-
 
 class DataError(ShardError):
     """A shard that cannot be read or decoded while training: deterministic, so restarting the workers cannot help."""
@@ -67,7 +65,6 @@ def streaming_dataset(cfg: ExperimentConfig):
     """
     import ray.data  # lazy: as in ray_train_dataset
 
-    BUILT["streaming"] += 1
     meta = validate_shards(cfg.data.path)
     groups = []
     for file in split_files(cfg.data.path, cfg.data.train_split, meta):
@@ -102,7 +99,6 @@ def in_memory_dataset(cfg: ExperimentConfig):
     no read or shuffle tasks, so it cannot wait for CPUs that concurrent trials hold, and epochs only iterate."""
     import ray.data  # lazy: as in ray_train_dataset
 
-    BUILT["in_memory"] += 1
     cols = decoded_split(cfg.data.path, cfg.data.train_split)  # numpy columns, file order
     n = len(cols["label"])
     if cfg.data.shuffle:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-PROGRESS_FILE = "progress.log"
+from spklip.logs import PROGRESS_FILE
 SHOWN = ("zeroshot/top1",)  # shown beside train.metric when the evaluation has it
 
 

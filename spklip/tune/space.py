@@ -15,6 +15,7 @@ From the space alone (no training) spklip derives, by walking its branches with 
 
 from __future__ import annotations
 
+import difflib
 import sys
 from typing import Any, Callable, Iterator, Sequence
 
@@ -23,7 +24,7 @@ import ray.cloudpickle
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from spklip.config import ExperimentConfig, apply_overrides
+from spklip.config import ConfigError, ExperimentConfig, apply_overrides
 
 AUX_PREFIX = "_"
 SpaceFn = Callable[[Any, ExperimentConfig], "dict[str, Any] | None"]
@@ -122,6 +123,23 @@ def space_keys(space: SpaceFn, base: ExperimentConfig) -> list[str]:
     for walk, extra in _walks(space, base):
         keys.update(dict.fromkeys(config_params({**walk.params, **extra})))
     return list(keys)
+
+
+def closest(key: str, keys) -> str:
+    """`` (did you mean 'K'?)`` with the valid key nearest to a misspelled `key` (difflib), or ``""`` if none is close."""
+    near = difflib.get_close_matches(key, list(keys), n=1)
+    return f" (did you mean {near[0]!r}?)" if near else ""
+
+
+def check_space_keys(space: SpaceFn, base: ExperimentConfig) -> list[str]:
+    """`space_keys`, each checked against the config before any trial runs: a key the config does not have would make
+    every trial a skipped one, so it is a ConfigError naming the key and the closest config key."""
+    valid = base.to_flat_dict()
+    keys = space_keys(space, base)
+    for key in keys:
+        if key not in valid:
+            raise ConfigError(f"sweep space key {key!r} is not a config key{closest(key, valid)}")
+    return keys
 
 
 def base_point(space: SpaceFn, base: ExperimentConfig) -> dict[str, Any]:

@@ -47,8 +47,8 @@ from spklip.train.launcher import ensure_ray, fit, log_encoder, ray_logs_dir, ra
 from spklip.train.ownership import check_name, lock_folder
 from spklip.tune import report as rep
 from spklip.tune.cli import add_sweep_args, parse_first
-from spklip.tune.space import (AUX_PREFIX, SpaceFn, base_point, build_searcher, config_params, space_keys,
-                                trial_config)
+from spklip.tune.space import (AUX_PREFIX, SpaceFn, base_point, build_searcher, check_space_keys, closest,
+                                config_params, space_keys, trial_config)
 
 SWEEP_FILE = "spklip_sweep.json"  # in the Tune experiment folder: the `SweepContext` a --resume reads back
 Metrics = tuple[tuple[str, str], ...]  # ((name, "max" | "min"), ...)
@@ -140,7 +140,8 @@ def first_points(spec: SweepSpec, cfg: ExperimentConfig, key: str, values: list[
     base config's values (`spklip.tune.space.base_point`). A controlled one-factor comparison inside one sweep."""
     point = base_point(spec.space, cfg)
     if key not in point:
-        raise ConfigError(f"--first: {key!r} is not a parameter of this sweep; parameters: {', '.join(sorted(point))}")
+        raise ConfigError(f"--first: {key!r} is not a parameter of this sweep{closest(key, point)}; parameters: "
+                          f"{', '.join(sorted(point))}")
     if not values:
         raise ConfigError(f"--first {key}=: give at least one value")
     return [{**point, key: v} for v in values]
@@ -343,6 +344,8 @@ def run_sweep(spec: SweepSpec, cfg: ExperimentConfig, *, num_samples: int | None
     """
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    if not resume:
+        check_space_keys(spec.space, cfg)  # a misspelled key: one error now, not every trial skipped after Ray starts
     if name is not None:
         check_name(name)  # one folder name under <run_dir>/sweeps: before anything is made or started
     root = sweep_root(cfg)
@@ -449,9 +452,8 @@ def run_from_args(spec: SweepSpec, args: argparse.Namespace) -> int:
     if args.scheduler:
         spec = dataclasses.replace(spec, scheduler=args.scheduler)
     cfg = sweep_config(spec, args.config, args.overrides, smoke=args.smoke_test)
-    if args.smoke_test and not args.resume:  # data.path if it holds shards, else the smoke set (built once)
-        data = ensure_smoke_data(cfg.data.path, cfg.train.run_dir, cfg.model_preset)
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(data)))
+    if not args.resume:
+        check_space_keys(spec.space, cfg)  # before the smoke data is built and before Ray starts
     if args.num_samples is not None and args.num_samples < 1:
         raise ConfigError("--num-samples must be >= 1")
     if args.seeds < 1:
@@ -467,6 +469,9 @@ def run_from_args(spec: SweepSpec, args: argparse.Namespace) -> int:
         points = first_points(spec, cfg, *parse_first(args.first))
         if args.num_samples is not None and args.num_samples < len(points):
             raise ConfigError(f"--num-samples {args.num_samples} is fewer than the {len(points)} --first trials")
+    if args.smoke_test and not args.resume:  # data.path if it holds shards, else the smoke set (built once)
+        data = ensure_smoke_data(cfg.data.path, cfg.train.run_dir, cfg.model_preset)
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(data)))
     run = run_sweep(spec, cfg, num_samples=args.num_samples or (len(points) or None), smoke=args.smoke_test,
                     resume=args.resume, name=args.name, points=points, seeds=args.seeds,
                     max_concurrent=args.max_concurrent, verbose=args.verbose, storage_root=args.storage)

@@ -2,7 +2,7 @@
 
 Uses the *same parameters* as a vectorised `HSFE`, but slices every window and every branch crop explicitly and
 convolves with the cropped weights, one sample and one sub-block at a time. Tests assert equality with the batched
-path; benchmarks/bench_model.py times both. Not used in training.
+path; benchmarks/bench_model.py times both. Test code: it lives in tests/, not in the library.
 
 `hsfe_subblock_loop` is the other reference: the module's own layers called once per sub-block (the authors' grouping,
 one sub-block per call), the baseline for the cache-sized chunks of `HSFE.forward`.

@@ -1,12 +1,12 @@
 """The model preset registry: named partial ModelCfg dicts, like open_clip's model configs.
 
-Built in: one JSON file per preset in ``spklip/model/presets/`` (read when asked for, so an edit shows at once).
+Built in: one JSON file per preset in ``spklip/config/presets/`` (read when asked for, so an edit shows at once).
 User code adds more with `add_model_config` (a YAML/JSON file or a dict); they live in this process only.
 A preset holds only the keys that differ from the ModelCfg defaults; `spklip.model.create_model(name)` and
 ``model_preset=<name>`` in an experiment config type-check it (an unknown key raises a ConfigError naming it).
 
-Pure data: this module imports neither torch nor spklip.config, so spklip.config resolves ``model_preset`` through
-it without an import circle (spklip.config -> spklip.model.registry, never the reverse).
+Pure data, kept in spklip.config: it imports neither torch nor spklip.model, so the config resolves
+``model_preset`` here and never imports the model library (spklip.model re-exports these names).
 """
 
 from __future__ import annotations
