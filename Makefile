@@ -56,7 +56,7 @@ bench-data: install  ## simulator, shard write, Ray Data read throughput, stream
 bench-model: install  ## forward/backward clips/s and GMAC per clip for each preset; batched vs loop HSFE
 	$(PY) benchmarks/bench_model.py
 
-bench-train: install  ## a demo trial through spklip train: start-up to the first step, data/step/eval seconds, step fraction
+bench-train: install  ## plain PyTorch loop vs spklip train (1 and 2 workers), same steps: steps/s, ratios, phases (--steps N: shorter)
 	$(PY) benchmarks/bench_train.py
 
 bench-gpu:  ## the prepared GPU check (tools/gpu_check.sh; about 5-8 min on one GPU, start-up aside): figures to $$OUT/gpu_check.json or stdout

@@ -1,11 +1,19 @@
-"""Where a demo trial's time goes (``make bench-train``): start-up to the first optimiser step, and the step fraction.
+"""Training at the speed of plain PyTorch (``make bench-train``): the plain loop against ``spklip train``, one run.
 
-Runs ``spklip train`` as its own process (in-process Ray, configs/tiny.yaml on the demo's moving-digits data, the
-demo's 2 workers) for ``--steps`` optimiser steps and prints the breakdown the run recorded (`spklip.train.timing`,
-the summary's ``time``): each start-up milestone from the process start to the first optimiser step, then the
-epochs' data wait, step (forward/backward/optimiser), evaluation, precise BN and checkpoint seconds, and the step and
-model fractions of the wall time (targets, issue 12: first step <= 20 s, model fraction >= 0.6). With ``--rounds``
-above 1, the medians over the rounds. The load average before and after is printed: figures need a quiet machine.
+Same model preset (configs/tiny.yaml: spklip-tiny, augmentation, multi-positive loss), same demo data (moving digits;
+built into a temporary folder when `--data` is missing), same optimiser steps (`--steps`), each as its own process
+(its start-up is part of its wall time):
+
+* the plain PyTorch loop (`plain_loop`: spklip's `Loop` on batches cut from the decoded train split, no Ray, no DDP,
+  no reporting; one evaluation at the end), 1 thread, batch 8 (the per-core batch of 2 workers x 8) and batch 16;
+* ``spklip train`` through Ray Train (in-process Ray), 1 worker x batch 16 and 2 workers x batch 8 (16 clips a step
+  either way), ``scale.cpus_per_worker=0.5`` (1 thread each), the default evaluation cadence.
+
+Printed: steps/s (steps only, and start-up included), the ratios (a worker's step / the plain step of the same
+per-core batch; product wall / plain wall for the same steps and clips; 2 workers vs 1 worker steps/s) and a
+worker's time per phase (start-up, data wait, step, evaluation, precise BN, checkpoint; from the run's timing.json).
+`--profile FILE` also writes a torch.profiler table of 20 steps of the 2-worker run's rank 0 (FILE) and of the plain
+batch-8 loop (FILE.plain). The load average before and after is printed: figures need a quiet machine.
 """
 
 from __future__ import annotations
@@ -13,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -21,7 +28,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_BUILD = ["--digits", "0,1,2", "--motions", "left,right,up,down", "--clips-per-class", "30", "--seed", "0"]
+DEMO_BUILD = ["--digits", "0,1,2,3", "--motions", "left,right,up,down", "--clips-per-class", "30",  # the demo's (Makefile)
+              "--unseen", "0:left,0:right,1:left,1:right", "--seed", "0"]
 
 
 def load() -> str:
@@ -37,49 +45,149 @@ def spklip(*args: str, env: dict[str, str] | None = None) -> str:
     return done.stdout
 
 
-def trial(data: str, run_dir: Path, name: str, args: argparse.Namespace) -> dict:
-    out = spklip("train", "--config", "configs/tiny.yaml", "--name", name, "--set", f"data.path={data}",
-                 "--set", f"train.run_dir={run_dir}", "--set", f"train.max_steps={args.steps}",
-                 "--set", f"scale.num_workers={args.workers}", *[x for kv in args.set for x in ("--set", kv)])
-    return json.loads(out)
+def plain_loop(data: str, batch: int, steps: int, profile: str = "") -> dict:
+    """The reference: spklip's `Loop` (forward, STCL loss, backward, AdamW) on 1 thread in this process, batches cut
+    from the decoded train split in a seeded order each epoch; one evaluation (val) at the end."""
+    started = time.time()
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(1)
+    from spklip.config import load_config
+    from spklip.data.read import dataset_info, decoded_split, to_torch
+    from spklip.eval.run import evaluate_model
+    from spklip.loss import ClipLoss
+    from spklip.model import create_model
+    from spklip.train.loop import Loop, StepProfiler, seed_everything
+    from spklip.train.timing import process_started_at
+
+    started = process_started_at() or started
+    cfg = load_config(str(ROOT / "configs" / "tiny.yaml"), [f"data.path={data}", f"data.batch_size={batch}",
+                                                            "train.epochs=100000", f"train.max_steps={steps}",
+                                                            "eval.few_shot_ks=[1,2,4]"])
+    seed_everything(cfg.train.seed)
+    device = torch.device("cpu")
+    model = create_model(cfg.model, loss_cfg=cfg.loss)
+    loop = Loop.create(cfg, model, ClipLoss(cfg.loss), device, steps)
+    train = decoded_split(data, cfg.data.train_split)
+    n = len(train["label"])
+    rng = np.random.default_rng(cfg.data.seed)
+    profiler = StepProfiler(profile) if profile else None
+    step, epoch, step_s = 0, 0, 0.0
+    t_first = time.time()
+    while step < steps:
+        order = rng.permutation(n)
+        for i in range(n // batch):
+            b = to_torch({k: v[order[i * batch:(i + 1) * batch]] for k, v in train.items()})
+            t = time.perf_counter()
+            model.train()
+            m = loop.micro_step(b, 1.0, sync=True, epoch=epoch, index=i)
+            loop.optimizer_step(m["loss"], step + 1)
+            step_s += time.perf_counter() - t
+            step += 1
+            if step == 1:
+                t_first = time.time()
+            if profiler is not None:
+                profiler.step(step)
+            if step >= steps:
+                break
+        epoch += 1
+    t = time.perf_counter()
+    metrics = evaluate_model(model, cfg, dataset_info(cfg), device).metrics
+    return {"batch": batch, "steps": steps, "step_s": step_s, "eval_s": time.perf_counter() - t,
+            "startup_s": t_first - started, "wall_s": time.time() - started, "val/top1": metrics["val/top1"]}
 
 
-def median_of(values: list[float]) -> str:
-    med = statistics.median(values)
-    return f"{med:.1f}" + (f" ({' / '.join(f'{v:.1f}' for v in values)})" if len(values) > 1 else "")
+def run_json(cmd: list[str], env: dict[str, str] | None = None) -> tuple[dict, float]:
+    """Run `cmd` (a fresh process) and parse its stdout's JSON; also its wall time measured here."""
+    t = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+    wall = time.perf_counter() - t
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(cmd[:4])} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout), wall
 
 
-def report(times: list[dict], seconds: list[float]) -> None:
-    first = times[0]
-    print(f"start-up to the first optimiser step: {median_of([t['startup_s'] for t in times])} s "
-          f"(target <= 20 s on 2 cores)")
-    for phase in first["startup"]:
-        print(f"  {phase:<12} {median_of([t['startup'].get(phase, 0.0) for t in times])} s")
-    print(f"epochs: {first['epochs']}; wall time from the command's start to the last epoch's end "
-          f"{median_of([t['wall_s'] for t in times])} s (`fit` alone {median_of(seconds)} s)")
-    for phase in first["totals"]:
-        print(f"  {phase:<12} {median_of([t['totals'].get(phase, 0.0) for t in times])} s")
-    print(f"step fraction (forward/backward/optimiser): {median_of([t['step_fraction'] for t in times])}; "
-          f"model fraction (step + eval + precise BN): {median_of([t['model_fraction'] for t in times])} "
-          f"(target >= 0.6)")
+def product(data: str, run_dir: Path, workers: int, batch: int, args: argparse.Namespace,
+            profile: str = "") -> dict:
+    """``spklip train --config configs/tiny.yaml`` with `workers` Ray Train workers of `batch` clips, `args.steps`
+    steps: its summary, the wall time measured here, and the worker's phases (timing.json)."""
+    name = f"bench-{workers}w"
+    sets = [f"data.path={data}", f"train.run_dir={run_dir}", f"train.max_steps={args.steps}", "train.epochs=100000",
+            f"scale.num_workers={workers}", "scale.cpus_per_worker=0.5", f"data.batch_size={batch}",
+            "tracking.log_model=false", *args.set]
+    env = {"SPKLIP_PROFILE": profile} if profile else None
+    summary, wall = run_json([sys.executable, "-m", "spklip.cli", "train", "--config", "configs/tiny.yaml",
+                              "--name", name, *[x for kv in sets for x in ("--set", kv)]], env)
+    timing = summary.get("time") or {}
+    if not timing:
+        sys.exit("the run wrote no time breakdown (timing.json)")
+    return {"workers": workers, "batch": batch, "wall_s": wall, "time": timing,
+            "val/top1": (summary.get("last_metrics") or {}).get("val/top1")}
+
+
+def rate(steps: int, seconds: float) -> float:
+    return steps / seconds if seconds > 0 else float("nan")
+
+
+def report(plain: dict[int, dict], runs: dict[int, dict], steps: int) -> None:
+    print(f"\n{steps} optimiser steps each (spklip-tiny, configs/tiny.yaml, the demo data)")
+    print(f"{'path':<44} {'steps/s (steps)':>15} {'steps/s (wall)':>15} {'wall s':>8} {'val/top1':>9}")
+    for b, r in plain.items():
+        print(f"{f'plain PyTorch, 1 thread, batch {b}':<44} {rate(steps, r['step_s']):>15.2f} "
+              f"{rate(steps, r['wall_s']):>15.2f} {r['wall_s']:>8.1f} {r['val/top1']:>9.3f}")
+    for w, r in runs.items():
+        t, top1 = r["time"], r["val/top1"]
+        print(f"{'spklip train, %d worker(s) x batch %d' % (w, r['batch']):<44} "
+              f"{rate(steps, t['totals'].get('step', 0.0)):>15.2f} {rate(steps, r['wall_s']):>15.2f} "
+              f"{r['wall_s']:>8.1f} {top1 if top1 is not None else float('nan'):>9.3f}")
+    print("\nratios (targets, issue 26)")
+    for w, r in runs.items():
+        b = r["batch"]
+        if b in plain:
+            worker_step = r["time"]["totals"].get("step", 0.0) / steps
+            plain_step = plain[b]["step_s"] / steps
+            print(f"  {w} worker(s): worker step / plain step (batch {b}): {worker_step / plain_step:.2f} "
+                  f"({worker_step:.4f} / {plain_step:.4f} s; target <= 1.15)")
+    if 2 in runs and 8 in plain:
+        print(f"  2 workers x 8: product wall / plain wall (batch 8, 1 thread a core): "
+              f"{runs[2]['wall_s'] / plain[8]['wall_s']:.2f} (target <= 1.3)")
+    if 1 in runs and 16 in plain:
+        print(f"  1 worker x 16: product wall / plain wall (batch 16): {runs[1]['wall_s'] / plain[16]['wall_s']:.2f}")
+    if 1 in runs and 2 in runs:
+        s1 = rate(steps, runs[1]["time"]["totals"].get("step", 0.0))
+        s2 = rate(steps, runs[2]["time"]["totals"].get("step", 0.0))
+        print(f"  2 workers vs 1 worker, steps/s of 16 clips: {s2 / s1:.2f} (steps only), "
+              f"{runs[1]['wall_s'] / runs[2]['wall_s']:.2f} (wall) (target >= 1.6)")
+    print("\na worker's time by phase (rank 0, seconds)")
+    print(f"{'run':<16} {'start-up':>9} {'data':>7} {'step':>7} {'eval':>7} {'prec. BN':>9} {'ckpt':>7} "
+          f"{'evals':>6} {'threads':>8} {'wall':>7}")
+    for w, r in runs.items():
+        t, tot = r["time"], r["time"]["totals"]
+        print(f"{f'{w} worker(s)':<16} {t['startup_s']:>9.1f} {tot.get('data', 0):>7.1f} {tot.get('step', 0):>7.1f} "
+              f"{tot.get('eval', 0):>7.1f} {tot.get('bn', 0):>9.1f} {tot.get('checkpoint', 0):>7.1f} "
+              f"{t.get('evaluations', 0):>6} {t.get('threads', 0):>8} {t['wall_s']:>7.1f}")
+        print("  start-up: " + ", ".join(f"{k} {v:.1f}" for k, v in t["startup"].items()))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(ROOT / "runs" / "data" / "moving-digits"),
                    help="the demo's shard folder (built into a temporary folder when it does not exist)")
-    p.add_argument("--steps", type=int, default=72, help="optimiser steps of the trial (train.max_steps)")
-    p.add_argument("--workers", type=int, default=None, help="Ray Train workers (scale.num_workers; 0: local mode; "
-                   "default 2, with --quick 0)")
-    p.add_argument("--rounds", type=int, default=1, help="trials run; medians are printed")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
-    p.add_argument("--quick", action="store_true", help="a short run that proves the benchmark works (6 steps, "
-                   "local mode, 1 few-shot seed): not for figures")
+    p.add_argument("--steps", type=int, default=600, help="optimiser steps of every path (default: the demo's 600)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra config overrides for the spklip train runs")
+    p.add_argument("--profile", default="", metavar="FILE", help="write a torch.profiler table of 20 steps (after "
+                   "10) of the 2-worker run's rank 0 to FILE and of the plain batch-8 loop to FILE.plain")
+    p.add_argument("--plain-worker", type=int, default=0, metavar="BATCH", help=argparse.SUPPRESS)
+    p.add_argument("--plain-profile", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.quick:
-        args.steps = 6
-        args.set += ["eval.few_shot_seeds=1", "eval.few_shot_ks=[1]", "train.epochs=1"]
-    args.workers = args.workers if args.workers is not None else (0 if args.quick else 2)
+    if args.plain_worker:  # the child process of one plain loop
+        print(json.dumps(plain_loop(args.data, args.plain_worker, args.steps, args.plain_profile)))
+        return
+    if args.profile and args.steps < 30:
+        sys.exit("--profile needs --steps >= 30 (it profiles steps 11-30)")
     print(f"before: {load()}")
     with tempfile.TemporaryDirectory(prefix="spklip-bench-train-") as tmp:
         data = args.data
@@ -88,16 +196,16 @@ def main() -> None:
             t = time.perf_counter()
             spklip("data", "build", "moving-digits", "--out", data, *DEMO_BUILD)
             print(f"built the demo data in {time.perf_counter() - t:.0f} s: {data}")
-        times, seconds = [], []
-        for i in range(args.rounds):
-            summary = trial(data, Path(tmp) / "runs", f"bench-{i}", args)
-            if not summary.get("time"):
-                sys.exit("the run wrote no time breakdown (timing.json)")
-            times.append(summary["time"])
-            seconds.append(summary["seconds"])
-    print(f"spklip train: configs/tiny.yaml, {args.steps} steps, {args.workers} workers, in-process Ray "
-          f"({args.rounds} round{'s' if args.rounds > 1 else ''})")
-    report(times, seconds)
+        plain = {}
+        for batch in (8, 16):
+            prof = f"{args.profile}.plain" if args.profile and batch == 8 else ""
+            plain[batch], _ = run_json([sys.executable, str(Path(__file__).resolve()), "--data", data, "--steps",
+                                        str(args.steps), "--plain-worker", str(batch), "--plain-profile", prof])
+        runs = {1: product(data, Path(tmp) / "runs", 1, 16, args),
+                2: product(data, Path(tmp) / "runs", 2, 8, args, os.path.abspath(args.profile) if args.profile else "")}
+    report(plain, runs, args.steps)
+    if args.profile:
+        print(f"\nprofiles: {args.profile} (2 workers, rank 0), {args.profile}.plain (plain loop, batch 8)")
     print(f"after: {load()}")
 
 

@@ -155,6 +155,7 @@ def test_killed_driver_resumes_with_train_resume(tmp_path):
     first = subprocess.Popen([*spklip, "--config", "configs/tiny.yaml", "--name", "k", "--set", f"data.path={data}",
                               "--set", f"train.run_dir={runs}", "--set", "scale.num_workers=0",
                               "--set", "train.epochs=6", "--set", "data.batch_size=4", "--set", "train.log_every=1",
+                              "--set", "eval.every_epochs=1",
                               "--set", "eval.few_shot_ks=[1]", "--set", "eval.few_shot_steps=5",
                               "--set", "eval.energy=false"],
                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,

@@ -44,7 +44,7 @@ def test_evaluated_epochs_are_every_nth_and_the_last():
     assert [e for e in range(1, 8) if evaluates_after(cfg, e, step=10 * e)] == [3, 6, 7]
     capped = load_config("configs/tiny.yaml", ["train.epochs=100", "eval.every_epochs=3", "train.max_steps=45"])
     assert [e for e in range(1, 6) if evaluates_after(capped, e, step=min(10 * e, 45))] == [3, 5]  # 5: max_steps
-    every = load_config("configs/tiny.yaml", ["train.epochs=3"])
+    every = load_config("configs/tiny.yaml", ["train.epochs=3", "eval.every_epochs=1"])
     assert all(evaluates_after(every, e, step=e) for e in (1, 2, 3))
 
 

@@ -73,11 +73,12 @@ SPEC = SweepSpec(
           ("variant", "hsfe", "hsfe-k1"), ("variant", "hsfe", "windowed-average"),
           ("variant", "hsfe", "authors")),
     # an equal budget in optimiser steps whatever the data size: 600 steps of 16 clips (50 epochs of the demo data),
-    # what spklip-tiny needs to learn the direction of motion on moving digits (docs/training.md); evaluated every
-    # 5th epoch and at the end (per-epoch evaluation was 30 % of an HSFE run's time)
+    # what spklip-tiny needs to learn the direction of motion on moving digits (docs/training.md); evaluated at the
+    # default cadence, every 100 steps and the last (eval.every_steps: 6 evaluations; per-epoch evaluation was 30 %
+    # of an HSFE run's time)
     base={"model_preset": "spklip-tiny", "train.epochs": 10000, "train.max_steps": 600, "scale.num_workers": 1,
           "tracking.log_model": False, "optim.lr": 1e-3, "optim.warmup_steps": 10,
-          "eval.few_shot_ks": [1, 2, 4, 8, 16], "eval.every_epochs": 5},
+          "eval.few_shot_ks": [1, 2, 4, 8, 16]},
     smoke={"train.epochs": 1, "train.max_steps": 4, "data.batch_size": 8, "eval.energy": True,
            "scale.max_failures": 0, "eval.few_shot_ks": [1]},
     scheduler="fifo",

@@ -51,7 +51,8 @@ SPEC = SweepSpec(
     # selected on val; the result is each run's best-on-val checkpoint on the test split (and zero-shot)
     report_metrics=(("test/top1", "max"), ("test/zeroshot/top1", "max")),
     # 600 optimiser steps per trial (50 epochs of the demo data): what spklip-tiny needs to learn the direction of
-    # motion with augmentation (docs/training.md); ASHA still stops weak trials after each epoch
+    # motion with augmentation (docs/training.md); ASHA still stops weak trials at their evaluations (every 100 steps,
+    # eval.every_steps)
     base={"model_preset": "spklip-tiny", "train.epochs": 10000, "train.max_steps": 600, "scale.num_workers": 1,
           "tracking.log_model": False, "optim.lr": 1e-3, "optim.warmup_steps": 10, "eval.few_shot_ks": [1],
           "eval.few_shot_seeds": 1},

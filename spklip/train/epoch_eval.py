@@ -1,5 +1,6 @@
-"""Rank-0 evaluation at the end of each epoch: precise BN, the protocol of `spklip.eval.run` plus ``trainset/top1``,
-logged to MLflow (the tracking belongs to the training layer; spklip.eval stays free of it)."""
+"""Rank-0 evaluation during training, at the cadence of `evaluates_after` (``eval.every_steps`` or
+``eval.every_epochs``, and the last step): precise BN (``eval.bn_recal_batches``), the protocol of `spklip.eval.run`
+plus ``trainset/top1``, logged to MLflow (the tracking belongs to the training layer; spklip.eval stays free of it)."""
 
 from __future__ import annotations
 
@@ -15,15 +16,23 @@ from spklip.tracking import Tracker
 from spklip.train.timing import Phases
 
 
-def evaluates_after(cfg: ExperimentConfig, epochs_done: int, step: int) -> bool:
-    """Whether the epoch that ends with `epochs_done` epochs and `step` optimiser steps done is evaluated (and
-    checkpointed): every ``eval.every_epochs``-th one, and the run's last (``train.epochs`` or ``train.max_steps``)."""
-    last = epochs_done >= cfg.train.epochs or bool(cfg.train.max_steps and step >= cfg.train.max_steps)
-    return last or epochs_done % cfg.eval.every_epochs == 0
+def evaluates_after(cfg: ExperimentConfig, epochs_done: int | None, step: int) -> bool:
+    """Whether the run evaluates (and checkpoints) once optimiser step `step` is done; `epochs_done` is the number of
+    epochs done when that step ended an epoch, None when it did not (mid-epoch).
+
+    The run's last step always (``train.epochs`` epochs done, or ``train.max_steps`` reached); otherwise every
+    ``eval.every_epochs``-th epoch's end when that is > 0, else every ``eval.every_steps``-th step (0: none)."""
+    ev, train = cfg.eval, cfg.train
+    at_epoch_end = epochs_done is not None
+    if (at_epoch_end and epochs_done >= train.epochs) or (train.max_steps and step >= train.max_steps):
+        return True
+    if ev.every_epochs:
+        return at_epoch_end and epochs_done % ev.every_epochs == 0
+    return bool(ev.every_steps) and step % ev.every_steps == 0
 
 
 class EpochEvaluator:
-    """Evaluates on rank 0 after each epoch and logs metrics (step-indexed) and artifacts (per epoch)."""
+    """Evaluates on rank 0 and logs metrics (step-indexed) and artifacts (`artifact_folder`)."""
 
     def __init__(self, cfg: ExperimentConfig, dataset: dict[str, Any], tracker: Tracker):
         self.cfg, self.dataset, self.tracker = cfg, dataset, tracker
@@ -42,11 +51,17 @@ class EpochEvaluator:
             report.metrics["eval/bn_recal_seconds"] = t1 - t0
         report.metrics["epoch"] = float(epoch)
         self.tracker.log_metrics(report.metrics, step)
-        log_report_artifacts(self.tracker, report, f"eval/epoch_{epoch:03d}")
+        log_report_artifacts(self.tracker, report, self.artifact_folder(step, epoch))
         if phases is not None:
-            phases.add("bn", t1 - t0)
+            if recal:  # precise BN off (or no BatchNorm): no time in it
+                phases.add("bn", t1 - t0)
             phases.add("eval", time.perf_counter() - t1)
         return report.metrics
+
+    def artifact_folder(self, step: int, epoch: int) -> str:
+        """Where an evaluation's tables and plot go: named by the cadence's unit, ``eval/epoch_NNN`` (epochs done)
+        with ``eval.every_epochs``, else ``eval/step_NNNNNNN`` (several evaluations may fall in one epoch)."""
+        return f"eval/epoch_{epoch:03d}" if self.cfg.eval.every_epochs else f"eval/step_{step:07d}"
 
     def train_accuracy(self, model, device, autocast_dtype=None) -> dict[str, float]:
         """``trainset/top1``: prompt top-1 on ``eval.train_clips`` random training clips as stored (no augmentation),
@@ -62,7 +77,8 @@ class EpochEvaluator:
         return metrics
 
     def recalibrate(self, model, device, autocast_dtype=None) -> int:
-        """Precise BN on ``eval.bn_recal_batches`` random training micro-batches (the same sample every epoch)."""
+        """Precise BN on ``eval.bn_recal_batches`` random training micro-batches (the same sample every time); 0:
+        off, the running averages stay."""
         n = self.cfg.eval.bn_recal_batches
         if not n:
             return 0

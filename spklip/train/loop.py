@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import time
 import warnings
@@ -19,7 +20,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-from spklip.config import ExperimentConfig, TrainCfg
+from spklip.config import ExperimentConfig, ScaleCfg, TrainCfg
 from spklip.data.augment import augment_batch
 from spklip.loss import caption_keys
 from spklip.model.text import in_templates, training_texts
@@ -42,6 +43,37 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask: a container's or ``taskset``'s limit), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def worker_threads(scale: ScaleCfg, cpus: int | None = None) -> int:
+    """torch intra-op threads of one training process: ``scale.threads_per_worker``, or when 0 (auto) the worker's
+    CPU share, ``floor(scale.cpus_per_worker)`` and at least 1 (the CPUs Ray reserves for it; Ray's own
+    ``OMP_NUM_THREADS`` rule), or in local mode (``num_workers=0``: the loop runs in the driver) all `cpus` (default:
+    `available_cpus`). Never more than `cpus`: threads beyond the cores only wait for each other."""
+    cpus = cpus or available_cpus()
+    if scale.threads_per_worker:
+        want = scale.threads_per_worker
+    elif scale.num_workers == 0:
+        want = cpus
+    else:
+        want = max(1, math.floor(scale.cpus_per_worker))
+    return max(1, min(want, cpus))
+
+
+def apply_threads(scale: ScaleCfg) -> int:
+    """``torch.set_num_threads(worker_threads(scale))``; returns the count set. Called by every worker before it
+    builds its model (torch only reads ``OMP_NUM_THREADS``, which Ray sets, at its first parallel op)."""
+    threads = worker_threads(scale)
+    torch.set_num_threads(threads)
+    return threads
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -82,6 +114,44 @@ def prepare_for_device(model: torch.nn.Module, train: TrainCfg, device: torch.de
     done = {"cudnn_benchmark": device.type == "cuda", "channels_last": channels_last, "compile": compiled}
     object.__setattr__(bare, "_spklip_prepared", done)
     return done
+
+
+PROFILE_ENV = "SPKLIP_PROFILE"  # a file: rank 0 (or the bench's plain loop) writes a profile of some steps there
+PROFILE_STEPS_ENV = "SPKLIP_PROFILE_STEPS"  # "START:COUNT" (default 10:20): the steps after step START, COUNT of them
+
+
+class StepProfiler:
+    """``torch.profiler`` over `count` optimiser steps, from the end of step `start` (past the warm-up) to the end of
+    step ``start + count``: everything the process does meanwhile (waiting for data, forward, backward, DDP's
+    all-reduce, optimiser, the hooks). `step` is called after every step; the table of the top ops by self CPU time
+    goes to `path` with the seconds per step. A diagnostic (`spklip.train.worker` arms it from `PROFILE_ENV`)."""
+
+    def __init__(self, path: str | os.PathLike, start: int = 10, count: int = 20, rows: int = 30):
+        self.path, self.start, self.count, self.rows = str(path), start, max(1, count), rows
+        self.prof: Any = None
+        self.t0 = 0.0
+
+    @classmethod
+    def from_env(cls) -> "StepProfiler | None":
+        path = os.environ.get(PROFILE_ENV, "")
+        if not path:
+            return None
+        start, _, count = os.environ.get(PROFILE_STEPS_ENV, "10:20").partition(":")
+        return cls(path, int(start), int(count or 20))
+
+    def step(self, step: int) -> None:
+        if step == self.start and self.prof is None:
+            self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+            self.prof.__enter__()
+            self.t0 = time.perf_counter()
+        elif step == self.start + self.count and self.prof is not None:
+            seconds = time.perf_counter() - self.t0
+            self.prof.__exit__(None, None, None)
+            table = self.prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=self.rows)
+            self.prof = None
+            with open(self.path, "w") as f:
+                f.write(f"steps {self.start + 1}-{step} ({self.count}), {seconds / self.count:.4f} s a step "
+                        f"(profiled), torch threads {torch.get_num_threads()}\n{table}\n")
 
 
 @dataclass

@@ -90,6 +90,8 @@ class RunTiming:
     wall_s: float = 0.0  # command start -> end of the last epoch (its evaluation and checkpoint included)
     totals: dict[str, float] = field(default_factory=dict)  # `PHASES` summed over the epochs of this process
     epochs: int = 0  # epochs in `totals`
+    evaluations: int = 0  # evaluations in `totals` (``eval.every_steps`` / ``eval.every_epochs`` and the last step)
+    threads: int = 0  # torch intra-op threads of this process (``scale.threads_per_worker``)
 
     def add_epoch(self, seconds: dict[str, float], wall_s: float) -> None:
         for name, s in seconds.items():

@@ -32,7 +32,8 @@ from spklip.train.checkpoint import (CheckpointError, TrainState, read_checkpoin
                                      trainable_state_dict)
 from spklip.train.epoch_eval import EpochEvaluator, evaluates_after
 from spklip.train.faults import maybe_crash
-from spklip.train.loop import Loop, NonFiniteError, prepare_for_device, run_training, seed_everything
+from spklip.train.loop import (Loop, NonFiniteError, StepProfiler, apply_threads, prepare_for_device, run_training,
+                               seed_everything)
 from spklip.train.progress import append_line, epoch_line
 from spklip.train.timing import PHASES, RunTiming, Timeline, epoch_metrics, startup_metrics
 from spklip.tracking import SPOOL_DIR, Tracker
@@ -124,11 +125,12 @@ class _WorkerRun:
         self.timeline.mark("worker_start")  # the worker group and this process started, train_fn called
         ctx = ray.train.get_context()
         self.rank, world = ctx.get_world_rank(), ctx.get_world_size()
+        self.threads = apply_threads(cfg.scale)  # before the model: its first ops size torch's thread pool
         self.model, loss_fn, self.device = _setup_model(cfg, world, self.rank)
         self.timeline.mark("model_build")
         self.loop = Loop.create(cfg, self.model, loss_fn, self.device, plan.total_steps, rank=self.rank)
         self.phases = self.loop.phases  # the loop adds data and step; this run eval, bn and checkpoint
-        self.timing = RunTiming()
+        self.timing = RunTiming(threads=self.threads)
         self.batched = self.stepped = False  # this process has had its first batch, made its first step
         self.state = TrainState()
         checkpoint = _resume_point(plan)
@@ -140,9 +142,11 @@ class _WorkerRun:
                                spool_dir=Path(plan.run_dir) / SPOOL_DIR if plan.run_dir else None)
         self.evaluator = EpochEvaluator(cfg, plan.dataset, self.tracker) if self.rank == 0 else None
         self.last_eval: dict[str, float] = {}
+        self.evaluated_in_epoch = False  # an evaluation ran since the last epoch end (its metrics go on the line)
         self.epoch_drained = False  # set by _epoch_batches when the epoch has no batch left
         self.checkpointed_step = -1  # step of the last report that carried a checkpoint
         self.last_loss: float | None = None  # for the progress line
+        self.profiler = StepProfiler.from_env() if self.rank == 0 else None  # SPKLIP_PROFILE: a profile of steps
         self.timeline.mark("setup")  # optimiser, resume, tracker, evaluator
         self.epoch_started = time.monotonic()
 
@@ -209,14 +213,21 @@ class _WorkerRun:
         maybe_crash(st.step, self.rank)
         if not self.stepped:
             self.first_step(st.step)
+        if self.profiler is not None:
+            self.profiler.step(st.step)
         train = self.cfg.train
         self.last_loss = metrics.get("loss", self.last_loss)
         if self.rank == 0 and st.step % train.log_every == 0:
             self.tracker.log_metrics({f"train/{k}": v for k, v in metrics.items()}, st.step)
-        # An evaluated epoch's last step (or the max_steps one) is checkpointed by on_epoch_end, with its evaluation:
-        # one checkpoint per step, so Ray never holds two reports of one folder (it deleted the folder with the first).
-        ends_eval_epoch = (self.epoch_drained and evaluates_after(self.cfg, st.epoch + 1, st.step)) or (
-            train.max_steps and st.step >= train.max_steps)
+        # An epoch's last step (or the max_steps one) is evaluated and checkpointed by on_epoch_end when due (a resume
+        # from it starts the next epoch), and only there: one checkpoint per step, so Ray never holds two reports of
+        # one folder (it deleted the folder with the first).
+        ends_epoch = self.epoch_drained or bool(train.max_steps and st.step >= train.max_steps)
+        if not ends_epoch and evaluates_after(self.cfg, None, st.step):  # eval.every_steps, mid-epoch
+            self.evaluate(st)
+            self.timed_report({"step": st.step, "epoch": st.epoch, **self.last_eval})
+            return
+        ends_eval_epoch = ends_epoch and evaluates_after(self.cfg, st.epoch + 1, st.step)
         if train.checkpoint_every and st.step % train.checkpoint_every == 0 and not ends_eval_epoch:
             # not evaluated yet: the worst finite score (Ray's run snapshot is JSON, which stores +-inf as null; a
             # resumed run then failed ranking its restored checkpoints, "float * NoneType")
@@ -233,21 +244,30 @@ class _WorkerRun:
         if self.rank == 0:
             self.tracker.log_metrics(metrics, step)
 
-    def on_epoch_end(self, st: TrainState) -> None:
-        """Rank 0 writes the epoch's progress line. An evaluated epoch (`evaluates_after`; every one unless
-        ``eval.every_epochs`` > 1) is first evaluated by rank 0, then reported by every rank with the checkpoint."""
-        evaluated = evaluates_after(self.cfg, st.epoch, st.step)
+    def evaluate(self, st: TrainState) -> None:
+        """Rank 0 evaluates the model now (precise BN, the protocol, logging); `st` keeps the metrics for the
+        checkpoint every rank reports next."""
+        self.evaluated_in_epoch = True
+        self.timing.evaluations += 1
         if self.rank == 0:
-            if evaluated:
-                self.last_eval = self.evaluator.run(self.model, self.device, st.step, st.epoch,
-                                                    self.loop.autocast_dtype, phases=self.phases)
-                st.metrics = dict(self.last_eval)
-            if self.plan.run_dir:
-                append_line(self.plan.run_dir, epoch_line(int(st.epoch), self.cfg.train.epochs, st.step,
-                                                          self.plan.total_steps, self.cfg.train.metric,
-                                                          self.last_eval if evaluated else {}, self.last_loss,
-                                                          time.monotonic() - self.epoch_started,
-                                                          {p: self.phases.seconds.get(p, 0.0) for p in PHASES}))
+            self.last_eval = self.evaluator.run(self.model, self.device, st.step, st.epoch, self.loop.autocast_dtype,
+                                                phases=self.phases)
+            st.metrics = dict(self.last_eval)
+
+    def on_epoch_end(self, st: TrainState) -> None:
+        """Rank 0 writes the epoch's progress line (with the metrics of an evaluation in this epoch). When the epoch's
+        last step is due for evaluation (`evaluates_after`: ``eval.every_steps`` or ``eval.every_epochs``, and the
+        run's last step), rank 0 first evaluates, then every rank reports with the checkpoint."""
+        evaluated = evaluates_after(self.cfg, st.epoch, st.step)
+        if evaluated:
+            self.evaluate(st)
+        if self.rank == 0 and self.plan.run_dir:
+            append_line(self.plan.run_dir, epoch_line(int(st.epoch), self.cfg.train.epochs, st.step,
+                                                      self.plan.total_steps, self.cfg.train.metric,
+                                                      self.last_eval if self.evaluated_in_epoch else {},
+                                                      self.last_loss, time.monotonic() - self.epoch_started,
+                                                      {p: self.phases.seconds.get(p, 0.0) for p in PHASES}))
+        self.evaluated_in_epoch = False
         if evaluated:
             self.timed_report({"step": st.step, "epoch": st.epoch, **self.last_eval})
         self.end_epoch_timing(st.step)
