@@ -8,6 +8,7 @@ digits: on tiny moving digits (16 planes of 32x32, 12-24 training clips per clas
 The resume test uses moving digits.
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -171,6 +172,8 @@ def test_killed_worker_resumes_from_the_last_checkpoint(ray_session, tmp_path, m
     # Steps 1-3 ran once (checkpoint at 3); 4 ran twice (before the crash at 5 and after resuming from 3); 5 on
     # once: the failure cost less than one checkpoint interval, not the run.
     assert steps == [1, 2, 3, 4, 4] + list(range(5, 2 * spe + 1))
+    timing = json.loads((tmp_path / "runs" / "ray" / "crash" / "timing.json").read_text())  # the last process's
+    assert timing["first_step"] == 4  # the restarted worker began after the step-3 checkpoint (tools/gpu_check.sh)
 
 
 @pytest.mark.slow

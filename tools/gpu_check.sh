@@ -10,7 +10,9 @@
 #      agree (fp32, TF32 off) and the speed-up;
 #   3. one Ray Train run with a GPU worker (`spklip train`, scale.use_gpu=true, so Ray Train's TorchConfig picks the
 #      nccl backend) on tiny moving digits built by `spklip data build moving-digits`;
-#   4. the spike simulator on the GPU if it has a torch path (skipped with a line when it is numpy only).
+#   4. the same run with rank 0 killed at step 5: Ray Train restarts the worker group on the GPU and it resumes
+#      from the step-3 checkpoint (the path issue 25 found crashing: RNG states must stay on the CPU);
+#   5. the spike simulator on the GPU if it has a torch path (skipped with a line when it is numpy only).
 # Figures go to $OUT/gpu_check.json when OUT is set, else to stdout, as one JSON object; a section that fails records
 # its error there and the script exits 1 after finishing the others.
 #
@@ -204,31 +206,58 @@ def _():
     return {"rows": rows}
 
 
-@section("ray_train_gpu_worker")
-def _():
+def spklip_train(name: str, extra: list[str], env: dict | None = None) -> tuple[dict, str, float]:
+    """`spklip train` of configs/tiny.yaml on tiny moving digits (built once) with one Ray Train worker, on the GPU
+    when there is one (scale.use_gpu=true: Ray Train's TorchConfig then picks nccl): (summary, log, wall seconds)."""
     data, runs = work / "digits", work / "runs"
     py = [sys.executable, "-m", "spklip.cli"]
-    subprocess.run([*py, "data", "build", "moving-digits", "--out", str(data), "--digits", "0,1",
-                    "--motions", "left,right", "--clips-per-class", "12", "--seed", "0", "--no-progress"],
-                   check=True, capture_output=True, text=True, timeout=300)
+    if not data.exists():
+        subprocess.run([*py, "data", "build", "moving-digits", "--out", str(data), "--digits", "0,1",
+                        "--motions", "left,right", "--clips-per-class", "12", "--seed", "0", "--no-progress"],
+                       check=True, capture_output=True, text=True, timeout=300)
     sets = [f"data.path={data}", f"train.run_dir={runs}", "scale.num_workers=1",
             f"scale.use_gpu={'true' if gpu else 'false'}", f"scale.cpus_per_worker={2 if gpu else 0.5}",
             "train.epochs=1", "train.max_steps=4", "train.log_every=1", "eval.few_shot_ks=[1]",
-            "eval.few_shot_seeds=1", "eval.few_shot_steps=5", "eval.bn_recal_batches=1", "tracking.log_model=false"]
+            "eval.few_shot_seeds=1", "eval.few_shot_steps=5", "eval.bn_recal_batches=1", "tracking.log_model=false",
+            *extra]
     t0 = time.perf_counter()
-    run = subprocess.run([*py, "train", "--config", "configs/tiny.yaml", "--name", "gpu-check",
-                          *[a for s in sets for a in ("--set", s)]], capture_output=True, text=True, timeout=400)
+    run = subprocess.run([*py, "train", "--config", "configs/tiny.yaml", "--name", name,
+                          *[a for s in sets for a in ("--set", s)]], capture_output=True, text=True, timeout=400,
+                         env={**os.environ, **(env or {})})
     wall = time.perf_counter() - t0
     if run.returncode != 0:
         raise RuntimeError(f"spklip train exited {run.returncode}: {(run.stdout + run.stderr)[-3000:]}")
     summary = json.loads(run.stdout[run.stdout.rindex("\n{") + 1:] if "\n{" in run.stdout else run.stdout)
-    log = run.stdout + run.stderr
+    return summary, run.stdout + run.stderr, wall
+
+
+@section("ray_train_gpu_worker")
+def _():
+    summary, log, wall = spklip_train("gpu-check", [])
     last = summary.get("last_metrics") or {}  # `spklip train`'s summary: the last report's metrics
     return {"wall_s": round(wall, 1), "fit_seconds": summary["seconds"], "step": last.get("step"),
             "val_top1": last.get("val/top1"), "test_top1": (summary.get("test_metrics") or {}).get("test/top1"),
             "use_gpu": gpu,
             "backend": "nccl (Ray Train TorchConfig: backend None + GPU workers)" if gpu else "gloo",
             "nccl_in_log": bool(re.search(r"nccl", log, re.I))}
+
+
+@section("ray_train_gpu_worker_crash_resume")
+def _():
+    """The GPU resume path: rank 0 kills its own process at step 5 (spklip.train.faults), Ray Train restarts the
+    worker group, and the new GPU worker resumes from the step-3 checkpoint (its RNG states must stay on the CPU)."""
+    marker = work / "crashed"
+    summary, _, wall = spklip_train("gpu-check-crash", ["train.epochs=100", "train.max_steps=8",  # 8 steps: 2 epochs
+                                                        "train.checkpoint_every=3", "scale.max_failures=1"],
+                                    env={"SPKLIP_FAULT_CRASH_AT_STEP": "5", "SPKLIP_FAULT_MARKER": str(marker)})
+    step = (summary.get("last_metrics") or {}).get("step")
+    restarted_at = (summary.get("time") or {}).get("first_step")  # the restarted worker's first step
+    if not marker.exists() or step != 8 or restarted_at != 4:
+        raise RuntimeError(f"expected a crash at step 5, a worker restarted at step 4 (from the step-3 checkpoint) "
+                           f"and a run ending at step 8: crashed {marker.exists()}, restarted at {restarted_at}, "
+                           f"last step {step}")
+    return {"wall_s": round(wall, 1), "crashed_at_step": int(marker.read_text()), "restarted_at_step": restarted_at,
+            "last_step": step}
 
 
 @section("simulator_gpu")

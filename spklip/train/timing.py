@@ -92,6 +92,7 @@ class RunTiming:
     epochs: int = 0  # epochs in `totals`
     evaluations: int = 0  # evaluations in `totals` (``eval.every_steps`` / ``eval.every_epochs`` and the last step)
     threads: int = 0  # torch intra-op threads of this process (``scale.threads_per_worker``)
+    first_step: int = 0  # the optimiser step this process made first: 1, or the resume checkpoint's step + 1
 
     def add_epoch(self, seconds: dict[str, float], wall_s: float) -> None:
         for name, s in seconds.items():

@@ -238,6 +238,7 @@ class _WorkerRun:
     def first_step(self, step: int) -> None:
         """The first optimiser step of this process is done: rank 0 logs the start-up breakdown."""
         self.stepped = True
+        self.timing.first_step = step
         self.timeline.mark("first_step")
         self.timing.startup_s, metrics = startup_metrics(self.timeline)
         self.timing.startup = self.timeline.phases()
