@@ -59,7 +59,7 @@ bench-model: install  ## forward/backward clips/s and GMAC per clip for each pre
 bench-train: install  ## plain PyTorch loop vs spklip train (1 and 2 workers), same steps: steps/s, ratios, phases (--steps N: shorter)
 	$(PY) benchmarks/bench_train.py
 
-bench-gpu:  ## the prepared GPU check (tools/gpu_check.sh; about 5-8 min on one GPU, start-up aside): figures to $$OUT/gpu_check.json or stdout
+bench-gpu:  ## the prepared GPU check (tools/gpu_check.sh; about 6-9 min on one GPU, start-up aside): figures to $$OUT/gpu_check.json or stdout
 	VENV=$(VENV) bash tools/gpu_check.sh
 
 cluster-up: install  ## private local Ray head + MLflow server (loopback, token auth, PIDs/logs in runs/cluster)

@@ -179,3 +179,32 @@ def test_compiled_visual_tower_trains_two_steps_like_the_eager_one():
         losses[compiled] = out
         assert list(model.state_dict()) == keys
     assert losses[True] == pytest.approx(losses[False], abs=1e-4)
+
+
+def test_fractional_gpus_per_worker_reach_ray_and_pack_sweep_trials(monkeypatch):
+    """``scale.gpus_per_worker=0.25``: each GPU worker asks Ray for a quarter GPU, and a sweep of one-worker trials
+    runs four per GPU (CPUs permitting); without GPUs in use the key changes nothing."""
+    import ray
+
+    from spklip.train.launcher import worker_resources
+    from spklip.tune.sweep import max_concurrent_trials
+
+    cfg = load_config(overrides=["scale.use_gpu=true", "scale.gpus_per_worker=0.25", "scale.cpus_per_worker=1"])
+    assert worker_resources(cfg) == (True, {"CPU": 1.0, "GPU": 0.25})
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 1.0})
+    assert max_concurrent_trials(cfg) == 4  # the GPU's four quarters, not the 12 trials the CPUs hold
+    whole = load_config(overrides=["scale.use_gpu=true", "scale.cpus_per_worker=1"])
+    assert worker_resources(whole)[1]["GPU"] == 1.0 and max_concurrent_trials(whole) == 1
+    cpu = load_config(overrides=["scale.use_gpu=false", "scale.gpus_per_worker=0.25", "scale.cpus_per_worker=1"])
+    assert worker_resources(cpu) == (False, {"CPU": 1.0}) and max_concurrent_trials(cpu) == 12
+
+
+@pytest.mark.parametrize("value, message", [
+    ("0", "scale.gpus_per_worker must be > 0, got 0.0"),
+    ("1.5", "scale.gpus_per_worker must be at most 1 or a whole number"),
+])
+def test_gpus_per_worker_that_ray_cannot_place_is_refused(value, message):
+    from spklip.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_config(overrides=[f"scale.gpus_per_worker={value}"])

@@ -12,7 +12,8 @@
 #      nccl backend) on tiny moving digits built by `spklip data build moving-digits`;
 #   4. the same run with rank 0 killed at step 5: Ray Train restarts the worker group on the GPU and it resumes
 #      from the step-3 checkpoint (the path issue 25 found crashing: RNG states must stay on the CPU);
-#   5. the spike simulator on the GPU if it has a torch path (skipped with a line when it is numpy only).
+#   5. a smoke sweep of four spklip-tiny trials at scale.gpus_per_worker=0.25: how many ran on the GPU at once;
+#   6. the spike simulator on the GPU if it has a torch path (skipped with a line when it is numpy only).
 # Figures go to $OUT/gpu_check.json when OUT is set, else to stdout, as one JSON object; a section that fails records
 # its error there and the script exits 1 after finishing the others.
 #
@@ -258,6 +259,39 @@ def _():
                            f"last step {step}")
     return {"wall_s": round(wall, 1), "crashed_at_step": int(marker.read_text()), "restarted_at_step": restarted_at,
             "last_step": step}
+
+
+@section("sweep_fractional_gpu")
+def _():
+    """A smoke sweep of one-worker spklip-tiny trials at scale.gpus_per_worker=0.25 (four trials on one GPU at once;
+    on the CPU: two trials at 0.5 CPU, the same code without GPUs); the most trials that ran at once, from their
+    MLflow child runs' start and end times."""
+    import mlflow
+
+    runs = work / "runs-sweep"
+    n = 4 if gpu else 2
+    sets = [f"data.path={work / 'digits'}", f"train.run_dir={runs}", "scale.cpus_per_worker=0.5",
+            f"scale.use_gpu={'true' if gpu else 'false'}", "scale.gpus_per_worker=0.25", "tracking.log_model=false"]
+    t0 = time.perf_counter()
+    run = subprocess.run([sys.executable, "sweeps/hsfe_ablation.py", "--smoke-test", "--num-samples", str(n),
+                          "--name", "gpu-fraction", *[a for x in sets for a in ("--set", x)]],
+                         capture_output=True, text=True, timeout=400)
+    wall = time.perf_counter() - t0
+    if run.returncode != 0:
+        raise RuntimeError(f"the sweep exited {run.returncode}: {(run.stdout + run.stderr)[-3000:]}")
+    client = mlflow.MlflowClient(f"sqlite:///{runs / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("hsfe-ablation")
+    trials = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("mlflow.parentRunId")]
+    events = sorted([(r.info.start_time, 1) for r in trials] + [(r.info.end_time or r.info.start_time, -1)
+                                                                 for r in trials])  # an end before a start at a tie
+    at_once = peak = 0
+    for _, change in events:
+        at_once += change
+        peak = max(peak, at_once)
+    if len(trials) != n or peak < 2:
+        raise RuntimeError(f"expected {n} trials, at least 2 at once: {len(trials)} trials, at most {peak} at once")
+    return {"wall_s": round(wall, 1), "trials": len(trials), "most_at_once": peak,
+            "gpus_per_worker": 0.25 if gpu else None}
 
 
 @section("simulator_gpu")

@@ -77,6 +77,9 @@ class ScaleCfg:
     num_workers: int = 1  # Ray Train workers (0: run the loop in-process, no worker actors)
     use_gpu: bool | Literal["auto"] = "auto"  # true/false (YAML's yes/no read as booleans), or auto: GPUs if any
     cpus_per_worker: float = 0.5  # fractional so that Ray Data keeps a CPU on small machines
+    # GPUs each worker holds when it uses GPUs: a fraction (0.25) packs that many workers (e.g. sweep trials of a
+    # small preset) on one GPU; above 1 a whole number (Ray's rule)
+    gpus_per_worker: float = 1.0
     # torch intra-op threads of each worker (``torch.set_num_threads``); 0 = auto: the worker's CPU share,
     # floor(cpus_per_worker) and at least 1 (what Ray reserves for it; give one worker all N cores of a machine with
     # cpus_per_worker=N), and in local mode (num_workers=0) every CPU the process may use
@@ -90,6 +93,10 @@ class ScaleCfg:
         check_range("scale.num_workers", self.num_workers, 0)
         check_range("scale.cpus_per_worker", self.cpus_per_worker, 0, low_open=True)
         check_range("scale.threads_per_worker", self.threads_per_worker, 0)
+        check_range("scale.gpus_per_worker", self.gpus_per_worker, 0, low_open=True)
+        if self.gpus_per_worker > 1 and self.gpus_per_worker != int(self.gpus_per_worker):
+            raise ConfigError(f"scale.gpus_per_worker must be at most 1 or a whole number (Ray cannot split a "
+                              f"worker over GPUs), got {self.gpus_per_worker}")
         check_range("scale.max_failures", self.max_failures, -1)  # Ray's FailureConfig: -1 retries forever
 
 

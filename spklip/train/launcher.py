@@ -308,7 +308,7 @@ def check_before_workers(cfg: ExperimentConfig, storage_path: str, run_name: str
 def worker_resources(cfg: ExperimentConfig) -> tuple[bool, dict[str, float]]:
     """``(use_gpu, resources per worker)`` of the run's Ray Train workers (Ray must be running)."""
     gpu = _use_gpu(cfg)
-    return gpu, {"CPU": cfg.scale.cpus_per_worker, **({"GPU": 1.0} if gpu else {})}
+    return gpu, {"CPU": cfg.scale.cpus_per_worker, **({"GPU": cfg.scale.gpus_per_worker} if gpu else {})}
 
 
 def check_resources(cfg: ExperimentConfig) -> None:

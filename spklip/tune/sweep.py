@@ -43,7 +43,8 @@ from spklip.outdir import private_dir, private_files
 from spklip.eval.stats import summarize
 from spklip.logs import RunOutput
 from spklip.tracking import BEST_ALIAS, SPOOL_DIR, Tracker, start_run
-from spklip.train.launcher import ensure_ray, fit, log_encoder, ray_logs_dir, ray_storage, resolve_paths
+from spklip.train.launcher import (ensure_ray, fit, log_encoder, ray_logs_dir, ray_storage, resolve_paths,
+                                   worker_resources)
 from spklip.train.ownership import check_name, lock_folder
 from spklip.tune import report as rep
 from spklip.tune.cli import add_sweep_args, parse_first
@@ -170,9 +171,13 @@ def max_concurrent_trials(cfg: ExperimentConfig) -> int:
     """Trials that fit at once: each holds 0.25 CPU (its driver) + the Train workers; half a CPU stays for Ray Data
     (a small training split is decoded once, `spklip.train.data.materialize_train`, so epochs run no read tasks).
     On 2 CPUs with one 0.5-CPU worker per trial that is two trials at once, one core each."""
-    cpus = ray.cluster_resources().get("CPU", 1)
+    cluster = ray.cluster_resources()
     per_trial = 0.25 + max(1, cfg.scale.num_workers) * cfg.scale.cpus_per_worker
-    return max(1, int((cpus - 0.5) // per_trial))
+    fits = max(1, int((cluster.get("CPU", 1) - 0.5) // per_trial))
+    gpu, per_worker = worker_resources(cfg) if cfg.scale.num_workers else (False, {})
+    if gpu:  # GPU workers: also what the GPUs hold (scale.gpus_per_worker=0.25: four one-worker trials per GPU)
+        fits = min(fits, max(1, int(cluster.get("GPU", 0) // (cfg.scale.num_workers * per_worker["GPU"]))))
+    return fits
 
 
 def seed_config(cfg: ExperimentConfig, offset: int) -> ExperimentConfig:
