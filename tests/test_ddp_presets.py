@@ -100,16 +100,18 @@ def _config(name: str, overrides: dict):
 
 
 def _run_case(name: str, overrides: dict, rank: int, world: int) -> dict:
-    """Two optimiser steps of one case under DDP (default kwargs, as ``ray.train.torch.prepare_model``)."""
+    """Two optimiser steps of one case under DDP with the kwargs the Ray Train workers give
+    ``ray.train.torch.prepare_model`` (`spklip.train.worker.DDP_KWARGS`)."""
     from torch.nn.parallel import DistributedDataParallel
 
     from spklip.loss import ClipLoss
     from spklip.model import create_model
     from spklip.train.loop import Loop, seed_everything
+    from spklip.train.worker import DDP_KWARGS
 
     cfg = _config(name, overrides)
     seed_everything(0)
-    model = DistributedDataParallel(create_model(cfg.model, loss_cfg=cfg.loss))
+    model = DistributedDataParallel(create_model(cfg.model, loss_cfg=cfg.loss), **DDP_KWARGS)
     loop = Loop.create(cfg, model, ClipLoss(cfg.loss, rank=rank, world_size=world), torch.device("cpu"), 4, rank)
     m = cfg.model
     gen = torch.Generator().manual_seed(rank)

@@ -58,6 +58,12 @@ class WorkerPlan:
         return self.run_dir if self.cfg.scale.num_workers == 0 else None
 
 
+# DDP without the per-step buffer broadcast (train-mode BatchNorm never reads running statistics, and rank 0
+# re-estimates them before each evaluation: precise BN) and with gradients as views of the all-reduce buckets (no
+# copy of every gradient into a bucket and back): bench-train's profile of a 2-worker step (docs/benchmarks.md)
+DDP_KWARGS = {"broadcast_buffers": False, "gradient_as_bucket_view": True}
+
+
 class ModelError(ValueError):
     """The model cannot be built from the config (e.g. a ``model.text.pretrained`` folder missing on this node):
     the same in every attempt, so never retried (`FAIL_FAST`)."""
@@ -75,7 +81,7 @@ def _setup_model(cfg: ExperimentConfig, world: int, rank: int):
     if world > 1:
         # every trainable parameter gets a gradient each step (tests/test_model_presets.py checks it for every
         # preset), so DDP needs no find_unused_parameters (which costs an extra autograd graph walk per step)
-        model = ray.train.torch.prepare_model(model)
+        model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=DDP_KWARGS)
     else:
         model = model.to(ray.train.torch.get_device())
     device = next(unwrap(model).parameters()).device
