@@ -154,6 +154,14 @@ def test_seeds_without_variation_give_no_p_value():
     assert "no variation across 3 seeds" in str(summarize([0.9, 0.9, 0.9]))
     varied = difference([0.95, 0.93, 0.97], [0.50, 0.52, 0.48])
     assert varied.beyond_noise and not varied.no_variation and varied.p_value < 0.01
+    # a deterministic energy summed in another order differs in its last bits: round-off, not variation (the demo
+    # printed "+0.122 ± 0.000 (p = 1.6e-33: beyond noise)" for HSFE - K=1 energy)
+    energy = 0.06105573017895222
+    rounded = difference([0.1832] * 3, [energy, energy + 2e-17, energy - 1.4e-17])
+    assert rounded.no_variation and math.isnan(rounded.p_value)
+    assert summarize([energy, energy + 2e-17, energy]).constant
+    tiny = difference([0.1832] * 3, [0.07799, 0.07800, 0.07801])  # a real, small spread is kept
+    assert tiny.beyond_noise and not tiny.no_variation
 
 
 def test_wilson_interval():

@@ -36,6 +36,15 @@ class SeedSummary:
         return f"{self.mean:.3f}" if self.n < 2 else f"{self.mean:.3f} ± {self.ci95:.3f}"
 
 
+ROUND_OFF = 1e-12  # a spread below this fraction of the values' size is float round-off, not seed-to-seed variation
+
+
+def _spread(arr: np.ndarray) -> float:
+    """Sample standard deviation, 0 where it is only round-off (a deterministic energy summed in another order)."""
+    sd = float(arr.std(ddof=1))
+    return 0.0 if sd <= ROUND_OFF * max(1.0, float(np.abs(arr).max())) else sd
+
+
 def _clean(values: Iterable[float]) -> np.ndarray:
     arr = np.asarray([float(v) for v in values], dtype=float)
     return arr[~np.isnan(arr)]
@@ -48,7 +57,7 @@ def summarize(values: Iterable[float]) -> SeedSummary:
         return SeedSummary(float("nan"), float("nan"), 0)
     if len(arr) == 1:
         return SeedSummary(float(arr[0]), float("nan"), 1)
-    half = stats.t.ppf(0.975, len(arr) - 1) * arr.std(ddof=1) / math.sqrt(len(arr))
+    half = stats.t.ppf(0.975, len(arr) - 1) * _spread(arr) / math.sqrt(len(arr))
     return SeedSummary(float(arr.mean()), float(half), len(arr))
 
 
@@ -89,7 +98,7 @@ def difference(a: Iterable[float], b: Iterable[float]) -> Difference:
     diff = float(xa.mean() - xb.mean())
     if len(xa) < 2 or len(xb) < 2:
         return Difference(diff, float("nan"), float("nan"), seeds)
-    va, vb = xa.var(ddof=1) / len(xa), xb.var(ddof=1) / len(xb)
+    va, vb = _spread(xa) ** 2 / len(xa), _spread(xb) ** 2 / len(xb)
     se = math.sqrt(va + vb)
     if se == 0:  # every seed of both sides alike: nothing to estimate the noise from
         return Difference(diff, 0.0, float("nan"), seeds)
