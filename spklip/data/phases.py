@@ -229,3 +229,25 @@ def ceilings_line(meta: Mapping[str, Any]) -> str | None:
         parts.append(f"{key} {c['classes']} classes: centred window (planes {c['window'][0]}-{c['window'][1]}) "
                      f"{c['centred_window']:.3f}, order-blind {c['order_blind']:.3f}")
     return "; ".join(parts) + " (analytic top-1 ceilings under uniform classes)"
+
+
+def class_factors(meta: Mapping[str, Any]) -> list[dict[str, str]] | None:
+    """What each class of a moving-digits data set is made of, for the per-factor zero-shot breakdown: for class i
+    (digit-major over ``digits x motions``, the builder's order) ``{"digit": "3", "phase1": "left", "phase2":
+    "up:fast"}`` when every motion is two-phase, else ``{"digit": "3", "motion": "left"}``. None for other kinds."""
+    if meta.get("kind") != "moving-digits":
+        return None
+    builder = meta.get("builder") or {}
+    digits, motions = list(builder.get("digits", [])), list(builder.get("motions", []))
+    if not digits or not motions:
+        return None
+    phased = all(is_phased(m) for m in motions)
+    out = []
+    for d in digits:
+        for m in motions:
+            if phased:
+                first, second = m.split("-")
+                out.append({"digit": str(d), "phase1": first, "phase2": second})
+            else:
+                out.append({"digit": str(d), "motion": m})
+    return out

@@ -23,6 +23,7 @@ import pyarrow as pa
 import torch
 
 from spklip.config import ExperimentConfig
+from spklip.data.phases import class_factors
 from spklip.data.shards import ShardError, decode_batch, open_shard, read_shard, reading, split_files, validate_shards
 
 Batch = dict[str, Any]  # see the module docstring
@@ -97,7 +98,7 @@ def sample_batches(path: str | os.PathLike, split: str, num_batches: int, batch_
 def dataset_info(cfg: ExperimentConfig, eval_only: bool = False, split: str | None = None) -> dict[str, Any]:
     """Validate the shards named by ``cfg.data`` against the model config and return what training and
     evaluation need: ``path``, ``class_names``, ``seen_ids``, ``unseen_ids``, ``split_rows``, ``fingerprint``,
-    ``clip_shape``.
+    ``clip_shape`` and ``class_factors`` (per class, what it is made of: `phases.class_factors`, or None).
 
     Args:
         cfg: The experiment config.
@@ -115,7 +116,10 @@ def dataset_info(cfg: ExperimentConfig, eval_only: bool = False, split: str | No
     if list(meta["clip_shape"]) != want:
         raise ShardError(f"{cfg.data.path}: clips are [N, H, W] = {list(meta['clip_shape'])} but the model is built "
                          f"for {want}; set model.num_planes/height/width or rebuild the dataset")
+    factors = class_factors(meta)
+    if factors is not None and len(factors) != len(meta["class_names"]):
+        factors = None  # a builder dict that does not describe these classes: no breakdown rather than a wrong one
     return {"path": str(cfg.data.path), "class_names": list(meta["class_names"]),
             "seen_ids": list(meta["seen_labels"]), "unseen_ids": sorted(meta["unseen_labels"]),
             "split_rows": dict(meta["splits"]), "fingerprint": meta["fingerprint"],
-            "clip_shape": list(meta["clip_shape"])}
+            "clip_shape": list(meta["clip_shape"]), "class_factors": factors}

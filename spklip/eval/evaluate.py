@@ -27,8 +27,8 @@ import torch
 
 from spklip.config import EvalCfg
 from spklip.eval.fewshot import few_shot_eval
-from spklip.eval.metrics import (class_retrieval, class_retrieval_chance, confusion_matrix, text_video_retrieval,
-                                 topk_accuracy, topk_chance)
+from spklip.eval.metrics import (class_retrieval, class_retrieval_chance, confusion_matrix, factor_accuracy,
+                                 text_video_retrieval, topk_accuracy, topk_chance)
 from spklip.torchutil import eval_mode, maybe_autocast, unwrap
 
 
@@ -121,8 +121,9 @@ def logit_scale_of(model: torch.nn.Module) -> float:
 
 def evaluate_embeddings(model, seen: Embedded, class_names: list[str], seen_ids: list[int], cfg: EvalCfg, *,
                         unseen: Embedded | None = None, unseen_ids: list[int] | None = None, prefix: str = "val",
-                        seed: int = 0) -> EvalReport:
-    """All metrics of the protocol from embedded splits (see the module docstring)."""
+                        seed: int = 0, class_factors: list[dict[str, str]] | None = None) -> EvalReport:
+    """All metrics of the protocol from embedded splits (see the module docstring). With `class_factors` (per
+    class, what it is made of: `spklip.data.phases.class_factors`), zero-shot also gets a per-factor breakdown."""
     report = EvalReport(confusion_classes=[class_names[i] for i in seen_ids])
     metrics, report.confusion = closed_set(model, seen, class_names, seen_ids, prefix)
     report.metrics.update(metrics)
@@ -138,14 +139,23 @@ def evaluate_embeddings(model, seen: Embedded, class_names: list[str], seen_ids:
         report.notes.append(f"zero-/few-shot left out: {len(unseen_ids)} unseen class (a ranking over one class is "
                             f"always right); build the data with >= {MIN_UNSEEN_CLASSES} unseen classes")
     elif unseen is not None and unseen_ids:
-        _open_set(report, model, unseen, class_names, unseen_ids, cfg, open_set_prefix(prefix), seed)
+        _open_set(report, model, unseen, class_names, unseen_ids, cfg, open_set_prefix(prefix), seed, class_factors)
     return report
 
 
 def _open_set(report: EvalReport, model, unseen: Embedded, class_names: list[str], unseen_ids: list[int],
-              cfg: EvalCfg, pre: str, seed: int) -> None:
-    """Zero-shot and few-shot on the unseen classes, with their chance level and clip count, into `report`."""
-    zs, _ = closed_set(model, unseen, class_names, unseen_ids, "zeroshot")
+              cfg: EvalCfg, pre: str, seed: int, class_factors: list[dict[str, str]] | None = None) -> None:
+    """Zero-shot and few-shot on the unseen classes, with their chance level and clip count, into `report`; with
+    `class_factors`, which factors of the unseen classes the zero-shot choice got right (``zeroshot/factor/digit``,
+    ``.../phase1``, ``.../phase2``: e.g. the digit right but the order of the phases wrong)."""
+    zs, cm = closed_set(model, unseen, class_names, unseen_ids, "zeroshot")
+    if class_factors:
+        factors = factor_accuracy(cm, [class_factors[i] for i in unseen_ids])
+        for name, (acc, chance) in factors.items():
+            zs[f"zeroshot/factor/{name}"], zs[f"chance/zeroshot/factor/{name}"] = acc, chance
+        if factors:
+            report.tables["zeroshot_factors.md"] = _markdown(
+                ["factor", "right", "chance"], [(name, acc, chance) for name, (acc, chance) in factors.items()])
     report.metrics.update({(f"chance/{pre}{k[len('chance/'):]}" if k.startswith("chance/") else f"{pre}{k}"): v
                            for k, v in zs.items()})
     report.metrics[f"clips/{pre}zeroshot"] = float(len(unseen.labels))

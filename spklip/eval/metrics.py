@@ -176,3 +176,24 @@ def topk_chance(num_classes: int, ks: Iterable[int] = (1, 5)) -> dict[int, float
 def _caption_codes(captions: list[str]) -> list[int]:
     lookup: dict[str, int] = {}
     return [lookup.setdefault(c, len(lookup)) for c in captions]
+
+
+def factor_accuracy(cm: torch.Tensor, factors: list[dict[str, str]]) -> dict[str, tuple[float, float]]:
+    """Per-factor accuracy of a classification from its ``[C, C]`` confusion matrix (row = true class): for each
+    factor (e.g. ``digit``, ``phase1``, ``phase2``), the share of clips whose predicted class has the true class's
+    value of it, and what a uniform random scorer gets (the mean over clips of the share of candidate classes that
+    share it). `factors[i]` describes class i of the matrix. A factor with one value over the candidates (always
+    right, whatever the model) is left out."""
+    n = cm.sum().clamp(min=1).double()
+    rows = cm.sum(dim=1).double()  # [C] clips per true class
+    out = {}
+    for name in factors[0] if factors else ():
+        values = [f[name] for f in factors]
+        if len(set(values)) < 2:
+            continue
+        codes = torch.tensor([sorted(set(values)).index(v) for v in values])  # [C]
+        same = (codes[:, None] == codes[None, :]).double()  # [C, C] true class x predicted class share the value
+        acc = float((cm.double() * same).sum() / n)
+        chance = float((rows * same.mean(dim=1)).sum() / n)
+        out[name] = (acc, chance)
+    return out

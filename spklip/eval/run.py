@@ -40,7 +40,8 @@ def evaluate_model(model: torch.nn.Module, cfg: ExperimentConfig, dataset: dict[
         unseen = embed_clips(model, eval_batches(cfg.data.path, cfg.data.zero_shot_split, bs), device,
                              autocast_dtype)
     report = evaluate_embeddings(model, seen, dataset["class_names"], dataset["seen_ids"], cfg.eval, unseen=unseen,
-                                 unseen_ids=dataset["unseen_ids"], prefix=prefix, seed=cfg.train.seed)
+                                 unseen_ids=dataset["unseen_ids"], prefix=prefix, seed=cfg.train.seed,
+                                 class_factors=dataset.get("class_factors"))
     if cfg.eval.energy:
         add_energy(report, model, cfg, split)
     return report

@@ -49,7 +49,7 @@ SPEC = SweepSpec(
     space=space,
     metrics=(("val/top1", "max"),),
     # selected on val; the result is each run's best-on-val checkpoint on the test split (and zero-shot)
-    report_metrics=(("test/top1", "max"), ("test/zeroshot/top1", "max")),
+    report_metrics=(("test/top1", "max"), ("test/zeroshot/top1", "max"), ("test/zeroshot/factor/*", "max")),
     # 600 optimiser steps per trial (50 epochs of the demo data): what spklip-tiny needs to learn the direction of
     # motion with augmentation (docs/training.md); ASHA still stops weak trials at their evaluations (every 100 steps,
     # eval.every_steps)

@@ -42,6 +42,7 @@ class SweepTable:
     notes: list[str] = field(default_factory=list)
     seeds: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # trial -> metric -> per-seed values
     seed_runs: dict[str, list[str]] = field(default_factory=dict)  # trial -> its per-seed MLflow run ids
+    chance: dict[str, float] = field(default_factory=dict)  # metric -> a random scorer's value (as the runs logged)
 
     def to_csv(self, path: str | Path) -> Path:
         path = Path(path)
@@ -128,6 +129,7 @@ def sweep_table(experiment: str, *, uri: str, parent_run_id: str | None = None,
         metrics = [tuple(m) for m in json.loads(tags[METRICS_TAG])] if METRICS_TAG in tags else [
             (c[len("metrics."):], "max") for c in sorted(frame.columns)
             if c.startswith("metrics.") and not c.startswith(("metrics.train/", "metrics.system/"))]
+    metrics = expand_metrics(metrics, frame)
     labels = sorted(c[len("tags."):] for c in frame.columns if c.startswith(f"tags.{LABEL_PREFIX}"))
     for label in labels:  # steering parameters (e.g. the study's variant) are shown like swept ones
         frame[f"params.{label[len(LABEL_PREFIX):]}"] = frame[f"tags.{label}"]
@@ -139,7 +141,24 @@ def sweep_table(experiment: str, *, uri: str, parent_run_id: str | None = None,
     note = chance_note(frame, table)
     if note:
         table.notes.append(note)
+    for m, _ in table.metrics:
+        chance = frame.get(f"metrics.chance/{m}")
+        if chance is not None and not chance.dropna().empty:
+            table.chance[m] = float(chance.dropna().iloc[0])
     return table
+
+
+def expand_metrics(metrics: list[tuple[str, str]], frame: pd.DataFrame) -> list[tuple[str, str]]:
+    """A metric named ``prefix/*`` (e.g. ``test/zeroshot/factor/*``: which factors depend on the data) stands for
+    every metric under that prefix the runs logged, in name order, with its mode; none logged: left out."""
+    out = []
+    for name, mode in metrics:
+        if name.endswith("/*"):
+            stem = f"metrics.{name[:-1]}"
+            out += [(c[len("metrics."):], mode) for c in sorted(frame.columns) if c.startswith(stem)]
+        else:
+            out.append((name, mode))
+    return out
 
 
 def clips_key(metric: str) -> str:
@@ -279,38 +298,49 @@ def plotted_params(table: SweepTable) -> list[str]:
     return varying or list(table.params)
 
 
+PLOTTED_METRICS = 4  # rows of the metric-vs-parameter figure: the ranking metric and the next table metrics
+
+
+def plotted_metrics(table: SweepTable) -> list[str]:
+    """The figure's rows: the ranking metric, then the other table metrics with a value (e.g. ``test/top1``,
+    ``test/zeroshot/top1``), per-factor breakdowns left to the table; at most `PLOTTED_METRICS`."""
+    names = [m for m, _ in table.metrics if "/factor/" not in m and table.frame[m].notna().any()]
+    return names[:PLOTTED_METRICS] or [table.metrics[0][0]]
+
+
 def plot_metric_vs_params(table: SweepTable, path: str | Path):
-    """One panel per swept parameter that varies: the ranking metric of every scored trial against its value
-    (a parameter held at one value, as in a ``--first`` comparison, would only draw a column of dots)."""
+    """One panel per (metric, swept parameter that varies): each scored configuration's value against the
+    parameter's, as its mean over seeds with the 95 % interval when the trials ran several seeds (a K-curve:
+    ``test/top1`` against ``model.hsfe.num_subblocks``), and the metric's chance level dashed. A parameter held
+    at one value, as in a ``--first`` comparison, would only draw a column of dots: left out."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    name = table.metrics[0][0]
-    frame = table.frame[table.frame[name].notna()]
-    params = plotted_params(table)
-    n = max(1, len(params))
-    cols = min(3, n)
-    fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(4.2 * cols, 3.2 * ((n + cols - 1) // cols)),
-                             squeeze=False)
-    for ax, p in zip(axes.flat, params):
-        xs = frame[p].tolist()
-        numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
-        if not numeric:  # categorical axis: numbers in numeric order first (1, 2, 10), then words ("auto")
-            uniq = {str(v): v for v in xs}  # by text: a set would merge 1 and True
-            labels = sorted(uniq, key=lambda t: (isinstance(uniq[t], str), 0 if isinstance(uniq[t], str)
-                                                 else float(uniq[t]), t))
-            xs = [labels.index(str(x)) for x in xs]
-            ax.set_xticks(range(len(labels)), labels)
-        if f"{name} ±95%" in frame:  # one point per configuration: mean over seeds with its 95 % interval
-            ax.errorbar(xs, frame[name], yerr=frame[f"{name} ±95%"].fillna(0), fmt="o", capsize=3, alpha=0.8)
-        else:
-            ax.scatter(xs, frame[name], alpha=0.8)
-        ax.set_xlabel(p, fontsize=8)
-        ax.set_ylabel(name)
-    for ax in list(axes.flat)[len(params):]:
-        ax.axis("off")
+    frame = table.frame[table.frame[table.metrics[0][0]].notna()]
+    params, metrics = plotted_params(table), plotted_metrics(table)
+    cols = max(1, len(params))
+    fig, axes = plt.subplots(len(metrics), cols, figsize=(4.2 * cols, 3.0 * len(metrics)), squeeze=False)
+    for row, name in zip(axes, metrics):
+        for ax, p in zip(row, params):
+            xs = frame[p].tolist()
+            numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
+            if not numeric:  # categorical axis: numbers in numeric order first (1, 2, 10), then words ("auto")
+                uniq = {str(v): v for v in xs}  # by text: a set would merge 1 and True
+                labels = sorted(uniq, key=lambda t: (isinstance(uniq[t], str), 0 if isinstance(uniq[t], str)
+                                                     else float(uniq[t]), t))
+                xs = [labels.index(str(x)) for x in xs]
+                ax.set_xticks(range(len(labels)), labels)
+            if f"{name} ±95%" in frame:  # one point per configuration: mean over seeds with its 95 % interval
+                ax.errorbar(xs, frame[name], yerr=frame[f"{name} ±95%"].fillna(0), fmt="o", capsize=3, alpha=0.8)
+            else:
+                ax.scatter(xs, frame[name], alpha=0.8)
+            if name in table.chance:
+                ax.axhline(table.chance[name], color="grey", linestyle="--", linewidth=1, label="chance")
+                ax.legend(fontsize=7, loc="best")
+            ax.set_xlabel(p, fontsize=8)
+            ax.set_ylabel(name)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
