@@ -240,8 +240,9 @@ class LossCfg:
 
 @dataclass(frozen=True)
 class ModelCfg:
-    arch: Literal["spklip", "tfp-resnet", "spike-rate-mlp", "tfp-windows"] = "spklip"  # full model or a reviewer
-    # baseline (tfp-windows: hsfe's window layout and the temporal encoder, no HSFE; spklip/model/baselines.py)
+    arch: Literal["spklip", "tfp-resnet", "spike-rate-mlp", "tfp-windows", "conv3d"] = "spklip"  # full model or a
+    # reviewer baseline (tfp-windows: hsfe's window layout and the temporal encoder, no HSFE; conv3d: 3D convolutions
+    # over the raw planes; spklip/model/baselines.py)
     num_planes: int = 250  # N spike planes per clip the model is built for (defaults: the paper, 25 x 10 planes)
     height: int = 240
     width: int = 320

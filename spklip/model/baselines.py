@@ -9,6 +9,11 @@
   of its 2r+1 planes), through the same ResNet (shared over the windows) and the same temporal transformer with
   positions (``model.temporal``). Against ``spklip`` it isolates what the MTF, the spatial attention and the
   residual trunk add; against ``tfp-resnet`` what reading the windows in order adds.
+- ``conv3d``: a small 3D-convolution video network on the raw planes (C3D-style, no windows, no HSFE, no temporal
+  transformer): a stem and one stage per ``model.backbone.layers`` entry (widths ``backbone.width * 2**i``, each
+  stage halving time, height and width once, then ``layers[i] - 1`` more 3x3x3 convolutions), BatchNorm + ReLU,
+  a global average pool and a linear projection to ``embed_dim``. Space and time are learned together from the
+  spikes: the standard video answer to "why a hand-made temporal layout at all".
 """
 
 from __future__ import annotations
@@ -78,3 +83,29 @@ class TfpWindows(nn.Module):
         rates = window_rates(spikes, self.window, self.k, self.step, self.offset)  # [B*K, 1, H, W]
         frames = self.backbone(rates)  # [B*K, D]
         return self.temporal(frames.view(b, self.k, -1))  # [B*K, D] -> [B, K, D] -> [B, D]
+
+
+def _conv3d_bn(cin: int, cout: int, stride: int | tuple[int, int, int]) -> nn.Sequential:
+    return nn.Sequential(nn.Conv3d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm3d(cout),
+                         nn.ReLU(inplace=True))
+
+
+class Conv3dVideo(nn.Module):
+    """``[B, N, H, W] -> [B, embed_dim]``: 3D convolutions over (time, height, width) of the spike planes."""
+
+    def __init__(self, cfg: ModelCfg):
+        super().__init__()
+        width = cfg.backbone.width
+        layers: list[nn.Module] = [_conv3d_bn(1, width, (1, 2, 2))]  # stem: space only, time kept at N
+        cin = width
+        for i, blocks in enumerate(cfg.backbone.layers):
+            cout = width * 2 ** i
+            layers.append(_conv3d_bn(cin, cout, 2))  # halves time, height and width
+            layers += [_conv3d_bn(cout, cout, 1) for _ in range(blocks - 1)]
+            cin = cout
+        self.features = nn.Sequential(*layers)
+        self.proj = nn.Linear(cin, cfg.embed_dim)
+
+    def forward(self, spikes: torch.Tensor) -> torch.Tensor:
+        x = self.features(spikes.unsqueeze(1))  # [B, N, H, W] -> [B, 1, N, H, W] -> [B, C, N', H', W']
+        return self.proj(x.mean(dim=(2, 3, 4)))  # global average pool [B, C] -> [B, D]

@@ -1,6 +1,6 @@
 """Energy accounting of the visual tower on a real input: MACs for dense inputs, synaptic operations for spikes.
 
-Forward hooks on every ``nn.Conv2d``, ``nn.Linear`` and `MatMul` of the spike encoder record, per call:
+Forward hooks on every ``nn.Conv2d``, ``nn.Conv3d``, ``nn.Linear`` and `MatMul` of the spike encoder record, per call:
 
 - ``dense_macs``: the layer's multiply-accumulates as an ANN layer (conv: output positions x real kernel taps,
   masked-out MTF taps excluded; linear: rows x in x out; matmul: output elements x inner size). With spikingjelly's
@@ -119,7 +119,7 @@ def _binary_rate(x: torch.Tensor) -> float | None:
 
 
 def _dense_macs(module: nn.Module, inputs: tuple, out: torch.Tensor) -> float:
-    if isinstance(module, nn.Conv2d):
+    if isinstance(module, (nn.Conv2d, nn.Conv3d)):
         taps = getattr(module, "num_taps", module.weight.numel())  # masked MTF conv: only the real taps
         return out.numel() / module.out_channels * taps
     if isinstance(module, nn.Linear):
@@ -128,7 +128,7 @@ def _dense_macs(module: nn.Module, inputs: tuple, out: torch.Tensor) -> float:
 
 
 def _kind(module: nn.Module) -> str:
-    return "conv" if isinstance(module, nn.Conv2d) else "linear" if isinstance(module, nn.Linear) else "matmul"
+    return "conv" if isinstance(module, (nn.Conv2d, nn.Conv3d)) else "linear" if isinstance(module, nn.Linear) else "matmul"
 
 
 def _rate(module: nn.Module, inputs: tuple) -> float | None:
@@ -174,7 +174,7 @@ def estimate_energy(model: nn.Module, spikes: torch.Tensor, name: str = "", batc
 
     with mode as tower:
         handles = [m.register_forward_hook(hook(n)) for n, m in tower.named_modules()
-                   if isinstance(m, (nn.Conv2d, nn.Linear, MatMul))]
+                   if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.Linear, MatMul))]
         try:
             x = spikes.to(next(tower.parameters()).dtype)
             if hasattr(model, "check_spikes"):

@@ -10,7 +10,7 @@ from torch import nn
 
 from spklip.config.model import LossCfg, ModelCfg
 from spklip.model.ann_visual import AnnVisualEncoder
-from spklip.model.baselines import SpikeRateMLP, TfpResNet, TfpWindows
+from spklip.model.baselines import Conv3dVideo, SpikeRateMLP, TfpResNet, TfpWindows
 from spklip.model.fsve import SpikingVisualEncoder
 from spklip.model.hsfe import HSFE
 from spklip.model.text import build_text_tower, eval_prompts
@@ -24,6 +24,8 @@ def build_visual_tower(cfg: ModelCfg) -> nn.Module:
         return SpikeRateMLP(cfg)
     if cfg.arch == "tfp-windows":
         return TfpWindows(cfg)
+    if cfg.arch == "conv3d":
+        return Conv3dVideo(cfg)
     if cfg.fsve.variant != "none":
         return SpikingVisualEncoder(cfg)
     return AnnVisualEncoder(cfg)
