@@ -5,9 +5,11 @@ built into a temporary folder when `--data` is missing), same optimiser steps (`
 (its start-up is part of its wall time):
 
 * the plain PyTorch loop (`plain_loop`: spklip's `Loop` on batches cut from the decoded train split, no Ray, no DDP,
-  no reporting; one evaluation at the end), 1 thread, batch 8 (the per-core batch of 2 workers x 8) and batch 16;
+  no reporting; one evaluation at the end), 1 thread, batch 8 (the per-core batch of 2 workers x 8) and batch 16,
+  and 2 threads, batch 16 (one process on both cores);
 * ``spklip train`` through Ray Train (in-process Ray), 1 worker x batch 16 and 2 workers x batch 8 (16 clips a step
-  either way), ``scale.cpus_per_worker=0.5`` (1 thread each), the default evaluation cadence.
+  either way), ``scale.cpus_per_worker=0.5`` (1 thread each), the default evaluation cadence; and 1 worker x batch
+  16 on 2 threads (``scale.threads_per_worker=2``): which of the two uses a 2-core machine better.
 
 Printed: steps/s (steps only, and start-up included), the ratios (a worker's step / the plain step of the same
 per-core batch; product wall / plain wall for the same steps and clips; 2 workers vs 1 worker steps/s) and a
@@ -45,14 +47,14 @@ def spklip(*args: str, env: dict[str, str] | None = None) -> str:
     return done.stdout
 
 
-def plain_loop(data: str, batch: int, steps: int, profile: str = "") -> dict:
-    """The reference: spklip's `Loop` (forward, STCL loss, backward, AdamW) on 1 thread in this process, batches cut
-    from the decoded train split in a seeded order each epoch; one evaluation (val) at the end."""
+def plain_loop(data: str, batch: int, steps: int, profile: str = "", threads: int = 1) -> dict:
+    """The reference: spklip's `Loop` (forward, STCL loss, backward, AdamW) on `threads` torch threads in this
+    process, batches cut from the decoded train split in a seeded order each epoch; one evaluation (val) at the end."""
     started = time.time()
     import numpy as np
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     from spklip.config import load_config
     from spklip.data.read import dataset_info, decoded_split, to_torch
     from spklip.eval.run import evaluate_model
@@ -94,7 +96,7 @@ def plain_loop(data: str, batch: int, steps: int, profile: str = "") -> dict:
         epoch += 1
     t = time.perf_counter()
     metrics = evaluate_model(model, cfg, dataset_info(cfg), device).metrics
-    return {"batch": batch, "steps": steps, "step_s": step_s, "eval_s": time.perf_counter() - t,
+    return {"batch": batch, "threads": threads, "steps": steps, "step_s": step_s, "eval_s": time.perf_counter() - t,
             "startup_s": t_first - started, "wall_s": time.time() - started, "val/top1": metrics["val/top1"]}
 
 
@@ -110,20 +112,20 @@ def run_json(cmd: list[str], env: dict[str, str] | None = None) -> tuple[dict, f
 
 
 def product(data: str, run_dir: Path, workers: int, batch: int, args: argparse.Namespace,
-            profile: str = "") -> dict:
+            profile: str = "", threads: int = 0) -> dict:
     """``spklip train --config configs/tiny.yaml`` with `workers` Ray Train workers of `batch` clips, `args.steps`
     steps: its summary, the wall time measured here, and the worker's phases (timing.json)."""
-    name = f"bench-{workers}w"
+    name = f"bench-{workers}w{threads}t"
     sets = [f"data.path={data}", f"train.run_dir={run_dir}", f"train.max_steps={args.steps}", "train.epochs=100000",
             f"scale.num_workers={workers}", "scale.cpus_per_worker=0.5", f"data.batch_size={batch}",
-            "tracking.log_model=false", *args.set]
+            f"scale.threads_per_worker={threads}", "tracking.log_model=false", *args.set]
     env = {"SPKLIP_PROFILE": profile} if profile else None
     summary, wall = run_json([sys.executable, "-m", "spklip.cli", "train", "--config", "configs/tiny.yaml",
                               "--name", name, *[x for kv in sets for x in ("--set", kv)]], env)
     timing = summary.get("time") or {}
     if not timing:
         sys.exit("the run wrote no time breakdown (timing.json)")
-    return {"workers": workers, "batch": batch, "wall_s": wall, "time": timing,
+    return {"workers": workers, "batch": batch, "threads": threads, "wall_s": wall, "time": timing,
             "val/top1": (summary.get("last_metrics") or {}).get("val/top1")}
 
 
@@ -131,41 +133,49 @@ def rate(steps: int, seconds: float) -> float:
     return steps / seconds if seconds > 0 else float("nan")
 
 
-def report(plain: dict[int, dict], runs: dict[int, dict], steps: int) -> None:
+def report(plain: dict[str, dict], runs: dict[str, dict], steps: int) -> None:
+    """The table, the ratios against the targets, and each run's phases. `plain` is keyed "b8", "b16", "b16t2"
+    (batch, threads); `runs` "1w", "2w", "1w2t" (workers, threads)."""
     print(f"\n{steps} optimiser steps each (spklip-tiny, configs/tiny.yaml, the demo data)")
-    print(f"{'path':<44} {'steps/s (steps)':>15} {'steps/s (wall)':>15} {'wall s':>8} {'val/top1':>9}")
-    for b, r in plain.items():
-        print(f"{f'plain PyTorch, 1 thread, batch {b}':<44} {rate(steps, r['step_s']):>15.2f} "
-              f"{rate(steps, r['wall_s']):>15.2f} {r['wall_s']:>8.1f} {r['val/top1']:>9.3f}")
-    for w, r in runs.items():
+    print(f"{'path':<48} {'steps/s (steps)':>15} {'steps/s (wall)':>15} {'wall s':>8} {'val/top1':>9}")
+    for r in plain.values():
+        print(f"{'plain PyTorch, %d thread(s), batch %d' % (r['threads'], r['batch']):<48} "
+              f"{rate(steps, r['step_s']):>15.2f} {rate(steps, r['wall_s']):>15.2f} {r['wall_s']:>8.1f} "
+              f"{r['val/top1']:>9.3f}")
+    for r in runs.values():
         t, top1 = r["time"], r["val/top1"]
-        print(f"{'spklip train, %d worker(s) x batch %d' % (w, r['batch']):<44} "
-              f"{rate(steps, t['totals'].get('step', 0.0)):>15.2f} {rate(steps, r['wall_s']):>15.2f} "
+        label = "spklip train, %d worker(s) x batch %d, %s" % (r["workers"], r["batch"],
+                                                                "%d threads" % r["threads"] if r["threads"] else "auto")
+        print(f"{label:<48} {rate(steps, t['totals'].get('step', 0.0)):>15.2f} {rate(steps, r['wall_s']):>15.2f} "
               f"{r['wall_s']:>8.1f} {top1 if top1 is not None else float('nan'):>9.3f}")
+
+    def step_of(key: str) -> float:
+        return runs[key]["time"]["totals"].get("step", 0.0)
+
     print("\nratios (targets, issue 26)")
-    for w, r in runs.items():
-        b = r["batch"]
-        if b in plain:
-            worker_step = r["time"]["totals"].get("step", 0.0) / steps
-            plain_step = plain[b]["step_s"] / steps
-            print(f"  {w} worker(s): worker step / plain step (batch {b}): {worker_step / plain_step:.2f} "
+    for key, ref in (("1w", "b16"), ("2w", "b8"), ("1w2t", "b16t2")):
+        if key in runs and ref in plain:
+            worker_step, plain_step = step_of(key) / steps, plain[ref]["step_s"] / steps
+            print(f"  {key}: worker step / plain step ({ref}): {worker_step / plain_step:.2f} "
                   f"({worker_step:.4f} / {plain_step:.4f} s; target <= 1.15)")
-    if 2 in runs and 8 in plain:
+    if "2w" in runs and "b8" in plain:
         print(f"  2 workers x 8: product wall / plain wall (batch 8, 1 thread a core): "
-              f"{runs[2]['wall_s'] / plain[8]['wall_s']:.2f} (target <= 1.3)")
-    if 1 in runs and 16 in plain:
-        print(f"  1 worker x 16: product wall / plain wall (batch 16): {runs[1]['wall_s'] / plain[16]['wall_s']:.2f}")
-    if 1 in runs and 2 in runs:
-        s1 = rate(steps, runs[1]["time"]["totals"].get("step", 0.0))
-        s2 = rate(steps, runs[2]["time"]["totals"].get("step", 0.0))
-        print(f"  2 workers vs 1 worker, steps/s of 16 clips: {s2 / s1:.2f} (steps only), "
-              f"{runs[1]['wall_s'] / runs[2]['wall_s']:.2f} (wall) (target >= 1.6)")
+              f"{runs['2w']['wall_s'] / plain['b8']['wall_s']:.2f} (target <= 1.3)")
+    if "1w" in runs and "b16" in plain:
+        print(f"  1 worker x 16: product wall / plain wall (batch 16): {runs['1w']['wall_s'] / plain['b16']['wall_s']:.2f}")
+    if "1w" in runs and "2w" in runs:
+        print(f"  2 workers vs 1 worker (1 thread), steps/s of 16 clips: {step_of('1w') / step_of('2w'):.2f} "
+              f"(steps only), {runs['1w']['wall_s'] / runs['2w']['wall_s']:.2f} (wall) (target >= 1.6)")
+    if "1w2t" in runs and "2w" in runs:
+        print(f"  1 worker x 2 threads vs 2 workers x 1 thread (both cores), steps/s: "
+              f"{step_of('2w') / step_of('1w2t'):.2f} (steps only), "
+              f"{runs['2w']['wall_s'] / runs['1w2t']['wall_s']:.2f} (wall); > 1: one worker wins")
     print("\na worker's time by phase (rank 0, seconds)")
     print(f"{'run':<16} {'start-up':>9} {'data':>7} {'step':>7} {'eval':>7} {'prec. BN':>9} {'ckpt':>7} "
           f"{'evals':>6} {'threads':>8} {'wall':>7}")
-    for w, r in runs.items():
+    for key, r in runs.items():
         t, tot = r["time"], r["time"]["totals"]
-        print(f"{f'{w} worker(s)':<16} {t['startup_s']:>9.1f} {tot.get('data', 0):>7.1f} {tot.get('step', 0):>7.1f} "
+        print(f"{key:<16} {t['startup_s']:>9.1f} {tot.get('data', 0):>7.1f} {tot.get('step', 0):>7.1f} "
               f"{tot.get('eval', 0):>7.1f} {tot.get('bn', 0):>9.1f} {tot.get('checkpoint', 0):>7.1f} "
               f"{t.get('evaluations', 0):>6} {t.get('threads', 0):>8} {t['wall_s']:>7.1f}")
         print("  start-up: " + ", ".join(f"{k} {v:.1f}" for k, v in t["startup"].items()))
@@ -182,9 +192,11 @@ def main() -> None:
                    "10) of the 2-worker run's rank 0 to FILE and of the plain batch-8 loop to FILE.plain")
     p.add_argument("--plain-worker", type=int, default=0, metavar="BATCH", help=argparse.SUPPRESS)
     p.add_argument("--plain-profile", default="", help=argparse.SUPPRESS)
+    p.add_argument("--plain-threads", type=int, default=1, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.plain_worker:  # the child process of one plain loop
-        print(json.dumps(plain_loop(args.data, args.plain_worker, args.steps, args.plain_profile)))
+        print(json.dumps(plain_loop(args.data, args.plain_worker, args.steps, args.plain_profile,
+                                    args.plain_threads)))
         return
     if args.profile and args.steps < 30:
         sys.exit("--profile needs --steps >= 30 (it profiles steps 11-30)")
@@ -197,12 +209,16 @@ def main() -> None:
             spklip("data", "build", "moving-digits", "--out", data, *DEMO_BUILD)
             print(f"built the demo data in {time.perf_counter() - t:.0f} s: {data}")
         plain = {}
-        for batch in (8, 16):
+        for batch, threads in ((8, 1), (16, 1), (16, 2)):
             prof = f"{args.profile}.plain" if args.profile and batch == 8 else ""
-            plain[batch], _ = run_json([sys.executable, str(Path(__file__).resolve()), "--data", data, "--steps",
-                                        str(args.steps), "--plain-worker", str(batch), "--plain-profile", prof])
-        runs = {1: product(data, Path(tmp) / "runs", 1, 16, args),
-                2: product(data, Path(tmp) / "runs", 2, 8, args, os.path.abspath(args.profile) if args.profile else "")}
+            key = f"b{batch}" + (f"t{threads}" if threads > 1 else "")
+            plain[key], _ = run_json([sys.executable, str(Path(__file__).resolve()), "--data", data, "--steps",
+                                      str(args.steps), "--plain-worker", str(batch), "--plain-profile", prof,
+                                      "--plain-threads", str(threads)])
+        runs = {"1w": product(data, Path(tmp) / "runs", 1, 16, args),
+                "2w": product(data, Path(tmp) / "runs", 2, 8, args,
+                              os.path.abspath(args.profile) if args.profile else ""),
+                "1w2t": product(data, Path(tmp) / "runs", 1, 16, args, threads=2)}
     report(plain, runs, args.steps)
     if args.profile:
         print(f"\nprofiles: {args.profile} (2 workers, rank 0), {args.profile}.plain (plain loop, batch 8)")
