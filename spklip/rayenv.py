@@ -7,9 +7,10 @@ unauthenticated Prometheus metrics export), the runtime-env agent, the dashboard
 that keeps the node address on 127.0.0.1 is ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (Ray's default on macOS and
 Windows); with it each of those servers binds 127.0.0.1 (the C++ ones ``::ffff:127.0.0.1``). Its only other effect is
 that ``ray start --address`` refuses to join a node, which a one-process Ray never does. Ray reads it once, at import
-(`ray_constants.ENABLE_RAY_CLUSTER`), so `loopback_node` sets both the variable (for the processes ``ray.init``
-starts) and the constant (for this one) while Ray starts, and puts both back afterwards: a later connection to a
-multi-node cluster from this process, or a ``ray start`` it runs, behaves as before.
+(`ray_constants.ENABLE_RAY_CLUSTER`), so `loopback_node` (in spklip.runtime.ray_private, with every private Ray use)
+sets both the variable (for the processes ``ray.init`` starts) and the constant (for this one) while Ray starts, and
+puts both back afterwards: a later connection to a multi-node cluster from this process, or a ``ray start`` it runs,
+behaves as before.
 
 Token authentication: a new local Ray enables it by default (``RAY_AUTH_MODE=token``, token ``~/.ray/auth_token``).
 `init_local` writes that token file itself when it is missing, mode 600 in a mode 700 folder (Ray writes it with the
@@ -37,35 +38,17 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import ray
-from ray._private import ray_constants
-from ray._private.state import state as ray_state
-from ray._private.authentication.authentication_token_generator import generate_new_authentication_token
 
-LOOPBACK_ENV = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR  # "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+from spklip.runtime.ray_private import (LOOPBACK_ENV, check_version, cluster_config_max_resources,
+                                        generate_new_authentication_token, loopback_node)
 TOKEN_ENV = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")  # a token of the user's own
 PRIVATE_TEMP = "ray_tmp"  # in a run or sweep folder: the private parent of Ray's temp folder
 SOCKET_PATH_MAX = 107  # Linux's AF_UNIX path limit, the terminating NUL excluded (Ray checks the same)
 # What Ray appends to its temp folder for its longest socket, the session name at its longest (a 7-digit PID)
 _SOCKET_TAIL = "/ray/session_2026-01-01_00-00-00_000000_4194304/sockets/plasma_store.99"
-
-
-@contextlib.contextmanager
-def loopback_node() -> Iterator[None]:
-    """While inside: a Ray started here keeps 127.0.0.1 as its node address (see the module docstring)."""
-    old_env, old_const = os.environ.get(LOOPBACK_ENV), ray_constants.ENABLE_RAY_CLUSTER
-    os.environ[LOOPBACK_ENV] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = old_const
-        if old_env is None:
-            os.environ.pop(LOOPBACK_ENV, None)
-        else:
-            os.environ[LOOPBACK_ENV] = old_env
 
 
 def ensure_private_token(path: Path | None = None) -> None:
@@ -85,6 +68,7 @@ def ensure_private_token(path: Path | None = None) -> None:
 def connect(address: str, **kwargs: Any) -> Any:
     """``ray.init(address=address, **kwargs)``; a loopback address (such a cluster's GCS listens on 127.0.0.1 only)
     is kept as it is, not rewritten to the host's routable address, where nothing would answer."""
+    check_version()
     with loopback_node() if is_loopback_address(address) else contextlib.nullcontext():
         return ray.init(address=address, **kwargs)
 
@@ -121,6 +105,7 @@ def private_temp_dir(parent: str | os.PathLike | None = None) -> Path:
 def init_local(temp_parent: str | os.PathLike | None = None, **kwargs: Any) -> Any:
     """``ray.init(address="local", **kwargs)``: every server of the new Ray on loopback, token authentication on,
     its session folder private (`private_temp_dir` of `temp_parent`, e.g. the run folder)."""
+    check_version()
     ensure_private_token()
     kwargs.setdefault("_temp_dir", str(private_temp_dir(temp_parent)))
     with loopback_node():
@@ -148,7 +133,7 @@ def cluster_capacity() -> Capacity:
     (`get_max_resources_from_cluster_config`, no public API), which a busy or slow autoscaler may still not deliver:
     Ray Train then times out the worker group's start and retries it.
     """
-    most = ray_state.get_max_resources_from_cluster_config()
+    most = cluster_config_max_resources()
     if most:
         return Capacity(({k: float(v) for k, v in most.items()},), autoscaling=True)
     total = ray.cluster_resources()  # the cluster's total; each node's, to know whether one worker fits a node

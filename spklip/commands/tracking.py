@@ -23,6 +23,9 @@ def _sync(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{args.run_dir}: not a spklip run folder (none of {', '.join(RUN_FOLDER_FILES)} in "
                                 "it); give <storage>/<run name>, the folder `spklip train` printed")
     uri = adopt_credentials(args.uri) if args.uri else None  # credentials in it go to MLflow's environment
+    # the deferred operations a spool may keep are registered by the modules defining them: LogEncoder (torch; only
+    # here, so that the other tracking commands stay light)
+    import spklip.train.model_log  # noqa: F401
     result = sync_spool(args.run_dir, uri=uri)
     if not result.sent:
         print(f"spklip: nothing to send in {folder}", file=sys.stderr)

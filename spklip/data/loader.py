@@ -95,10 +95,10 @@ def torch_batches(data: Any, batch_size: int, *, epoch: int = 0, seed: int = 0, 
         "clip_id": list[str]}``.
     """
     if device is None:
-        from ray.train.utils import _in_ray_train_worker  # lazy: see the module docstring
+        from spklip.runtime.ray_private import in_ray_train_worker  # lazy: see the module docstring
 
         device = "cpu"
-        if _in_ray_train_worker():
+        if in_ray_train_worker():
             from ray.train.torch import get_device  # lazy: see the module docstring
 
             device = get_device()

@@ -21,7 +21,8 @@ The modules, each importing only those listed before it:
   * `store`: the tracking URI (credentials moved to MLflow's environment, never stored), artifact locations, whether
     a server answers, MLflow's fluent API pointed at a URI.
   * `spool`: the offline spool on disk (JSON-lines files and the artifact copies they name).
-  * `replay`: records sent through a live ``MlflowClient`` (live and from spool files).
+  * `replay`: records sent through a live ``MlflowClient`` (live and from spool files); the typed deferred
+    operations (`deferred`) a spool may keep.
   * `datasets`: the shard folder as a run's dataset input.
   * `tracker`: `Tracker`, which owns its `Spool`.
   * `sync`: `sync_spool`, a run folder's spool sent to its server.
@@ -34,7 +35,7 @@ from spklip.tracking.datasets import shard_set_dataset
 from spklip.tracking.driver import DRIVER_FILE, claim_run, close_abandoned_run
 from spklip.tracking.models import (BEST_ALIAS, MODEL_NAME, SCORE_METRIC_TAG, SCORE_MODE_TAG, SCORE_TAG, download_model,
                                     register_model, send_model_folder)
-from spklip.tracking.replay import SyncResult
+from spklip.tracking.replay import Deferred, SyncResult, deferred
 from spklip.tracking.runs import (EXPERIMENT_KIND_TAG, PARENT_TAG, TRAINING_KIND, ensure_experiment, git_commit,
                                   start_run)
 from spklip.tracking.spool import (SPOOL_DIR, SPOOL_ENV, Record, Spool, default_spool_dir, read_spool_file,
@@ -45,7 +46,7 @@ from spklip.tracking.sync import sync_spool
 from spklip.tracking.tracker import PARAM_VALUE_LIMIT, Tracker
 
 __all__ = [
-    "BEST_ALIAS", "DRIVER_FILE", "EXPERIMENT_KIND_TAG", "MODEL_NAME", "PARAM_VALUE_LIMIT", "PARENT_TAG",
+    "BEST_ALIAS", "Deferred", "deferred", "DRIVER_FILE", "EXPERIMENT_KIND_TAG", "MODEL_NAME", "PARAM_VALUE_LIMIT", "PARENT_TAG",
     "SCORE_METRIC_TAG", "SCORE_MODE_TAG", "SCORE_TAG", "SPOOL_DIR", "SPOOL_ENV", "TRAINING_KIND", "adopt_credentials",
     "artifact_location", "claim_run", "close_abandoned_run", "credentials_env", "default_spool_dir", "download_model",
     "ensure_experiment", "fluent_tracking_uri", "git_commit", "is_remote", "read_spool_file", "Record", "redact_text",

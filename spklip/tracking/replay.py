@@ -1,16 +1,20 @@
 """Call records sent through a live ``MlflowClient``: as they are made (`send_batch`, `send_input`, used by the
 tracker) and replayed from spool files (`replay_spool_file`, `replay_folder`).
 
-A ``call`` record (`spklip.tracking.tracker.Tracker.call_later`) runs a spklip function with a tracker of its run; this
-module knows nothing of trackers, so whoever replays passes `tracker_for(client, run_id)`, which builds one.
+A ``call`` record (`spklip.tracking.tracker.Tracker.call_later`) keeps a typed deferred operation: a frozen
+dataclass of JSON fields with a ``run(tracker)`` method, registered under a kind with `@deferred("kind")` by the
+module that defines it (e.g. `spklip.train.model_log.LogEncoder`). Replaying rebuilds it from its kind and fields
+and runs it: nothing resolves a function from a string, and whoever replays imports the modules whose operations it
+may meet (``spklip tracking sync`` imports `spklip.train.model_log`). This module knows nothing of trackers, so
+whoever replays passes `tracker_for(client, run_id)`, which builds one.
 """
 
 from __future__ import annotations
 
-import importlib
+import dataclasses
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, TypeVar
 
 from spklip.tracking.spool import Record, read_spool_file, remove_kept_files, rewrite_spool_file
 from spklip.tracking.store import server_reachable
@@ -41,12 +45,52 @@ def send_input(client, run_id: str, record: Record) -> None:
     client.log_inputs(run_id, datasets=[DatasetInput(Dataset(**record["dataset"]), tags)])
 
 
-def resolve_target(target: str) -> Callable:
-    """The function a ``spklip.module:function`` name names (only spklip's own)."""
-    module, _, name = target.partition(":")
-    if not module.startswith("spklip.") or not name:
-        raise ValueError(f"spool target {target!r} is not a spklip function (module:function)")
-    return getattr(importlib.import_module(module), name)
+class Deferred(Protocol):
+    """A tracking operation that may run later: a frozen dataclass of JSON-valued fields, registered with
+    `deferred`; ``run`` must raise on failure (use ``tracker.client``, not the tracker's swallowing methods)."""
+
+    kind: str
+
+    def run(self, tracker: Any) -> Any: ...
+
+
+DEFERRED: dict[str, type] = {}  # kind -> the dataclass (filled by `deferred` as the defining modules are imported)
+# spool records written before the operations were typed (a "module:function" target and kwargs): their kind
+LEGACY_TARGETS = {"spklip.train.launcher:send_encoder": "log_encoder"}
+D = TypeVar("D")
+
+
+def deferred(kind: str) -> Callable[[type[D]], type[D]]:
+    """Class decorator: register a frozen dataclass with a ``run(tracker)`` method as the deferred operation
+    `kind` (one class per kind)."""
+
+    def register(cls: type[D]) -> type[D]:
+        if not dataclasses.is_dataclass(cls) or not callable(getattr(cls, "run", None)):
+            raise TypeError(f"deferred operation {kind!r}: {cls.__name__} must be a dataclass with run(tracker)")
+        if DEFERRED.get(kind, cls) is not cls:
+            raise ValueError(f"deferred operation {kind!r} is already {DEFERRED[kind].__qualname__}")
+        cls.kind = kind
+        DEFERRED[kind] = cls
+        return cls
+
+    return register
+
+
+def operation_record(op: Deferred) -> Record:
+    """The spool record of `op`: its kind and fields."""
+    return {"op": "call", "kind": op.kind, "fields": dataclasses.asdict(op)}
+
+
+def operation_of(record: Record) -> Deferred:
+    """The operation a ``call`` record keeps (also one of the older ``target`` form); a ValueError naming the kind
+    when no imported module registered it."""
+    kind = record.get("kind") or LEGACY_TARGETS.get(record.get("target", ""))
+    cls = DEFERRED.get(kind or "")
+    if cls is None:
+        known = ", ".join(sorted(DEFERRED)) or "none"
+        raise ValueError(f"spooled operation {kind or record.get('target')!r} is not registered in this process "
+                         f"(registered: {known}); import the module that defines it before replaying")
+    return cls(**record.get("fields", record.get("kwargs", {})))
 
 
 def send_record(client, header: dict, record: Record, tracker_for: TrackerFor) -> None:
@@ -60,8 +104,8 @@ def send_record(client, header: dict, record: Record, tracker_for: TrackerFor) -
         send_input(client, run_id, record)
     elif op == "set_terminated":
         client.set_terminated(run_id, record["status"], record["end_time"])
-    elif op == "call":  # the target gets a tracker of the run, sharing this client
-        resolve_target(record["target"])(tracker_for(client, run_id), **record["kwargs"])
+    elif op == "call":  # the operation gets a tracker of the run, sharing this client
+        operation_of(record).run(tracker_for(client, run_id))
     else:
         raise ValueError(f"unknown spooled call {op!r}")
 

@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from spklip.tracking.replay import replay_folder, replay_spool_file, resolve_target, send_batch, send_input
+from spklip.tracking.replay import (Deferred, operation_record, replay_folder, replay_spool_file, send_batch,
+                                    send_input)
 from spklip.tracking.spool import Record, Spool, default_spool_dir, move_run_files
 from spklip.tracking.store import is_remote, server_reachable
 
@@ -205,12 +206,10 @@ class Tracker:
                   "tags": {"mlflow.data.context": context, **(tags or {})}}
         self.call(send_input, self.client, self.run_id, record, spool=lambda: record)
 
-    def call_later(self, target: str, **kwargs) -> Any:
-        """Run ``target(tracker, **kwargs)`` (a ``spklip.module:function`` name) now, or keep it in the spool
-        when the server is gone (e.g. logging a model from a checkpoint). The kwargs must be JSON values, and the
-        target must raise on failure (use ``tracker.client``, not the tracker's own swallowing methods)."""
-        fn = resolve_target(target)
-        return self.call(fn, self, **kwargs, spool=lambda: {"op": "call", "target": target, "kwargs": kwargs})
+    def call_later(self, op: Deferred) -> Any:
+        """Run the deferred operation `op` (``op.run(self)``, e.g. `spklip.train.model_log.LogEncoder`) now, or
+        keep it in the spool when the server is gone; its result, None when kept (see `spklip.tracking.replay`)."""
+        return self.call(op.run, self, spool=lambda: operation_record(op))
 
     def start_system_metrics(self, interval_s: float) -> None:
         """MLflow's system-metrics monitor (CPU, memory, disk, network; GPU when nvidia-ml-py finds one) on this

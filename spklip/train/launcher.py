@@ -50,12 +50,14 @@ from spklip.logs import RunOutput
 from spklip.train.export import export_checkpoint
 from spklip.outdir import private_dir
 from spklip.rayenv import cluster_capacity, connect, init_local, resource_shortfall
+from spklip.runtime.ray_private import session_dir
 from spklip.train import data as train_data
 from spklip.model import create_model
 from spklip.train.checkpoint import load_model_weights, model_from_checkpoint, read_checkpoint
 from spklip.train.epoch_eval import log_report_artifacts
 from spklip.train.final_eval import BEST, FINAL, evaluate_on_test
 from spklip.train.faults import FAULT_ENV_PREFIX
+from spklip.train.model_log import log_encoder
 from spklip.train.timing import Timeline
 from spklip.train.torch_store import LoopbackTorchConfig
 from spklip.train.worker import (FailFastOnDataError, ModelError, WorkerPlan, fail_fast_error_in,
@@ -153,8 +155,8 @@ def _job_env(env: dict[str, str]) -> dict | None:
 
 def ray_logs_dir() -> str | None:
     """Ray's session log folder on this node (worker-*.out/err, logs/train, logs/ray-data), None without Ray."""
-    node = ray._private.worker._global_node  # what Ray Train itself reads for its log folder (no public API)
-    return os.path.join(node.get_session_dir_path(), "logs") if node is not None else None
+    session = session_dir()  # what Ray Train itself reads for its log folder (no public API)
+    return os.path.join(session, "logs") if session is not None else None
 
 
 def resolve_paths(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -550,27 +552,3 @@ def _checkpoint_uri(storage_path: str, checkpoint) -> str | None:
 def _parent_run(plan: RunPlan) -> str | None:
     saved = storage.join(plan.storage_path, plan.run_name, RUN_FILE)
     return json.loads(storage.read_text(saved)).get("parent_run_id") if storage.exists(saved) else None
-
-
-def log_encoder(tracker: Tracker, checkpoint_dir: str, register_as: str = "") -> str | None:
-    """Rebuild the model from a checkpoint and log its weights and config as an MLflow logged model (safetensors,
-    `spklip.train.export`: what ``spklip eval --model`` loads, unpickling nothing); register it as `register_as`
-    when given. With the server away, the call is kept in the run's spool and made by ``spklip tracking sync``
-    (returns None then)."""
-    return tracker.call_later("spklip.train.launcher:send_encoder", checkpoint=str(checkpoint_dir),
-                              register_as=register_as)
-
-
-def send_encoder(tracker: Tracker, checkpoint: str, register_as: str = "") -> str:
-    """`log_encoder`'s work, raising on failure (it is also what a spooled ``log_encoder`` replays)."""
-    with storage.local_copy(checkpoint) as local:  # a checkpoint in a bucket: downloaded for the upload to MLflow
-        _, cfg, payload = model_from_checkpoint(local)  # the checkpoint must rebuild its model
-        with tempfile.TemporaryDirectory(prefix="spklip-model-") as tmp:  # safetensors + config: nothing pickled
-            model_uri = send_model_folder(tracker, export_checkpoint(local, tmp))
-    if register_as:
-        version = register_model(tracker, model_uri, register_as, metric=cfg.train.metric,
-                                 mode=cfg.train.metric_mode, score=payload.get("metrics", {}).get(cfg.train.metric),
-                                 tags={"spklip.checkpoint": str(checkpoint), "spklip.run_id": str(tracker.run_id),
-                                       "spklip.step": str(payload.get("step"))})
-        tracker.client.set_tag(tracker.run_id, "spklip.registered_as", f"{register_as}/{version}")
-    return model_uri

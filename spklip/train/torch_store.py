@@ -17,10 +17,9 @@ import datetime
 import ipaddress
 import socket
 
-import ray.train.torch.config as ray_torch_config
-from ray.train._internal.utils import get_address_and_port
 from ray.train.torch import TorchConfig
-from ray.train.torch.config import _TorchBackend
+
+from spklip.runtime.ray_private import get_address_and_port, torch_backend_with_store_address
 
 _SERVED: list = []  # (socket, TCPStore) pairs of this worker process: the server lives as long as the process
 
@@ -44,15 +43,8 @@ def loopback_store_address() -> tuple[str, int]:
     return "127.0.0.1", port
 
 
-class _LoopbackTorchBackend(_TorchBackend):
-    def on_start(self, worker_group, backend_config):
-        # Ray Train calls `get_address_and_port` on rank 0 by the module's name: swapped for this one call only
-        original = ray_torch_config.get_address_and_port
-        ray_torch_config.get_address_and_port = loopback_store_address
-        try:
-            super().on_start(worker_group, backend_config)
-        finally:
-            ray_torch_config.get_address_and_port = original
+# Ray Train calls `get_address_and_port` on rank 0 by its module's name: swapped for that one call only
+_LoopbackTorchBackend = torch_backend_with_store_address(loopback_store_address)
 
 
 class LoopbackTorchConfig(TorchConfig):

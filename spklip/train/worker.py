@@ -19,13 +19,12 @@ from typing import Any
 
 import ray.train
 import ray.train.torch
-from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
-from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerGroupCallback
 
 from spklip.config import ExperimentConfig
 from spklip.data import storage
 from spklip.loss import ClipLoss
 from spklip.model import create_model
+from spklip.runtime.ray_private import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME, ControllerCallback, WorkerGroupCallback
 from spklip.train import data as train_data
 from spklip.torchutil import nonfinite_tensors, unwrap
 from spklip.train.checkpoint import (CheckpointError, TrainState, read_checkpoint, restore_training, save_checkpoint,

@@ -43,7 +43,8 @@ from spklip.outdir import private_dir, private_files
 from spklip.eval.stats import summarize
 from spklip.logs import RunOutput
 from spklip.tracking import BEST_ALIAS, SPOOL_DIR, Tracker, start_run
-from spklip.train.launcher import (ensure_ray, fit, log_encoder, ray_logs_dir, ray_storage, resolve_paths,
+from spklip.train.model_log import log_encoder
+from spklip.train.launcher import (ensure_ray, fit, ray_logs_dir, ray_storage, resolve_paths,
                                    worker_resources)
 from spklip.train.ownership import check_name, lock_folder
 from spklip.tune import report as rep
