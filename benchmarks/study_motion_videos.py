@@ -72,10 +72,10 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     model, metrics = train_in_process(cfg)
     info = dataset_info(cfg)
-    names = info["class_names"]
+    names = info.class_names
     out = {"preset": job["preset"], "seed": s, "overrides": {k: v for k, v in overrides.items() if k != "data.path"},
            "seconds": time.perf_counter() - t0, "metrics": {k: metrics.get(k) for k in METRICS},
-           "val_split": predictions(model, cfg, names, info["seen_ids"], cfg.data.val_split),
+           "val_split": predictions(model, cfg, names, info.seen_ids, cfg.data.val_split),
            "unseen_split": predictions(model, cfg, names, info["unseen_ids"], cfg.data.zero_shot_split)}
     Path(job["path"]).write_text(json.dumps(out, indent=1))
     print(f"{job['preset']} seed {s}: val {out['metrics']['val/top1']:.3f} "

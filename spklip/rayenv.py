@@ -42,8 +42,10 @@ from typing import Any
 
 import ray
 
-from spklip.runtime.ray_private import (LOOPBACK_ENV, check_version, cluster_config_max_resources,
-                                        generate_new_authentication_token, loopback_node)
+from spklip.runtime.ray_private import LOOPBACK_ENV  # noqa: F401 - part of this module's API (tests, cluster docs)
+from spklip.runtime.ray_private import (check_version, cluster_config_max_resources, generate_new_authentication_token,
+                                        loopback_node)
+
 TOKEN_ENV = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")  # a token of the user's own
 PRIVATE_TEMP = "ray_tmp"  # in a run or sweep folder: the private parent of Ray's temp folder
 SOCKET_PATH_MAX = 107  # Linux's AF_UNIX path limit, the terminating NUL excluded (Ray checks the same)

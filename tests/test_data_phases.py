@@ -10,6 +10,8 @@ from spklip.config.model import HsfeCfg
 from spklip.data.moving_digits import DigitsSpec, _affine, caption, class_name, digit_clips
 from spklip.data.phases import (ceilings, ceilings_line, default_window, missing_reverses, parse_motion, phase_track,
                                 rest_frames, reverse_motion, with_speeds)
+from spklip.config import load_config
+from spklip.data.read import dataset_info
 from spklip.data.shards import read_metadata
 from spklip.data.simulate import SimParams
 from spklip.config.registry import get_model_config
@@ -135,6 +137,12 @@ def test_cli_builds_speed_classes_and_inspect_prints_the_ceilings(tmp_path, caps
     assert meta["clip_shape"] == [64, 32, 32] and len(meta["class_names"]) == 8
     assert "the digit five moving right fast, pausing, then moving right fast" in meta["class_names"]
     assert meta["builder"]["ceilings"]["seen"]["order_blind"] == 0.5
+    # the typed facts training reads: what each class is made of, for the per-factor zero-shot breakdown
+    facts = dataset_info(load_config(None, {"data.path": str(out), "model.num_planes": 64, "model.height": 32,
+                                            "model.width": 32, "model.hsfe.radius": 5}), eval_only=True, split="train")
+    assert facts.class_names == meta["class_names"] and facts.rows("train") == meta["splits"]["train"]
+    assert facts.class_factors[1] == {"digit": "3", "phase1": "left:fast", "phase2": "left:fast"}
+    assert [f["digit"] for f in facts.class_factors] == ["3"] * 4 + ["5"] * 4
     capsys.readouterr()
     assert main(["data", "inspect", str(out)]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("ceilings"))

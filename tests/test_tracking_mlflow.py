@@ -12,12 +12,13 @@ from mlflow.tracking import MlflowClient
 from spklip.cli import main
 from spklip.tracking import (BEST_ALIAS, DRIVER_FILE, EXPERIMENT_KIND_TAG, SCORE_TAG, SPOOL_DIR, TRAINING_KIND, Tracker,
                              claim_run, register_model, send_model_folder, shard_set_dataset, start_run)
+from spklip.data.read import DatasetFacts
 from spklip.tracking.driver import CLOSED_TAG
 from test_train_fixtures import write_motion_shards
 
-INFO = {"path": "/data/motion-v2", "class_names": ["a", "b", "c"], "seen_ids": [0, 1], "unseen_ids": [2],
-        "split_rows": {"train": 24, "val": 8, "zero_shot": 4}, "fingerprint": "0123456789abcdef",
-        "clip_shape": [4, 16, 16]}
+INFO = DatasetFacts(path="/data/motion-v2", class_names=["a", "b", "c"], seen_ids=[0, 1], unseen_ids=[2],
+                    split_rows={"train": 24, "val": 8, "zero_shot": 4}, fingerprint="0123456789abcdef",
+                    clip_shape=[4, 16, 16])
 # a small text tower built from scratch: no pretrained MiniLM to load each time a model is rebuilt (train, logging
 # the model, two evaluations); no extra training-set or BatchNorm passes
 FAST = ["model.text.kind=clip-text", "model.text.width=32", "model.text.layers=1", "model.text.heads=2",
@@ -40,10 +41,10 @@ def test_dataset_input_carries_fingerprint_path_splits_and_classes(tmp_path):
     run = start_run(uri, "exp", tmp_path)
     run.log_dataset(shard_set_dataset(INFO), context="training", tags={"spklip.train_split": "train"})
     (inp,) = run.client.get_run(run.run_id).inputs.dataset_inputs
-    assert inp.dataset.name == "motion-v2" and inp.dataset.digest == INFO["fingerprint"]
+    assert inp.dataset.name == "motion-v2" and inp.dataset.digest == INFO.fingerprint
     assert json.loads(inp.dataset.source)["uri"] == "/data/motion-v2" and inp.dataset.source_type == "local"
     profile = json.loads(inp.dataset.profile)
-    assert profile["splits"] == INFO["split_rows"] and profile["num_classes"] == 3 and profile["unseen_classes"] == 1
+    assert profile["splits"] == INFO.split_rows and profile["num_classes"] == 3 and profile["unseen_classes"] == 1
     assert {t.key: t.value for t in inp.tags} == {"mlflow.data.context": "training", "spklip.train_split": "train"}
 
 

@@ -7,7 +7,8 @@ the file on an error). Batches look the same on every path::
     {"spikes": uint8 [B, N, H, W], "label": int64 [B], "caption": list[str], "class_name": list[str],
      "clip_id": list[str]}
 
-* `dataset_info`: validate the shards against the model config once, before anything reads clips.
+* `dataset_info` -> `DatasetFacts`: validate the shards against the model config once, before anything reads clips;
+  the typed facts training, evaluation and tracking use from then on.
 * `eval_batches`: a whole split in file order (evaluation).
 * `sample_batches`: a seeded random sample of a split (precise BN, ``trainset/top1``).
 * `decoded_split`: a whole split decoded at once (the in-memory training split, `train_in_process`).
@@ -16,6 +17,7 @@ the file on an error). Batches look the same on every path::
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
@@ -95,10 +97,27 @@ def sample_batches(path: str | os.PathLike, split: str, num_batches: int, batch_
         yield to_torch(decode_batch(table.slice(i, batch_size)))
 
 
-def dataset_info(cfg: ExperimentConfig, eval_only: bool = False, split: str | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class DatasetFacts:
+    """What training, evaluation and tracking need to know of a validated shard set (`dataset_info`)."""
+
+    path: str
+    class_names: list[str]  # every class, by label
+    seen_ids: list[int]  # labels of the seen classes (train / val / test splits)
+    unseen_ids: list[int]  # labels held out for zero-/few-shot (sorted)
+    split_rows: dict[str, int]  # clips per split
+    fingerprint: str  # the shard set's content hash (16 hex)
+    clip_shape: list[int]  # [N, H, W]
+    class_factors: list[dict[str, str]] | None = None  # per class, what it is made of (`phases.class_factors`)
+
+    def rows(self, split: str) -> int:
+        """Clips in `split` (0 for a split the set does not have)."""
+        return self.split_rows.get(split, 0)
+
+
+def dataset_info(cfg: ExperimentConfig, eval_only: bool = False, split: str | None = None) -> DatasetFacts:
     """Validate the shards named by ``cfg.data`` against the model config and return what training and
-    evaluation need: ``path``, ``class_names``, ``seen_ids``, ``unseen_ids``, ``split_rows``, ``fingerprint``,
-    ``clip_shape`` and ``class_factors`` (per class, what it is made of: `phases.class_factors`, or None).
+    evaluation need (`DatasetFacts`).
 
     Args:
         cfg: The experiment config.
@@ -119,7 +138,7 @@ def dataset_info(cfg: ExperimentConfig, eval_only: bool = False, split: str | No
     factors = class_factors(meta)
     if factors is not None and len(factors) != len(meta["class_names"]):
         factors = None  # a builder dict that does not describe these classes: no breakdown rather than a wrong one
-    return {"path": str(cfg.data.path), "class_names": list(meta["class_names"]),
-            "seen_ids": list(meta["seen_labels"]), "unseen_ids": sorted(meta["unseen_labels"]),
-            "split_rows": dict(meta["splits"]), "fingerprint": meta["fingerprint"],
-            "clip_shape": list(meta["clip_shape"]), "class_factors": factors}
+    return DatasetFacts(path=str(cfg.data.path), class_names=list(meta["class_names"]),
+                        seen_ids=list(meta["seen_labels"]), unseen_ids=sorted(meta["unseen_labels"]),
+                        split_rows=dict(meta["splits"]), fingerprint=meta["fingerprint"],
+                        clip_shape=list(meta["clip_shape"]), class_factors=factors)

@@ -7,18 +7,17 @@ belongs to the training layer, `spklip.train.epoch_eval`; writing it to a folder
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 
 from spklip.config import ExperimentConfig
-from spklip.data.read import eval_batches
+from spklip.data.read import DatasetFacts, eval_batches
 from spklip.eval.evaluate import MIN_UNSEEN_CLASSES, EvalReport, embed_clips, evaluate_embeddings
 from spklip.model.energy import estimate_energy
 from spklip.torchutil import eval_mode, unwrap
 
 
-def evaluate_model(model: torch.nn.Module, cfg: ExperimentConfig, dataset: dict[str, Any], device: torch.device,
+def evaluate_model(model: torch.nn.Module, cfg: ExperimentConfig, dataset: DatasetFacts, device: torch.device,
                    split: str | None = None, autocast_dtype: torch.dtype | None = None,
                    prefix: str = "val") -> EvalReport:
     """Embed the seen-class `split` (default ``data.val_split``) and the unseen split, then score everything.
@@ -36,12 +35,12 @@ def evaluate_model(model: torch.nn.Module, cfg: ExperimentConfig, dataset: dict[
     bs = cfg.eval.batch_size
     seen = embed_clips(model, eval_batches(cfg.data.path, split, bs), device, autocast_dtype)
     unseen = None  # one unseen class or none: zero-/few-shot mean nothing (`evaluate_embeddings` notes why)
-    if len(dataset["unseen_ids"]) >= MIN_UNSEEN_CLASSES and dataset["split_rows"].get(cfg.data.zero_shot_split, 0):
+    if len(dataset.unseen_ids) >= MIN_UNSEEN_CLASSES and dataset.rows(cfg.data.zero_shot_split):
         unseen = embed_clips(model, eval_batches(cfg.data.path, cfg.data.zero_shot_split, bs), device,
                              autocast_dtype)
-    report = evaluate_embeddings(model, seen, dataset["class_names"], dataset["seen_ids"], cfg.eval, unseen=unseen,
-                                 unseen_ids=dataset["unseen_ids"], prefix=prefix, seed=cfg.train.seed,
-                                 class_factors=dataset.get("class_factors"))
+    report = evaluate_embeddings(model, seen, dataset.class_names, dataset.seen_ids, cfg.eval, unseen=unseen,
+                                 unseen_ids=dataset.unseen_ids, prefix=prefix, seed=cfg.train.seed,
+                                 class_factors=dataset.class_factors)
     if cfg.eval.energy:
         add_energy(report, model, cfg, split)
     return report

@@ -5,10 +5,9 @@ plus ``trainset/top1``, logged to MLflow (the tracking belongs to the training l
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from spklip.config import ExperimentConfig
-from spklip.data.read import sample_batches
+from spklip.data.read import DatasetFacts, sample_batches
 from spklip.eval.evaluate import EvalReport, closed_set, confusion_figure, embed_clips
 from spklip.eval.precise_bn import recalibrate_batchnorm
 from spklip.eval.run import evaluate_model
@@ -34,7 +33,7 @@ def evaluates_after(cfg: ExperimentConfig, epochs_done: int | None, step: int) -
 class EpochEvaluator:
     """Evaluates on rank 0 and logs metrics (step-indexed) and artifacts (`artifact_folder`)."""
 
-    def __init__(self, cfg: ExperimentConfig, dataset: dict[str, Any], tracker: Tracker):
+    def __init__(self, cfg: ExperimentConfig, dataset: DatasetFacts, tracker: Tracker):
         self.cfg, self.dataset, self.tracker = cfg, dataset, tracker
 
     def run(self, model, device, step: int, epoch: int, autocast_dtype=None,
@@ -67,13 +66,13 @@ class EpochEvaluator:
         """``trainset/top1``: prompt top-1 on ``eval.train_clips`` random training clips as stored (no augmentation),
         beside ``val/top1`` so over-fitting is visible."""
         data = self.cfg.data
-        n = min(self.cfg.eval.train_clips, self.dataset["split_rows"].get(data.train_split, 0))
+        n = min(self.cfg.eval.train_clips, self.dataset.rows(data.train_split))
         if not n:
             return {}
         bs = min(self.cfg.eval.batch_size, n)
         batches = sample_batches(data.path, data.train_split, n // bs, bs, seed=data.seed + 1)
         emb = embed_clips(model, batches, device, autocast_dtype)
-        metrics, _ = closed_set(model, emb, self.dataset["class_names"], self.dataset["seen_ids"], "trainset", (1,))
+        metrics, _ = closed_set(model, emb, self.dataset.class_names, self.dataset.seen_ids, "trainset", (1,))
         return metrics
 
     def recalibrate(self, model, device, autocast_dtype=None) -> int:

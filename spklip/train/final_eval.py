@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
 from spklip.config import ExperimentConfig
 from spklip.data import storage
+from spklip.data.read import DatasetFacts
 from spklip.eval.evaluate import EvalReport
 from spklip.eval.run import evaluate_model
 from spklip.train.checkpoint import model_from_checkpoint
@@ -73,7 +73,7 @@ def relabel(metrics: dict[str, float], old: str, new: str) -> dict[str, float]:
     return out
 
 
-def evaluate_on_test(cfg: ExperimentConfig, dataset: dict[str, Any], best: str | None, final: str | None,
+def evaluate_on_test(cfg: ExperimentConfig, dataset: DatasetFacts, best: str | None, final: str | None,
                      device: torch.device | None = None) -> TestReport:
     """Score the best-on-val checkpoint (`best`) and the last one (`final`; folders or URIs) on the test split.
 
@@ -82,7 +82,7 @@ def evaluate_on_test(cfg: ExperimentConfig, dataset: dict[str, Any], best: str |
     """
     out = TestReport()
     split = cfg.data.test_split
-    if not dataset["split_rows"].get(split, 0):
+    if not dataset.rows(split):
         out.notes.append(f"no test numbers: the dataset has no clips in split {split!r}")
         return out
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -104,7 +104,7 @@ def evaluate_on_test(cfg: ExperimentConfig, dataset: dict[str, Any], best: str |
     return out
 
 
-def _evaluate(cfg: ExperimentConfig, dataset: dict[str, Any], checkpoint: str, prefix: str,
+def _evaluate(cfg: ExperimentConfig, dataset: DatasetFacts, checkpoint: str, prefix: str,
               device: torch.device) -> EvalReport:
     with storage.local_copy(checkpoint) as local:  # a checkpoint in a bucket is downloaded first
         model, _, _ = model_from_checkpoint(local, map_location="cpu")

@@ -29,7 +29,6 @@ import os
 import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -45,15 +44,14 @@ from ray.train.torch import TorchTrainer
 
 from spklip.config import ExperimentConfig, to_dict
 from spklip.data import storage
-from spklip.data.read import dataset_info
+from spklip.data.read import DatasetFacts, dataset_info
 from spklip.logs import RunOutput
-from spklip.train.export import export_checkpoint
 from spklip.outdir import private_dir
 from spklip.rayenv import cluster_capacity, connect, init_local, resource_shortfall
 from spklip.runtime.ray_private import session_dir
 from spklip.train import data as train_data
 from spklip.model import create_model
-from spklip.train.checkpoint import load_model_weights, model_from_checkpoint, read_checkpoint
+from spklip.train.checkpoint import load_model_weights, read_checkpoint
 from spklip.train.epoch_eval import log_report_artifacts
 from spklip.train.final_eval import BEST, FINAL, evaluate_on_test
 from spklip.train.faults import FAULT_ENV_PREFIX
@@ -64,8 +62,7 @@ from spklip.train.worker import (FailFastOnDataError, ModelError, WorkerPlan, fa
                                  ray_resume_checkpoint, train_fn_per_worker)
 from spklip.train.ownership import check_name, folder_location, lock_folder
 from spklip.tracking import (SPOOL_DIR, Tracker, claim_run, credentials_env, ensure_experiment, git_commit,
-                             is_remote, redact_text, register_model, resolve_uri, send_model_folder,
-                             shard_set_dataset, start_run)
+                             is_remote, redact_text, resolve_uri, shard_set_dataset, start_run)
 
 CONFIG_FILE = "spklip_config.json"  # inside {storage_path}/{run_name}: the run's flat config (`spklip train --resume`)
 RUN_FILE = "spklip_run.json"  # inside {storage_path}/{run_name}: the MLflow run a resumed job keeps logging to
@@ -88,7 +85,7 @@ class RunPlan:
     cfg: ExperimentConfig  # with absolute paths
     run_name: str
     storage_path: str
-    dataset: dict[str, Any]
+    dataset: DatasetFacts
     total_steps: int
     tracker: Tracker
     timeline: Timeline = field(default_factory=Timeline)  # start-up milestones, continued by the workers
@@ -183,7 +180,7 @@ def local_run_folder(cfg: ExperimentConfig, storage_path: str, run_name: str) ->
     return Path(cfg.train.run_dir).joinpath(scheme, *rest.strip("/").split("/"), run_name)
 
 
-def _mlflow_run(cfg: ExperimentConfig, run_name: str, run_folder: Path, dataset: dict[str, Any],
+def _mlflow_run(cfg: ExperimentConfig, run_name: str, run_folder: Path, dataset: DatasetFacts,
                 parent_run_id: str | None, extra_tags: dict[str, str] | None = None,
                 saved: str | Path | None = None) -> Tracker:
     """Reuse the MLflow run of an earlier attempt of this Ray run (resume), else start a new one: config as params
@@ -214,7 +211,7 @@ def _mlflow_run(cfg: ExperimentConfig, run_name: str, run_folder: Path, dataset:
         ensure_experiment(tracker, cfg.tracking.experiment, cfg.train.run_dir)  # an experiment made before the tag
     else:
         folder_id = uuid.uuid4().hex
-        tags = {"git_commit": git_commit(), "dataset_fingerprint": dataset["fingerprint"],
+        tags = {"git_commit": git_commit(), "dataset_fingerprint": dataset.fingerprint,
                 "model_arch": cfg.model.arch, "model_preset": cfg.model_preset, "ray_run_name": run_name,
                 FOLDER_TAG: where, FOLDER_ID_TAG: folder_id, **(extra_tags or {})}
         tracker = start_run(uri, cfg.tracking.experiment, cfg.train.run_dir, run_name=run_name,
@@ -252,7 +249,7 @@ def prepare_run(cfg: ExperimentConfig, *, run_name: str | None = None, storage_p
     cfg = resolve_paths(cfg)
     dataset = dataset_info(cfg)
     timeline.mark("validate")
-    spe = train_data.steps_per_epoch(dataset["split_rows"][cfg.data.train_split], cfg, _world(cfg))
+    spe = train_data.steps_per_epoch(dataset.split_rows[cfg.data.train_split], cfg, _world(cfg))
     total = spe * cfg.train.epochs
     total = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
     run_name = run_name or cfg.tracking.run_name or f"{cfg.model_preset}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -22,6 +22,7 @@ import ray.train.torch
 
 from spklip.config import ExperimentConfig
 from spklip.data import storage
+from spklip.data.read import DatasetFacts
 from spklip.loss import ClipLoss
 from spklip.model import create_model
 from spklip.runtime.ray_private import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME, ControllerCallback, WorkerGroupCallback
@@ -44,7 +45,7 @@ class WorkerPlan:
 
     cfg: ExperimentConfig  # absolute paths
     total_steps: int  # planned optimiser steps (the LR schedule's length)
-    dataset: dict[str, Any]  # `spklip.data.read.dataset_info`: splits, classes, fingerprint
+    dataset: DatasetFacts  # `spklip.data.read.dataset_info`: splits, classes, fingerprint
     tracking_uri: str
     mlflow_run_id: str | None  # rank 0 logs to this run; None: tracking off
     run_dir: str | None = None  # {storage_path}/{run_name}: rank 0's progress lines and tracking spool go there
