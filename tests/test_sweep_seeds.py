@@ -3,6 +3,7 @@
 import json
 import math
 
+import pandas as pd
 import pytest
 from scipy import stats
 
@@ -91,3 +92,18 @@ def test_gaps_state_the_difference_with_its_interval(store):
 def test_report_plots_draw_every_seed(store, tmp_path):
     table = rep.sweep_table("study", uri=store)
     assert rep.plot_metric_vs_params(table, tmp_path / "m.png").stat().st_size > 0
+
+
+def test_configurations_are_named_by_what_tells_them_apart():
+    out = pd.DataFrame({"trial": ["a", "b", "c"], "step_mode": ["", "auto", "auto"],
+                        "model.hsfe.num_subblocks": [1, 3, 5], "seed_base": [0, 0, 0]})
+    params = ["step_mode", "model.hsfe.num_subblocks", "seed_base"]
+    # a label that two configurations share (K = 3 and 5 both 'auto') names neither: the swept value does
+    assert rep.configuration_names(out, params, ["step_mode"]) == {
+        "a": "model.hsfe.num_subblocks=1", "b": "auto model.hsfe.num_subblocks=3",
+        "c": "auto model.hsfe.num_subblocks=5"}
+    variants = out.assign(variant=["hsfe", "hsfe-k1", "average"])
+    assert rep.configuration_names(variants, ["variant", *params], ["variant", "step_mode"]) == {
+        "a": "hsfe", "b": "hsfe-k1", "c": "average"}
+    same = out.assign(**{"model.hsfe.num_subblocks": [5, 5, 5], "step_mode": ["x", "x", "x"]})
+    assert rep.configuration_names(same, params, ["step_mode"]) == {"a": "a", "b": "b", "c": "c"}

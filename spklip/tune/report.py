@@ -223,8 +223,10 @@ def aggregate_seeds(table: SweepTable, frame: pd.DataFrame) -> SweepTable:
              "interval of the mean."]
     scored = out[rankable(out, name)]
 
-    def called(row) -> str:  # a configuration by its label (e.g. the study's variant), else its trial id
-        return " ".join(str(row[p]) for p in labels) or str(row["trial"])
+    names = configuration_names(out, params, labels)
+
+    def called(row) -> str:
+        return names[row["trial"]]
 
     best = None
     if not scored.empty:
@@ -235,6 +237,17 @@ def aggregate_seeds(table: SweepTable, frame: pd.DataFrame) -> SweepTable:
         d = difference(seeds[first][name], seeds[second][name])
         notes.append(f"Best vs runner-up ({called(scored.iloc[1])}) on {name}: {d}.")
     return SweepTable(out, params, table.metrics, table.parent_run_id, best, notes, seeds, seed_runs)
+
+
+def configuration_names(out: pd.DataFrame, params: list[str], labels: list[str]) -> dict[str, str]:
+    """trial -> how the notes call its configuration: a label's value (the study's variant: ``hsfe``) when that
+    label tells the rows apart, else every parameter that varies, swept ones as ``key=value`` (``auto
+    model.hsfe.num_subblocks=5``: a label that two configurations share does not name either); the trial id when
+    nothing varies."""
+    varying = [p for p in params if out[p].astype(str).nunique() > 1]
+    named = next(([p] for p in varying if p in labels and out[p].astype(str).nunique() == len(out)), varying)
+    return {str(row["trial"]): " ".join(str(row[p]) if p in labels else f"{p}={row[p]}" for p in named
+                                        if str(row[p]) != "") or str(row["trial"]) for _, row in out.iterrows()}
 
 
 def _assemble(frame: pd.DataFrame, params: list[str], metrics: list[tuple[str, str]],
