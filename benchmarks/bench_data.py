@@ -8,7 +8,7 @@ Prints medians over repeats, and ratios measured in the same run against a refer
   buffers included) streaming 1080p frames with the default chunk;
 * storage: bits per pixel-plane on disk for a moving-digits dataset vs 8 (uint8 planes) and 1 (raw packbits);
 * streaming input (``--streaming`` alone): clips/s the training split's streaming Ray Dataset
-  (`spklip.train.data.streaming_dataset`) yields to 2 workers at spklip-small's clip shape, once the start-up is paid
+  (`spklip.runtime.reader.streaming_dataset`) yields to 2 workers at spklip-small's clip shape, once the start-up is paid
   (later epochs of the same dataset), against clips/s one spklip-small train step consumes per worker (2 workers);
   their ratio (median of rounds), the first epoch's rate (start-up included) and the DataLoader reference.
 """
@@ -110,7 +110,9 @@ def bench_simulator_memory(frames_n: int) -> None:
 
 
 def bench_shards(clips_per_class: int, repeats: int, ray_read: bool) -> None:
-    from spklip.data.loader import SpikeShardDataset, ray_dataset, torch_batches
+    from spklip.config import load_config
+    from spklip.data.loader import SpikeShardDataset
+    from spklip.runtime.reader import ray_train_dataset, torch_batches
     from spklip.data.moving_digits import DigitsSpec, digit_clips
 
     spec = DigitsSpec(clips_per_class=clips_per_class)
@@ -140,12 +142,13 @@ def bench_shards(clips_per_class: int, repeats: int, ray_read: bool) -> None:
             def epoch(rds):
                 return sum(b["spikes"].shape[0] for b in torch_batches(rds, 32, epoch=1))
 
-            t_ray = median_time(lambda: epoch(ray_dataset(out, "train")), repeats)
+            streamed = ray_train_dataset(load_config(overrides=[f"data.path={out}", "data.materialize=false"]))
+            t_ray = median_time(lambda: epoch(streamed), repeats)
             print(f"Ray Data streaming epoch (read+decode+shuffle -> torch): {len(ds) / t_ray:.0f} clips/s "
-                  f"(ratio to DataLoader {t_dl / t_ray:.2f}x; mostly Ray Data's per-execution start-up)")
-            mat = ray_dataset(out, "train", materialize=True)
+                  f"(ratio to DataLoader {t_dl / t_ray:.2f}x; mostly Ray Data's per-execution start-up; the training reader, page checksums verified)")
+            mat = ray_train_dataset(load_config(overrides=[f"data.path={out}", "data.materialize=true"]))
             t_mat = median_time(lambda: epoch(mat), repeats)
-            print(f"Ray Data materialized epoch (shuffle -> torch): {len(ds) / t_mat:.0f} clips/s "
+            print(f"Ray Data in-memory epoch (shuffle -> torch): {len(ds) / t_mat:.0f} clips/s "
                   f"(ratio to DataLoader {t_dl / t_mat:.2f}x)")
             ray.shutdown()
 
@@ -163,7 +166,7 @@ def bench_streaming(clips_n: int, rounds: int, workers: int = 2) -> None:
     from spklip.data.shards import Clip, DatasetInfo
     from spklip.loss import ClipLoss
     from spklip.model import create_model
-    from spklip.train import data as train_data
+    from spklip.runtime import reader as train_data
     from spklip.train.loop import Loop
 
     cfg0 = load_config(overrides=["model_preset=spklip-small"])

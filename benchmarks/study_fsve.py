@@ -23,7 +23,7 @@ import torch
 
 from spklip.config import load_config, parse_overrides
 from spklip.eval.stats import difference, summarize
-from spklip.train.inprocess import train_in_process
+from spklip.runtime.inprocess import train_in_process
 from spklip.train.loop import Loop
 
 

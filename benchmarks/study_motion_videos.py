@@ -31,7 +31,7 @@ from spklip.config import add_set_flag, load_config, parse_overrides
 from spklip.data.read import dataset_info, eval_batches
 from spklip.eval.evaluate import class_prompt_embeddings, embed_clips
 from spklip.eval.stats import difference, summarize
-from spklip.train.inprocess import train_in_process
+from spklip.runtime.inprocess import train_in_process
 
 AXIS = {"left": "horizontal", "right": "horizontal", "up": "vertical", "down": "vertical", "still": "still"}
 METRICS = ("val/top1", "zeroshot/top1", "fewshot/1shot_top1", "fewshot/4shot_top1", "trainset/top1")

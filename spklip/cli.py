@@ -16,7 +16,7 @@ import traceback
 import typing
 
 from spklip.config import ConfigError
-from spklip.tracking.store import redact_text  # plain Python: no MLflow
+from spklip.runtime.tracking.store import redact_text  # plain Python: no MLflow
 
 COMMAND_MODULES = [
     "spklip.commands.data",  # data simulate | build | inspect

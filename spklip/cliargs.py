@@ -94,7 +94,7 @@ def check_name(name: str, what: str = "--name", max_len: int = RUN_NAME_MAX_BYTE
     """`name` if it is one plain folder name, else ValueError (one line, naming `what`): not empty, letters, digits
     and ``. _ - = + , @`` only (ASCII: characters are bytes), not starting with ``.`` or ``-``, no ``..``, no ``/``,
     at most `max_len` characters. The one check of a run or sweep name: ``--name`` (`folder_name`, at parsing),
-    ``tracking.run_name`` and names given to `spklip.train.launcher.prepare_run` (re-exported by
+    ``tracking.run_name`` and names given to `spklip.runtime.launcher.prepare_run` (re-exported by
     `spklip.train.ownership`)."""
     shown = name if len(name) <= 40 else name[:40] + "..."
     if not name:

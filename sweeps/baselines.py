@@ -2,7 +2,7 @@
 spklip/sweeps/baselines.py; this script only runs it, on a laptop or as ``ray job submit -- python sweeps/baselines.py``."""
 
 from spklip.sweeps.baselines import SPEC
-from spklip.tune.sweep import main
+from spklip.runtime.tune.sweep import main
 
 if __name__ == "__main__":
     raise SystemExit(main(SPEC))

@@ -2,7 +2,7 @@
 spklip/sweeps/hsfe_ablation.py; this script only runs it, on a laptop or as ``ray job submit -- python sweeps/hsfe_ablation.py``."""
 
 from spklip.sweeps.hsfe_ablation import SPEC
-from spklip.tune.sweep import main
+from spklip.runtime.tune.sweep import main
 
 if __name__ == "__main__":
     raise SystemExit(main(SPEC))

@@ -19,7 +19,7 @@ def ray_session():
     """
     import ray
 
-    from spklip.rayenv import init_local
+    from spklip.runtime.rayenv import init_local
 
     started = False
     if not ray.is_initialized():
@@ -44,7 +44,7 @@ def ray_session():
 @pytest.fixture
 def no_ray(monkeypatch):
     """Fail a test whose command would start Ray (it should have stopped before: bad input, a held folder...)."""
-    from spklip.train import launcher
+    from spklip.runtime import launcher
 
     def refuse(*args, **kwargs):
         raise AssertionError("Ray was started")
@@ -54,8 +54,8 @@ def no_ray(monkeypatch):
 @pytest.fixture
 def built_datasets(monkeypatch):
     """How many training datasets this process builds during the test, by kind (``streaming``, ``in_memory``): the
-    two builders of `spklip.train.data` wrapped to count their calls."""
-    from spklip.train import data as train_data
+    two builders of `spklip.runtime.reader` wrapped to count their calls."""
+    from spklip.runtime import reader as train_data
 
     built: Counter = Counter()
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from spklip.config import ScaleCfg, load_config
-from spklip.train.epoch_eval import evaluates_after
-from spklip.train.launcher import fit
+from spklip.runtime.epoch_eval import evaluates_after
+from spklip.runtime.launcher import fit
 from spklip.train.loop import apply_threads, available_cpus, worker_threads
 from spklip.train.timing import read_timing
 from test_train_fixtures import write_motion_shards

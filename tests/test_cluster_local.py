@@ -92,7 +92,7 @@ def test_cluster_job_sweep_and_clean_shutdown(tmp_path):
         client = dict(x.removeprefix("export ").split("=", 1) for x in (cluster / "env").read_text().splitlines())
         bare = {k: v for k, v in client.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
         for extra, start in ((client, "import ray; ray.init()"),
-                             (bare, "from spklip.train.launcher import ensure_ray; ensure_ray()")):
+                             (bare, "from spklip.runtime.rayenv import ensure_ray; ensure_ray()")):
             code = (f"{start}; import json, os, sys; sys.path.insert(0, 'tests'); from test_ray_binding import "
                     "listeners; print('LISTENERS ' + json.dumps(listeners([os.getpid()])))")
             driver = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, **extra},

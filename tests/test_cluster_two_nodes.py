@@ -40,7 +40,7 @@ DRIVER = r"""
 import json, os, sys
 import ray
 from spklip.config import load_config
-from spklip.train.launcher import fit
+from spklip.runtime.launcher import fit
 from ray.train.v2._internal.state.state_actor import get_state_actor
 
 out, data, run_dir = sys.argv[1:4]

@@ -112,7 +112,7 @@ def test_config_and_the_preset_registry_import_no_torch():
 
 def test_yes_no_switches_parse_as_booleans_from_the_command_line():
     from spklip.config import load_config
-    from spklip.train.launcher import _use_gpu
+    from spklip.runtime.plan import _use_gpu
 
     for text, want in (("yes", True), ("no", False), ("true", True), ("false", False)):
         cfg = load_config(None, [f"scale.use_gpu={text}", f"data.materialize={text}"])

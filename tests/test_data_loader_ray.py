@@ -1,14 +1,16 @@
-"""Ray Data loader: exactly the written tensors come back, per-epoch seeded shuffling, streaming_split for workers."""
+"""The Ray Data reader (spklip.runtime.reader): exactly the written tensors come back, per-epoch seeded shuffling,
+streaming_split for workers, page checksums verified."""
 
+import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 
 from spklip.config import load_config
-from spklip.data.loader import ray_dataset, torch_batches
 from spklip.data.shards import ShardError, write_shards
-from spklip.train import data as train_data
+from spklip.runtime import reader as train_data
+from spklip.runtime.reader import torch_batches
 from test_data_checksums import _flip_in_a_page
 from test_data_shards import INFO, make_clips
 
@@ -33,8 +35,8 @@ def collect(batches):
 @pytest.mark.slow  # two Ray Data executions: 30-160 s on 2 shared cores (load 15-57), plus the shared ray.init
 def test_ray_loader_yields_the_written_tensors_shuffled_per_epoch(ray_session, shards):
     root, expected = shards
-    ds = ray_dataset(root, "train")
-    decoded = ray_dataset(root, "train", materialize=True)  # decoded once, each epoch only iterates
+    ds = train_data.ray_train_dataset(load_config(overrides=[f"data.path={root}", "data.materialize=false"]))
+    decoded = train_data.ray_train_dataset(load_config(overrides=[f"data.path={root}", "data.materialize=true"]))
     epochs = [list(torch_batches(decoded, 4, epoch=e, seed=0)) for e in (0, 1)]
     for batches in epochs:
         got = collect(batches)
@@ -45,6 +47,8 @@ def test_ray_loader_yields_the_written_tensors_shuffled_per_epoch(ray_session, s
             assert (label, caption, class_name) == (clip.label, clip.caption, INFO.class_names[clip.label])
     order = [[cid for b in batches for cid in b["clip_id"]] for batches in epochs]
     assert order[0] != order[1]  # a new order each epoch
+    again = [cid for b in torch_batches(decoded, 4, epoch=1, seed=0) for cid in b["clip_id"]]
+    assert again == order[1]  # the same (seed, epoch): the same order
 
     parts = ds.streaming_split(2, equal=True)  # what Ray Train does for two workers
     with ThreadPoolExecutor(2) as pool:  # the parts of a streaming split must be consumed concurrently
@@ -55,8 +59,9 @@ def test_ray_loader_yields_the_written_tensors_shuffled_per_epoch(ray_session, s
 
 def test_empty_split_fails_before_ray_runs(shards):
     root, _ = shards
+    cfg = load_config(overrides=[f"data.path={root}", "data.materialize=false"])
     with pytest.raises(ShardError, match="unknown split"):
-        ray_dataset(root, "dev")
+        train_data.streaming_dataset(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, train_split="dev")))
 
 
 @pytest.mark.slow  # two streamed epochs and a failing read: 20-60 s on 2 shared cores

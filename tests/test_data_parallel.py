@@ -9,7 +9,8 @@ import pytest
 from spklip.cli import main
 from spklip.data.build import build_dataset, part_rows, plan_dataset
 from spklip.data.moving_digits import DigitsSpec, digit_clips
-from spklip.data.parallel import ray_mapper, serial_map
+from spklip.data.parallel import serial_map
+from spklip.runtime.parallel import ray_mapper
 from spklip.data.shards import clip_row, read_metadata, read_shard
 from spklip.data.simulate import SimParams
 from test_data_builders import SMALL, write_video
@@ -72,7 +73,8 @@ def test_video_folder_with_two_workers_is_the_serial_build(tmp_path, ray_session
     spec = FolderSpec(root=str(tmp_path / "videos"), **spec_args)
     sim = SimParams(planes_per_frame=2, seed=5)
     build_dataset(tmp_path / "serial", "video-folder", spec, sim)
-    build_dataset(tmp_path / "parallel", "video-folder", spec, sim, workers=2)
+    with ray_mapper(workers=2) as pmap:
+        build_dataset(tmp_path / "parallel", "video-folder", spec, sim, pmap=pmap)
     meta = same_dataset(tmp_path / "serial", tmp_path / "parallel")
     assert meta["splits"] == {"train": 4, "val": 0, "test": 2, "unseen": 3}
     # A video that is too short fails in a worker: the user sees its one-line error, not Ray's, and no folder.

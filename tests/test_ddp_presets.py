@@ -1,6 +1,6 @@
 """Every preset x every option the sweeps vary trains 2 steps under 2-process gloo DDP (no Ray), as a worker does.
 
-Training wraps the model in DDP without ``find_unused_parameters`` (`spklip.train.worker._setup_model`): a trainable
+Training wraps the model in DDP without ``find_unused_parameters`` (`spklip.runtime.worker._setup_model`): a trainable
 parameter the loss never reaches makes the *second* step fail ("Expected to have finished reduction in the prior
 iteration"). tests/test_model_presets.py checks gradients for the presets one process at a time, but not the options
 crossed with every preset, so it missed the spiking HSFE with ``model.hsfe.norm=bn`` (the ANN HSFE's BatchNorms it
@@ -101,13 +101,13 @@ def _config(name: str, overrides: dict):
 
 def _run_case(name: str, overrides: dict, rank: int, world: int) -> dict:
     """Two optimiser steps of one case under DDP with the kwargs the Ray Train workers give
-    ``ray.train.torch.prepare_model`` (`spklip.train.worker.DDP_KWARGS`)."""
+    ``ray.train.torch.prepare_model`` (`spklip.runtime.worker.DDP_KWARGS`)."""
     from torch.nn.parallel import DistributedDataParallel
 
     from spklip.loss import ClipLoss
     from spklip.model import create_model
     from spklip.train.loop import Loop, seed_everything
-    from spklip.train.worker import DDP_KWARGS
+    from spklip.runtime.worker import DDP_KWARGS
 
     cfg = _config(name, overrides)
     seed_everything(0)

@@ -11,7 +11,7 @@ from spklip.eval.evaluate import Embedded, evaluate_embeddings
 from spklip.eval.metrics import average_precision, class_retrieval, class_retrieval_chance, topk_chance
 from spklip.eval.stats import difference, summarize, wilson
 from spklip.train.final_eval import relabel
-from spklip.tune.report import clips_key
+from spklip.runtime.tune.report import clips_key
 
 
 def _features(n=15, classes=4, dim=8, seed=0):

@@ -20,10 +20,10 @@ import pytest
 
 from spklip.cli import main
 from spklip.cliargs import check_name, folder_name
-from spklip.rayenv import Capacity, resource_shortfall
-from spklip.train import launcher
+from spklip.runtime.rayenv import Capacity, resource_shortfall
+from spklip.runtime import launcher, mlflow_run
 from spklip.train.ownership import check_name as ownership_check_name
-from spklip.train.worker import FAIL_FAST, ray_resume_checkpoint
+from spklip.runtime.worker import FAIL_FAST, ray_resume_checkpoint
 from test_train_fixtures import write_motion_shards
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ def _run(runs, name):
     """The MLflow run of run `name` under `runs` (its id from the run file), read from the sqlite store."""
     from mlflow.tracking import MlflowClient
 
-    run_id = json.loads((runs / "ray" / name / launcher.RUN_FILE).read_text())["mlflow_run_id"]
+    run_id = json.loads((runs / "ray" / name / mlflow_run.RUN_FILE).read_text())["mlflow_run_id"]
     return MlflowClient(tracking_uri=f"sqlite:///{runs / 'mlflow.db'}").get_run(run_id)
 
 
@@ -126,7 +126,7 @@ def test_more_than_the_cluster_has_is_refused_before_waiting(scale, ray_session,
     assert len(errors) == 1 and errors[0].startswith("spklip: error: scale asks for "), errors
     assert "(in-process Ray): lower scale.num_workers or scale.cpus_per_worker" in errors[0]
     run = _run(runs, "big")
-    assert run.info.status == "FAILED" and run.data.tags[launcher.FAILURE_TAG] == errors[0][len("spklip: error: "):]
+    assert run.info.status == "FAILED" and run.data.tags[mlflow_run.FAILURE_TAG] == errors[0][len("spklip: error: "):]
 
 
 # ---- errors after the MLflow run opened ------------------------------------------------------------------------
@@ -156,7 +156,7 @@ def test_a_shard_corrupted_in_the_trainer_setup_fails_the_run_with_the_reason(ra
     errors = _errors(capsys.readouterr().err)
     assert len(errors) == 1 and str(bad) in errors[0], errors
     run = _run(runs, "bad")
-    assert run.info.status == "FAILED" and str(bad) in run.data.tags[launcher.FAILURE_TAG]
+    assert run.info.status == "FAILED" and str(bad) in run.data.tags[mlflow_run.FAILURE_TAG]
 
 
 @pytest.mark.slow
@@ -171,7 +171,7 @@ def test_an_error_while_finishing_fails_the_run(ray_session, shards, tmp_path, c
     assert len(errors) == 1 and "RuntimeError: the test split went away" in errors[0], errors
     run = _run(runs, "fin")
     assert run.info.status == "FAILED"  # was FINISHED or RUNNING, depending on where _finish failed
-    assert run.data.tags[launcher.FAILURE_TAG] == "RuntimeError: the test split went away"
+    assert run.data.tags[mlflow_run.FAILURE_TAG] == "RuntimeError: the test split went away"
 
 
 def test_end_run_maps_each_way_out_to_its_status():
@@ -183,10 +183,10 @@ def test_end_run_maps_each_way_out_to_its_status():
                                 (RuntimeError("http://u:pw@h/ down"), "FAILED", "RuntimeError: http://***@h/ down")]:
         calls.clear()
         with pytest.raises(type(error)) if error is not None else contextlib.nullcontext():
-            with launcher.run_closed(tracker):
+            with mlflow_run.run_closed(tracker):
                 if error is not None:
                     raise error
-        assert calls == ([{launcher.FAILURE_TAG: line}] if line else []) + [status]
+        assert calls == ([{mlflow_run.FAILURE_TAG: line}] if line else []) + [status]
 
 
 # ---- Ctrl-C ----------------------------------------------------------------------------------------------------
@@ -255,7 +255,7 @@ def test_ctrl_c_during_train_exits_130_with_one_line_and_a_killed_run(interrupte
     assert not _errors(err)
     assert proc.seconds < 60
     run = _run(runs, "int")
-    assert run.info.status == "KILLED" and run.data.tags[launcher.FAILURE_TAG] == "interrupted"
+    assert run.info.status == "KILLED" and run.data.tags[mlflow_run.FAILURE_TAG] == "interrupted"
 
 
 # ---- deterministic worker errors, found on the driver -----------------------------------------------------------
@@ -300,7 +300,7 @@ def test_ray_resume_checkpoint_reads_rays_snapshot(tmp_path):
 
 def test_checkpoint_and_model_errors_are_never_retried():
     from spklip.train.checkpoint import CheckpointError
-    from spklip.train.worker import ModelError, fail_fast_error_in
+    from spklip.runtime.worker import ModelError, fail_fast_error_in
 
     assert CheckpointError in FAIL_FAST and ModelError in FAIL_FAST
     wrapper = RuntimeError("WorkerGroupError: worker 0 failed")

@@ -12,7 +12,7 @@ from spklip.config import load_config
 from spklip.loss import ClipLoss
 from spklip.model import create_model
 from spklip.torchutil import to_device
-from spklip.train import data as train_data
+from spklip.runtime import reader as train_data
 from spklip.train.checkpoint import (TrainState, place_payload, read_checkpoint, rng_state, save_checkpoint,
                                      set_rng_state)
 from spklip.train.loop import Loop, prepare_for_device, resolve_channels_last, seed_everything
@@ -186,8 +186,8 @@ def test_fractional_gpus_per_worker_reach_ray_and_pack_sweep_trials(monkeypatch)
     runs four per GPU (CPUs permitting); without GPUs in use the key changes nothing."""
     import ray
 
-    from spklip.train.launcher import worker_resources
-    from spklip.tune.sweep import max_concurrent_trials
+    from spklip.runtime.plan import worker_resources
+    from spklip.runtime.tune.sweep import max_concurrent_trials
 
     cfg = load_config(overrides=["scale.use_gpu=true", "scale.gpus_per_worker=0.25", "scale.cpus_per_worker=1"])
     assert worker_resources(cfg) == (True, {"CPU": 1.0, "GPU": 0.25})

@@ -153,7 +153,7 @@ def test_every_numeric_flag_of_every_command_has_a_checked_type():
     whatever the flag means); each uses a spklip.cliargs type with its range."""
     bare = [f"{prog} {a.option_strings}" for prog, a in _actions(build_parser()) if a.type in (int, float)]
     assert bare == []
-    from spklip.tune.cli import add_sweep_args  # the flags of sweep scripts (python sweeps/NAME.py ...)
+    from spklip.runtime.tune.cli import add_sweep_args  # the flags of sweep scripts (python sweeps/NAME.py ...)
     p = argparse.ArgumentParser()
     add_sweep_args(p)
     assert [a.option_strings for a in p._actions if a.type in (int, float)] == []

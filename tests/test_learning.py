@@ -11,7 +11,7 @@ import pytest
 
 from spklip.cli import main
 from spklip.config import load_config
-from spklip.train.inprocess import train_in_process
+from spklip.runtime.inprocess import train_in_process
 
 BUDGET = ["train.epochs=1000", "train.max_steps=600", "data.batch_size=16", "optim.lr=1e-3", "optim.warmup_steps=10",
           "eval.few_shot_ks=[1]", "eval.few_shot_seeds=1", "eval.energy=false", "tracking.enabled=false"]

@@ -179,7 +179,7 @@ def test_the_authors_presets_and_the_baselines_variant_are_the_authors_recipe():
     baselines sweep's ``authors`` variant on its spklip-tiny base gives exactly spklip-tiny-authors' model and
     configs/authors-tiny.yaml's training recipe."""
     from spklip.sweeps.baselines import SPEC, VARIANTS
-    from spklip.tune.space import trial_config
+    from spklip.runtime.tune.space import trial_config
 
     p = resolve_cfg("spklip-paper-authors")
     assert (p.backbone.layers, p.backbone.heads, p.backbone.attn_dropout) == ((2, 2, 4, 2), 4, 0.1)

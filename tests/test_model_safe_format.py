@@ -11,7 +11,7 @@ import torch
 
 from spklip.config import load_config
 from spklip.model import create_model
-from spklip.tracking import BEST_ALIAS, MODEL_NAME, download_model, register_model, send_model_folder, start_run
+from spklip.runtime.tracking import BEST_ALIAS, MODEL_NAME, download_model, register_model, send_model_folder, start_run
 from spklip.train.checkpoint import CheckpointError, TrainState, save_checkpoint
 from spklip.train.export import (SUMS_FILE, WEIGHTS_FILE, export_checkpoint, load_model, load_spike_encoder,
                                  verify_export)

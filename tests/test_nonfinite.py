@@ -18,8 +18,8 @@ from spklip.loss import ClipLoss
 from spklip.model import create_model
 from spklip.train.checkpoint import TrainState, save_checkpoint
 from spklip.train.loop import Loop, NonFiniteError, run_training, seed_everything
-from spklip.train.worker import _WorkerRun, fail_fast_error_in
-from spklip.tune.report import _assemble
+from spklip.runtime.worker import _WorkerRun, fail_fast_error_in
+from spklip.runtime.tune.report import _assemble
 from test_train_fixtures import write_motion_shards
 
 SMALL = ["model.num_planes=16", "model.height=32", "model.width=32", "model.hsfe.stride=1", "optim.warmup_steps=2",
@@ -265,7 +265,7 @@ def test_a_study_with_a_diverged_trial_writes_its_report_and_exits_1(ray_session
     """A study that lost trials must not look complete to a script that chains it: the report is written (the
     failure in its notes), then one line on stderr and exit 1."""
     from spklip.sweeps.hsfe_ablation import SPEC
-    from spklip.tune.sweep import main as sweep_main
+    from spklip.runtime.tune.sweep import main as sweep_main
 
     data = write_motion_shards(tmp_path / "motion", per_class=8, val_per_class=2)
     runs = tmp_path / "runs"

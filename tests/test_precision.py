@@ -13,9 +13,9 @@ from spklip.config import load_config
 from spklip.data.read import dataset_info
 from spklip.loss import ClipLoss, scaled_logits
 from spklip.model import create_model
-from spklip.tracking import Tracker
+from spklip.runtime.tracking import Tracker
 from spklip.train.checkpoint import TrainState, save_checkpoint
-from spklip.train.epoch_eval import EpochEvaluator
+from spklip.runtime.epoch_eval import EpochEvaluator
 from spklip.train.loop import Loop, resolve_precision, seed_everything
 
 from test_train_fixtures import write_motion_shards

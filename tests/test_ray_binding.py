@@ -1,9 +1,9 @@
-"""Every port of an in-process Ray (`spklip.train.launcher.ensure_ray`) listens on loopback only, token authentication
+"""Every port of an in-process Ray (`spklip.runtime.rayenv.ensure_ray`) listens on loopback only, token authentication
 refuses a request without the token, and nothing answers on the host's external addresses (issue 10). The local
 cluster's listeners are checked the same way in test_cluster_local.py (`unauthenticated_exposed`).
 
 Allow-list of non-loopback listeners proven to refuse a request without the token: none (every Ray 2.60 server
-binds 127.0.0.1 once the node address stays loopback, `spklip.rayenv`), so any non-loopback listener fails.
+binds 127.0.0.1 once the node address stays loopback, `spklip.runtime.rayenv`), so any non-loopback listener fails.
 """
 
 import ipaddress
@@ -18,7 +18,7 @@ import psutil
 import pytest
 from ray._private import ray_constants
 
-from spklip.rayenv import LOOPBACK_ENV, ensure_private_token, is_loopback_address, loopback_node
+from spklip.runtime.rayenv import LOOPBACK_ENV, ensure_private_token, is_loopback_address, loopback_node
 
 ROOT = Path(__file__).resolve().parents[1]
 ALLOWED_EXPOSED: set[str] = set()  # process names allowed off loopback: none (see the module docstring)
@@ -29,8 +29,8 @@ import json, os, sys, threading, time
 import grpc, ray, ray.train, torch, torch.distributed as dist
 from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
 from ray.train.torch import TorchTrainer
-from spklip.train.launcher import ensure_ray
-from spklip.train.torch_store import LoopbackTorchConfig
+from spklip.runtime.rayenv import ensure_ray
+from spklip.runtime.torch_store import LoopbackTorchConfig
 sys.path.insert(0, sys.argv[1])
 from test_ray_binding import answers, external_addresses, foreign_exposed_ports, listeners
 

@@ -1,4 +1,4 @@
-"""What a run prints on the driver (spklip.logs.RunOutput) and the progress lines (spklip.train.progress), without Ray."""
+"""What a run prints on the driver (spklip.runtime.logs.RunOutput) and the progress lines (spklip.train.progress), without Ray."""
 
 import io
 import json
@@ -10,7 +10,7 @@ import warnings
 
 import pytest
 
-from spklip.logs import LOG_FILE, RunOutput
+from spklip.runtime.logs import LOG_FILE, RunOutput
 from spklip.train.progress import PROGRESS_FILE, append_line, epoch_line
 
 
@@ -85,7 +85,7 @@ def test_epoch_line():
 
 
 def test_trial_line():
-    from spklip.tune.sweep import trial_line
+    from spklip.runtime.tune.sweep import trial_line
 
     line = trial_line(3, 8, "a1b2", "done", {"val/top1": 0.4123, "training_iteration": 4}, (("val/top1", "max"),),
                       {"optim.lr": 0.0005, "model.hsfe.num_subblocks": 3})
@@ -101,7 +101,7 @@ def test_trial_line():
 
 
 def test_job_env_leaves_out_what_a_submitted_job_sets(monkeypatch):
-    from spklip.train.launcher import _job_env
+    from spklip.runtime.rayenv import _job_env
 
     monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
     assert _job_env({"RAY_ADDRESS": "10.0.0.5:6379"}) == {"env_vars": {"RAY_ADDRESS": "10.0.0.5:6379"}}
@@ -115,7 +115,7 @@ def test_job_env_leaves_out_what_a_submitted_job_sets(monkeypatch):
 def test_best_metrics_are_the_best_checkpoints(best, expected):
     from types import SimpleNamespace
 
-    from spklip.train.launcher import FitResult, _best_metrics
+    from spklip.runtime.launcher import FitResult, _best_metrics
 
     ranked = [(SimpleNamespace(path="/r/checkpoint_step=0000003"), {"val/top1": 0.5}),
               (SimpleNamespace(path="/r/checkpoint_step=0000006"), {"val/top1": 0.25})]

@@ -13,7 +13,7 @@ import pytest
 
 from spklip.cli import main
 from spklip.config import load_config
-from spklip.train import launcher
+from spklip.runtime import mlflow_run, plan
 from spklip.train.ownership import LOCK_FILE, RunInUseError, check_name, lock_folder, release_folder
 from test_train_fixtures import write_motion_shards
 
@@ -90,7 +90,7 @@ def test_tracking_run_name_is_held_to_the_same_rule(shards, tmp_path, no_ray):
     cfg = load_config(overrides=[f"data.path={shards}", f"train.run_dir={tmp_path / 'runs'}",
                                  "tracking.run_name=../../escape"])
     with pytest.raises(ValueError, match="tracking.run_name"):
-        launcher.prepare_run(cfg)
+        plan.prepare_run(cfg)
     assert not (tmp_path / "runs").exists()
 
 
@@ -140,30 +140,30 @@ def test_a_copied_run_folder_resumed_elsewhere_logs_to_a_new_mlflow_run(shards, 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = load_config(overrides=[f"data.path={shards}", f"train.run_dir={tmp_path / 'runs'}", f"tracking.uri={uri}",
                                  "tracking.system_metrics=false"])
-    first = launcher.prepare_run(cfg, run_name="orig", storage_path=str(tmp_path / "a"))
+    first = plan.prepare_run(cfg, run_name="orig", storage_path=str(tmp_path / "a"))
     first.tracker.terminate("KILLED")
     original = first.tracker.run_id
-    record = json.loads((tmp_path / "a" / "orig" / launcher.RUN_FILE).read_text())
+    record = json.loads((tmp_path / "a" / "orig" / mlflow_run.RUN_FILE).read_text())
     assert record["run_folder"] == os.path.realpath(tmp_path / "a" / "orig") and len(record["run_folder_id"]) == 32
     client = MlflowClient(tracking_uri=uri)
     tags = client.get_run(original).data.tags
-    assert tags[launcher.FOLDER_TAG] == record["run_folder"] and tags[launcher.FOLDER_ID_TAG] == record["run_folder_id"]
+    assert tags[mlflow_run.FOLDER_TAG] == record["run_folder"] and tags[mlflow_run.FOLDER_ID_TAG] == record["run_folder_id"]
 
     shutil.copytree(tmp_path / "a" / "orig", tmp_path / "b" / "orig")
     capsys.readouterr()
-    copy = launcher.prepare_run(cfg, run_name="orig", storage_path=str(tmp_path / "b"))
+    copy = plan.prepare_run(cfg, run_name="orig", storage_path=str(tmp_path / "b"))
     copy.tracker.terminate("FINISHED")
     err = capsys.readouterr().err
     assert copy.tracker.run_id != original
-    assert f"was created as {record['run_folder']}" in err and f"{launcher.COPIED_FROM_TAG}={original}" in err
-    assert client.get_run(copy.tracker.run_id).data.tags[launcher.COPIED_FROM_TAG] == original
-    moved = json.loads((tmp_path / "b" / "orig" / launcher.RUN_FILE).read_text())
+    assert f"was created as {record['run_folder']}" in err and f"{mlflow_run.COPIED_FROM_TAG}={original}" in err
+    assert client.get_run(copy.tracker.run_id).data.tags[mlflow_run.COPIED_FROM_TAG] == original
+    moved = json.loads((tmp_path / "b" / "orig" / mlflow_run.RUN_FILE).read_text())
     assert moved["mlflow_run_id"] == copy.tracker.run_id
     assert moved["run_folder"] == os.path.realpath(tmp_path / "b" / "orig")
-    assert json.loads((tmp_path / "a" / "orig" / launcher.RUN_FILE).read_text()) == record
+    assert json.loads((tmp_path / "a" / "orig" / mlflow_run.RUN_FILE).read_text()) == record
     assert client.get_run(original).info.status == "KILLED"  # nothing of the copy's went to the original run
 
-    again = launcher.prepare_run(cfg, run_name="orig", storage_path=str(tmp_path / "a"))  # the original, resumed
+    again = plan.prepare_run(cfg, run_name="orig", storage_path=str(tmp_path / "a"))  # the original, resumed
     again.tracker.terminate("FINISHED")
     assert again.tracker.run_id == original and "was created as" not in capsys.readouterr().err
     for folder in (tmp_path / "a" / "orig", tmp_path / "b" / "orig"):

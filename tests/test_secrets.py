@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from spklip.rayenv import PRIVATE_TEMP, SOCKET_PATH_MAX, _SOCKET_TAIL, private_temp_dir
-from spklip.tracking.store import (PASSWORD_ENV, USERNAME_ENV, adopt_credentials, redact_text, redact_uri,
+from spklip.runtime.rayenv import PRIVATE_TEMP, SOCKET_PATH_MAX, _SOCKET_TAIL, private_temp_dir
+from spklip.runtime.tracking.store import (PASSWORD_ENV, USERNAME_ENV, adopt_credentials, redact_text, redact_uri,
                                    resolve_uri)
 from test_train_fixtures import write_motion_shards
 

@@ -29,8 +29,8 @@ from spklip.data.simulate import SimParams
 from spklip.data.smoke import SMOKE_SEED, build_smoke_data, smoke_spec
 from spklip.outdir import RefusedError
 from spklip.train.checkpoint import read_checkpoint
-from spklip.train.launcher import resume_target
-from spklip.tune.sweep import SweepContext
+from spklip.runtime.plan import resume_target
+from spklip.runtime.tune.sweep import SweepContext
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -163,7 +163,7 @@ def _loss_steps(run_dir, run_id: str) -> list[int]:
 SWEEP = """
 import os, shutil
 from spklip.sweeps.hsfe_ablation import SPEC
-from spklip.tune.sweep import main
+from spklip.runtime.tune.sweep import main
 args = ["--name", "s3sweep", "--storage", {storage!r}, "--set", {run_dir!r}, "--set", {data!r},
         "--set", "data.materialize=false",  # Ray Data's read tasks read the bucket (not one decode on the driver)
         "--set", "train.checkpoint_every=2", "--set", "train.log_every=1",

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from spklip.config import load_config
-from spklip.tune import report as rep
+from spklip.runtime.tune import report as rep
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def test_stopped_trials_are_marked_killed_and_errored_ones_stay_failed(tmp_path)
     both become KILLED with the stopped tag; a trial Tune reports as errored keeps FAILED."""
     from mlflow.tracking import MlflowClient
 
-    from spklip.tune.report import STOPPED_TAG, close_stopped_children
+    from spklip.runtime.tune.report import STOPPED_TAG, close_stopped_children
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
@@ -147,7 +147,7 @@ def test_ui_link_opens_the_runs_table(tmp_path):
     """MLflow 3.17 opens an experiment on its GenAI overview unless the URL asks for the model-training view."""
     from mlflow.tracking import MlflowClient
 
-    from spklip.tune.sweep import ui_link
+    from spklip.runtime.tune.sweep import ui_link
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     exp = MlflowClient(tracking_uri=uri).create_experiment("ui", artifact_location=(tmp_path / "art").as_uri())
@@ -160,7 +160,7 @@ def test_best_config_reads_none_params_back(tmp_path):
     import mlflow
 
     from spklip.config import ExperimentConfig, load_config
-    from spklip.tune.report import best_config
+    from spklip.runtime.tune.report import best_config
 
     cfg = load_config(None, ["model.fsve.surrogate_alpha=null"])
     assert cfg.model.fsve.surrogate_alpha is None

@@ -30,7 +30,7 @@ def trial_runs(exp: Path, status: str | None = None) -> list:
     """The sweep's MLflow child runs (optionally only those with `status`)."""
     from mlflow.tracking import MlflowClient
 
-    from spklip.tune.sweep import SWEEP_FILE, SweepContext
+    from spklip.runtime.tune.sweep import SWEEP_FILE, SweepContext
 
     if not (exp / SWEEP_FILE).exists():
         return []
@@ -89,7 +89,7 @@ def test_resume_after_killing_the_driver(tmp_path):
     assert tune_results(exp, done[0]) == done_results  # the trial that had finished was not run again
     from mlflow.tracking import MlflowClient
 
-    from spklip.tune.sweep import SweepContext
+    from spklip.runtime.tune.sweep import SweepContext
 
     ctx = SweepContext.load(exp)
     client = MlflowClient(tracking_uri=ctx.tracking_uri)

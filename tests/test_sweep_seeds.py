@@ -9,9 +9,9 @@ from scipy import stats
 
 from spklip.config import load_config
 from spklip.eval.stats import difference, summarize
-from spklip.tune import report as rep
-from spklip.tune.report import add_gaps
-from spklip.tune.sweep import seed_config
+from spklip.runtime.tune import report as rep
+from spklip.runtime.tune.report import add_gaps
+from spklip.runtime.tune.sweep import seed_config
 
 
 def test_summary_is_the_student_t_interval_and_one_seed_has_none():

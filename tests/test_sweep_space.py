@@ -9,12 +9,12 @@ from collections import Counter
 import pytest
 import ray
 
-import spklip.tune.sweep
+import spklip.runtime.tune.sweep
 from spklip.cli import main as spklip_main
 from spklip.commands.sweep import available_sweeps, load_sweep
 from spklip.config import ConfigError, load_config
-from spklip.tune.space import BoundSpace, base_point, config_params, sample_space, space_keys, trial_config
-from spklip.tune.sweep import first_points, main, sweep_config
+from spklip.runtime.tune.space import BoundSpace, base_point, config_params, sample_space, space_keys, trial_config
+from spklip.runtime.tune.sweep import first_points, main, sweep_config
 
 HSFE = load_sweep("hsfe-ablation")
 
@@ -99,7 +99,7 @@ def test_bound_space_of_a_script_function_unpickles_in_a_fresh_process(tmp_path)
     """OptunaSearch saves itself with plain pickle; a space from a user's script (not importable) must still load
     in the process that resumes the sweep."""
     script = tmp_path / "my_sweep.py"
-    script.write_text("from spklip.tune.sweep import SweepSpec\n\n"
+    script.write_text("from spklip.runtime.tune.sweep import SweepSpec\n\n"
                       "def space(trial, base):\n"
                       "    trial.suggest_int('model.hsfe.radius', 1, base.model.num_planes // 8)\n\n"
                       "SPEC = SweepSpec(name='mine', space=space, metrics=(('val/top1', 'max'),))\n")
@@ -169,8 +169,8 @@ def test_sweep_config_resolves_the_spec_preset_and_keeps_user_overrides_on_top(t
 def test_first_points_are_suggested_first_and_vary_only_their_key():
     """``--first model.hsfe.num_subblocks=1,3,5``: the searcher's first three trials are the base HSFE with K set
     to each value (a one-factor comparison), then it samples on its own."""
-    from spklip.tune.cli import parse_first
-    from spklip.tune.space import build_searcher
+    from spklip.runtime.tune.cli import parse_first
+    from spklip.runtime.tune.space import build_searcher
 
     base = _base("spklip-tiny")
     key, values = parse_first("model.hsfe.num_subblocks=1, 3,5")
@@ -225,7 +225,7 @@ def sweep_starts_no_ray(monkeypatch):
     """Fail the test if the sweep gets as far as starting Ray."""
     def refuse(*args, **kwargs):
         raise AssertionError("Ray was started")
-    monkeypatch.setattr(spklip.tune.sweep, "ensure_ray", refuse)
+    monkeypatch.setattr(spklip.runtime.tune.sweep, "ensure_ray", refuse)
     was_up = ray.is_initialized()  # the session's shared Ray (conftest) may already run when the whole suite does
     yield
     assert ray.is_initialized() == was_up
@@ -248,7 +248,7 @@ def test_a_misspelled_first_key_is_one_line_naming_the_closest_before_anything_s
 
 def test_a_space_key_the_config_lacks_stops_the_sweep_before_its_first_trial(tmp_path, capsys, sweep_starts_no_ray):
     script = tmp_path / "typo_sweep.py"
-    script.write_text("from spklip.tune.sweep import SweepSpec\n\n"
+    script.write_text("from spklip.runtime.tune.sweep import SweepSpec\n\n"
                       "def space(trial, base):\n"
                       "    trial.suggest_int('model.hsfe.radius', 1, 3)\n"
                       "    trial.suggest_categorical('model.hsfe.spatial_atention', [True, False])\n\n"

@@ -6,7 +6,7 @@ import socket
 import mlflow
 import pytest
 
-from spklip.tracking import PARENT_TAG, Tracker, artifact_location, fluent_tracking_uri, resolve_uri, start_run
+from spklip.runtime.tracking import PARENT_TAG, Tracker, artifact_location, fluent_tracking_uri, resolve_uri, start_run
 
 
 def _closed_port() -> int:

@@ -10,10 +10,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from spklip.cli import main
-from spklip.tracking import (BEST_ALIAS, DRIVER_FILE, EXPERIMENT_KIND_TAG, SCORE_TAG, SPOOL_DIR, TRAINING_KIND, Tracker,
+from spklip.runtime.tracking import (BEST_ALIAS, DRIVER_FILE, EXPERIMENT_KIND_TAG, SCORE_TAG, SPOOL_DIR, TRAINING_KIND, Tracker,
                              claim_run, register_model, send_model_folder, shard_set_dataset, start_run)
 from spklip.data.read import DatasetFacts
-from spklip.tracking.driver import CLOSED_TAG
+from spklip.runtime.tracking.driver import CLOSED_TAG
 from test_train_fixtures import write_motion_shards
 
 INFO = DatasetFacts(path="/data/motion-v2", class_names=["a", "b", "c"], seen_ids=[0, 1], unseen_ids=[2],
@@ -99,7 +99,7 @@ def test_train_logs_input_system_metrics_registers_and_eval_loads_the_alias(ray_
 
     # a sweep's end: the best trial (here: that run) gets its model logged and registered under the sweep's name
     from spklip.config import load_config
-    from spklip.tune.sweep import SweepContext, _register_best
+    from spklip.runtime.tune.sweep import SweepContext, _register_best
     cfg = load_config("configs/tiny.yaml", [f"tracking.uri={uri}", f"data.path={data}"])
     parent = start_run(uri, "reg", tmp_path / "runs", run_name="sweep")
     ctx = SweepContext(spec="my-sweep", base=cfg, storage=str(tmp_path), parent_run_id=parent.run_id,

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from spklip.tracking import (EXPERIMENT_KIND_TAG, SPOOL_DIR, TRAINING_KIND, Spool, deferred, ensure_experiment,
+from spklip.runtime.tracking import (EXPERIMENT_KIND_TAG, SPOOL_DIR, TRAINING_KIND, Spool, deferred, ensure_experiment,
                              start_run, sync_spool)
-from spklip.tracking.replay import LEGACY_TARGETS, operation_of, operation_record
+from spklip.runtime.tracking.replay import LEGACY_TARGETS, operation_of, operation_record
 
 
 @deferred("test_make_experiment")
@@ -59,7 +59,7 @@ def test_tracker_back_online_replays_its_call_record(tmp_path):
 def test_a_tracker_without_a_run_folder_sends_its_default_spool_at_the_end(tmp_path, monkeypatch):
     """A tracker given no spool folder keeps its calls under SPKLIP_TRACKING_SPOOL/<run id> (not a folder named
     tracking_spool); the end of the run must still send them."""
-    from spklip.tracking import SPOOL_ENV
+    from spklip.runtime.tracking import SPOOL_ENV
 
     monkeypatch.setenv(SPOOL_ENV, str(tmp_path / "cache"))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -81,7 +81,7 @@ def test_a_record_is_its_kind_and_fields_and_an_unknown_kind_is_one_clear_error(
 
 
 def test_a_record_of_the_older_target_form_is_read_as_its_operation():
-    from spklip.train.model_log import LogEncoder
+    from spklip.runtime.model_log import LogEncoder
 
     (target, kind), = LEGACY_TARGETS.items()
     old = {"op": "call", "target": target, "kwargs": {"checkpoint": "/ckpt", "register_as": "m"}}

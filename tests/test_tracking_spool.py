@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from spklip import tracking
+from spklip.runtime import tracking
 from spklip.cli import main
-from spklip.tracking import SPOOL_DIR, Tracker, start_run, sync_spool
-from spklip.tracking import tracker as tracker_module
+from spklip.runtime.tracking import SPOOL_DIR, Tracker, start_run, sync_spool
+from spklip.runtime.tracking import tracker as tracker_module
 
 MLFLOW = Path(sys.executable).with_name("mlflow")
 

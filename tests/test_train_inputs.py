@@ -9,7 +9,7 @@ import pytest
 from spklip.cli import main
 from spklip.config import ConfigError, load_config
 from spklip.data.shards import ShardError
-from spklip.train import launcher
+from spklip.runtime import launcher
 from test_train_fixtures import write_motion_shards
 
 
@@ -73,7 +73,7 @@ def test_missing_data_and_missing_checkpoint(tmp_path, capsys):
 
 
 def test_small_training_splits_are_decoded_once_large_ones_stream(shards, tmp_path):
-    from spklip.train.data import materialize_train
+    from spklip.runtime.reader import materialize_train
 
     assert materialize_train(_cfg(shards, tmp_path))  # a few hundred kB decoded: kept in the object store
     assert not materialize_train(_cfg(shards, tmp_path, "data.materialize_max_mb=0"))

@@ -12,7 +12,7 @@ from spklip.loss import ClipLoss
 from spklip.model import create_model
 from spklip.train.checkpoint import (TrainState, model_from_checkpoint, read_checkpoint, restore_training,
                                      save_checkpoint)
-from spklip.train.epoch_eval import evaluates_after
+from spklip.runtime.epoch_eval import evaluates_after
 from spklip.train.loop import Loop, run_training, seed_everything, train_epoch
 from spklip.train.schedule import lr_factor
 

@@ -22,11 +22,11 @@ from spklip.config import load_config
 from spklip.data.read import dataset_info, eval_batches
 from spklip.data.shards import ShardError, read_metadata
 from spklip.eval.run import evaluate_model
-from spklip.tracking import download_model
+from spklip.runtime.tracking import download_model
 from spklip.train import faults
 from spklip.train.checkpoint import model_from_checkpoint, read_checkpoint
 from spklip.train.export import load_spike_encoder
-from spklip.train.launcher import fit
+from spklip.runtime.launcher import fit
 from test_data_checksums import _flip_in_a_page
 from test_train_fixtures import write_digit_shards, write_motion_shards
 

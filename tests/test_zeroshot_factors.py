@@ -10,7 +10,7 @@ from spklip.config import EvalCfg
 from spklip.data.phases import class_factors
 from spklip.eval.evaluate import Embedded, evaluate_embeddings
 from spklip.eval.metrics import factor_accuracy
-from spklip.tune.report import expand_metrics
+from spklip.runtime.tune.report import expand_metrics
 
 
 def test_factor_accuracy_counts_clips_whose_prediction_shares_the_factor():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -15,8 +16,10 @@ from spklip.cliargs import (csv_of, float_range, fraction, int_range, nonneg_flo
 from spklip.data import storage
 from spklip.data.dat import write_dat
 from spklip.data.folders import FolderSpec, frame_count, read_frames
+from spklip.data.parallel import serial_map
 from spklip.data.phases import ceilings_line, with_speeds
-from spklip.data.shards import SEEN_SPLITS, SPLITS, decode_batch, open_shard, read_shard, reading, validate_shards
+from spklip.data.shards import (SEEN_SPLITS, SPLITS, check_out_dir, decode_batch, open_shard, read_shard, reading,
+                                 validate_shards)
 from spklip.data.simulate import SimParams, iter_simulate
 from spklip.data.splits import DEFAULT_GROUP_BY, describe_split_method, leaking_groups
 from spklip.outdir import atomic_file, check_file_out
@@ -188,10 +191,17 @@ def cmd_build(args: argparse.Namespace) -> int:
     spec, sim = dataset_spec(args)
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
-    meta = build_dataset(args.out, args.kind, spec, sim, overwrite=args.overwrite, shard_mb=args.shard_mb,
-                         progress=not args.no_progress, skip_bad=getattr(args, "skip_bad", False),
-                         workers=args.workers, address=args.address,
-                         chunk_planes=getattr(args, "chunk_planes", None))
+    check_out_dir(args.out, args.overwrite)  # refuse early, before Ray starts
+    if args.workers is not None or args.address:
+        from spklip.runtime.parallel import ray_mapper  # imports Ray (seconds): only for a parallel build
+
+        mapper = ray_mapper(workers=args.workers, address=args.address)
+    else:
+        mapper = contextlib.nullcontext(serial_map)
+    with mapper as pmap:
+        meta = build_dataset(args.out, args.kind, spec, sim, overwrite=args.overwrite, shard_mb=args.shard_mb,
+                             progress=not args.no_progress, skip_bad=getattr(args, "skip_bad", False), pmap=pmap,
+                             chunk_planes=getattr(args, "chunk_planes", None))
     print(build_summary(meta, args.out))
     return 0
 

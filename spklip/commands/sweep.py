@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from spklip.sweeps import NAMES
-from spklip.tune.cli import add_sweep_args
+from spklip.runtime.tune.cli import add_sweep_args
 
 
 def available_sweeps() -> list[str]:
@@ -38,7 +38,7 @@ def load_sweep(name: str):
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from spklip.tune.sweep import run_from_args  # Ray and Optuna: only when a sweep runs (`spklip --help` stays fast)
+    from spklip.runtime.tune.sweep import run_from_args  # Ray and Optuna: only when a sweep runs (`spklip --help` stays fast)
 
     return run_from_args(load_sweep(args.sweep), args)
 
@@ -50,9 +50,9 @@ def _parse_metric(text: str) -> tuple[str, str]:
 
 def _report(args: argparse.Namespace) -> int:
     from spklip.config import load_config
-    from spklip.tracking import resolve_uri
-    from spklip.tracking.existing import require_store
-    from spklip.tune.report import sweep_table, write_report  # pandas and MLflow: only for the report
+    from spklip.runtime.tracking import resolve_uri
+    from spklip.runtime.tracking.existing import require_store
+    from spklip.runtime.tune.report import sweep_table, write_report  # pandas and MLflow: only for the report
 
     cfg = load_config(None, {})
     uri = require_store(resolve_uri(args.uri or "", cfg.train.run_dir))  # read-only: never creates runs/mlflow.db

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from spklip.tracking import DRIVER_FILE, SPOOL_DIR, adopt_credentials, close_abandoned_run, spool_folder, sync_spool
+from spklip.runtime.tracking import DRIVER_FILE, SPOOL_DIR, adopt_credentials, close_abandoned_run, spool_folder, sync_spool
 
 
 # What a spklip run folder holds (launcher.RUN_FILE / CONFIG_FILE, tune.sweep.SWEEP_FILE: named here so that this
@@ -25,7 +25,7 @@ def _sync(args: argparse.Namespace) -> int:
     uri = adopt_credentials(args.uri) if args.uri else None  # credentials in it go to MLflow's environment
     # the deferred operations a spool may keep are registered by the modules defining them: LogEncoder (torch; only
     # here, so that the other tracking commands stay light)
-    import spklip.train.model_log  # noqa: F401
+    import spklip.runtime.model_log  # noqa: F401
     result = sync_spool(args.run_dir, uri=uri)
     if not result.sent:
         print(f"spklip: nothing to send in {folder}", file=sys.stderr)

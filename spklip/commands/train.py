@@ -12,7 +12,7 @@ from pathlib import Path
 from spklip.cliargs import folder_name
 from spklip.config import add_set_flag, apply_overrides, load_config, parse_overrides
 from spklip.config.train import RUN_NAME_MAX_BYTES
-from spklip.logs import RunOutput
+from spklip.runtime.logs import RunOutput
 from spklip.outdir import private_files
 from spklip.train.ownership import check_name
 from spklip.train.timing import Timeline, read_timing
@@ -42,7 +42,7 @@ def _resume(args: argparse.Namespace) -> int:
     if args.config or args.set or args.name:
         raise ValueError("--resume continues a run with the config it started with: drop --config, --set and --name")
     timeline = _timeline(args)
-    from spklip.train.launcher import resume_target  # imports Ray and torch (seconds)
+    from spklip.runtime.plan import resume_target  # imports Ray and torch (seconds)
 
     cfg, name, storage = resume_target(args.resume, args.storage, load_config().train.run_dir)
     if args.address:
@@ -53,7 +53,7 @@ def _resume(args: argparse.Namespace) -> int:
 
 def _fit(cfg, args: argparse.Namespace, name: str | None, storage: str | None, timeline: Timeline) -> int:
     output = RunOutput(verbose=args.verbose)  # stdout: only the summary below; Ray's and MLflow's logs: the run log
-    from spklip.train.launcher import fit  # imports Ray and torch (seconds): only once the config is valid
+    from spklip.runtime.launcher import fit  # imports Ray and torch (seconds): only once the config is valid
 
     with private_files(), output:  # files of the run 0600/0700; entering the output imports MLflow and Ray
         timeline.mark("import")
@@ -76,8 +76,8 @@ def _eval(args: argparse.Namespace) -> int:
     from spklip.eval.report import check_report_out, write_report
     from spklip.eval.run import evaluate_model
     from spklip.torchutil import nonfinite_tensors
-    from spklip.tracking import download_model, resolve_uri
-    from spklip.tracking.existing import require_store
+    from spklip.runtime.tracking import download_model, resolve_uri
+    from spklip.runtime.tracking.existing import require_store
     from spklip.train.export import load_model
     from spklip.train.loop import NonFiniteError, resolve_precision
 

@@ -3,8 +3,8 @@ build``, the smoke-test data (`spklip.data.smoke`) and the test fixtures all tak
 
 `plan_dataset` lists (and checks) the inputs of ``kind`` and splits the work into parts a worker makes alone (a
 moving-digits class, one video, one recording); `build_dataset` checks the output folder before a single clip is
-made (refuse early, delete nothing), maps the parts in this process or, when asked (``workers``/``address``), as a
-Ray Data pipeline (`spklip.data.parallel`), packs each clip into its shard row where the part is made (`part_rows`:
+made (refuse early, delete nothing), maps the parts with the mapper it is given (in this process, or a Ray Data
+pipeline: `spklip.runtime.parallel`), packs each clip into its shard row where the part is made (`part_rows`:
 `shards.clip_row` checks, bit-packs and hashes it), and streams the rows in build order through `write_rows`, which
 writes into a hidden sibling folder and renames it into place when complete (docs/data.md, "What `--out` may
 replace").
@@ -14,7 +14,6 @@ parallelism.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import sys
@@ -28,7 +27,7 @@ from spklip.config import load_config
 from spklip.data import storage
 from spklip.data.folders import FolderSpec, UnreadableInputs, dat_clip, folder_plan, video_clip
 from spklip.data.moving_digits import DigitsSpec, digit_class_clips, digit_clips
-from spklip.data.parallel import Mapper, ray_mapper, serial_map
+from spklip.data.parallel import Mapper, serial_map
 from spklip.data.shards import Clip, DatasetInfo, Row, check_out_dir, clip_row, write_rows
 from spklip.data.simulate import SimParams
 
@@ -90,8 +89,7 @@ def dataset_clips(kind: str, spec: DigitsSpec | FolderSpec, sim: SimParams | Non
 
 def build_dataset(out: str | os.PathLike, kind: str, spec: DigitsSpec | FolderSpec, sim: SimParams | None = None,
                   *, overwrite: bool = False, shard_mb: float = 64.0, progress: bool = False, skip_bad: bool = False,
-                  workers: int | None = None, address: str | None = None,
-                  chunk_planes: int | None = None) -> dict[str, Any]:
+                  pmap: Mapper = serial_map, chunk_planes: int | None = None) -> dict[str, Any]:
     """Build the `kind` dataset `spec` describes into the folder `out` and return its metadata (`read_metadata`).
 
     Args:
@@ -101,26 +99,24 @@ def build_dataset(out: str | os.PathLike, kind: str, spec: DigitsSpec | FolderSp
         shard_mb: a split's Parquet file is closed at this many MB of packed spikes.
         progress: show a tqdm bar over the clips.
         skip_bad: leave out the inputs that cannot be read (listed in the manifest) instead of refusing.
-        workers, address: run the checks and the clips as a Ray Data pipeline, on a local Ray instance with
-            `workers` CPUs, or on the cluster at `address` (both None: in this process). Same dataset either way.
+        pmap: how the checks and the clips are mapped over the parts: in this process (`serial_map`), or a Ray Data
+            pipeline (``with spklip.runtime.parallel.ray_mapper(workers=...) as pmap``). Same dataset either way.
         chunk_planes: spike planes the simulator holds at once (see `plan_dataset`).
 
     What was skipped (and why) and warnings are printed on stderr, one line each.
     """
     check_out_dir(out, overwrite)  # before any clip is made: refuse early, delete nothing
-    parallel = workers is not None or bool(address)
-    with ray_mapper(workers=workers, address=address) if parallel else contextlib.nullcontext(serial_map) as pmap:
-        try:
-            plan = plan_dataset(kind, spec, sim, skip_bad=skip_bad, pmap=pmap, chunk_planes=chunk_planes)
-        except UnreadableInputs as e:  # the whole list, one line each, above the one-line error
-            for b in e.bad:
-                print(f"spklip: cannot read {b.path}: {b.reason}", file=sys.stderr)
-            raise
-        for line in [f"skipped {s.path}: {s.reason}" for s in plan.info.skipped] + plan.notes:
-            print(f"spklip: warning: {line}", file=sys.stderr)
-        rows = tqdm(pmap(functools.partial(part_rows, plan.make, plan.info), plan.parts), total=plan.total,
-                    desc=f"build {kind}", unit="clip", disable=not progress)
-        return write_rows(rows, out, plan.info, target_shard_mb=shard_mb, overwrite=overwrite)
+    try:
+        plan = plan_dataset(kind, spec, sim, skip_bad=skip_bad, pmap=pmap, chunk_planes=chunk_planes)
+    except UnreadableInputs as e:  # the whole list, one line each, above the one-line error
+        for b in e.bad:
+            print(f"spklip: cannot read {b.path}: {b.reason}", file=sys.stderr)
+        raise
+    for line in [f"skipped {s.path}: {s.reason}" for s in plan.info.skipped] + plan.notes:
+        print(f"spklip: warning: {line}", file=sys.stderr)
+    rows = tqdm(pmap(functools.partial(part_rows, plan.make, plan.info), plan.parts), total=plan.total,
+                desc=f"build {kind}", unit="clip", disable=not progress)
+    return write_rows(rows, out, plan.info, target_shard_mb=shard_mb, overwrite=overwrite)
 
 
 def build_summary(meta: dict[str, Any], out: str | os.PathLike) -> str:

@@ -1,28 +1,15 @@
-"""Running a build's work, part by part: in this process (`serial_map`) or as a Ray Data pipeline (`ray_mapper`).
+"""Running a build's work, part by part: the `Mapper` type and the in-process mapper (`serial_map`).
 
 A builder splits its work into parts a worker can make alone (a moving-digits class, one video, one recording) and
-maps a picklable function over them; both mappers yield the results in the parts' order, so the shards a parallel
-build writes are the same files, with the same fingerprint, as a one-process build (every clip's randomness comes
-from its own seed, never from the order or the process that makes it).
-
-The Ray pipeline: ``ray.data.from_items`` (one block per part) -> ``map_batches`` (the part's work: decode with
-PyAV, simulate, check, and pack each clip into its shard row, `build.part_rows`; Ray tasks of one CPU, at most
-``workers`` at once) -> ``iter_batches`` in order into spklip's own shard writer in this process
-(`shards.write_rows`: it only appends the ready rows and writes the full files in a few background threads, at
-most that many in flight, in a temporary folder, renamed at the end, with the manifest). Parts and results travel
-as pickled bytes in a binary column, so typed objects (`Row`, `Skipped`) cross the boundary whole.
+maps a picklable function over them. Every mapper yields the results in the parts' order, so the shards a parallel
+build writes (`spklip.runtime.parallel.ray_mapper`, a Ray Data pipeline) are the same files, with the same
+fingerprint, as a one-process build (every clip's randomness comes from its own seed, never from the order or the
+process that makes it).
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import logging
-import pickle
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
-
-import numpy as np
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -33,75 +20,3 @@ def serial_map(fn: Callable[[T], Iterable[R]], parts: Sequence[T]) -> Iterator[R
     """Every result of `fn` over `parts`, in order, made in this process (lazily: one part at a time)."""
     for part in parts:
         yield from fn(part)
-
-
-@contextlib.contextmanager
-def ray_mapper(*, workers: int | None = None, address: str | None = None) -> Iterator[Mapper]:
-    """A mapper that runs each part as a Ray task through Ray Data, results in order.
-
-    Joins the Ray instance already initialised in this process, else the cluster at `address` (``auto``, or
-    ``ray://...``), else starts a local one with `workers` CPUs; only an instance started here is shut down.
-    `workers` also caps the tasks running at once (None: as many as the cluster has CPUs).
-    """
-    # Ray is imported here, lazily: spklip.data uses Ray only for Ray Data (reading in loader.ray_dataset, and this
-    # parallel build), so the library imports and builds without starting or even importing Ray.
-    import ray
-
-    from spklip.rayenv import connect, init_local  # imports Ray, so as lazily
-
-    started = not ray.is_initialized()
-    if started and address:
-        connect(address, configure_logging=False)
-    elif started:
-        init_local(num_cpus=workers, include_dashboard=False, configure_logging=False)  # loopback, token auth
-    try:
-        yield functools.partial(_ray_map, workers=workers)
-    finally:
-        if started:
-            ray.shutdown()
-
-
-@dataclass(frozen=True)
-class _PartError:
-    """A part's own exception (a bad video ...), carried back as a result: Ray's wrappers lose its type and text."""
-
-    error: BaseException
-
-
-def _run_part(batch: dict[str, np.ndarray], fn: Callable[[Any], Iterable[Any]]) -> dict[str, np.ndarray]:
-    """map_batches body: one pickled part in, its pickled results (or its error) out."""
-    try:
-        results = [pickle.dumps(r, protocol=5) for blob in batch["part"] for r in fn(pickle.loads(blob))]
-    except Exception as e:  # noqa: BLE001 - raised again in the driver, as a one-process build raises it
-        try:
-            results = [pickle.dumps(_PartError(e), protocol=5)]
-        except Exception:  # noqa: BLE001 - an exception that does not pickle: its text
-            results = [pickle.dumps(_PartError(RuntimeError(f"{type(e).__name__}: {e}")), protocol=5)]
-    return {"result": np.array(results, dtype=object)}
-
-
-def _ray_map(fn: Callable[[T], Iterable[R]], parts: Sequence[T], *, workers: int | None) -> Iterator[R]:
-    import ray.data  # lazy, as in ray_mapper
-
-    if not parts:
-        return
-    ctx = ray.data.DataContext.get_current()
-    log = logging.getLogger("ray.data")
-    saved = ctx.execution_options.preserve_order, ctx.enable_progress_bars, log.level
-    ctx.execution_options.preserve_order = True  # results in the parts' order: the same shard files as serially
-    ctx.enable_progress_bars = False  # the build shows one bar, over the clips written
-    log.setLevel(logging.ERROR)  # not the execution plan and start/finish lines of every dataset
-    try:
-        ds = ray.data.from_items([{"part": pickle.dumps(p, protocol=5)} for p in parts],
-                                 override_num_blocks=len(parts))
-        ds = ds.map_batches(_run_part, fn_kwargs={"fn": fn}, batch_size=1, batch_format="numpy", num_cpus=1,
-                            compute=ray.data.TaskPoolStrategy(size=workers) if workers else None)
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for blob in batch["result"]:
-                result = pickle.loads(blob)
-                if isinstance(result, _PartError):
-                    raise result.error
-                yield result
-    finally:
-        ctx.execution_options.preserve_order, ctx.enable_progress_bars, _ = saved
-        log.setLevel(saved[2])

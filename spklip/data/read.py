@@ -1,5 +1,5 @@
 """Reading spike shards into torch batches without Ray: the one path that training, evaluation, precise BN and
-few-shot read through (`spklip.data.loader` and `spklip.train.data` build the Ray paths on the same `to_torch`).
+few-shot read through (`spklip.data.loader` and `spklip.runtime.reader` build the Ray paths on the same `to_torch`).
 
 Every read verifies Parquet page checksums (`shards.read_shard` / `open_shard` under `shards.reading`, which names
 the file on an error). Batches look the same on every path::

@@ -2,7 +2,7 @@
 
 `evaluate_model` reads the splits through `spklip.data.read` and scores them with `spklip.eval.evaluate`;
 `add_energy` adds the energy per clip of `spklip.model.energy`. Pure torch: no ray, no mlflow (logging the report
-belongs to the training layer, `spklip.train.epoch_eval`; writing it to a folder to `spklip.eval.report`).
+belongs to the training layer, `spklip.runtime.epoch_eval`; writing it to a folder to `spklip.eval.report`).
 """
 
 from __future__ import annotations

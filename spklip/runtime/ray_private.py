@@ -7,11 +7,11 @@ somewhere inside a training run), and `check_version()` warns once when the inst
 
 | use | private API | why |
 |---|---|---|
-| a loopback-only local node | ``ray._private.ray_constants.ENABLE_RAY_CLUSTER`` (+ its env variable) | Ray reads the switch once, at import; no ``ray.init`` argument keeps the node address on 127.0.0.1 (spklip.rayenv) |
+| a loopback-only local node | ``ray._private.ray_constants.ENABLE_RAY_CLUSTER`` (+ its env variable) | Ray reads the switch once, at import; no ``ray.init`` argument keeps the node address on 127.0.0.1 (spklip.runtime.rayenv) |
 | a private token file | ``ray._private.authentication...generate_new_authentication_token`` | Ray's own token format, written mode 600 before Ray writes it with the umask |
 | what an autoscaler may add | ``ray._private.state.state.get_max_resources_from_cluster_config`` | the figure Ray Train checks worker groups against; no public API |
 | Ray's session log folder | ``ray._private.worker._global_node`` | where Ray Train itself finds it; no public API |
-| the rendezvous store on loopback | ``ray.train._internal.utils.get_address_and_port``, ``ray.train.torch.config._TorchBackend`` (its ``on_start`` looks the function up by module name) | torch's TCPStore listens on every interface; Ray Train has no bind-address option (spklip.train.torch_store) |
+| the rendezvous store on loopback | ``ray.train._internal.utils.get_address_and_port``, ``ray.train.torch.config._TorchBackend`` (its ``on_start`` looks the function up by module name) | torch's TCPStore listens on every interface; Ray Train has no bind-address option (spklip.runtime.torch_store) |
 | continue a run's checkpoints | ``ray.train.v2._internal.constants.CHECKPOINT_MANAGER_SNAPSHOT_FILENAME`` | the latest checkpoint of a run folder before ``fit``; no public reader |
 | fail fast on a deterministic error | ``ray.train.v2._internal.execution.callback.{ControllerCallback, WorkerGroupCallback}`` | the public ``UserCallback`` sees a worker's error but cannot stop the retry |
 | the device of a Train worker | ``ray.train.utils._in_ray_train_worker`` | whether ``ray.train.torch.get_device`` may be called here (spklip.data.loader) |
@@ -39,7 +39,7 @@ from ray.train.v2._internal.execution.callback import ControllerCallback, Worker
 
 TESTED_RAY = "2.60.0"  # the release every use below was read in and tested on (pyproject.toml pins it)
 LOOPBACK_ENV = _ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR  # "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-# the hooks of the internal callbacks spklip overrides (spklip.train.worker.FailFastOnDataError)
+# the hooks of the internal callbacks spklip overrides (spklip.runtime.worker.FailFastOnDataError)
 CALLBACK_HOOKS = {WorkerGroupCallback: "after_worker_group_poll_status",
                   ControllerCallback: "before_controller_execute_failure_decision"}
 
@@ -60,7 +60,7 @@ def check_version() -> None:
 
 @contextlib.contextmanager
 def loopback_node() -> Iterator[None]:
-    """While inside: a Ray started here keeps 127.0.0.1 as its node address (spklip.rayenv's docstring): both the
+    """While inside: a Ray started here keeps 127.0.0.1 as its node address (spklip.runtime.rayenv's docstring): both the
     variable (for the processes ``ray.init`` starts) and the constant Ray read at import (for this one), put back
     afterwards."""
     old_env, old_const = os.environ.get(LOOPBACK_ENV), _ray_constants.ENABLE_RAY_CLUSTER

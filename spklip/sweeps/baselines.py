@@ -25,7 +25,7 @@ reviewers asked about, HSFE - average, HSFE - K=1, HSFE - windowed average, HSFE
 """
 
 from spklip.config.registry import get_model_config
-from spklip.tune.sweep import SweepSpec, main
+from spklip.runtime.tune.sweep import SweepSpec, main
 
 
 def _fsve(preset: str) -> dict:

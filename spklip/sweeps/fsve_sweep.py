@@ -10,7 +10,7 @@ multi-objective sampler; the report adds the Pareto front as a plot. No early st
     python sweeps/fsve_sweep.py --num-samples 32 --set data.path=runs/data/moving-digits
 """
 
-from spklip.tune.sweep import SweepSpec, main
+from spklip.runtime.tune.sweep import SweepSpec, main
 
 
 def space(trial, base):

@@ -15,13 +15,13 @@ Metric: validation prompt top-1 (closed-set classification by text prompts), max
 
 import math
 
-from spklip.tune.sweep import SweepSpec, main
+from spklip.runtime.tune.sweep import SweepSpec, main
 
 K_CHOICES = [1, 2, 3, 4, 5, 6, 7, 8, 9, "auto"]
 
 
 def space(trial, base):
-    """Define-by-run HSFE space over dotted config keys (see spklip.tune.space)."""
+    """Define-by-run HSFE space over dotted config keys (see spklip.runtime.tune.space)."""
     n = base.model.num_planes
     k = trial.suggest_categorical("model.hsfe.num_subblocks", K_CHOICES)
     r = trial.suggest_int("model.hsfe.radius", 1, max(1, (n - (1 if k == "auto" else k)) // 2))

@@ -35,7 +35,7 @@ Batch = dict[str, Any]  # {"spikes": uint8 [B, N, H, W], "caption": list[str], "
 class NonFiniteError(ValueError):
     """A run that diverged: a NaN/inf loss or gradient norm at an optimiser step (``train.nonfinite``), or weights
     that are not finite where a checkpoint would be saved or evaluated. Deterministic, so restarting the workers
-    cannot help (`spklip.train.worker.FailFastOnDataError` fails the run at once); one line naming the step."""
+    cannot help (`spklip.runtime.worker.FailFastOnDataError` fails the run at once); one line naming the step."""
 
 
 def seed_everything(seed: int) -> None:
@@ -124,7 +124,7 @@ class StepProfiler:
     """``torch.profiler`` over `count` optimiser steps, from the end of step `start` (past the warm-up) to the end of
     step ``start + count``: everything the process does meanwhile (waiting for data, forward, backward, DDP's
     all-reduce, optimiser, the hooks). `step` is called after every step; the table of the top ops by self CPU time
-    goes to `path` with the seconds per step. A diagnostic (`spklip.train.worker` arms it from `PROFILE_ENV`)."""
+    goes to `path` with the seconds per step. A diagnostic (`spklip.runtime.worker` arms it from `PROFILE_ENV`)."""
 
     def __init__(self, path: str | os.PathLike, start: int = 10, count: int = 20, rows: int = 30):
         self.path, self.start, self.count, self.rows = str(path), start, max(1, count), rows

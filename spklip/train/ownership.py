@@ -10,7 +10,7 @@
   or sweep gets `RunInUseError` naming the holder's PID. Taking it again in the process that holds it is a no-op
   (a test or a notebook that trains the same run twice).
 * `folder_location`: what a run file records as the place its folder was created, so that a copy resumed elsewhere
-  is told apart from the original (`spklip.train.launcher`).
+  is told apart from the original (`spklip.runtime.launcher`).
 """
 
 from __future__ import annotations

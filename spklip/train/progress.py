@@ -2,7 +2,7 @@
 
 Rank 0 is where an epoch ends (its evaluation), and the run folder is the one place every node and the driver see
 (multi-node runs need shared storage anyway), so the line is appended there; ``spklip train`` follows the file on
-stderr (`spklip.logs.RunOutput`) and the file stays with the run. Plain text, no Ray: also used in local mode, where
+stderr (`spklip.runtime.logs.RunOutput`) and the file stays with the run. Plain text, no Ray: also used in local mode, where
 the loop runs in the driver process and Ray Train calls no controller callbacks.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from spklip.logs import PROGRESS_FILE
+PROGRESS_FILE = "progress.log"  # in the run folder: rank 0's epoch lines, followed by `spklip.runtime.logs.RunOutput`
 SHOWN = ("zeroshot/top1",)  # shown beside train.metric when the evaluation has it
 
 

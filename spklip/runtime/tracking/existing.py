@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from spklip.tracking.store import redact_uri
+from spklip.runtime.tracking.store import redact_uri
 
 LOCAL_DB_SCHEMES = ("sqlite",)  # SQLAlchemy URIs of a database file
 DB_SERVER_SCHEMES = ("postgresql", "mysql", "mssql")  # databases behind a server: nothing is created locally

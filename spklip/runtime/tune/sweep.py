@@ -5,7 +5,7 @@ The path of a trial, one typed value per hop:
   ``SweepSpec`` + CLI --> `sweep_config` (ExperimentConfig) --> `run_sweep` --> `SweepContext` (frozen: base config
   with absolute paths, parent run, metrics, seeds; also written to the sweep folder for ``--resume``) --> Tune calls
   `run_trial(params, ctx)` in a trial actor --> the sampled dotted keys applied once to ``ctx.base`` -->
-  `spklip.train.launcher.fit(cfg)` --> `WorkerPlan` --> each Ray Train worker.
+  `spklip.runtime.launcher.fit(cfg)` --> `WorkerPlan` --> each Ray Train worker.
 
 Handing a ``TorchTrainer`` to a ``Tuner`` is an error in Ray 2.60 (Train V2); each trial calls `fit` with
 ``TuneReportCallback``, which forwards rank 0's per-epoch reports to Tune, so ASHA and the searcher see ``val/top1``
@@ -40,16 +40,17 @@ from spklip.config import ConfigError, ExperimentConfig, load_config
 from spklip.data import storage
 from spklip.data.smoke import ensure_smoke_data
 from spklip.outdir import private_dir, private_files
-from spklip.eval.stats import summarize
-from spklip.logs import RunOutput
-from spklip.tracking import BEST_ALIAS, SPOOL_DIR, Tracker, start_run
-from spklip.train.model_log import log_encoder
-from spklip.train.launcher import (ensure_ray, fit, ray_logs_dir, ray_storage, resolve_paths,
-                                   worker_resources)
 from spklip.train.ownership import check_name, lock_folder
-from spklip.tune import report as rep
-from spklip.tune.cli import add_sweep_args, parse_first
-from spklip.tune.space import (AUX_PREFIX, SpaceFn, base_point, build_searcher, check_space_keys, closest,
+from spklip.eval.stats import summarize
+from spklip.runtime.launcher import fit
+from spklip.runtime.logs import RunOutput
+from spklip.runtime.model_log import log_encoder
+from spklip.runtime.plan import resolve_paths, worker_resources
+from spklip.runtime.rayenv import ensure_ray, ray_logs_dir, ray_storage
+from spklip.runtime.tracking import BEST_ALIAS, SPOOL_DIR, Tracker, start_run
+from spklip.runtime.tune import report as rep
+from spklip.runtime.tune.cli import add_sweep_args, parse_first
+from spklip.runtime.tune.space import (AUX_PREFIX, SpaceFn, base_point, build_searcher, check_space_keys, closest,
                                 config_params, space_keys, trial_config)
 
 SWEEP_FILE = "spklip_sweep.json"  # in the Tune experiment folder: the `SweepContext` a --resume reads back
@@ -61,7 +62,7 @@ class SweepSpec:
     """Everything a sweep script states: a base config, a search space and the metric(s)."""
 
     name: str  # MLflow experiment and sweep folder prefix
-    space: SpaceFn  # define-by-run: space(trial, base_cfg) -> constants | None (see spklip.tune.space)
+    space: SpaceFn  # define-by-run: space(trial, base_cfg) -> constants | None (see spklip.runtime.tune.space)
     metrics: Metrics  # (metric, "max"|"min"); several -> multi-objective (NSGA-II, no ASHA)
     base: dict[str, Any] = field(default_factory=dict)  # dotted overrides: the sweep's base config
     smoke: dict[str, Any] = field(default_factory=dict)  # extra overrides for --smoke-test
@@ -139,7 +140,7 @@ def sweep_config(spec: SweepSpec, path: str | Path | None = None, overrides: Seq
 
 def first_points(spec: SweepSpec, cfg: ExperimentConfig, key: str, values: list[Any]) -> list[dict[str, Any]]:
     """Trials to evaluate before the searcher's own: `key` at each of `values`, the other swept parameters at the
-    base config's values (`spklip.tune.space.base_point`). A controlled one-factor comparison inside one sweep."""
+    base config's values (`spklip.runtime.tune.space.base_point`). A controlled one-factor comparison inside one sweep."""
     point = base_point(spec.space, cfg)
     if key not in point:
         raise ConfigError(f"--first: {key!r} is not a parameter of this sweep{closest(key, point)}; parameters: "
@@ -170,7 +171,7 @@ def latest_sweep(root: Path | str, prefix: str) -> Path | str:
 
 def max_concurrent_trials(cfg: ExperimentConfig) -> int:
     """Trials that fit at once: each holds 0.25 CPU (its driver) + the Train workers; half a CPU stays for Ray Data
-    (a small training split is decoded once, `spklip.train.data.materialize_train`, so epochs run no read tasks).
+    (a small training split is decoded once, `spklip.runtime.reader.materialize_train`, so epochs run no read tasks).
     On 2 CPUs with one 0.5-CPU worker per trial that is two trials at once, one core each."""
     cluster = ray.cluster_resources()
     per_trial = 0.25 + max(1, cfg.scale.num_workers) * cfg.scale.cpus_per_worker
@@ -284,7 +285,7 @@ def trial_line(n: int, total: int, trial_id: str, status: str, result: dict[str,
     for m, _ in metrics:
         value, ci = result.get(m), result.get(f"{m}/ci95")
         if isinstance(value, (int, float)) and abs(value) >= sys.float_info.max:
-            scores.append(f"{m} not evaluated yet")  # a mid-epoch checkpoint's report (spklip.train.worker)
+            scores.append(f"{m} not evaluated yet")  # a mid-epoch checkpoint's report (spklip.runtime.worker)
         elif isinstance(value, (int, float)):
             scores.append(f"{m} {value:.3f}" + (f" ± {ci:.3f}" if isinstance(ci, float) and ci == ci else ""))
     text = f"trial {n}/{total} {trial_id} {status}" + (f": {', '.join(scores)}" if scores else "")
@@ -344,7 +345,7 @@ def run_sweep(spec: SweepSpec, cfg: ExperimentConfig, *, num_samples: int | None
             aggregates them (mean, 95 % interval) and says when a difference is within noise.
         max_concurrent: trials at once (default `max_concurrent_trials`).
         verbose: False: Ray's, Tune's and MLflow's logs go only to ``<sweep folder>/spklip.log`` (the workers' to
-            Ray's session logs) and stderr gets one line per finished trial (`spklip.logs.RunOutput`).
+            Ray's session logs) and stderr gets one line per finished trial (`spklip.runtime.logs.RunOutput`).
         storage_root: where the Tune experiment goes, ``<storage_root>/<name>`` (e.g. ``s3://bucket/sweeps``; the
             default is the local sweep folder). A resume must name the same root.
     """

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spklip.tracking.replay import SyncResult, replay_folder
-from spklip.tracking.spool import spool_folder
-from spklip.tracking.tracker import Tracker
+from spklip.runtime.tracking.replay import SyncResult, replay_folder
+from spklip.runtime.tracking.spool import spool_folder
+from spklip.runtime.tracking.tracker import Tracker
 
 
 def sync_spool(run_dir: str | Path, uri: str | None = None, client=None, quiet: bool = False) -> SyncResult:

@@ -1,11 +1,11 @@
 """Call records sent through a live ``MlflowClient``: as they are made (`send_batch`, `send_input`, used by the
 tracker) and replayed from spool files (`replay_spool_file`, `replay_folder`).
 
-A ``call`` record (`spklip.tracking.tracker.Tracker.call_later`) keeps a typed deferred operation: a frozen
+A ``call`` record (`spklip.runtime.tracking.tracker.Tracker.call_later`) keeps a typed deferred operation: a frozen
 dataclass of JSON fields with a ``run(tracker)`` method, registered under a kind with `@deferred("kind")` by the
-module that defines it (e.g. `spklip.train.model_log.LogEncoder`). Replaying rebuilds it from its kind and fields
+module that defines it (e.g. `spklip.runtime.model_log.LogEncoder`). Replaying rebuilds it from its kind and fields
 and runs it: nothing resolves a function from a string, and whoever replays imports the modules whose operations it
-may meet (``spklip tracking sync`` imports `spklip.train.model_log`). This module knows nothing of trackers, so
+may meet (``spklip tracking sync`` imports `spklip.runtime.model_log`). This module knows nothing of trackers, so
 whoever replays passes `tracker_for(client, run_id)`, which builds one.
 """
 
@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Protocol, TypeVar
 
-from spklip.tracking.spool import Record, read_spool_file, remove_kept_files, rewrite_spool_file
-from spklip.tracking.store import server_reachable
+from spklip.runtime.tracking.spool import Record, read_spool_file, remove_kept_files, rewrite_spool_file
+from spklip.runtime.tracking.store import server_reachable
 
 TrackerFor = Callable[[Any, str], Any]  # (client, run id) -> the tracker a replayed ``call`` target gets
 
@@ -130,7 +130,7 @@ def replay_spool_file(path: str | Path, client, tracker_for: TrackerFor) -> tupl
 def replay_folder(folder: Path, tracker_for: TrackerFor, uri: str | None = None, client=None,
                   quiet: bool = False) -> SyncResult:
     """Send every spool file in `folder` to its run: all records by time, the final statuses last (see
-    `spklip.tracking.sync_spool`)."""
+    `spklip.runtime.tracking.sync_spool`)."""
     files = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
     result = SyncResult()
     loaded = [(f, *read_spool_file(f)) for f in files]

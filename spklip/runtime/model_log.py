@@ -1,6 +1,6 @@
 """A run's model in MLflow: rebuilt from a checkpoint, logged as safetensors + config, optionally registered.
 
-`LogEncoder` is a typed deferred tracking operation (`spklip.tracking.deferred`): with the server away the tracker
+`LogEncoder` is a typed deferred tracking operation (`spklip.runtime.tracking.deferred`): with the server away the tracker
 keeps it in the run's spool, and ``spklip tracking sync`` (which imports this module) runs it later.
 """
 
@@ -10,7 +10,7 @@ import tempfile
 from dataclasses import dataclass
 
 from spklip.data import storage
-from spklip.tracking import Tracker, deferred, register_model, send_model_folder
+from spklip.runtime.tracking import Tracker, deferred, register_model, send_model_folder
 from spklip.train.checkpoint import model_from_checkpoint
 from spklip.train.export import export_checkpoint
 

@@ -1,5 +1,5 @@
 """The flags every sweep script shares: ``python sweeps/NAME.py [--smoke-test] [--num-samples N] [--resume]
-[--name FOLDER] [--config FILE] [--set key=value ...] [--verbose]`` (`spklip.tune.sweep.main` parses them; this module imports
+[--name FOLDER] [--config FILE] [--set key=value ...] [--verbose]`` (`spklip.runtime.tune.sweep.main` parses them; this module imports
 no Ray, so ``spklip --help`` builds the same flags quickly). The Ray address comes from the environment (``RAY_ADDRESS``,
 set by ``ray job submit`` or by ``eval "$(cluster/local.sh env)"``) or ``--set scale.address=...``; without one the
 sweep starts an in-process Ray, so the same file runs on a laptop, as a job, or on a multi-node cluster.

@@ -1,5 +1,5 @@
 """A run's dataset input: the shard folder it trained on as an ``mlflow.data`` dataset with a profile
-(`spklip.tracking.tracker.Tracker.log_dataset` logs it)."""
+(`spklip.runtime.tracking.tracker.Tracker.log_dataset` logs it)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@
   not send goes to its `Spool` (``<run folder>/tracking_spool/``) and is replayed, in order, at the first log call
   after a back-off (5 s, doubling up to 60 s) that finds the server back, and at the end of the run
   (`Tracker.terminate`). What is still unsent then stays in the spool for ``spklip tracking sync RUN_DIR``
-  (`spklip.tracking.sync_spool`).
+  (`spklip.runtime.tracking.sync_spool`).
 * Any other failure (a run that does not exist, a rejected value, a broken local store) is reported once on stderr
   and switches tracking off; training goes on (checkpoints are written by Ray, not by MLflow).
 """
@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from spklip.tracking.replay import (Deferred, operation_record, replay_folder, replay_spool_file, send_batch,
+from spklip.runtime.tracking.replay import (Deferred, operation_record, replay_folder, replay_spool_file, send_batch,
                                     send_input)
-from spklip.tracking.spool import Record, Spool, default_spool_dir, move_run_files
-from spklip.tracking.store import is_remote, server_reachable
+from spklip.runtime.tracking.spool import Record, Spool, default_spool_dir, move_run_files
+from spklip.runtime.tracking.store import is_remote, server_reachable
 
 PARAM_VALUE_LIMIT = 6000  # MLflow's limit on one param value (it rejects longer ones; we truncate)
 BACKOFF_S = (5.0, 60.0)  # first and longest wait before an offline tracker tries the server again
@@ -207,8 +207,8 @@ class Tracker:
         self.call(send_input, self.client, self.run_id, record, spool=lambda: record)
 
     def call_later(self, op: Deferred) -> Any:
-        """Run the deferred operation `op` (``op.run(self)``, e.g. `spklip.train.model_log.LogEncoder`) now, or
-        keep it in the spool when the server is gone; its result, None when kept (see `spklip.tracking.replay`)."""
+        """Run the deferred operation `op` (``op.run(self)``, e.g. `spklip.runtime.model_log.LogEncoder`) now, or
+        keep it in the spool when the server is gone; its result, None when kept (see `spklip.runtime.tracking.replay`)."""
         return self.call(op.run, self, spool=lambda: operation_record(op))
 
     def start_system_metrics(self, interval_s: float) -> None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from spklip.tracking.store import fluent_tracking_uri
-from spklip.tracking.tracker import Tracker
+from spklip.runtime.tracking.store import fluent_tracking_uri
+from spklip.runtime.tracking.tracker import Tracker
 
 BEST_ALIAS = "best"  # registry alias (MLflow's stages are deprecated; "latest" is reserved: models:/NAME/latest)
 SCORE_TAG = "spklip.score"  # on a model version: its checkpoint's value of SCORE_METRIC_TAG

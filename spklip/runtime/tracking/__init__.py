@@ -31,19 +31,19 @@ The modules, each importing only those listed before it:
   * `models`: models logged as safetensors folders (no pickles), registered (alias ``best``) and downloaded.
 """
 
-from spklip.tracking.datasets import shard_set_dataset
-from spklip.tracking.driver import DRIVER_FILE, claim_run, close_abandoned_run
-from spklip.tracking.models import (BEST_ALIAS, MODEL_NAME, SCORE_METRIC_TAG, SCORE_MODE_TAG, SCORE_TAG, download_model,
+from spklip.runtime.tracking.datasets import shard_set_dataset
+from spklip.runtime.tracking.driver import DRIVER_FILE, claim_run, close_abandoned_run
+from spklip.runtime.tracking.models import (BEST_ALIAS, MODEL_NAME, SCORE_METRIC_TAG, SCORE_MODE_TAG, SCORE_TAG, download_model,
                                     register_model, send_model_folder)
-from spklip.tracking.replay import Deferred, SyncResult, deferred
-from spklip.tracking.runs import (EXPERIMENT_KIND_TAG, PARENT_TAG, TRAINING_KIND, ensure_experiment, git_commit,
+from spklip.runtime.tracking.replay import Deferred, SyncResult, deferred
+from spklip.runtime.tracking.runs import (EXPERIMENT_KIND_TAG, PARENT_TAG, TRAINING_KIND, ensure_experiment, git_commit,
                                   start_run)
-from spklip.tracking.spool import (SPOOL_DIR, SPOOL_ENV, Record, Spool, default_spool_dir, read_spool_file,
+from spklip.runtime.tracking.spool import (SPOOL_DIR, SPOOL_ENV, Record, Spool, default_spool_dir, read_spool_file,
                                    spool_folder)
-from spklip.tracking.store import (adopt_credentials, artifact_location, credentials_env, fluent_tracking_uri,
+from spklip.runtime.tracking.store import (adopt_credentials, artifact_location, credentials_env, fluent_tracking_uri,
                                    is_remote, redact_text, redact_uri, resolve_uri, server_reachable)
-from spklip.tracking.sync import sync_spool
-from spklip.tracking.tracker import PARAM_VALUE_LIMIT, Tracker
+from spklip.runtime.tracking.sync import sync_spool
+from spklip.runtime.tracking.tracker import PARAM_VALUE_LIMIT, Tracker
 
 __all__ = [
     "BEST_ALIAS", "Deferred", "deferred", "DRIVER_FILE", "EXPERIMENT_KIND_TAG", "MODEL_NAME", "PARAM_VALUE_LIMIT", "PARENT_TAG",

@@ -7,7 +7,7 @@ rendezvous keys. torch 2.13 has no bind-address option, but its store is multi-t
 port this process already serves reuses that server) and takes a listening socket (``master_listen_fd``). So
 `LoopbackTorchConfig` has rank 0 bind 127.0.0.1 itself and start the store on that socket before Ray Train's own
 setup, which then names that port: the process group's store is the loopback one. Only when the node address is
-loopback (in-process Ray, the local cluster: `spklip.rayenv`); on a multi-node cluster the other nodes must reach
+loopback (in-process Ray, the local cluster: `spklip.runtime.rayenv`); on a multi-node cluster the other nodes must reach
 the store, and Ray Train's default is kept.
 """
 

@@ -26,15 +26,20 @@ Ray a temp folder inside a folder of mode 0700 (`private_temp_dir`): ``<run fold
 
 What the cluster can hold: `cluster_capacity` (the alive nodes' resources, or an autoscaler's maximum) and
 `resource_shortfall` (why a worker group can never be placed there), so an impossible request is refused in one
-line instead of waiting for ever on a placement group (`spklip.train.launcher.check_resources`).
+line instead of waiting for ever on a placement group (`spklip.runtime.plan.check_resources`).
+
+A run's Ray: `ensure_ray` (connect to a cluster, or start the in-process one), `ray_logs_dir` (where its workers'
+output goes), `ray_storage` and `checkpoint_uri` (a run's storage as Ray Train takes it and gives it back).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import math
 import os
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,9 +47,11 @@ from typing import Any
 
 import ray
 
+from spklip.data import storage
 from spklip.runtime.ray_private import LOOPBACK_ENV  # noqa: F401 - part of this module's API (tests, cluster docs)
 from spklip.runtime.ray_private import (check_version, cluster_config_max_resources, generate_new_authentication_token,
-                                        loopback_node)
+                                        loopback_node, session_dir)
+from spklip.runtime.tracking import credentials_env
 
 TOKEN_ENV = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")  # a token of the user's own
 PRIVATE_TEMP = "ray_tmp"  # in a run or sweep folder: the private parent of Ray's temp folder
@@ -166,3 +173,68 @@ def resource_shortfall(per_worker: dict[str, float], workers: int, capacity: Cap
                 f"such worker(s) (a worker runs on one node; the largest has "
                 f"{', '.join(f'{biggest.get(k, 0.0):g} {k}' for k in per_worker)})")
     return None
+
+
+def ensure_ray(address: str = "", verbose: bool = True, temp_parent: str | Path | None = None) -> None:
+    """Connect to ``address`` / ``RAY_ADDRESS`` when given, else start an in-process Ray (no-op if running).
+
+    The in-process Ray listens on loopback only, with token authentication, its session folder private: under
+    ``<temp_parent>/ray_tmp`` (the run or sweep folder; `spklip.runtime.rayenv.init_local`); its processes inherit this
+    one's environment, MLflow credentials included (not passed in a runtime env: Ray's runtime-env agent writes
+    those to its log). A cluster's processes get them (`spklip.runtime.tracking.credentials_env`) in the job's runtime env.
+    `verbose` False: ``log_to_driver=False``, the workers' output stays in Ray's session logs (`ray_logs_dir`).
+    Ray's own processes get the address of this cluster in the job's runtime env, so nothing of Ray's looks for a
+    cluster by itself: Ray Train's placement-group cleaner calls the State API without an address, which otherwise
+    fails with "Found multiple active Ray instances" whenever another Ray runs on the host.
+    """
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS", "")
+    if address:
+        env = {"RAY_ADDRESS": address} if "://" not in address and address != "auto" else {}
+        connect(address, log_to_driver=verbose, runtime_env=_job_env({**env, **credentials_env()}))
+    else:
+        port = _free_port()  # the dashboard is the State API's server: its address is known before Ray starts
+        init_local(temp_parent, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+                   configure_logging=False, log_to_driver=verbose,
+                   runtime_env=_job_env({"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _job_env(env: dict[str, str]) -> dict | None:
+    """``runtime_env`` with `env` minus what a submitted job's own runtime env sets (``ray job submit
+    --runtime-env-json``: Ray refuses to merge the same variable twice)."""
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}") or "{}")
+    taken = set((job.get("runtime_env") or {}).get("env_vars") or {})
+    env = {k: v for k, v in env.items() if k not in taken}
+    return {"env_vars": env} if env else None
+
+
+def ray_logs_dir() -> str | None:
+    """Ray's session log folder on this node (worker-*.out/err, logs/train, logs/ray-data), None without Ray."""
+    session = session_dir()  # what Ray Train itself reads for its log folder (no public API)
+    return os.path.join(session, "logs") if session is not None else None
+
+
+def ray_storage(storage_path: str) -> dict[str, Any]:
+    """``RunConfig`` storage arguments: a local folder as it is; a URI as (path on the filesystem, the filesystem
+    of `spklip.data.storage`: the endpoint from the environment, which Ray's own URI parsing ignores)."""
+    if not storage.is_uri(storage_path):
+        return {"storage_path": storage_path}
+    fs, path = storage.resolve(storage_path)
+    return {"storage_path": path, "storage_filesystem": fs}
+
+
+def checkpoint_uri(storage_path: str, checkpoint) -> str | None:
+    """A Ray checkpoint's location as spklip names it: its folder, or a URI on an object store (Ray gives the path
+    on its filesystem, without the scheme)."""
+    if checkpoint is None:
+        return None
+    if storage.is_uri(storage_path):
+        return f"{storage_path.partition('://')[0]}://{checkpoint.path.lstrip('/')}"
+    return checkpoint.path

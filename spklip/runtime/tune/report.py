@@ -19,7 +19,7 @@ import yaml
 from spklip.config import ExperimentConfig
 from spklip.config.base import parse_value, unflatten
 from spklip.eval.stats import difference, summarize, wilson
-from spklip.tracking import PARENT_TAG, fluent_tracking_uri
+from spklip.runtime.tracking import PARENT_TAG, fluent_tracking_uri
 
 ROLE_TAG = "spklip.sweep.role"  # "parent" on the sweep's own run
 SWEPT_TAG = "spklip.sweep.swept"  # JSON list of the swept config keys

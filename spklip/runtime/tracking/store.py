@@ -51,7 +51,7 @@ def adopt_credentials(uri: str) -> str:
     """Move the credentials inside `uri` to the environment MLflow reads and return the URI without them.
 
     http(s): the user name and password go to ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` (this
-    process; Ray workers get them in their runtime env, `spklip.train.launcher`). A database URI with a password
+    process; Ray workers get them in their runtime env, `spklip.runtime.launcher`). A database URI with a password
     is refused: its driver reads the password only from the URI, which spklip would store with the run."""
     clean, user, password = split_credentials(uri)
     if user is None and password is None:

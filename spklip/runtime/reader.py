@@ -1,14 +1,17 @@
-"""The Ray side of reading the training split: Ray Datasets for TorchTrainer and a worker's shard as micro-batches.
+"""The one Ray Data reader of spike shards: the training split as Ray Datasets for TorchTrainer, and a worker's
+shard as torch micro-batches. Every read verifies Parquet page checksums (`spklip.data.shards.open_shard`).
 
-Everything that reads shards without Ray (`dataset_info`, evaluation and sample batches, the decoded split) is in
-`spklip.data.read`; this module builds the Ray paths on the same decoding and `to_torch`:
+Everything that reads shards without Ray (`dataset_info`, evaluation and sample batches, the decoded split,
+`spklip.data.loader.SpikeShardDataset`) is in `spklip.data`; this module builds the Ray paths on the same decoding
+and `to_torch`:
 
 * `ray_train_dataset`: the training split handed to TorchTrainer (`streaming_dataset`, or `in_memory_dataset` for
   small sets); built once per run, and each epoch only iterates it.
 * `train_batches`: one epoch of a worker's Ray Data shard as torch micro-batches (seeded local shuffle).
+* `torch_batches`: any Ray ``DataIterator`` or ``Dataset`` of decoded rows as torch batches (seeded local shuffle).
 * `steps_per_epoch`: optimiser steps per epoch for a number of workers.
 * `DataError`: a shard that cannot be read while training: the run fails at once, naming the file
-  (`spklip.train.worker` raises it; `FailFastOnDataError` keeps Ray Train from restarting the workers for it).
+  (`spklip.runtime.worker` raises it; `FailFastOnDataError` keeps Ray Train from restarting the workers for it).
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ import sys
 from typing import Any, Iterator
 
 import numpy as np
+import torch
 
 from spklip.config import ExperimentConfig
-from spklip.data.loader import DECODED_BATCH_BYTES, READ_COLUMNS, torch_batches
-from spklip.data.read import decoded_split
+from spklip.data.loader import DECODED_BATCH_BYTES, READ_COLUMNS
+from spklip.data.read import decoded_split, to_torch
 from spklip.data.shards import ShardError, decode_batch, open_shard, reading, split_files, validate_shards
 
 
@@ -48,7 +52,7 @@ def data_error_in(e: BaseException, kinds: tuple[type[Exception], ...] = (DataEr
 
 def ray_train_dataset(cfg: ExperimentConfig):
     """The training split as a Ray Dataset (decoded rows); handed to TorchTrainer as ``datasets["train"]``."""
-    import ray.data  # lazy: heavy, and `train_in_process` imports this module (steps_per_epoch) without Ray
+    import ray.data  # lazy: heavy, and `train_in_process` imports this module (steps_per_epoch) without starting Ray
 
     if not sys.stdout.isatty():  # per-operator progress bars turn logs and CI output into noise
         ray.data.DataContext.get_current().enable_progress_bars = False
@@ -131,6 +135,57 @@ def train_batches(shard, cfg: ExperimentConfig, epoch: int) -> Iterator[dict[str
     """
     yield from torch_batches(shard, cfg.data.batch_size, epoch=epoch, seed=cfg.data.seed, shuffle=cfg.data.shuffle,
                              drop_last=True, device="cpu")
+
+
+def _collate_fn():
+    from ray.data.collate_fn import NumpyBatchCollateFn  # lazy: Ray Data and Train are heavy imports
+
+    class ClipCollate(NumpyBatchCollateFn):
+        """Numpy batch -> tensors for ``spikes``/``label`` and lists for the strings (not default-collatable)."""
+
+        def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+            return to_torch(batch)
+
+    return ClipCollate()
+
+
+def torch_batches(data: Any, batch_size: int, *, epoch: int = 0, seed: int = 0, shuffle: bool = True,
+                  shuffle_buffer: int | None = None, drop_last: bool = False,
+                  device: str | torch.device | None = None) -> Iterator[dict[str, Any]]:
+    """Iterate torch batches from a Ray ``DataIterator`` (``ray.train.get_dataset_shard("train")``, one part of a
+    ``streaming_split``) or a ``Dataset`` from `ray_train_dataset`.
+
+    Args:
+        data: a ``ray.data.DataIterator`` or ``ray.data.Dataset``.
+        batch_size: clips per batch.
+        epoch: mixed into the shuffle seed, so each epoch has its own order.
+        seed: base shuffle seed (``DataCfg.seed``).
+        shuffle: shuffle rows with a local buffer of ``shuffle_buffer`` rows (default ``max(4 * batch_size,
+            256)``); False keeps the read order.
+        drop_last: drop a last, smaller batch.
+        device: where tensors go (default: Ray Train's device inside a Train worker, else CPU).
+
+    Yields:
+        ``{"spikes": uint8 [B, N, H, W], "label": int64 [B], "caption": list[str], "class_name": list[str],
+        "clip_id": list[str]}``.
+    """
+    if device is None:
+        from spklip.runtime.ray_private import in_ray_train_worker  # lazy: Ray Data and Train are heavy imports
+
+        device = "cpu"
+        if in_ray_train_worker():
+            from ray.train.torch import get_device  # lazy: Ray Data and Train are heavy imports
+
+            device = get_device()
+    kwargs = {}
+    if shuffle:
+        kwargs = {"local_shuffle_buffer_size": shuffle_buffer or max(4 * batch_size, 256),
+                  "local_shuffle_seed": seed * 1_000_003 + epoch}
+    for batch in data.iter_torch_batches(batch_size=batch_size, collate_fn=_collate_fn(), drop_last=drop_last,
+                                         device="cpu", **kwargs):
+        batch["spikes"] = batch["spikes"].to(device)
+        batch["label"] = batch["label"].to(device)
+        yield batch
 
 
 def steps_per_epoch(train_rows: int, cfg: ExperimentConfig, world: int) -> int:

@@ -1,6 +1,6 @@
 """The offline spool on disk: what a tracker could not send while its server was gone, as JSON-lines files (first
 line: the URI and run id they belong to) under ``<run folder>/tracking_spool/``, one file per tracker, with the
-artifact files they refer to copied beside them. Files only: sending them is `spklip.tracking.replay`'s job."""
+artifact files they refer to copied beside them. Files only: sending them is `spklip.runtime.tracking.replay`'s job."""
 
 from __future__ import annotations
 

@@ -26,22 +26,22 @@ from spklip.data.read import DatasetFacts
 from spklip.loss import ClipLoss
 from spklip.model import create_model
 from spklip.runtime.ray_private import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME, ControllerCallback, WorkerGroupCallback
-from spklip.train import data as train_data
+from spklip.runtime import reader as train_data
 from spklip.torchutil import nonfinite_tensors, unwrap
 from spklip.train.checkpoint import (CheckpointError, TrainState, read_checkpoint, restore_training, save_checkpoint,
                                      trainable_state_dict)
-from spklip.train.epoch_eval import EpochEvaluator, evaluates_after
+from spklip.runtime.epoch_eval import EpochEvaluator, evaluates_after
 from spklip.train.faults import maybe_crash
 from spklip.train.loop import (Loop, NonFiniteError, StepProfiler, apply_threads, prepare_for_device, run_training,
                                seed_everything)
 from spklip.train.progress import append_line, epoch_line
 from spklip.train.timing import PHASES, RunTiming, Timeline, epoch_metrics, startup_metrics
-from spklip.tracking import SPOOL_DIR, Tracker
+from spklip.runtime.tracking import SPOOL_DIR, Tracker
 
 
 @dataclass(frozen=True)
 class WorkerPlan:
-    """What every worker needs, decided once on the driver (`spklip.train.launcher.prepare_run`)."""
+    """What every worker needs, decided once on the driver (`spklip.runtime.launcher.prepare_run`)."""
 
     cfg: ExperimentConfig  # absolute paths
     total_steps: int  # planned optimiser steps (the LR schedule's length)
@@ -74,7 +74,7 @@ def _setup_model(cfg: ExperimentConfig, world: int, rank: int):
     seed_everything(cfg.train.seed)
     try:
         model = create_model(cfg.model, loss_cfg=cfg.loss)
-    except ValueError as e:  # the driver built it (`spklip.train.launcher.check_before_workers`): this node differs
+    except ValueError as e:  # the driver built it (`spklip.runtime.launcher.check_before_workers`): this node differs
         raise ModelError(str(e)) from None
     # layout and compile before DDP lays out its gradient buckets (`Loop.create` finds it done)
     prepare_for_device(model, cfg.train, ray.train.torch.get_device())
@@ -305,7 +305,7 @@ def fail_fast_error_in(e: BaseException) -> Exception | None:
 
 
 class FailFastOnDataError(WorkerGroupCallback, ControllerCallback):
-    """A worker that failed on a deterministic error (`FAIL_FAST`: a bad shard, `spklip.train.data.DataError`; a
+    """A worker that failed on a deterministic error (`FAIL_FAST`: a bad shard, `spklip.runtime.reader.DataError`; a
     diverged run, `spklip.train.loop.NonFiniteError`; a checkpoint it cannot restore, `CheckpointError`; a model it
     cannot build, `ModelError`) fails the run at once: restarting the workers would read the
     same file again, or diverge again, ``scale.max_failures`` times. Ray Train retries every worker error; a

@@ -11,7 +11,7 @@ from spklip.data.read import DatasetFacts, sample_batches
 from spklip.eval.evaluate import EvalReport, closed_set, confusion_figure, embed_clips
 from spklip.eval.precise_bn import recalibrate_batchnorm
 from spklip.eval.run import evaluate_model
-from spklip.tracking import Tracker
+from spklip.runtime.tracking import Tracker
 from spklip.train.timing import Phases
 
 

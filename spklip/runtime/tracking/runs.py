@@ -6,8 +6,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from spklip.tracking.store import artifact_location, server_reachable
-from spklip.tracking.tracker import Tracker
+from spklip.runtime.tracking.store import artifact_location, server_reachable
+from spklip.runtime.tracking.tracker import Tracker
 
 PARENT_TAG = "mlflow.parentRunId"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # read by MLflow's UI (3.x) to pick an experiment's landing page

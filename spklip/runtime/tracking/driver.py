@@ -15,8 +15,8 @@ from pathlib import Path
 
 import psutil
 
-from spklip.tracking.spool import SPOOL_DIR
-from spklip.tracking.tracker import Tracker
+from spklip.runtime.tracking.spool import SPOOL_DIR
+from spklip.runtime.tracking.tracker import Tracker
 
 DRIVER_FILE = "spklip_driver.json"
 CLOSED_TAG = "spklip.closed_by"  # on a run closed as KILLED because its driver was gone: why

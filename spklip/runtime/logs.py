@@ -8,7 +8,7 @@ Where each kind of output goes while a `RunOutput` is active:
   ``ray.init(log_to_driver=True)``, every worker's stdout. They go to the log file (verbose: also stderr).
 * Python logging on the driver (Ray, Ray Data/Train/Tune, MLflow, Optuna, any other): to the log file; on stderr
   only ERROR and above unless verbose. ``warnings`` are logged the same way (``logging.captureWarnings``).
-* Ray's worker processes: ``ray.init(log_to_driver=False)`` unless verbose (`spklip.train.launcher.ensure_ray`);
+* Ray's worker processes: ``ray.init(log_to_driver=False)`` unless verbose (`spklip.runtime.launcher.ensure_ray`);
   their output stays in Ray's session logs, whose folder the closing line names.
 * spklip's own messages (``print(..., file=sys.stderr)``, e.g. a tracking failure) are untouched.
 """
@@ -23,8 +23,9 @@ import threading
 from pathlib import Path
 from typing import TextIO
 
+from spklip.train.progress import PROGRESS_FILE  # rank 0's epoch lines in the run folder, followed here
+
 LOG_FILE = "spklip.log"  # in the run folder (``spklip train``) or the sweep folder
-PROGRESS_FILE = "progress.log"  # in the run folder: rank 0's epoch lines (`spklip.train.progress`), followed here
 QUIET_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "mlflow", "optuna", "alembic", "py.warnings")
 QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' "Loading weights" bar when a checkpoint is loaded
              "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # MLflow's "Downloading artifacts" bars (model logging)

@@ -17,10 +17,10 @@ from spklip.data.read import dataset_info, decoded_split, to_torch
 from spklip.loss import ClipLoss
 from spklip.model import create_model
 from spklip.train.checkpoint import TrainState
-from spklip.train.data import steps_per_epoch
-from spklip.train.epoch_eval import EpochEvaluator
+from spklip.runtime.reader import steps_per_epoch
+from spklip.runtime.epoch_eval import EpochEvaluator
 from spklip.train.loop import Loop, run_training, seed_everything
-from spklip.tracking import Tracker
+from spklip.runtime.tracking import Tracker
 
 
 def train_in_process(cfg: ExperimentConfig, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
