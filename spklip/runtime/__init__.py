@@ -1,7 +1,7 @@
 """spklip's runtime: the only package that imports Ray or MLflow. It runs the library (spklip.config, model, data,
 eval, train) on Ray Train, Tune and Data, and records runs in MLflow.
 
-* A run: `launcher.fit(cfg) -> FitResult` (plan -> `plan.RunPlan`, `mlflow_run` opened and closed, Ray Train's
+* A run: `launcher.fit(plan.RunSpec) -> FitResult` (plan -> `plan.RunPlan`, `mlflow_run` opened and closed, Ray Train's
   `TorchTrainer` whose `worker` gets one `worker.WorkerPlan`), `inprocess.train_in_process` for the same loop with no
   Ray; `epoch_eval` and `model_log` report to MLflow.
 * Ray: `rayenv` (start or join Ray, capacity, storage), `ray_private` (every use of Ray's private API),
