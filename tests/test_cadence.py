@@ -13,6 +13,7 @@ import torch
 from spklip.config import ScaleCfg, load_config
 from spklip.runtime.epoch_eval import evaluates_after
 from spklip.runtime.launcher import fit
+from spklip.runtime.plan import RunSpec
 from spklip.train.loop import apply_threads, available_cpus, worker_threads
 from spklip.train.timing import read_timing
 from test_train_fixtures import write_motion_shards
@@ -100,7 +101,7 @@ def test_a_ray_worker_evaluates_and_checkpoints_at_the_step_cadence_without_prec
     data = write_motion_shards(tmp_path / "motion", per_class=16, shape=(16, 32, 32))
     cfg = _cfg(data, tmp_path, "scale.num_workers=1", "scale.cpus_per_worker=0.5", "scale.threads_per_worker=2",
                "train.epochs=100", "train.max_steps=10", "eval.every_steps=4", "eval.bn_recal_batches=0")
-    result = fit(cfg, run_name="cadence")
+    result = fit(RunSpec(cfg, run_name="cadence"))
     assert result.metrics["step"] == 10
     assert _history(tmp_path, result.mlflow_run_id, "val/top1") == [4, 8, 10]
     assert _history(tmp_path, result.mlflow_run_id, "eval/bn_recal_seconds") == []  # never recalibrated
@@ -126,7 +127,7 @@ def test_local_mode_evaluates_only_the_last_step_with_precise_bn(ray_session, tm
                "eval.bn_recal_batches=2")
     before = torch.get_num_threads()
     try:
-        result = fit(cfg, run_name="last-only")
+        result = fit(RunSpec(cfg, run_name="last-only"))
     finally:
         torch.set_num_threads(before)
     assert result.metrics["step"] == 2 * STEPS_PER_EPOCH

@@ -41,6 +41,7 @@ import json, os, sys
 import ray
 from spklip.config import load_config
 from spklip.runtime.launcher import fit
+from spklip.runtime.plan import RunSpec
 from ray.train.v2._internal.state.state_actor import get_state_actor
 
 out, data, run_dir = sys.argv[1:4]
@@ -48,7 +49,7 @@ cfg = load_config("configs/tiny.yaml", [f"data.path={data}", f"train.run_dir={ru
 ray.init(address=os.environ["RAY_ADDRESS"])  # the head; fit's ensure_ray keeps this connection
 nodes = {n["NodeID"]: {"labels": n.get("Labels", {}), "ip": n["NodeManagerAddress"]} for n in ray.nodes()}
 driver_node = ray.get_runtime_context().get_node_id()
-result = fit(cfg, run_name="two-nodes")
+result = fit(RunSpec(cfg, run_name="two-nodes"))
 attempts = []  # the Train state actor (on the head) keeps every attempt of the run with its workers' nodes
 for run_attempts in ray.get(get_state_actor().get_train_run_attempts.remote()).values():
     for a in sorted(run_attempts.values(), key=lambda a: a.start_time_ns):

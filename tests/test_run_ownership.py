@@ -90,7 +90,7 @@ def test_tracking_run_name_is_held_to_the_same_rule(shards, tmp_path, no_ray):
     cfg = load_config(overrides=[f"data.path={shards}", f"train.run_dir={tmp_path / 'runs'}",
                                  "tracking.run_name=../../escape"])
     with pytest.raises(ValueError, match="tracking.run_name"):
-        plan.prepare_run(cfg)
+        plan.prepare_run(plan.RunSpec(cfg))
     assert not (tmp_path / "runs").exists()
 
 
@@ -140,7 +140,7 @@ def test_a_copied_run_folder_resumed_elsewhere_logs_to_a_new_mlflow_run(shards, 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = load_config(overrides=[f"data.path={shards}", f"train.run_dir={tmp_path / 'runs'}", f"tracking.uri={uri}",
                                  "tracking.system_metrics=false"])
-    first = plan.prepare_run(cfg, run_name="orig", storage_path=str(tmp_path / "a"))
+    first = plan.prepare_run(plan.RunSpec(cfg, run_name="orig", storage_path=str(tmp_path / "a")))
     first.tracker.terminate("KILLED")
     original = first.tracker.run_id
     record = json.loads((tmp_path / "a" / "orig" / mlflow_run.RUN_FILE).read_text())
@@ -151,7 +151,7 @@ def test_a_copied_run_folder_resumed_elsewhere_logs_to_a_new_mlflow_run(shards, 
 
     shutil.copytree(tmp_path / "a" / "orig", tmp_path / "b" / "orig")
     capsys.readouterr()
-    copy = plan.prepare_run(cfg, run_name="orig", storage_path=str(tmp_path / "b"))
+    copy = plan.prepare_run(plan.RunSpec(cfg, run_name="orig", storage_path=str(tmp_path / "b")))
     copy.tracker.terminate("FINISHED")
     err = capsys.readouterr().err
     assert copy.tracker.run_id != original
@@ -163,7 +163,7 @@ def test_a_copied_run_folder_resumed_elsewhere_logs_to_a_new_mlflow_run(shards, 
     assert json.loads((tmp_path / "a" / "orig" / mlflow_run.RUN_FILE).read_text()) == record
     assert client.get_run(original).info.status == "KILLED"  # nothing of the copy's went to the original run
 
-    again = plan.prepare_run(cfg, run_name="orig", storage_path=str(tmp_path / "a"))  # the original, resumed
+    again = plan.prepare_run(plan.RunSpec(cfg, run_name="orig", storage_path=str(tmp_path / "a")))  # the original, resumed
     again.tracker.terminate("FINISHED")
     assert again.tracker.run_id == original and "was created as" not in capsys.readouterr().err
     for folder in (tmp_path / "a" / "orig", tmp_path / "b" / "orig"):

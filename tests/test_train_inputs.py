@@ -10,6 +10,7 @@ from spklip.cli import main
 from spklip.config import ConfigError, load_config
 from spklip.data.shards import ShardError
 from spklip.runtime import launcher
+from spklip.runtime.plan import RunSpec
 from test_train_fixtures import write_motion_shards
 
 
@@ -44,30 +45,30 @@ def test_wrong_schema_names_file_and_column(shards, tmp_path):
     i = table.schema.get_field_index("label")
     pq.write_table(table.set_column(i, "label", table["label"].cast(pa.string())), part)
     with pytest.raises(ShardError, match="label"):
-        launcher.fit(_cfg(bad, tmp_path))
+        launcher.fit(RunSpec(_cfg(bad, tmp_path)))
     assert not (tmp_path / "runs").exists()  # no MLflow run, no Ray folder
 
 
 def test_empty_split_is_named(tmp_path):
     data = write_motion_shards(tmp_path / "noval", per_class=4, val_per_class=0)
     with pytest.raises(ShardError, match="'val'.*empty"):
-        launcher.fit(_cfg(data, tmp_path))
+        launcher.fit(RunSpec(_cfg(data, tmp_path)))
     assert not (tmp_path / "runs").exists()
 
 
 def test_clip_shape_must_match_the_model(shards, tmp_path):
     with pytest.raises(ShardError, match="model.num_planes"):
-        launcher.fit(_cfg(shards, tmp_path, "model.num_planes=16"))
+        launcher.fit(RunSpec(_cfg(shards, tmp_path, "model.num_planes=16")))
 
 
 def test_train_split_smaller_than_one_batch_per_worker(shards, tmp_path):
     with pytest.raises(ShardError, match="fewer than one batch"):
-        launcher.fit(_cfg(shards, tmp_path, "data.batch_size=64", "scale.num_workers=2"))
+        launcher.fit(RunSpec(_cfg(shards, tmp_path, "data.batch_size=64", "scale.num_workers=2")))
 
 
 def test_missing_data_and_missing_checkpoint(tmp_path, capsys):
     with pytest.raises(ShardError, match="not a spike shard folder"):
-        launcher.fit(_cfg(tmp_path / "nowhere", tmp_path))
+        launcher.fit(RunSpec(_cfg(tmp_path / "nowhere", tmp_path)))
     assert main(["eval", "--checkpoint", str(tmp_path / "no-such-checkpoint")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
 

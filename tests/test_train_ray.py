@@ -27,6 +27,7 @@ from spklip.train import faults
 from spklip.train.checkpoint import model_from_checkpoint, read_checkpoint
 from spklip.train.export import load_spike_encoder
 from spklip.runtime.launcher import fit
+from spklip.runtime.plan import RunSpec
 from test_data_checksums import _flip_in_a_page
 from test_train_fixtures import write_digit_shards, write_motion_shards
 
@@ -58,7 +59,7 @@ def test_two_workers_learn_and_the_run_is_fully_recorded(ray_session, tmp_path, 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the default: sqlite inside train.run_dir
     data = write_motion_shards(tmp_path / "motion", per_class=16, shape=(16, 32, 32))  # 4 seen classes x 12 train
     cfg = _cfg(data, tmp_path, f"train.epochs={EPOCHS}", "eval.every_epochs=1")  # the learning curve, per epoch
-    result = fit(cfg, run_name="learn")
+    result = fit(RunSpec(cfg, run_name="learn"))
     assert built_datasets == {"in_memory": 1}  # once per run, not once per epoch
     spe = 48 // 2 // 4
     assert result.metrics["step"] == EPOCHS * spe
@@ -137,7 +138,7 @@ def test_a_corrupted_shard_in_the_streamed_split_fails_the_run_at_once_naming_it
     cfg = _cfg(data, tmp_path, "train.epochs=2", "data.materialize=false", "scale.max_failures=2")
     starts = tmp_path / "worker_group_starts"
     with pytest.raises(ShardError) as e:
-        fit(cfg, run_name="bad-shard", callbacks=[_count_worker_groups(str(starts))])
+        fit(RunSpec(cfg, run_name="bad-shard", callbacks=[_count_worker_groups(str(starts))]))
     assert str(e.value).startswith(f"{bad}: corrupted Parquet shard"), e.value
     assert starts.read_text().splitlines() == ["started"]  # not restarted max_failures times
     run = _client(tmp_path).search_runs([_client(tmp_path).get_experiment_by_name("spklip-tiny").experiment_id])[0]
@@ -163,7 +164,7 @@ def test_killed_worker_resumes_from_the_last_checkpoint(ray_session, tmp_path, m
     cfg = _cfg(data, tmp_path, "train.epochs=2", "train.checkpoint_every=3", "scale.max_failures=1",
                "eval.energy=false")
     marker = crash_rank0_at(5)
-    result = fit(cfg, run_name="crash")
+    result = fit(RunSpec(cfg, run_name="crash"))
     assert marker.read_text() == "5"  # rank 0 really died at step 5
     assert result.metrics["step"] == 2 * spe and result.metrics["epoch"] == 2
     assert read_checkpoint(result.checkpoint)["step"] == 2 * spe
@@ -184,7 +185,7 @@ def test_checkpoint_interval_dividing_the_epoch_keeps_one_checkpoint_per_step(ra
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     data = write_motion_shards(tmp_path / "motion", per_class=16, shape=(16, 32, 32))
     cfg = _cfg(data, tmp_path, "train.epochs=2", "train.checkpoint_every=3", "train.keep_checkpoints=1", *CHEAP_EVAL)
-    result = fit(cfg, run_name="every3")
+    result = fit(RunSpec(cfg, run_name="every3"))
     assert result.metrics["step"] == 12
     for path in (result.checkpoint, result.best_checkpoint):
         assert os.path.isfile(os.path.join(path, "state.pt")), path
@@ -204,7 +205,7 @@ def test_every_n_epochs_evaluates_and_checkpoints_only_those_and_the_last(ray_se
     data = write_motion_shards(tmp_path / "motion", per_class=16, shape=(16, 32, 32))
     cfg = _cfg(data, tmp_path, "train.epochs=3", "eval.every_epochs=2", "train.keep_checkpoints=5",
                "scale.num_workers=1", *CHEAP_EVAL)
-    result = fit(cfg, run_name="every2")
+    result = fit(RunSpec(cfg, run_name="every2"))
     spe = 48 // 4  # one worker, batch 4
     assert result.metrics["step"] == 3 * spe and "val/top1" in result.metrics
     client = _client(tmp_path)

@@ -54,10 +54,11 @@ def _resume(args: argparse.Namespace) -> int:
 def _fit(cfg, args: argparse.Namespace, name: str | None, storage: str | None, timeline: Timeline) -> int:
     output = RunOutput(verbose=args.verbose)  # stdout: only the summary below; Ray's and MLflow's logs: the run log
     from spklip.runtime.launcher import fit  # imports Ray and torch (seconds): only once the config is valid
+    from spklip.runtime.plan import RunSpec
 
     with private_files(), output:  # files of the run 0600/0700; entering the output imports MLflow and Ray
         timeline.mark("import")
-        result = fit(cfg, run_name=name, storage_path=storage, output=output, timeline=timeline)
+        result = fit(RunSpec(cfg, run_name=name, storage_path=storage, output=output, timeline=timeline))
     summary = {"run_name": result.run_name, "storage": result.storage_path, "seconds": round(result.seconds, 1),
                "best_checkpoint": result.best_checkpoint, "latest_checkpoint": result.checkpoint,
                "mlflow_run_id": result.mlflow_run_id, "model_uri": result.model_uri,

@@ -1,4 +1,4 @@
-"""The one entry point for a training run: `fit(cfg, ...) -> FitResult` plans the run (`spklip.runtime.plan`),
+"""The one entry point for a training run: `fit(RunSpec) -> FitResult` plans the run (`spklip.runtime.plan`),
 starts Ray, builds and fits a Ray Train `TorchTrainer` whose workers get one typed `WorkerPlan`, scores the best and
 the last checkpoint on the test split, logs the best checkpoint's encoder as an MLflow model, and closes the MLflow
 run (`spklip.runtime.mlflow_run.run_closed`: FINISHED, KILLED on Ctrl-C or SIGTERM, FAILED otherwise). A sweep's
@@ -20,19 +20,16 @@ from typing import Any, Sequence
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from spklip.config import ExperimentConfig
 from spklip.runtime import reader
 from spklip.runtime.epoch_eval import log_report_artifacts
-from spklip.runtime.logs import RunOutput
 from spklip.runtime.mlflow_run import parent_run_id, run_closed
 from spklip.runtime.model_log import log_encoder
-from spklip.runtime.plan import RunPlan, check_resources, local_run_folder, prepare_run, worker_resources
+from spklip.runtime.plan import RunPlan, RunSpec, check_resources, local_run_folder, prepare_run, worker_resources
 from spklip.runtime.rayenv import checkpoint_uri, ensure_ray, ray_logs_dir, ray_storage
 from spklip.runtime.torch_store import LoopbackTorchConfig
 from spklip.runtime.worker import FailFastOnDataError, WorkerPlan, fail_fast_error_in, train_fn_per_worker
 from spklip.train.faults import FAULT_ENV_PREFIX
 from spklip.train.final_eval import BEST, FINAL, evaluate_on_test
-from spklip.train.timing import Timeline
 
 WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAY_CHDIR_TO_TRIAL_DIR": "0"}
 
@@ -88,28 +85,19 @@ def build_trainer(plan: RunPlan, callbacks: Sequence[Any] = ()) -> TorchTrainer:
         datasets=datasets)
 
 
-def fit(cfg: ExperimentConfig, *, run_name: str | None = None, storage_path: str | None = None,
-        callbacks: Sequence[Any] = (), mlflow_parent_run_id: str | None = None,
-        tags: dict[str, str] | None = None, output: RunOutput | None = None,
-        timeline: Timeline | None = None) -> FitResult:
-    """Train `cfg` to the end and return its final evaluation metrics and checkpoints.
-
-    ``tags`` are added to a new MLflow run (sweeps: trial id, seed, the trial's labels). ``output`` (``spklip
-    train``): the driver's output goes to ``<run folder>/spklip.log``, rank 0's progress lines to stderr, and Ray
-    starts with ``log_to_driver`` only when ``output.verbose``. ``timeline``: the command's start-up milestones so
-    far (``spklip train``; default: start counting now), continued here and by the workers (`spklip.train.timing`).
-    """
-    t0 = time.perf_counter()
+def fit(spec: RunSpec) -> FitResult:
+    """Train ``spec.cfg`` to the end and return its final evaluation metrics and checkpoints (`RunSpec` says what
+    each field does: the run's name and storage, its MLflow parent and tags, Ray Train callbacks, the output)."""
+    t0, output = time.perf_counter(), spec.output
     # Ray starts after every check (bad input fails before Ray or any worker starts), while the MLflow run opens
-    start_ray = functools.partial(ensure_ray, cfg.scale.address, verbose=output.verbose if output is not None else True)
-    plan = prepare_run(cfg, run_name=run_name, storage_path=storage_path, mlflow_parent_run_id=mlflow_parent_run_id,
-                       tags=tags, timeline=timeline, start_ray=start_ray)
+    start_ray = functools.partial(ensure_ray, spec.cfg.scale.address, verbose=output.verbose if output else True)
+    plan = prepare_run(spec, start_ray=start_ray)
     with run_closed(plan.tracker):  # from here on, every way out ends the MLflow run (FINISHED, KILLED, FAILED)
         if output is not None:
             output.attach(local_run_folder(plan.cfg, plan.storage_path, plan.run_name), follow=True)
             output.ray_logs = ray_logs_dir()
         check_resources(plan.cfg)  # before Ray Train waits on a placement group the cluster cannot hold
-        result = _fit_trainer(build_trainer(plan, callbacks))
+        result = _fit_trainer(build_trainer(plan, spec.callbacks))
         out = _finish(plan, result, time.perf_counter() - t0)
         out.best_metrics = _best_metrics(result, out)
     return out

@@ -1,13 +1,7 @@
-"""Planning a run on the driver: every check that can fail before a worker starts, the step count, the run's
-folders and its MLflow run (`prepare_run` -> `RunPlan`), and the config of a run to resume (`resume_target`).
-
-What would fail the same way in every worker (a model that cannot be built, a resumed checkpoint that cannot be read,
-more CPUs or GPUs than the cluster has) is checked here first (`check_before_workers`, `check_resources`), so Ray
-Train neither retries it ``scale.max_failures`` times nor waits for ever.
-
-``storage_path`` may be an ``s3://`` URI (`spklip.data.storage`): Ray's storage (checkpoints, results) and the small
-files a resume reads (`CONFIG_FILE`, `mlflow_run.RUN_FILE`) go to the bucket; what is appended while the run trains
-(spklip.log, progress.log, the tracking spool) stays in a local run folder, `local_run_folder`.
+"""Planning a run on the driver (`prepare_run`: `RunSpec` -> `RunPlan`): every check that can fail before a worker
+starts, so Ray Train neither retries it ``scale.max_failures`` times nor waits for ever (`check_before_workers`,
+`check_resources`); the step count; the run's folders (``storage_path`` may be an ``s3://`` URI: what is appended
+while the run trains stays in a local folder, `local_run_folder`) and its MLflow run; a run to resume (`resume_target`).
 """
 
 from __future__ import annotations
@@ -19,7 +13,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import ray
 
@@ -29,6 +23,7 @@ from spklip.data.read import DatasetFacts, dataset_info
 from spklip.model import create_model
 from spklip.outdir import private_dir
 from spklip.runtime import reader
+from spklip.runtime.logs import RunOutput
 from spklip.runtime.mlflow_run import RUN_FILE, end_run, open_run
 from spklip.runtime.rayenv import cluster_capacity, resource_shortfall
 from spklip.runtime.tracking import Tracker, resolve_uri
@@ -42,6 +37,20 @@ CONFIG_FILE = "spklip_config.json"  # inside {storage_path}/{run_name}: the run'
 
 class ResourceError(ValueError):
     """The worker group asks for more than the Ray cluster can ever give (`check_resources`)."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run as its caller asks for it (`spklip train`, a sweep's trial, a test): `launcher.fit(spec)`."""
+
+    cfg: ExperimentConfig
+    run_name: str | None = None  # default: tracking.run_name, else <preset>-<date>-<time>; the same name resumes
+    storage_path: str | None = None  # Ray's storage (default <train.run_dir>/ray; an s3:// URI too)
+    mlflow_parent_run_id: str | None = None  # a sweep's parent run: this run is its child
+    tags: dict[str, str] | None = None  # added to a new MLflow run (a sweep's trial id, seed, labels)
+    callbacks: Sequence[Any] = ()  # Ray Train callbacks (a one-seed sweep trial's TuneReportCallback)
+    output: RunOutput | None = None  # ``spklip train``: the run log, rank 0's lines on stderr, Ray verbose or not
+    timeline: Timeline | None = None  # the command's start-up milestones so far (default: count from now)
 
 
 @dataclass
@@ -67,10 +76,6 @@ def resolve_paths(cfg: ExperimentConfig) -> ExperimentConfig:
         tracking=dataclasses.replace(cfg.tracking, uri=resolve_uri(cfg.tracking.uri, run_dir)))
 
 
-def _world(cfg: ExperimentConfig) -> int:
-    return max(1, cfg.scale.num_workers)
-
-
 def local_run_folder(cfg: ExperimentConfig, storage_path: str, run_name: str) -> Path:
     """Where a run's logs, progress lines and tracking spool live: ``{storage_path}/{run_name}`` for local storage;
     for an object store (no appends there) its mirror under ``train.run_dir``:
@@ -81,22 +86,20 @@ def local_run_folder(cfg: ExperimentConfig, storage_path: str, run_name: str) ->
     return Path(cfg.train.run_dir).joinpath(scheme, *rest.strip("/").split("/"), run_name)
 
 
-def prepare_run(cfg: ExperimentConfig, *, run_name: str | None = None, storage_path: str | None = None,
-                mlflow_parent_run_id: str | None = None, tags: dict[str, str] | None = None,
-                timeline: Timeline | None = None, start_ray: Callable[..., None] | None = None) -> RunPlan:
+def prepare_run(spec: RunSpec, start_ray: Callable[..., None] | None = None) -> RunPlan:
     """Validate data and config, plan steps, lock the run folder (`spklip.train.ownership`: one driver per run, held
     until this process exits), open (or reopen) the MLflow run. Raises before any worker starts.
 
     `start_ray` (`fit`): called as ``start_ray(temp_parent=<run folder>)`` once every check has passed, while the
     MLflow run is being opened (both take seconds; Ray's start runs in its own processes)."""
-    timeline = timeline or Timeline()
+    cfg, run_name, storage_path, timeline = spec.cfg, spec.run_name, spec.storage_path, spec.timeline or Timeline()
     if run_name is not None or cfg.tracking.run_name:
         check_name(run_name if run_name is not None else cfg.tracking.run_name,
                    "--name" if run_name is not None else "tracking.run_name")
     cfg = resolve_paths(cfg)
     dataset = dataset_info(cfg)
     timeline.mark("validate")
-    spe = reader.steps_per_epoch(dataset.split_rows[cfg.data.train_split], cfg, _world(cfg))
+    spe = reader.steps_per_epoch(dataset.split_rows[cfg.data.train_split], cfg, max(1, cfg.scale.num_workers))
     total = spe * cfg.train.epochs
     total = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
     run_name = run_name or cfg.tracking.run_name or f"{cfg.model_preset}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -109,7 +112,7 @@ def prepare_run(cfg: ExperimentConfig, *, run_name: str | None = None, storage_p
     if not storage.exists(config_file):  # the first attempt's config is what a --resume trains
         storage.write_text(config_file, json.dumps(cfg.to_flat_dict(), indent=1))
     with ThreadPoolExecutor(1, thread_name_prefix="spklip-mlflow-run") as pool:
-        opening = pool.submit(open_run, cfg, run_name, run_folder, dataset, mlflow_parent_run_id, tags,
+        opening = pool.submit(open_run, cfg, run_name, run_folder, dataset, spec.mlflow_parent_run_id, spec.tags,
                               saved=storage.join(storage_path, run_name, RUN_FILE))
         try:
             if start_ray is not None:

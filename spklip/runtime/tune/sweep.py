@@ -5,7 +5,7 @@ The path of a trial, one typed value per hop:
   ``SweepSpec`` + CLI --> `sweep_config` (ExperimentConfig) --> `run_sweep` --> `SweepContext` (frozen: base config
   with absolute paths, parent run, metrics, seeds; also written to the sweep folder for ``--resume``) --> Tune calls
   `run_trial(params, ctx)` in a trial actor --> the sampled dotted keys applied once to ``ctx.base`` -->
-  `spklip.runtime.launcher.fit(cfg)` --> `WorkerPlan` --> each Ray Train worker.
+  `spklip.runtime.launcher.fit(RunSpec)` --> `WorkerPlan` --> each Ray Train worker.
 
 Handing a ``TorchTrainer`` to a ``Tuner`` is an error in Ray 2.60 (Train V2); each trial calls `fit` with
 ``TuneReportCallback``, which forwards rank 0's per-epoch reports to Tune, so ASHA and the searcher see ``val/top1``
@@ -45,7 +45,7 @@ from spklip.eval.stats import summarize
 from spklip.runtime.launcher import fit
 from spklip.runtime.logs import RunOutput
 from spklip.runtime.model_log import log_encoder
-from spklip.runtime.plan import resolve_paths, worker_resources
+from spklip.runtime.plan import RunSpec, resolve_paths, worker_resources
 from spklip.runtime.rayenv import ensure_ray, ray_logs_dir, ray_storage
 from spklip.runtime.tracking import BEST_ALIAS, SPOOL_DIR, Tracker, start_run
 from spklip.runtime.tune import report as rep
@@ -222,10 +222,11 @@ def run_trial(params: dict[str, Any], ctx: SweepContext) -> None:
     labels = {rep.LABEL_PREFIX + k[len(AUX_PREFIX):]: str(v) for k, v in params.items() if k.startswith(AUX_PREFIX)}
     results = []
     for offset in range(ctx.seeds):
-        results.append(fit(seed_config(cfg, offset), run_name=run_name if ctx.seeds == 1 else f"{run_name}-seed={offset}",
-                           storage_path=ctx.storage, callbacks=[TuneReportCallback()] if ctx.seeds == 1 else [],
-                           mlflow_parent_run_id=ctx.parent_run_id,
-                           tags={rep.TRIAL_TAG: trial_id, rep.SEED_TAG: str(offset), **labels}))
+        results.append(fit(RunSpec(seed_config(cfg, offset), storage_path=ctx.storage,
+                                   run_name=run_name if ctx.seeds == 1 else f"{run_name}-seed={offset}",
+                                   callbacks=[TuneReportCallback()] if ctx.seeds == 1 else [],
+                                   mlflow_parent_run_id=ctx.parent_run_id,
+                                   tags={rep.TRIAL_TAG: trial_id, rep.SEED_TAG: str(offset), **labels})))
     if ctx.seeds > 1:  # one report for Tune: the mean over seeds (val selects; the test metrics ride along)
         report = {}
         scored = [{**r.metrics, **r.test_metrics} for r in results]
