@@ -198,7 +198,8 @@ def test_spread_run_survives_losing_a_node_and_resumes_from_its_checkpoint(two_n
     spe = read_metadata(data)["splits"]["train"] // 2 // 4  # 2 workers x batch 4
     run_dir = tmp_path / "runs"
     overrides = ["model.num_planes=16", "model.height=32", "model.width=32", "model.hsfe.stride=1",
-                 "data.batch_size=4", "scale.num_workers=2", "scale.cpus_per_worker=0.5", "scale.placement=SPREAD",
+                 "data.batch_size=4", "scale.num_workers=2", "scale.cpus_per_worker=0.5", "scale.threads_per_worker=0",
+                 "scale.placement=SPREAD",
                  "scale.max_failures=1", "train.epochs=2", "train.checkpoint_every=3", "train.log_every=1",
                  "eval.energy=false", "eval.few_shot_ks=[1]", "eval.few_shot_seeds=1", "eval.few_shot_steps=5",
                  "eval.bn_recal_batches=1", "eval.train_clips=0", "tracking.log_model=false"]

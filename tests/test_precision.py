@@ -60,7 +60,9 @@ def test_the_training_loss_is_fp32_under_the_loops_bf16_autocast():
     assert float(amp) == pytest.approx(float(full), abs=1e-6)
 
 
-SIZES = ["model.num_planes=16", "model.height=32", "model.width=32", "model.hsfe.stride=1", "eval.few_shot_ks=[1]",
+# data.batch_size pinned: the tolerances below were set on this fixture at 8 clips a batch (precise BN's batches)
+SIZES = ["model.num_planes=16", "model.height=32", "model.width=32", "model.hsfe.stride=1", "data.batch_size=8",
+         "eval.few_shot_ks=[1]",
          "eval.few_shot_seeds=2", "eval.few_shot_steps=10", "eval.train_clips=0", "eval.energy=false"]
 SCORES = ("val/top1", "val/t2v_class/mAP", "val/t2v_class/mean_rank", "val/v2t_class/mean_rank", "zeroshot/top1")
 

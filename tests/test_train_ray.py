@@ -33,7 +33,8 @@ from test_train_fixtures import write_digit_shards, write_motion_shards
 
 # 16 planes of 32x32 (hsfe.stride 1 keeps the backbone input at 32x32), batch 4 per worker (8 in the loss).
 SMALL = ["model.num_planes=16", "model.height=32", "model.width=32", "model.hsfe.stride=1", "data.batch_size=4",
-         "scale.num_workers=2", "scale.cpus_per_worker=0.5", "optim.lr=2e-3", "optim.warmup_steps=10",
+         "scale.num_workers=2", "scale.cpus_per_worker=0.5", "scale.threads_per_worker=0",  # 1 thread each (auto)
+         "optim.lr=2e-3", "optim.warmup_steps=10",
          "train.log_every=1", "eval.few_shot_ks=[1,4]", "eval.few_shot_seeds=3", "eval.few_shot_steps=30"]
 EPOCHS = 10
 # evaluation at its cheapest, for tests about checkpoints and schedules rather than accuracy

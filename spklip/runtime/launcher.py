@@ -167,7 +167,8 @@ def _finish(plan: RunPlan, result, seconds: float) -> FitResult:
                     else None, seconds=seconds)
     _test(plan, out)
     tracking = plan.cfg.tracking
-    register_as = tracking.register_as if not parent_run_id(plan.storage_path, plan.run_name) else ""  # a sweep registers its best trial only
+    in_sweep = bool(parent_run_id(plan.storage_path, plan.run_name))  # a sweep registers its best trial only
+    register_as = tracking.register_as if not in_sweep else ""
     if plan.tracker.enabled and (tracking.log_model or register_as) and out.best_checkpoint:
         out.model_uri = log_encoder(plan.tracker, out.best_checkpoint, register_as=register_as)
     if plan.tracker.enabled:

@@ -1,7 +1,7 @@
 """A run's model in MLflow: rebuilt from a checkpoint, logged as safetensors + config, optionally registered.
 
-`LogEncoder` is a typed deferred tracking operation (`spklip.runtime.tracking.deferred`): with the server away the tracker
-keeps it in the run's spool, and ``spklip tracking sync`` (which imports this module) runs it later.
+`LogEncoder` is a typed deferred tracking operation (`spklip.runtime.tracking.deferred`): with the server away the
+tracker keeps it in the run's spool, and ``spklip tracking sync`` (which imports this module) runs it later.
 """
 
 from __future__ import annotations

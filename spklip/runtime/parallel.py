@@ -1,4 +1,5 @@
-"""Running a build's parts as a Ray Data pipeline (`ray_mapper`), the parallel twin of `spklip.data.parallel.serial_map`.
+"""Running a build's parts as a Ray Data pipeline (`ray_mapper`), the parallel twin of
+`spklip.data.parallel.serial_map`.
 
 The pipeline: ``ray.data.from_items`` (one block per part) -> ``map_batches`` (the part's work: decode with
 PyAV, simulate, check, and pack each clip into its shard row, `spklip.data.build.part_rows`; Ray tasks of one CPU,
