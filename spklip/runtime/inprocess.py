@@ -15,7 +15,7 @@ import torch
 from spklip.config import ExperimentConfig
 from spklip.data.read import dataset_info, decoded_split, to_torch
 from spklip.loss import ClipLoss
-from spklip.model import create_model
+from spklip.model import Spklip
 from spklip.train.checkpoint import TrainState
 from spklip.runtime.reader import steps_per_epoch
 from spklip.runtime.epoch_eval import EpochEvaluator
@@ -32,7 +32,7 @@ def train_in_process(cfg: ExperimentConfig, device: str | torch.device = "cpu") 
     steps = steps_per_epoch(n, cfg, 1) * cfg.train.epochs
     steps = min(steps, cfg.train.max_steps) if cfg.train.max_steps else steps
     seed_everything(cfg.train.seed)
-    model = create_model(cfg.model, loss_cfg=cfg.loss).to(device)
+    model = Spklip(cfg.model, cfg.loss).to(device)
     loop = Loop.create(cfg, model, ClipLoss(cfg.loss), device, steps)
 
     def epoch_batches(epoch: int):

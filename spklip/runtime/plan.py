@@ -20,7 +20,7 @@ import ray
 from spklip.config import ExperimentConfig
 from spklip.data import storage
 from spklip.data.read import DatasetFacts, dataset_info
-from spklip.model import create_model
+from spklip.model import Spklip
 from spklip.outdir import private_dir
 from spklip.runtime import reader
 from spklip.runtime.logs import RunOutput
@@ -146,7 +146,7 @@ def check_before_workers(cfg: ExperimentConfig, storage_path: str, run_name: str
     if cfg.scale.num_workers == 0:
         return
     try:
-        model = create_model(cfg.model, loss_cfg=cfg.loss)  # on the CPU; built again by each worker
+        model = Spklip(cfg.model, cfg.loss)  # on the CPU; built again by each worker
     except ValueError as e:
         raise ModelError(str(e)) from None
     resume = ray_resume_checkpoint(storage.join(storage_path, run_name))

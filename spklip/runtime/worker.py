@@ -24,7 +24,7 @@ from spklip.config import ExperimentConfig
 from spklip.data import storage
 from spklip.data.read import DatasetFacts
 from spklip.loss import ClipLoss
-from spklip.model import create_model
+from spklip.model import Spklip
 from spklip.runtime.ray_private import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME, ControllerCallback, WorkerGroupCallback
 from spklip.runtime import reader as train_data
 from spklip.torchutil import nonfinite_tensors, unwrap
@@ -73,7 +73,7 @@ def _setup_model(cfg: ExperimentConfig, world: int, rank: int):
     """Model (DDP-wrapped when world > 1), loss and device; the same seed on every rank gives the same init."""
     seed_everything(cfg.train.seed)
     try:
-        model = create_model(cfg.model, loss_cfg=cfg.loss)
+        model = Spklip(cfg.model, cfg.loss)
     except ValueError as e:  # the driver built it (`spklip.runtime.launcher.check_before_workers`): this node differs
         raise ModelError(str(e)) from None
     # layout and compile before DDP lays out its gradient buckets (`Loop.create` finds it done)
