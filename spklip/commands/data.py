@@ -106,6 +106,10 @@ def _build_args(p: argparse.ArgumentParser, kind: str) -> None:
                        "(speed classes) or slow-fast,fast-slow (speeds up / slows down)")
         p.add_argument("--pause", type=nonneg_int, help="planes two-phase motions rest at the centre (default: the "
                        "default centred window + 2, 13 planes)")
+        p.add_argument("--darts", type=nonneg_int, default=0, metavar="PLANES",
+                       help="make each two-phase motion A-B two darts of PLANES planes, out and back, at a quarter "
+                       "and three quarters of the clip, the digit at the centre in between: does K cover when "
+                       "things happen? (docs/data.md)")
         p.add_argument("--unseen-classes", type=nonneg_int, help="held-out (digit, motion) classes (default 1/8)")
         p.add_argument("--unseen", type=_csv(str), default=(), help="hold out these classes, DIGIT:MOTION, e.g. "
                        "0:left,0:right,1:left,1:right (zero-shot must then read both the digit and the motion)")
@@ -173,7 +177,8 @@ def dataset_spec(args: argparse.Namespace):
                           clips_per_class=args.clips_per_class, unseen_classes=args.unseen_classes,
                           val_frac=args.val_frac, test_frac=args.test_frac, speed=args.speed,
                           digit_size=args.digit_size, clutter=args.clutter, background=args.background,
-                          source=args.source, seed=args.seed, pause=args.pause, unseen=args.unseen)
+                          source=args.source, seed=args.seed, pause=args.pause, unseen=args.unseen,
+                          dart=args.darts)
         return spec, sim
     extra = ({"frame_stride": args.frame_stride, "pad_short": args.pad_short} if args.kind == "video-folder" else
              {"dat_height": args.dat_height, "dat_width": args.dat_width, "plane_offset": args.plane_offset,

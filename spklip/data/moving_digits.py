@@ -5,7 +5,9 @@ A class is a (digit, motion) pair, e.g. "the digit three moving left"; the capti
 "the digit three moves left". Motions: left, right, up, down (translation at ``speed`` px per frame), rotate (either
 direction), grow, shrink, still; and two-phase motions ``A-B`` / ``A:slow-B:fast`` (`spklip.data.phases`: "the digit
 three moves left slowly, pauses, then moves up fast"), which all rest at the centre for the same middle planes and
-come with their time-reverses, so that the class is decided by what happens at different times of the clip. Each clip draws its own handwriting sample, start position, jitter and simulator
+come with their time-reverses, so that the class is decided by what happens at different times of the clip; with
+``dart`` planes the same names are two darts out and back at a quarter and three quarters of the clip ("the digit
+three darts left and back, then darts up and back"), the digit at the centre in between. Each clip draws its own handwriting sample, start position, jitter and simulator
 seed from (seed, label, clip index), so a build is deterministic and independent of build order. Rendering is one
 ``grid_sample`` over all frames of all clips of a class (an affine transform per frame). Train/val/test draw their
 digit images from disjoint pools of handwriting samples; held-out (unseen) pairs are spread over digits and motions.
@@ -77,6 +79,7 @@ class DigitsSpec:
     seed: int = 0
     pause: int | None = None  # two-phase motions: planes at rest in the middle; None: the default centred window + 2
     unseen: tuple[str, ...] = ()  # held-out classes named "DIGIT:MOTION" (e.g. 0:left); empty: unseen_classes drawn
+    dart: int = 0  # planes of each dart: two-phase motions A-B become darts (phases.py); 0: moves with a pause
 
     def __post_init__(self):
         bad = sorted(set(m for m in self.motions if not phases.is_phased(m)) - set(MOTIONS))
@@ -87,7 +90,14 @@ class DigitsSpec:
         for m in self.motions:
             if phases.is_phased(m):
                 phases.parse_motion(m)  # a ValueError naming the malformed phase
-        missing = phases.missing_reverses(self.motions)
+        if self.dart:
+            quarter = phases.dart_centres(self.num_planes)
+            if any(not phases.is_phased(m) for m in self.motions) or \
+                    not 2 <= self.dart <= quarter[1] - quarter[0] or self.pause is not None:
+                raise ValueError(f"--darts {self.dart}: darts need two-phase motions only (DIR-DIR), no --pause, and "
+                                 f"2 to {quarter[1] - quarter[0]} planes (the darts peak at planes {quarter[0]} and "
+                                 f"{quarter[1]} of {self.num_planes})")
+        missing = phases.missing_reverses(self.motions, self.dart)
         if missing:
             raise ValueError(f"--motions: two-phase motions need their time-reverses too (else an order-blind "
                              f"average could tell them apart); add {','.join(missing)}")
@@ -119,6 +129,8 @@ class DigitsSpec:
         builder = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
         if not self.phased:
             builder.pop("pause")
+        if not self.dart:
+            builder.pop("dart")
         if not self.unseen:
             builder.pop("unseen")
         return builder
@@ -151,18 +163,19 @@ class DigitsSpec:
         return len(self.class_pairs) // 8 if len(self.digits) > 1 and len(self.motions) > 1 else 0
 
 
-def motion_phrases(motion: str) -> tuple[str, str]:
+def motion_phrases(motion: str, dart: int = 0) -> tuple[str, str]:
     """``(caption verb phrase, class-name phrase)``: ``("moves left", "moving left")``, or composed from the phases
-    of a two-phase motion: ``("moves left, pauses, then moves up", "moving left, pausing, then moving up")``."""
-    return phases.phrases(motion) if phases.is_phased(motion) else MOTIONS[motion]
+    of a two-phase motion: ``("moves left, pauses, then moves up", "moving left, pausing, then moving up")`` (darts
+    if `dart`: ``"darts left and back, then darts up and back"``)."""
+    return phases.phrases(motion, dart) if phases.is_phased(motion) else MOTIONS[motion]
 
 
-def class_name(digit: int, motion: str) -> str:
-    return f"the digit {DIGIT_WORDS[digit]} {motion_phrases(motion)[1]}"
+def class_name(digit: int, motion: str, dart: int = 0) -> str:
+    return f"the digit {DIGIT_WORDS[digit]} {motion_phrases(motion, dart)[1]}"
 
 
-def caption(digit: int, motion: str) -> str:
-    return f"the digit {DIGIT_WORDS[digit]} {motion_phrases(motion)[0]}"
+def caption(digit: int, motion: str, dart: int = 0) -> str:
+    return f"the digit {DIGIT_WORDS[digit]} {motion_phrases(motion, dart)[0]}"
 
 
 def _pools(labels: np.ndarray, spec: DigitsSpec) -> dict[str, dict[int, np.ndarray]]:
@@ -177,16 +190,17 @@ def _pools(labels: np.ndarray, spec: DigitsSpec) -> dict[str, dict[int, np.ndarr
     return pools
 
 
-def _affine(spec: DigitsSpec, motion: str, frames: int, rng: np.random.Generator, rest: int = 0) -> np.ndarray:
+def _affine(spec: DigitsSpec, motion: str, frames: int, rng: np.random.Generator, rest: int = 0,
+            dart: float = 0.0) -> np.ndarray:
     """``[T, 2, 3]`` affine_grid matrices mapping canvas coordinates to the digit image for one clip (`rest`: the
-    frames a two-phase motion rests at the centre, `phases.rest_frames`)."""
+    frames a two-phase motion rests at the centre, `phases.rest_frames`; `dart`: frames per dart, 0 for none)."""
     h, w = spec.height, spec.width
     size = spec.digit_size or round(0.45 * min(h, w))
     t = np.arange(frames, dtype=np.float64)
     jitter = rng.uniform(-1, 1, 2) * min(h, w) * phases.JITTER_FRAC
     centre = np.array([w / 2, h / 2]) + jitter  # px
     if phases.is_phased(motion):  # the same draws as a translation: jitter, then the random scale
-        path = centre + phases.phase_track(motion, frames, rest, spec.speed)  # [T, 2]
+        path = centre + phases.phase_track(motion, frames, rest, spec.speed, dart)  # [T, 2]
     elif motion in DIRECTIONS:
         step = np.array(DIRECTIONS[motion]) * spec.speed  # px per frame
         path = centre - step * (frames - 1) / 2 + step * t[:, None]  # [T, 2] centre at each frame
@@ -233,7 +247,7 @@ def digit_clips(spec: DigitsSpec, sim: SimParams) -> tuple[DatasetInfo, Iterator
         seen = [i for i in range(len(pairs)) if i not in unseen_labels]
         builder["ceilings"] = {"all": phases.ceilings(spec, None, sim.planes_per_frame),
                                "seen": phases.ceilings(spec, seen, sim.planes_per_frame)}
-    info = DatasetInfo(kind="moving-digits", class_names=[class_name(d, m) for d, m in pairs],
+    info = DatasetInfo(kind="moving-digits", class_names=[class_name(d, m, spec.dart) for d, m in pairs],
                        unseen_labels=unseen_labels, clip_shape=(spec.num_planes, spec.height, spec.width),
                        simulator={k: v for k, v in sim.to_dict().items() if k != "seed"}, builder=builder)
 
@@ -249,12 +263,13 @@ def _check_travel(spec: DigitsSpec, sim: SimParams) -> None:
     naming ``--speed``."""
     n_frames = math.ceil(spec.num_planes / sim.planes_per_frame)
     rest = phases.rest_frames(spec.num_planes, sim.planes_per_frame, spec.pause)
-    travel = max(phases.max_travel(m, n_frames, rest, spec.speed) for m in spec.motions if phases.is_phased(m))
+    dart = spec.dart / sim.planes_per_frame  # frames
+    travel = max(phases.max_travel(m, n_frames, rest, spec.speed, dart) for m in spec.motions if phases.is_phased(m))
     limit = phases.MAX_TRAVEL_FRAC * min(spec.height, spec.width)
     if travel > limit:
         raise ValueError(f"--speed {spec.speed}: two-phase motions would carry the digit {travel:.1f} px from the "
                          f"centre of a {spec.height}x{spec.width} canvas (at most {limit:.1f}); use --speed "
-                         f"{spec.speed * limit / travel:.3g} or less, or a longer --pause")
+                         f"{spec.speed * limit / travel:.3g} or less, or a longer --pause (shorter --darts)")
 
 
 def digit_class_clips(spec: DigitsSpec, sim: SimParams, info: DatasetInfo, label: int) -> Iterator[Clip]:
@@ -267,25 +282,26 @@ def digit_class_clips(spec: DigitsSpec, sim: SimParams, info: DatasetInfo, label
               assign_splits(spec.clips_per_class, spec.val_frac, spec.test_frac, rng))
     n_frames = math.ceil(spec.num_planes / sim.planes_per_frame)
     rest = phases.rest_frames(spec.num_planes, sim.planes_per_frame, spec.pause) if spec.phased else 0
-    video, picks = _render_class(spec, digit, motion, label, splits, images, _pools(labels, spec), n_frames, rest)
+    video, picks = _render_class(spec, digit, motion, label, splits, images, _pools(labels, spec), n_frames, rest,
+                                 spec.dart / sim.planes_per_frame)
     for j, split in enumerate(splits):
         seed = clip_seed(spec.seed, label, j)
         spikes = simulate_spikes(video[j], threshold=sim.threshold, planes_per_frame=sim.planes_per_frame,
                                  seed=seed, mismatch=sim.mismatch, dark_current=sim.dark_current)
         yield Clip(spikes=spikes[:spec.num_planes], label=label, split=split, sim_seed=seed,
-                   caption=caption(digit, motion),
+                   caption=caption(digit, motion, spec.dart),
                    source=f"{spec.source}:{picks[j]}", clip_id=f"{label:03d}-{j:05d}")
 
 
 def _render_class(spec: DigitsSpec, digit: int, motion: str, label: int, splits: list[str], images: np.ndarray,
-                  pools: dict, n_frames: int, rest: int = 0) -> tuple[np.ndarray, list[int]]:
+                  pools: dict, n_frames: int, rest: int = 0, dart: float = 0.0) -> tuple[np.ndarray, list[int]]:
     """Frames ``[C, T, H, W]`` in [0, 1] of every clip of one class, and the digit image index of each clip
-    (`rest`: frames a two-phase motion rests at the centre)."""
+    (`rest`: frames a two-phase motion rests at the centre; `dart`: frames per dart, 0 for none)."""
     picks, thetas, clutter_idx, clutter_theta = [], [], [], []
     for j, split in enumerate(splits):
         rng = np.random.default_rng([spec.seed, label, j, 2])
         picks.append(int(rng.choice(pools[split][digit])))
-        thetas.append(_affine(spec, motion, n_frames, rng, rest))  # [T, 2, 3]
+        thetas.append(_affine(spec, motion, n_frames, rng, rest, dart))  # [T, 2, 3]
         for _ in range(spec.clutter):  # a smaller, dimmer, static digit anywhere on the canvas
             clutter_idx.append(int(rng.integers(len(images))))
             centre = rng.uniform(0, 1, (1, 2)) * [spec.width, spec.height]

@@ -6,14 +6,22 @@ A two-phase motion ``A-B`` moves the digit in direction A towards the canvas cen
 direction B: "the digit three moves left, pauses, then moves up". A phase may carry a speed class,
 ``left:slow-up:fast`` ("moves left slowly, pauses, then moves up fast"); without one it moves at the base speed.
 Every clip is still at the (jittered) centre for the same middle planes, so a window there sees the digit alone
-and still, whatever the class. Time-reversing ``A-B`` gives ``(-B)-(-A)`` with the same positions and dwell
+and still, whatever the class.
+
+With ``dart`` planes (``--darts``), ``A-B`` is instead two darts: the digit rests at the centre, darts in direction A
+and back over `dart` planes centred at a quarter of the clip, rests, then darts B and back centred at three
+quarters ("the digit three darts left and back, then darts up and back"). Between the darts the digit is at the
+centre, so an observer whose windows miss the quarter points sees the digit alone and still: the data asks whether
+the sub-blocks cover *when* things happen (the sub-block count K at a given radius). The time-reverse of darts
+``A-B`` is ``B-A``. Time-reversing ``A-B`` gives ``(-B)-(-A)`` with the same positions and dwell
 (`reverse_motion`); a data set of two-phase motions must hold each class's reverse, so that an order-blind average
 of the planes cannot tell a class from its reverse.
 
-`ceilings` computes, from the class structure alone, the best top-1 accuracy two observers can reach under
+`ceilings` computes, from the class structure alone, the best top-1 accuracy some observers can reach under
 uniform classes: ``centred_window`` sees only the centred window of the default layout (spklip-tiny's HSFE with
 K = 1: 2r+1 = 11 planes); ``order_blind`` sees the whole clip but not the order of its planes (a spike average,
-or the authors' position-free temporal encoder). Classes whose observations are identical are merged into one
+or the authors' position-free temporal encoder); ``subblocks`` sees, in order, the planes of K windows of that
+radius laid out as `HsfeCfg.layout` lays them (``step: auto``), for K = 3, 5, 7. Classes whose observations are identical are merged into one
 group; a group of g classes is right 1/g of the time at best, so the ceiling is (groups) / (classes).
 """
 
@@ -24,6 +32,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from spklip.config.model import HsfeCfg
 from spklip.config.registry import get_model_config
 
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}  # (dx, dy) in image coordinates
@@ -34,6 +43,7 @@ AUTO_PAUSE_MARGIN = 2  # auto pause = the default centred window + this many pla
 JITTER_FRAC = 1 / 8  # the builder's centre jitter, +- this share of the shorter canvas side
 MAX_TRAVEL_FRAC = 3 / 8  # a phase may carry the digit's centre this share of the shorter side from the centre
 DEFAULT_WINDOW_PRESET = "spklip-tiny"  # whose HSFE window the centred-window ceiling uses
+CEILING_SUBBLOCKS = (3, 5, 7)  # the K-window observers `ceilings` reports
 
 Phase = tuple[str, str | None]  # (direction, speed class or None)
 
@@ -66,16 +76,20 @@ def motion_name(phases: tuple[Phase, Phase]) -> str:
     return "-".join(d + (f":{s}" if s else "") for d, s in phases)
 
 
-def reverse_motion(name: str) -> str:
-    """The time-reverse of a two-phase motion: ``A:s-B:t`` -> ``(-B):t-(-A):s`` (same positions and dwell)."""
+def reverse_motion(name: str, dart: int = 0) -> str:
+    """The time-reverse of a two-phase motion: ``A:s-B:t`` -> ``(-B):t-(-A):s`` (same positions and dwell); of
+    darts (`dart` > 0): ``B:t-A:s`` (a dart out and back, reversed, is the same dart)."""
     first, second = parse_motion(name)
+    if dart:
+        return motion_name((second, first))
     return motion_name(((OPPOSITE[second[0]], second[1]), (OPPOSITE[first[0]], first[1])))
 
 
-def missing_reverses(motions: tuple[str, ...]) -> list[str]:
-    """The reverses of the two-phase motions in `motions` that `motions` lacks (empty: closed under reversal)."""
+def missing_reverses(motions: tuple[str, ...], dart: int = 0) -> list[str]:
+    """The reverses of the two-phase motions (darts if `dart`) in `motions` that `motions` lacks (empty: closed
+    under reversal)."""
     have = set(motions)
-    return sorted({reverse_motion(m) for m in motions if is_phased(m)} - have)
+    return sorted({reverse_motion(m, dart) for m in motions if is_phased(m)} - have)
 
 
 def with_speeds(motions: tuple[str, ...], speeds: tuple[str, ...]) -> tuple[str, ...]:
@@ -100,11 +114,15 @@ def with_speeds(motions: tuple[str, ...], speeds: tuple[str, ...]) -> tuple[str,
     return tuple(dict.fromkeys(out))
 
 
-def phrases(name: str) -> tuple[str, str]:
+def phrases(name: str, dart: int = 0) -> tuple[str, str]:
     """``(caption verb phrase, class-name phrase)`` of a two-phase motion:
-    ``("moves left slowly, pauses, then moves up fast", "moving left slowly, pausing, then moving up fast")``."""
+    ``("moves left slowly, pauses, then moves up fast", "moving left slowly, pausing, then moving up fast")``;
+    of darts: ``("darts left and back, then darts up and back", "darting left and back, then darting up and back")``."""
     (d1, s1), (d2, s2) = parse_motion(name)
     one, two = f"{d1} {SPEED_WORDS[s1]}".strip(), f"{d2} {SPEED_WORDS[s2]}".strip()
+    if dart:
+        return (f"darts {one} and back, then darts {two} and back",
+                f"darting {one} and back, then darting {two} and back")
     return f"moves {one}, pauses, then moves {two}", f"moving {one}, pausing, then moving {two}"
 
 
@@ -120,24 +138,36 @@ def rest_frames(num_planes: int, planes_per_frame: int = 1, pause: int | None = 
     return min(n_frames, rest + (rest - n_frames) % 2)
 
 
-def phase_track(name: str, n_frames: int, pause: int, speed: float) -> np.ndarray:
+def dart_centres(n_frames: int) -> tuple[int, int]:
+    """Frames at which the two darts peak: a quarter and three quarters of the clip, mirror-symmetric."""
+    first = round((n_frames - 1) / 4)
+    return first, n_frames - 1 - first
+
+
+def phase_track(name: str, n_frames: int, pause: int, speed: float, dart: int = 0) -> np.ndarray:
     """``[T, 2]`` offsets (px) of the digit's centre from its rest point, per frame, for a two-phase motion.
 
     Frames ``[s, e]`` (s = (T - pause) // 2, e = s + pause - 1; `pause` frames from `rest_frames`) are the rest; phase
     one reaches the rest point at frame s, phase two leaves it after frame e, each at its own speed (px/frame).
+    Darts (`dart` frames > 0; `pause` unused): a dart centred at frame c moves ``v * max(0, dart/2 - |t - c|)`` from
+    the rest point (out at v px/frame, peak at c, back), at c = `dart_centres`; the digit rests elsewhere.
     """
     (d1, s1), (d2, s2) = parse_motion(name)
     v1 = np.array(DIRECTIONS[d1], float) * speed * SPEED_FACTORS.get(s1, 1.0)  # px per frame
     v2 = np.array(DIRECTIONS[d2], float) * speed * SPEED_FACTORS.get(s2, 1.0)
+    if dart:
+        t = np.arange(n_frames, dtype=np.float64)[:, None]  # [T, 1]
+        c1, c2 = dart_centres(n_frames)
+        return v1 * np.maximum(0.0, dart / 2 - np.abs(t - c1)) + v2 * np.maximum(0.0, dart / 2 - np.abs(t - c2))
     s = (n_frames - pause) // 2
     e = s + pause - 1
     t = np.arange(n_frames, dtype=np.float64)[:, None]  # [T, 1]
     return np.where(t < s, v1 * (t - s), 0.0) + np.where(t > e, v2 * (t - e), 0.0)  # [T, 2]
 
 
-def max_travel(name: str, n_frames: int, pause: int, speed: float) -> float:
+def max_travel(name: str, n_frames: int, pause: int, speed: float, dart: int = 0) -> float:
     """Largest distance (px) of the digit's centre from its rest point over the clip."""
-    return float(np.abs(phase_track(name, n_frames, pause, speed)).max(initial=0.0))
+    return float(np.abs(phase_track(name, n_frames, pause, speed, dart)).max(initial=0.0))
 
 
 def default_window(preset: str = DEFAULT_WINDOW_PRESET) -> int:
@@ -149,13 +179,13 @@ def _get(spec: Any, key: str, default: Any = None) -> Any:
     return spec.get(key, default) if isinstance(spec, Mapping) else getattr(spec, key, default)
 
 
-def _track(motion: str, n_frames: int, pause: int, speed: float) -> np.ndarray:
+def _track(motion: str, n_frames: int, pause: int, speed: float, dart: int = 0) -> np.ndarray:
     """``[T, 4]`` canonical per-frame state (dx, dy, angle, log scale) without the per-clip jitter, handwriting,
     random scale or rotation sense: what distinguishes one motion from another."""
     t = np.arange(n_frames, dtype=np.float64)
     out = np.zeros((n_frames, 4))
     if is_phased(motion):
-        out[:, :2] = phase_track(motion, n_frames, pause, speed)
+        out[:, :2] = phase_track(motion, n_frames, pause, speed, dart)
     elif motion in DIRECTIONS:
         out[:, :2] = np.array(DIRECTIONS[motion]) * speed * (t[:, None] - (n_frames - 1) / 2)
     elif motion == "rotate":
@@ -165,11 +195,12 @@ def _track(motion: str, n_frames: int, pause: int, speed: float) -> np.ndarray:
     return out
 
 
-def plane_views(motion: str, num_planes: int, planes_per_frame: int, pause: int, speed: float) -> list[tuple]:
+def plane_views(motion: str, num_planes: int, planes_per_frame: int, pause: int, speed: float,
+                dart: int = 0) -> list[tuple]:
     """What each spike plane shows (`pause`: rest frames): the two frames' states it interpolates between and its weight (the simulator's
     linear interpolation; the last frame is held), rounded so that equal views compare equal."""
     n_frames = math.ceil(num_planes / planes_per_frame)
-    track = np.round(_track(motion, n_frames, pause, speed), 6) + 0.0  # + 0.0: no -0.0
+    track = np.round(_track(motion, n_frames, pause, speed, dart), 6) + 0.0  # + 0.0: no -0.0
     views = []
     for n in range(num_planes):
         f, j = divmod(n, planes_per_frame)
@@ -182,29 +213,44 @@ def ceilings(spec: Any, labels: list[int] | None = None, planes_per_frame: int =
     """Analytic top-1 ceilings of two observers on a moving-digits data set, under uniform classes.
 
     Args:
-        spec: a `DigitsSpec` or its builder dict (``digits``, ``motions``, ``num_planes``, ``speed``, ``pause``).
+        spec: a `DigitsSpec` or its builder dict (``digits``, ``motions``, ``num_planes``, ``speed``, ``pause``,
+            ``dart``).
         labels: the classes competing (indices into digit x motion, digit-major); None: all of them.
         planes_per_frame: the simulator's (planes interpolate between frames).
         window: planes of the centred window; None: the default preset's 2r+1 (spklip-tiny: 11).
 
     Returns:
-        ``{"centred_window": x, "order_blind": y, "window": [first, last], "classes": C, "groups": {observer: G}}``:
-        x and y are (groups of identical observations) / (classes). The centred window is HsfeCfg.layout's with
-        K = 1 (offset (N - w) // 2); a window longer than the clip is the whole clip.
+        ``{"centred_window": x, "order_blind": y, "subblocks": {"K": z}, "window": [first, last], "classes": C,
+        "groups": {observer: G}}``: x, y and each z are (groups of identical observations) / (classes). The centred
+        window is HsfeCfg.layout's with K = 1 (offset (N - w) // 2); a window longer than the clip is the whole
+        clip. A K whose windows do not fit the clip is left out of ``subblocks``.
     """
     digits, motions = list(_get(spec, "digits")), list(_get(spec, "motions"))
     n, speed = int(_get(spec, "num_planes")), float(_get(spec, "speed", 1.0))
+    dart = (_get(spec, "dart") or 0) / planes_per_frame  # frames
     w = min(window or default_window(), n)
     pause = rest_frames(n, planes_per_frame, _get(spec, "pause"), window)
     offset = (n - w) // 2
     pairs = [(d, m) for d in digits for m in motions]
     chosen = range(len(pairs)) if labels is None else labels
-    views = {m: plane_views(m, n, planes_per_frame, pause, speed) for m in motions}
-    centred = {(pairs[i][0], tuple(views[pairs[i][1]][offset: offset + w])) for i in chosen}
-    blind = {(pairs[i][0], tuple(sorted(views[pairs[i][1]]))) for i in chosen}
+    views = {m: plane_views(m, n, planes_per_frame, pause, speed, dart) for m in motions}
     c = max(len(chosen), 1)
-    return {"centred_window": len(centred) / c, "order_blind": len(blind) / c, "window": [offset, offset + w - 1],
-            "classes": len(chosen), "groups": {"centred_window": len(centred), "order_blind": len(blind)}}
+
+    def groups(planes) -> int:  # classes an order-aware observer of these planes can tell apart
+        return len({(pairs[i][0], tuple(views[pairs[i][1]][p] for p in planes)) for i in chosen})
+
+    centred = groups(range(offset, offset + w))
+    blind = len({(pairs[i][0], tuple(sorted(views[pairs[i][1]]))) for i in chosen})
+    out = {"centred_window": centred / c, "order_blind": blind / c, "subblocks": {},
+           "window": [offset, offset + w - 1], "classes": len(chosen),
+           "groups": {"centred_window": centred, "order_blind": blind}}
+    for k in CEILING_SUBBLOCKS:
+        if w + k - 1 > n:
+            continue
+        _, step, first = HsfeCfg(num_subblocks=k, radius=(w - 1) // 2, step="auto").layout(n)
+        planes = sorted({first + i * step + j for i in range(k) for j in range(w)})
+        out["subblocks"][str(k)] = groups(planes) / c
+    return out
 
 
 def ceilings_line(meta: Mapping[str, Any]) -> str | None:
@@ -216,7 +262,7 @@ def ceilings_line(meta: Mapping[str, Any]) -> str | None:
     ppf = int((meta.get("simulator") or {}).get("planes_per_frame", 1))
     unseen = sorted(meta.get("unseen_labels", []))
     stored = builder.get("ceilings")
-    if stored is None:
+    if stored is None or "subblocks" not in stored.get("all", {}):  # built before the K-window ceilings existed
         seen = [i for i in range(len(meta.get("class_names", []))) if i not in set(unseen)]
         stored = {"all": ceilings(builder, None, ppf), "seen": ceilings(builder, seen, ppf)}
     if unseen and "unseen" not in stored:  # the zero-shot competition: cheap, so computed here, never stored
@@ -226,8 +272,9 @@ def ceilings_line(meta: Mapping[str, Any]) -> str | None:
         if key not in stored:
             continue
         c = stored[key]
+        k_windows = "".join(f", K = {k} windows {z:.3f}" for k, z in c.get("subblocks", {}).items())
         parts.append(f"{key} {c['classes']} classes: centred window (planes {c['window'][0]}-{c['window'][1]}) "
-                     f"{c['centred_window']:.3f}, order-blind {c['order_blind']:.3f}")
+                     f"{c['centred_window']:.3f}, order-blind {c['order_blind']:.3f}{k_windows}")
     return "; ".join(parts) + " (analytic top-1 ceilings under uniform classes)"
 
 
