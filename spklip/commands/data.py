@@ -110,6 +110,9 @@ def _build_args(p: argparse.ArgumentParser, kind: str) -> None:
                        help="make each two-phase motion A-B two darts of PLANES planes, out and back, at a quarter "
                        "and three quarters of the clip, the digit at the centre in between: does K cover when "
                        "things happen? (docs/data.md)")
+        p.add_argument("--dart-spread", type=nonneg_int, default=0, metavar="PLANES",
+                       help="each clip draws each dart's centre uniformly within +-PLANES of its quarter point "
+                       "(default 0: always at the quarter points)")
         p.add_argument("--unseen-classes", type=nonneg_int, help="held-out (digit, motion) classes (default 1/8)")
         p.add_argument("--unseen", type=_csv(str), default=(), help="hold out these classes, DIGIT:MOTION, e.g. "
                        "0:left,0:right,1:left,1:right (zero-shot must then read both the digit and the motion)")
@@ -178,7 +181,7 @@ def dataset_spec(args: argparse.Namespace):
                           val_frac=args.val_frac, test_frac=args.test_frac, speed=args.speed,
                           digit_size=args.digit_size, clutter=args.clutter, background=args.background,
                           source=args.source, seed=args.seed, pause=args.pause, unseen=args.unseen,
-                          dart=args.darts)
+                          dart=args.darts, dart_spread=args.dart_spread)
         return spec, sim
     extra = ({"frame_stride": args.frame_stride, "pad_short": args.pad_short} if args.kind == "video-folder" else
              {"dat_height": args.dat_height, "dat_width": args.dat_width, "plane_offset": args.plane_offset,

@@ -80,6 +80,7 @@ class DigitsSpec:
     pause: int | None = None  # two-phase motions: planes at rest in the middle; None: the default centred window + 2
     unseen: tuple[str, ...] = ()  # held-out classes named "DIGIT:MOTION" (e.g. 0:left); empty: unseen_classes drawn
     dart: int = 0  # planes of each dart: two-phase motions A-B become darts (phases.py); 0: moves with a pause
+    dart_spread: int = 0  # planes: each clip draws each dart's centre within +- this of its quarter point
 
     def __post_init__(self):
         bad = sorted(set(m for m in self.motions if not phases.is_phased(m)) - set(MOTIONS))
@@ -97,6 +98,10 @@ class DigitsSpec:
                 raise ValueError(f"--darts {self.dart}: darts need two-phase motions only (DIR-DIR), no --pause, and "
                                  f"2 to {quarter[1] - quarter[0]} planes (the darts peak at planes {quarter[0]} and "
                                  f"{quarter[1]} of {self.num_planes})")
+        limit = phases.dart_spread_limit(self.num_planes, self.dart) if self.dart else 0
+        if not 0 <= self.dart_spread <= limit:
+            raise ValueError(f"--dart-spread {self.dart_spread}: needs --darts and at most {limit} planes (both darts "
+                             f"inside the clip and apart)")
         missing = phases.missing_reverses(self.motions, self.dart)
         if missing:
             raise ValueError(f"--motions: two-phase motions need their time-reverses too (else an order-blind "
@@ -131,6 +136,8 @@ class DigitsSpec:
             builder.pop("pause")
         if not self.dart:
             builder.pop("dart")
+        if not self.dart_spread:
+            builder.pop("dart_spread")
         if not self.unseen:
             builder.pop("unseen")
         return builder
@@ -191,16 +198,18 @@ def _pools(labels: np.ndarray, spec: DigitsSpec) -> dict[str, dict[int, np.ndarr
 
 
 def _affine(spec: DigitsSpec, motion: str, frames: int, rng: np.random.Generator, rest: int = 0,
-            dart: float = 0.0) -> np.ndarray:
+            dart: float = 0.0, spread: int = 0) -> np.ndarray:
     """``[T, 2, 3]`` affine_grid matrices mapping canvas coordinates to the digit image for one clip (`rest`: the
-    frames a two-phase motion rests at the centre, `phases.rest_frames`; `dart`: frames per dart, 0 for none)."""
+    frames a two-phase motion rests at the centre, `phases.rest_frames`; `dart`: frames per dart, 0 for none;
+    `spread`: frames each dart's centre may move, drawn here after the jitter)."""
     h, w = spec.height, spec.width
     size = spec.digit_size or round(0.45 * min(h, w))
     t = np.arange(frames, dtype=np.float64)
     jitter = rng.uniform(-1, 1, 2) * min(h, w) * phases.JITTER_FRAC
     centre = np.array([w / 2, h / 2]) + jitter  # px
     if phases.is_phased(motion):  # the same draws as a translation: jitter, then the random scale
-        path = centre + phases.phase_track(motion, frames, rest, spec.speed, dart)  # [T, 2]
+        shift = tuple(rng.integers(-spread, spread + 1, 2)) if spread else (0, 0)  # this clip's dart times
+        path = centre + phases.phase_track(motion, frames, rest, spec.speed, dart, shift)  # [T, 2]
     elif motion in DIRECTIONS:
         step = np.array(DIRECTIONS[motion]) * spec.speed  # px per frame
         path = centre - step * (frames - 1) / 2 + step * t[:, None]  # [T, 2] centre at each frame
@@ -283,7 +292,7 @@ def digit_class_clips(spec: DigitsSpec, sim: SimParams, info: DatasetInfo, label
     n_frames = math.ceil(spec.num_planes / sim.planes_per_frame)
     rest = phases.rest_frames(spec.num_planes, sim.planes_per_frame, spec.pause) if spec.phased else 0
     video, picks = _render_class(spec, digit, motion, label, splits, images, _pools(labels, spec), n_frames, rest,
-                                 spec.dart / sim.planes_per_frame)
+                                 spec.dart / sim.planes_per_frame, spec.dart_spread // sim.planes_per_frame)
     for j, split in enumerate(splits):
         seed = clip_seed(spec.seed, label, j)
         spikes = simulate_spikes(video[j], threshold=sim.threshold, planes_per_frame=sim.planes_per_frame,
@@ -294,14 +303,16 @@ def digit_class_clips(spec: DigitsSpec, sim: SimParams, info: DatasetInfo, label
 
 
 def _render_class(spec: DigitsSpec, digit: int, motion: str, label: int, splits: list[str], images: np.ndarray,
-                  pools: dict, n_frames: int, rest: int = 0, dart: float = 0.0) -> tuple[np.ndarray, list[int]]:
+                  pools: dict, n_frames: int, rest: int = 0, dart: float = 0.0,
+                  spread: int = 0) -> tuple[np.ndarray, list[int]]:
     """Frames ``[C, T, H, W]`` in [0, 1] of every clip of one class, and the digit image index of each clip
-    (`rest`: frames a two-phase motion rests at the centre; `dart`: frames per dart, 0 for none)."""
+    (`rest`: frames a two-phase motion rests at the centre; `dart`: frames per dart, 0 for none; `spread`: frames a
+    dart's centre may move)."""
     picks, thetas, clutter_idx, clutter_theta = [], [], [], []
     for j, split in enumerate(splits):
         rng = np.random.default_rng([spec.seed, label, j, 2])
         picks.append(int(rng.choice(pools[split][digit])))
-        thetas.append(_affine(spec, motion, n_frames, rng, rest, dart))  # [T, 2, 3]
+        thetas.append(_affine(spec, motion, n_frames, rng, rest, dart, spread))  # [T, 2, 3]
         for _ in range(spec.clutter):  # a smaller, dimmer, static digit anywhere on the canvas
             clutter_idx.append(int(rng.integers(len(images))))
             centre = rng.uniform(0, 1, (1, 2)) * [spec.width, spec.height]

@@ -11,14 +11,17 @@ and still, whatever the class.
 With ``dart`` planes (``--darts``), ``A-B`` is instead two darts: the digit rests at the centre, darts in direction A
 and back over `dart` planes centred at a quarter of the clip, rests, then darts B and back centred at three
 quarters ("the digit three darts left and back, then darts up and back"). Between the darts the digit is at the
-centre, so an observer whose windows miss the quarter points sees the digit alone and still: the data asks whether
-the sub-blocks cover *when* things happen (the sub-block count K at a given radius). The time-reverse of darts
-``A-B`` is ``B-A``. Time-reversing ``A-B`` gives ``(-B)-(-A)`` with the same positions and dwell
+centre, so an observer whose windows miss a dart sees the digit alone and still there: the data asks whether the
+sub-blocks cover *when* things happen (the sub-block count K at a given radius). With ``dart_spread`` S each clip
+draws each dart's centre uniformly within +-S planes of its quarter point, independently, so a dart can happen
+anywhere in its half of the clip and only windows that cover the clip see every dart. The time-reverse of darts
+``A-B`` is ``B-A`` (the draws are mirror-symmetric, so a class and its reverse have the same timing statistics). Time-reversing ``A-B`` gives ``(-B)-(-A)`` with the same positions and dwell
 (`reverse_motion`); a data set of two-phase motions must hold each class's reverse, so that an order-blind average
 of the planes cannot tell a class from its reverse.
 
 `ceilings` computes, from the class structure alone, the best top-1 accuracy some observers can reach under
-uniform classes: ``centred_window`` sees only the centred window of the default layout (spklip-tiny's HSFE with
+uniform classes (and, for darts with a spread, uniform dart times: the Bayes-optimal accuracy over every timing
+the builder can draw): ``centred_window`` sees only the centred window of the default layout (spklip-tiny's HSFE with
 K = 1: 2r+1 = 11 planes); ``order_blind`` sees the whole clip but not the order of its planes (a spike average,
 or the authors' position-free temporal encoder); ``subblocks`` sees, in order, the planes of K windows of that
 radius laid out as `HsfeCfg.layout` lays them (``step: auto``), for K = 3, 5, 7. Classes whose observations are identical are merged into one
@@ -28,6 +31,7 @@ group; a group of g classes is right 1/g of the time at best, so the ceiling is 
 from __future__ import annotations
 
 import math
+from collections import Counter, defaultdict
 from typing import Any, Mapping
 
 import numpy as np
@@ -144,20 +148,29 @@ def dart_centres(n_frames: int) -> tuple[int, int]:
     return first, n_frames - 1 - first
 
 
-def phase_track(name: str, n_frames: int, pause: int, speed: float, dart: int = 0) -> np.ndarray:
+def dart_spread_limit(n_frames: int, dart: float) -> int:
+    """The largest spread (frames) that keeps both darts inside the clip and apart."""
+    c1, c2 = dart_centres(n_frames)
+    half = math.ceil(dart / 2) - 1  # frames a dart moves either side of its peak
+    return max(-1, min(c1 - half, (c2 - c1 - 2 * half - 1) // 2))
+
+
+def phase_track(name: str, n_frames: int, pause: int, speed: float, dart: float = 0,
+                shift: tuple[int, int] = (0, 0)) -> np.ndarray:
     """``[T, 2]`` offsets (px) of the digit's centre from its rest point, per frame, for a two-phase motion.
 
     Frames ``[s, e]`` (s = (T - pause) // 2, e = s + pause - 1; `pause` frames from `rest_frames`) are the rest; phase
     one reaches the rest point at frame s, phase two leaves it after frame e, each at its own speed (px/frame).
     Darts (`dart` frames > 0; `pause` unused): a dart centred at frame c moves ``v * max(0, dart/2 - |t - c|)`` from
-    the rest point (out at v px/frame, peak at c, back), at c = `dart_centres`; the digit rests elsewhere.
+    the rest point (out at v px/frame, peak at c, back), at c = `dart_centres` + `shift` (frames, one per dart: the
+    clip's draw within the spread); the digit rests elsewhere.
     """
     (d1, s1), (d2, s2) = parse_motion(name)
     v1 = np.array(DIRECTIONS[d1], float) * speed * SPEED_FACTORS.get(s1, 1.0)  # px per frame
     v2 = np.array(DIRECTIONS[d2], float) * speed * SPEED_FACTORS.get(s2, 1.0)
     if dart:
         t = np.arange(n_frames, dtype=np.float64)[:, None]  # [T, 1]
-        c1, c2 = dart_centres(n_frames)
+        c1, c2 = np.add(dart_centres(n_frames), shift)
         return v1 * np.maximum(0.0, dart / 2 - np.abs(t - c1)) + v2 * np.maximum(0.0, dart / 2 - np.abs(t - c2))
     s = (n_frames - pause) // 2
     e = s + pause - 1
@@ -165,7 +178,7 @@ def phase_track(name: str, n_frames: int, pause: int, speed: float, dart: int = 
     return np.where(t < s, v1 * (t - s), 0.0) + np.where(t > e, v2 * (t - e), 0.0)  # [T, 2]
 
 
-def max_travel(name: str, n_frames: int, pause: int, speed: float, dart: int = 0) -> float:
+def max_travel(name: str, n_frames: int, pause: int, speed: float, dart: float = 0) -> float:
     """Largest distance (px) of the digit's centre from its rest point over the clip."""
     return float(np.abs(phase_track(name, n_frames, pause, speed, dart)).max(initial=0.0))
 
@@ -179,13 +192,14 @@ def _get(spec: Any, key: str, default: Any = None) -> Any:
     return spec.get(key, default) if isinstance(spec, Mapping) else getattr(spec, key, default)
 
 
-def _track(motion: str, n_frames: int, pause: int, speed: float, dart: int = 0) -> np.ndarray:
+def _track(motion: str, n_frames: int, pause: int, speed: float, dart: float = 0,
+           shift: tuple[int, int] = (0, 0)) -> np.ndarray:
     """``[T, 4]`` canonical per-frame state (dx, dy, angle, log scale) without the per-clip jitter, handwriting,
     random scale or rotation sense: what distinguishes one motion from another."""
     t = np.arange(n_frames, dtype=np.float64)
     out = np.zeros((n_frames, 4))
     if is_phased(motion):
-        out[:, :2] = phase_track(motion, n_frames, pause, speed, dart)
+        out[:, :2] = phase_track(motion, n_frames, pause, speed, dart, shift)
     elif motion in DIRECTIONS:
         out[:, :2] = np.array(DIRECTIONS[motion]) * speed * (t[:, None] - (n_frames - 1) / 2)
     elif motion == "rotate":
@@ -196,11 +210,11 @@ def _track(motion: str, n_frames: int, pause: int, speed: float, dart: int = 0) 
 
 
 def plane_views(motion: str, num_planes: int, planes_per_frame: int, pause: int, speed: float,
-                dart: int = 0) -> list[tuple]:
+                dart: float = 0, shift: tuple[int, int] = (0, 0)) -> list[tuple]:
     """What each spike plane shows (`pause`: rest frames): the two frames' states it interpolates between and its weight (the simulator's
     linear interpolation; the last frame is held), rounded so that equal views compare equal."""
     n_frames = math.ceil(num_planes / planes_per_frame)
-    track = np.round(_track(motion, n_frames, pause, speed, dart), 6) + 0.0  # + 0.0: no -0.0
+    track = np.round(_track(motion, n_frames, pause, speed, dart, shift), 6) + 0.0  # + 0.0: no -0.0
     views = []
     for n in range(num_planes):
         f, j = divmod(n, planes_per_frame)
@@ -214,42 +228,52 @@ def ceilings(spec: Any, labels: list[int] | None = None, planes_per_frame: int =
 
     Args:
         spec: a `DigitsSpec` or its builder dict (``digits``, ``motions``, ``num_planes``, ``speed``, ``pause``,
-            ``dart``).
+            ``dart``, ``dart_spread``).
         labels: the classes competing (indices into digit x motion, digit-major); None: all of them.
         planes_per_frame: the simulator's (planes interpolate between frames).
         window: planes of the centred window; None: the default preset's 2r+1 (spklip-tiny: 11).
 
     Returns:
         ``{"centred_window": x, "order_blind": y, "subblocks": {"K": z}, "window": [first, last], "classes": C,
-        "groups": {observer: G}}``: x, y and each z are (groups of identical observations) / (classes). The centred
+        "groups": {observer: G}}``: x, y and each z are (groups of identical observations) / (classes) (with a dart
+        spread: the Bayes-optimal accuracy over the classes and every dart timing, G distinct observations). The centred
         window is HsfeCfg.layout's with K = 1 (offset (N - w) // 2); a window longer than the clip is the whole
         clip. A K whose windows do not fit the clip is left out of ``subblocks``.
     """
     digits, motions = list(_get(spec, "digits")), list(_get(spec, "motions"))
     n, speed = int(_get(spec, "num_planes")), float(_get(spec, "speed", 1.0))
     dart = (_get(spec, "dart") or 0) / planes_per_frame  # frames
+    spread = (_get(spec, "dart_spread") or 0) // planes_per_frame  # frames
     w = min(window or default_window(), n)
     pause = rest_frames(n, planes_per_frame, _get(spec, "pause"), window)
     offset = (n - w) // 2
     pairs = [(d, m) for d in digits for m in motions]
     chosen = range(len(pairs)) if labels is None else labels
-    views = {m: plane_views(m, n, planes_per_frame, pause, speed, dart) for m in motions}
-    c = max(len(chosen), 1)
+    shifts = [(a, b) for a in range(-spread, spread + 1) for b in range(-spread, spread + 1)]  # equally likely
+    views = {(m, sh): plane_views(m, n, planes_per_frame, pause, speed, dart, sh) for m in motions for sh in shifts}
 
-    def groups(planes) -> int:  # classes an order-aware observer of these planes can tell apart
-        return len({(pairs[i][0], tuple(views[pairs[i][1]][p] for p in planes)) for i in chosen})
+    def bayes(observe) -> tuple[float, int]:  # (best top-1, distinct observations) of an observer seeing observe(views)
+        counts: dict = defaultdict(Counter)  # observation -> class -> timings giving it
+        for i in chosen:
+            digit, motion = pairs[i]
+            for sh in shifts:
+                counts[(digit, observe(views[(motion, sh)]))][i] += 1
+        best = sum(max(by_class.values()) for by_class in counts.values())
+        return best / max(len(chosen) * len(shifts), 1), len(counts)
 
-    centred = groups(range(offset, offset + w))
-    blind = len({(pairs[i][0], tuple(sorted(views[pairs[i][1]]))) for i in chosen})
-    out = {"centred_window": centred / c, "order_blind": blind / c, "subblocks": {},
+    def windows(planes):
+        return lambda v: tuple(v[p] for p in planes)
+
+    centred, centred_groups = bayes(windows(range(offset, offset + w)))
+    blind, blind_groups = bayes(lambda v: tuple(sorted(v)))
+    out = {"centred_window": centred, "order_blind": blind, "subblocks": {},
            "window": [offset, offset + w - 1], "classes": len(chosen),
-           "groups": {"centred_window": centred, "order_blind": blind}}
+           "groups": {"centred_window": centred_groups, "order_blind": blind_groups}}
     for k in CEILING_SUBBLOCKS:
         if w + k - 1 > n:
             continue
         _, step, first = HsfeCfg(num_subblocks=k, radius=(w - 1) // 2, step="auto").layout(n)
-        planes = sorted({first + i * step + j for i in range(k) for j in range(w)})
-        out["subblocks"][str(k)] = groups(planes) / c
+        out["subblocks"][str(k)] = bayes(windows(sorted({first + i * step + j for i in range(k) for j in range(w)})))[0]
     return out
 
 
