@@ -8,7 +8,8 @@ import pytest
 from spklip.cli import main
 from spklip.config.model import HsfeCfg
 from spklip.data.moving_digits import DigitsSpec, _affine, caption, class_name, digit_clips
-from spklip.data.phases import ceilings, dart_centres, missing_reverses, phase_track, reverse_motion
+from spklip.data.phases import (ceilings, dart_centres, dart_spread_limit, missing_reverses, phase_track,
+                                reverse_motion)
 from spklip.data.shards import read_metadata
 from spklip.data.simulate import SimParams
 
@@ -59,13 +60,48 @@ def test_ceilings_follow_whether_the_windows_cover_the_quarter_points():
     assert c(64) == (2 / 8, 4 / 8, {"3": 2 / 8, "5": 1.0, "7": 1.0})
     # 32 planes: darts at frames 4-12 and 19-27 reach even the centred window (10-20), and 3 windows cover the clip
     assert c(32) == (1.0, 4 / 8, {"3": 1.0, "5": 1.0, "7": 1.0})
-    assert c(128)[2] == {"3": 2 / 8, "5": 2 / 8, "7": 1.0}  # 5 windows of 11 cover 55 of 128: more are needed
+    # K = 5's windows sit at the quarter points whatever the clip's length (0, 1/4, 1/2, 3/4, 1 of the span): fixed
+    # dart times favour it by construction, which is what --dart-spread is for
+    assert c(128)[2] == {"3": 2 / 8, "5": 1.0, "7": 1.0}  # K = 7: a window (19-29) glimpses the first dart
     assert "7" not in ceilings(DigitsSpec(num_planes=16, digits=(3,), motions=SWAPS, dart=2))["subblocks"]
+
+
+def test_a_dart_spread_makes_the_ceilings_a_matter_of_coverage():
+    """With each clip's dart times drawn within +-S planes, the ceilings are Bayes-optimal over the timings: for the
+    K = 3 observer they lie between two counts over every timing, and a wider spread lets K = 3 see more darts."""
+    assert dart_spread_limit(64, 10) == 11  # darts peak at 16 and 47 and move 4 frames either side
+    spec = DigitsSpec(num_planes=64, digits=(3,), motions=SWAPS, dart=10, dart_spread=11)
+    out = ceilings(spec)
+    assert out["order_blind"] == 0.5 and out["subblocks"]["5"] == out["subblocks"]["7"] == 1.0
+    assert out["centred_window"] < out["subblocks"]["3"] < 1.0
+    # per timing (c1, c2): missing both darts leaves 1 of 2 right (a class or its swap); seeing a dart's peak frame
+    # dates it exactly, so the class is known (a lower bound); seeing any moving frame is needed (an upper bound)
+    seen = np.zeros(64, bool)
+    seen[_windows(3, 64)] = True
+    times = [(c1, c2) for c1 in range(16 - 11, 16 + 12) for c2 in range(47 - 11, 47 + 12)]
+    peak = np.mean([seen[c1] or seen[c2] for c1, c2 in times])
+    glimpse = np.mean([seen[c1 - 4: c1 + 5].any() or seen[c2 - 4: c2 + 5].any() for c1, c2 in times])
+    assert peak + (1 - peak) / 2 <= out["subblocks"]["3"] <= glimpse + (1 - glimpse) / 2
+    narrow = ceilings(DigitsSpec(num_planes=64, digits=(3,), motions=SWAPS, dart=10, dart_spread=4))
+    assert narrow["subblocks"]["3"] < out["subblocks"]["3"]
+    # the clip's draws: every shift in range, and a class's reverse is its clip played backwards at mirrored times
+    for seed in range(20):
+        a = _affine(spec, "left-up", 64, np.random.default_rng(seed), 0, 10, 11)
+        rng = np.random.default_rng(seed)
+        rng.uniform(-1, 1, 2)  # the jitter, then the dart times
+        s1, s2 = rng.integers(-11, 12, 2)
+        path = a[:, :, 2]  # [T, 2] translation part; moves only while a dart does
+        moving = np.flatnonzero(np.abs(np.diff(path, axis=0)).sum(1) > 1e-9)
+        assert moving.min() == 16 + s1 - 5 and moving.max() == 47 + s2 + 4
+        np.testing.assert_array_equal(phase_track("up-left", 64, 0, 1.0, 10, (-s2, -s1)),
+                                      phase_track("left-up", 64, 0, 1.0, 10, (s1, s2))[::-1])
 
 
 def test_spec_refuses_darts_it_cannot_draw(tmp_path, capsys):
     for kw, match in [({"motions": ("left", "right")}, "--darts"), ({"motions": SWAPS, "pause": 5}, "--darts"),
-                      ({"motions": SWAPS, "dart": 40}, "--darts"), ({"motions": ("left-up",)}, "up-left")]:
+                      ({"motions": SWAPS, "dart": 40}, "--darts"), ({"motions": ("left-up",)}, "up-left"),
+                      ({"motions": SWAPS, "dart_spread": 12}, "--dart-spread"),
+                      ({"motions": SWAPS, "dart": 0, "dart_spread": 1}, "--dart-spread")]:
         with pytest.raises(ValueError, match=match):
             DigitsSpec(num_planes=64, **{"dart": 10, **kw})
     assert "dart" not in DigitsSpec().builder_args()  # builds without --darts keep their fingerprints
