@@ -6,7 +6,9 @@ A two-phase motion ``A-B`` moves the digit in direction A towards the canvas cen
 direction B: "the digit three moves left, pauses, then moves up". A phase may carry a speed class,
 ``left:slow-up:fast`` ("moves left slowly, pauses, then moves up fast"); without one it moves at the base speed.
 Every clip is still at the (jittered) centre for the same middle planes, so a window there sees the digit alone
-and still, whatever the class.
+and still, whatever the class. Time-reversing ``A-B`` gives ``(-B)-(-A)`` with the same positions and dwell
+(`reverse_motion`); a data set of two-phase motions must hold each class's reverse, so that an order-blind average
+of the planes cannot tell a class from its reverse.
 
 With ``dart`` planes (``--darts``), ``A-B`` is instead two darts: the digit rests at the centre, darts in direction A
 and back over `dart` planes centred at a quarter of the clip, rests, then darts B and back centred at three
@@ -15,17 +17,16 @@ centre, so an observer whose windows miss a dart sees the digit alone and still 
 sub-blocks cover *when* things happen (the sub-block count K at a given radius). With ``dart_spread`` S each clip
 draws each dart's centre uniformly within +-S planes of its quarter point, independently, so a dart can happen
 anywhere in its half of the clip and only windows that cover the clip see every dart. The time-reverse of darts
-``A-B`` is ``B-A`` (the draws are mirror-symmetric, so a class and its reverse have the same timing statistics). Time-reversing ``A-B`` gives ``(-B)-(-A)`` with the same positions and dwell
-(`reverse_motion`); a data set of two-phase motions must hold each class's reverse, so that an order-blind average
-of the planes cannot tell a class from its reverse.
+``A-B`` is ``B-A`` (the draws are mirror-symmetric, so a class and its reverse have the same timing statistics).
 
 `ceilings` computes, from the class structure alone, the best top-1 accuracy some observers can reach under
 uniform classes (and, for darts with a spread, uniform dart times: the Bayes-optimal accuracy over every timing
-the builder can draw): ``centred_window`` sees only the centred window of the default layout (spklip-tiny's HSFE with
-K = 1: 2r+1 = 11 planes); ``order_blind`` sees the whole clip but not the order of its planes (a spike average,
+the builder can draw): ``centred_window`` sees only the centred window of the default layout (spklip-tiny's HSFE
+with K = 1: 2r+1 = 11 planes); ``order_blind`` sees the whole clip but not the order of its planes (a spike average,
 or the authors' position-free temporal encoder); ``subblocks`` sees, in order, the planes of K windows of that
-radius laid out as `HsfeCfg.layout` lays them (``step: auto``), for K = 3, 5, 7. Classes whose observations are identical are merged into one
-group; a group of g classes is right 1/g of the time at best, so the ceiling is (groups) / (classes).
+radius laid out as `HsfeCfg.layout` lays them (``step: auto``), for K = 3, 5, 7. Classes whose observations are
+identical are merged into one group; a group of g classes is right 1/g of the time at best, so the ceiling is
+(groups) / (classes).
 """
 
 from __future__ import annotations
@@ -211,8 +212,9 @@ def _track(motion: str, n_frames: int, pause: int, speed: float, dart: float = 0
 
 def plane_views(motion: str, num_planes: int, planes_per_frame: int, pause: int, speed: float,
                 dart: float = 0, shift: tuple[int, int] = (0, 0)) -> list[tuple]:
-    """What each spike plane shows (`pause`: rest frames): the two frames' states it interpolates between and its weight (the simulator's
-    linear interpolation; the last frame is held), rounded so that equal views compare equal."""
+    """What each spike plane shows (`pause`: rest frames; `dart`, `shift`: as in `phase_track`): the two frames'
+    states it interpolates between and its weight (the simulator's linear interpolation; the last frame is held),
+    rounded so that equal views compare equal."""
     n_frames = math.ceil(num_planes / planes_per_frame)
     track = np.round(_track(motion, n_frames, pause, speed, dart, shift), 6) + 0.0  # + 0.0: no -0.0
     views = []
