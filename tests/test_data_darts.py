@@ -26,8 +26,8 @@ def test_dart_grammar_reverses_and_captions():
     assert reverse_motion("left-up", dart=10) == "up-left" and reverse_motion("left-up") == "down-right"
     assert reverse_motion("left:slow-up:fast", dart=10) == "up:fast-left:slow"
     assert missing_reverses(SWAPS, dart=10) == [] and missing_reverses(("left-up",), dart=10) == ["up-left"]
-    assert caption(3, "left-up", 10) == "the digit three darts left and back, then darts up and back"
-    assert class_name(3, "left-up", 10) == "the digit three darting left and back, then darting up and back"
+    assert caption(3, "left-up", 10) == "the digit three darts left, then up"
+    assert class_name(3, "left:slow-up", 10) == "the digit three darting left slowly, then up"
     assert caption(3, "left-up") == "the digit three moves left, pauses, then moves up"  # without darts: as before
 
 

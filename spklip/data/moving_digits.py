@@ -7,7 +7,7 @@ direction), grow, shrink, still; and two-phase motions ``A-B`` / ``A:slow-B:fast
 three moves left slowly, pauses, then moves up fast"), which all rest at the centre for the same middle planes and
 come with their time-reverses, so that the class is decided by what happens at different times of the clip; with
 ``dart`` planes the same names are two darts out and back at a quarter and three quarters of the clip ("the digit
-three darts left and back, then darts up and back"), the digit at the centre in between. Each clip draws its own
+three darts left, then up"), the digit at the centre in between. Each clip draws its own
 handwriting sample, start position, jitter and simulator seed from (seed, label, clip index), so a build is deterministic and independent of build order. Rendering is one
 ``grid_sample`` over all frames of all clips of a class (an affine transform per frame). Train/val/test draw their
 digit images from disjoint pools of handwriting samples; held-out (unseen) pairs are spread over digits and motions.
@@ -173,7 +173,7 @@ class DigitsSpec:
 def motion_phrases(motion: str, dart: int = 0) -> tuple[str, str]:
     """``(caption verb phrase, class-name phrase)``: ``("moves left", "moving left")``, or composed from the phases
     of a two-phase motion: ``("moves left, pauses, then moves up", "moving left, pausing, then moving up")`` (darts
-    if `dart`: ``"darts left and back, then darts up and back"``)."""
+    if `dart`: ``"darts left, then up"``)."""
     return phases.phrases(motion, dart) if phases.is_phased(motion) else MOTIONS[motion]
 
 
