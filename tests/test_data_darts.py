@@ -12,6 +12,7 @@ from spklip.data.phases import (ceilings, dart_centres, dart_spread_limit, missi
                                 reverse_motion)
 from spklip.data.shards import read_metadata
 from spklip.data.simulate import SimParams
+from test_data_phases import _centroid  # tests/ is on sys.path (pytest's default prepend import mode)
 
 SWAPS = ("left-up", "up-left", "right-down", "down-right")  # closed under swapping the darts, no palindrome
 
@@ -130,13 +131,7 @@ def test_a_tiny_dart_build_hides_the_order_from_three_windows_but_not_from_five(
     lu, ul = info.class_names.index(class_name(3, "left-up", 10)), info.class_names.index(class_name(3, "up-left", 10))
 
     def centroid(label, planes):  # mean over the class's clips of the spikes' centre of mass (x, y), px
-        out = []
-        for c in clips:
-            if c.label == label:
-                img = c.spikes[planes].astype(np.float64).sum(0)  # [H, W]
-                ys, xs = np.indices(img.shape)
-                out.append([(img * xs).sum() / img.sum(), (img * ys).sum() / img.sum()])
-        return np.mean(out, axis=0)
+        return _centroid(clips, label, planes)
 
     # in K = 3's windows the digit sits at the centre whatever the class (jitter +-4 px averages to ~0.5 px); in
     # K = 5's second window (planes 13-23) left-up's digit is left of up-left's, which is above it
