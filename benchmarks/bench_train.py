@@ -9,7 +9,11 @@ built into a temporary folder when `--data` is missing), same optimiser steps (`
   and 2 threads, batch 16 (one process on both cores);
 * ``spklip train`` through Ray Train (in-process Ray), 1 worker x batch 16 and 2 workers x batch 8 (16 clips a step
   either way), ``scale.cpus_per_worker=0.5`` (1 thread each), the default evaluation cadence; and 1 worker x batch
-  16 on 2 threads (``scale.threads_per_worker=2``): which of the two uses a 2-core machine better.
+  16 on 2 threads (``scale.threads_per_worker=2``): which of the two uses a 2-core machine better;
+* ``spklip train`` in local mode (``scale.num_workers=0``: Ray Train runs the loop in the driver, no Ray is started,
+  the split is read in-process), batch 16 on 2 threads: configs/tiny.yaml's default since 2026-12-06.
+
+`--only KEYS` runs some of them (plain b8, b16, b16t2; spklip 1w, 2w, 1w2t, 0w2t), e.g. ``--only b16t2,1w2t,0w2t``.
 
 Printed: steps/s (steps only, and start-up included), the ratios (a worker's step / the plain step of the same
 per-core batch; product wall / plain wall for the same steps and clips; 2 workers vs 1 worker steps/s) and a
@@ -135,7 +139,7 @@ def rate(steps: int, seconds: float) -> float:
 
 def report(plain: dict[str, dict], runs: dict[str, dict], steps: int) -> None:
     """The table, the ratios against the targets, and each run's phases. `plain` is keyed "b8", "b16", "b16t2"
-    (batch, threads); `runs` "1w", "2w", "1w2t" (workers, threads)."""
+    (batch, threads); `runs` "1w", "2w", "1w2t", "0w2t" (workers, threads; 0 workers: local mode)."""
     print(f"\n{steps} optimiser steps each (spklip-tiny, configs/tiny.yaml, the demo data)")
     print(f"{'path':<48} {'steps/s (steps)':>15} {'steps/s (wall)':>15} {'wall s':>8} {'val/top1':>9}")
     for r in plain.values():
@@ -144,8 +148,9 @@ def report(plain: dict[str, dict], runs: dict[str, dict], steps: int) -> None:
               f"{r['val/top1']:>9.3f}")
     for r in runs.values():
         t, top1 = r["time"], r["val/top1"]
-        label = "spklip train, %d worker(s) x batch %d, %s" % (r["workers"], r["batch"],
-                                                                "%d threads" % r["threads"] if r["threads"] else "auto")
+        threads = "%d threads" % r["threads"] if r["threads"] else "auto"
+        label = ("spklip train, local mode, batch %d, %s" % (r["batch"], threads) if r["workers"] == 0 else
+                 "spklip train, %d worker(s) x batch %d, %s" % (r["workers"], r["batch"], threads))
         print(f"{label:<48} {rate(steps, t['totals'].get('step', 0.0)):>15.2f} {rate(steps, r['wall_s']):>15.2f} "
               f"{r['wall_s']:>8.1f} {top1 if top1 is not None else float('nan'):>9.3f}")
 
@@ -153,7 +158,7 @@ def report(plain: dict[str, dict], runs: dict[str, dict], steps: int) -> None:
         return runs[key]["time"]["totals"].get("step", 0.0)
 
     print("\nratios (targets, issue 26)")
-    for key, ref in (("1w", "b16"), ("2w", "b8"), ("1w2t", "b16t2")):
+    for key, ref in (("1w", "b16"), ("2w", "b8"), ("1w2t", "b16t2"), ("0w2t", "b16t2")):
         if key in runs and ref in plain:
             worker_step, plain_step = step_of(key) / steps, plain[ref]["step_s"] / steps
             print(f"  {key}: worker step / plain step ({ref}): {worker_step / plain_step:.2f} "
@@ -163,6 +168,10 @@ def report(plain: dict[str, dict], runs: dict[str, dict], steps: int) -> None:
               f"{runs['2w']['wall_s'] / plain['b8']['wall_s']:.2f} (target <= 1.3)")
     if "1w" in runs and "b16" in plain:
         print(f"  1 worker x 16: product wall / plain wall (batch 16): {runs['1w']['wall_s'] / plain['b16']['wall_s']:.2f}")
+    for key in ("1w2t", "0w2t"):
+        if key in runs and "b16t2" in plain:
+            print(f"  {key}: product wall / plain wall (batch 16, 2 threads): "
+                  f"{runs[key]['wall_s'] / plain['b16t2']['wall_s']:.2f} (target <= 1.3)")
     if "1w" in runs and "2w" in runs:
         print(f"  2 workers vs 1 worker (1 thread), steps/s of 16 clips: {step_of('1w') / step_of('2w'):.2f} "
               f"(steps only), {runs['1w']['wall_s'] / runs['2w']['wall_s']:.2f} (wall) (target >= 1.6)")
@@ -190,6 +199,8 @@ def main() -> None:
                    help="extra config overrides for the spklip train runs")
     p.add_argument("--profile", default="", metavar="FILE", help="write a torch.profiler table of 20 steps (after "
                    "10) of the 2-worker run's rank 0 to FILE and of the plain batch-8 loop to FILE.plain")
+    p.add_argument("--only", default="", metavar="KEYS", help="comma-separated paths to run (default: all): plain "
+                   "b8, b16, b16t2; spklip train 1w, 2w, 1w2t, 0w2t (0w: local mode)")
     p.add_argument("--plain-worker", type=int, default=0, metavar="BATCH", help=argparse.SUPPRESS)
     p.add_argument("--plain-profile", default="", help=argparse.SUPPRESS)
     p.add_argument("--plain-threads", type=int, default=1, help=argparse.SUPPRESS)
@@ -198,6 +209,10 @@ def main() -> None:
         print(json.dumps(plain_loop(args.data, args.plain_worker, args.steps, args.plain_profile,
                                     args.plain_threads)))
         return
+    keys = ("b8", "b16", "b16t2", "1w", "2w", "1w2t", "0w2t")
+    only = [k.strip() for k in args.only.split(",") if k.strip()] or list(keys)
+    if set(only) - set(keys):
+        sys.exit(f"--only: unknown path(s) {', '.join(sorted(set(only) - set(keys)))}; known: {', '.join(keys)}")
     if args.profile and args.steps < 30:
         sys.exit("--profile needs --steps >= 30 (it profiles steps 11-30)")
     print(f"before: {load()}")
@@ -212,13 +227,14 @@ def main() -> None:
         for batch, threads in ((8, 1), (16, 1), (16, 2)):
             prof = f"{args.profile}.plain" if args.profile and batch == 8 else ""
             key = f"b{batch}" + (f"t{threads}" if threads > 1 else "")
-            plain[key], _ = run_json([sys.executable, str(Path(__file__).resolve()), "--data", data, "--steps",
-                                      str(args.steps), "--plain-worker", str(batch), "--plain-profile", prof,
-                                      "--plain-threads", str(threads)])
-        runs = {"1w": product(data, Path(tmp) / "runs", 1, 16, args),
-                "2w": product(data, Path(tmp) / "runs", 2, 8, args,
-                              os.path.abspath(args.profile) if args.profile else ""),
-                "1w2t": product(data, Path(tmp) / "runs", 1, 16, args, threads=2)}
+            if key in only:
+                plain[key], _ = run_json([sys.executable, str(Path(__file__).resolve()), "--data", data, "--steps",
+                                          str(args.steps), "--plain-worker", str(batch), "--plain-profile", prof,
+                                          "--plain-threads", str(threads)])
+        profile = os.path.abspath(args.profile) if args.profile else ""
+        runs = {key: product(data, Path(tmp) / "runs", workers, batch, args, profile if key == "2w" else "", threads)
+                for key, workers, batch, threads in (("1w", 1, 16, 0), ("2w", 2, 8, 0), ("1w2t", 1, 16, 2),
+                                                     ("0w2t", 0, 16, 2)) if key in only}
     report(plain, runs, args.steps)
     if args.profile:
         print(f"\nprofiles: {args.profile} (2 workers, rank 0), {args.profile}.plain (plain loop, batch 8)")

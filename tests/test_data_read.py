@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import torch
 
-from spklip.data.loader import SpikeShardDataset
+from spklip.data.loader import SpikeShardDataset, epoch_batches
 from spklip.data.read import decoded_split, eval_batches, read_split, sample_batches, to_torch
 from spklip.data.shards import write_shards
 from test_data_shards import INFO, SHAPE, make_clips
@@ -35,6 +35,33 @@ def test_every_read_gives_the_same_clips_as_the_torch_dataset(tmp_path):
     for b in sample:  # a sampled clip is decoded exactly as stored
         for spikes, clip_id in zip(b["spikes"], b["clip_id"]):
             assert torch.equal(spikes, torch.from_numpy(train[clip_id].spikes))
+
+
+def test_epoch_batches_match_the_decoded_split_cut_in_the_seeded_order(tmp_path):
+    """The in-process reader (`spklip train` in local mode, `train_in_process`) decodes a batch at a time what the
+    slow reference cuts from the whole decoded split: the ``(seed, epoch)`` permutation, full batches only; each epoch
+    its own order, the same on every call (a resumed run sees the same batches)."""
+    clips = make_clips(n_per_class=8)
+    write_shards(clips, tmp_path / "ds", INFO)
+    ds, whole = SpikeShardDataset(tmp_path / "ds", "train"), to_torch(decoded_split(tmp_path / "ds", "train"))
+    n, bs = len(ds), 5
+    assert n % bs  # a last, smaller batch exists and must be dropped
+    orders = []
+    for epoch in (0, 1):
+        batches = list(epoch_batches(ds, bs, epoch, seed=3))
+        order = np.random.default_rng([3, epoch]).permutation(n)  # the reference
+        assert len(batches) == n // bs and all(set(b) == KEYS for b in batches)
+        for i, b in enumerate(batches):
+            idx = order[i * bs:(i + 1) * bs]
+            assert torch.equal(b["spikes"], whole["spikes"][idx]) and torch.equal(b["label"], whole["label"][idx])
+            assert b["caption"] == [whole["caption"][j] for j in idx]
+            assert b["clip_id"] == [whole["clip_id"][j] for j in idx]
+        again = list(epoch_batches(ds, bs, epoch, seed=3))
+        assert [b["clip_id"] for b in again] == [b["clip_id"] for b in batches]
+        orders.append([c for b in batches for c in b["clip_id"]])
+    assert orders[0] != orders[1]
+    in_file_order = [c for b in epoch_batches(ds, bs, 0, shuffle=False) for c in b["clip_id"]]
+    assert in_file_order == whole["clip_id"][:n // bs * bs]
 
 
 def test_to_torch_copies_read_only_columns_and_keeps_fresh_ones():

@@ -47,7 +47,8 @@ def test_train_then_eval_a_checkpoint_from_the_cli(ray_session, tmp_path, capsys
     assert log == tmp_path / "runs" / "ray" / "cli" / "spklip.log" and f"this run's log: {log}" in out.err
     assert "epoch 1/1" in log.read_text()
     timing = summary["time"]  # rank 0's breakdown: start-up milestones in order, then the epochs' phases
-    assert list(timing["startup"]) == ["config", "import", "validate", "ray_init", "mlflow_run", "dataset",
+    # local mode starts no Ray (no ray_init) and reads the split in this process
+    assert list(timing["startup"]) == ["config", "import", "validate", "mlflow_run", "dataset",
                                        "worker_start", "model_build", "setup", "first_batch", "first_step"]
     assert sum(timing["startup"].values()) == pytest.approx(timing["startup_s"], abs=0.05)
     assert set(timing["totals"]) == {"data", "step", "eval", "bn", "checkpoint"} and timing["epochs"] == 1
@@ -187,3 +188,5 @@ def test_killed_driver_resumes_with_train_resume(tmp_path):
     assert sorted(set(steps)) == list(range(1, 37))  # nothing missing
     assert all(steps.count(s) == 1 for s in range(1, 13))  # the checkpointed epochs were not trained again
     assert client.get_run(run_id).info.status == "FINISHED"
+    # neither driver started a Ray (local mode: the loop and its reader in the driver): no Ray session folder
+    assert not (folder / "ray_tmp").exists() and "ray_init" not in summary["time"]["startup"]

@@ -11,7 +11,7 @@ the file on an error). Batches look the same on every path::
   the typed facts training, evaluation and tracking use from then on.
 * `eval_batches`: a whole split in file order (evaluation).
 * `sample_batches`: a seeded random sample of a split (precise BN, ``trainset/top1``).
-* `decoded_split`: a whole split decoded at once (the in-memory training split, `train_in_process`).
+* `decoded_split`: a whole split decoded at once (the in-memory Ray Dataset, `spklip.runtime.reader`).
 """
 
 from __future__ import annotations

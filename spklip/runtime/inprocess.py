@@ -2,18 +2,19 @@
 
 For quick studies and the learning tests: the same `Loop` (augmentation, class-aware loss, schedule) and the same
 evaluation protocol as a Ray Train run, on one process and one device. Each epoch reshuffles the split from
-``(data.seed, epoch)``; only full batches are used. `spklip train` (Ray Train) is the path for real runs.
+``(data.seed, epoch)``; only full batches are used (`spklip.data.loader.epoch_batches`, also `spklip train`'s reader
+in local mode). `spklip train` (Ray Train) is the path for real runs.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
 from spklip.config import ExperimentConfig
-from spklip.data.read import dataset_info, decoded_split, to_torch
+from spklip.data.loader import SpikeShardDataset, epoch_batches
+from spklip.data.read import dataset_info
 from spklip.loss import ClipLoss
 from spklip.model import Spklip
 from spklip.train.checkpoint import TrainState
@@ -27,21 +28,12 @@ def train_in_process(cfg: ExperimentConfig, device: str | torch.device = "cpu") 
     """Train `cfg` to ``train.epochs`` / ``train.max_steps`` and return ``(model, final evaluation metrics)``."""
     dataset = dataset_info(cfg)
     device = torch.device(device)
-    clips = to_torch(decoded_split(cfg.data.path, cfg.data.train_split))  # the whole split
-    n, bs = len(clips["caption"]), cfg.data.batch_size
-    steps = steps_per_epoch(n, cfg, 1) * cfg.train.epochs
+    split = SpikeShardDataset(cfg.data.path, cfg.data.train_split)  # bit-packed in memory, decoded a batch at a time
+    steps = steps_per_epoch(len(split), cfg, 1) * cfg.train.epochs
     steps = min(steps, cfg.train.max_steps) if cfg.train.max_steps else steps
     seed_everything(cfg.train.seed)
     model = Spklip(cfg.model, cfg.loss).to(device)
     loop = Loop.create(cfg, model, ClipLoss(cfg.loss), device, steps)
-
-    def epoch_batches(epoch: int):
-        order = np.random.default_rng([cfg.data.seed, epoch]).permutation(n) if cfg.data.shuffle else np.arange(n)
-        for i in range(n // bs):
-            idx = order[i * bs:(i + 1) * bs]
-            yield {"spikes": clips["spikes"][idx], "label": clips["label"][idx],
-                   "caption": [clips["caption"][j] for j in idx],
-                   "class_name": [clips["class_name"][j] for j in idx]}
 
     evaluator = EpochEvaluator(cfg, dataset, Tracker(None, None))
     final: dict[str, Any] = {}
@@ -50,6 +42,9 @@ def train_in_process(cfg: ExperimentConfig, device: str | torch.device = "cpu") 
         if state.epoch == cfg.train.epochs or (cfg.train.max_steps and state.step >= cfg.train.max_steps):
             final.update(evaluator.run(model, device, state.step, state.epoch, loop.autocast_dtype))
 
-    state = run_training(loop, TrainState(), epoch_batches, lambda st, m: None, on_epoch_end)
+    def batches(epoch: int):
+        return epoch_batches(split, cfg.data.batch_size, epoch, seed=cfg.data.seed, shuffle=cfg.data.shuffle)
+
+    state = run_training(loop, TrainState(), batches, lambda st, m: None, on_epoch_end)
     final.setdefault("step", state.step)
     return model, final

@@ -61,9 +61,10 @@ def build_trainer(plan: RunPlan, callbacks: Sequence[Any] = ()) -> TorchTrainer:
         callbacks: Ray Train callbacks, e.g. ``ray.tune.integration.ray_train.TuneReportCallback()``.
     """
     cfg = plan.cfg
-    gpu, resources = worker_resources(cfg)
+    local = cfg.scale.num_workers == 0  # local mode: the loop in this process reads the split itself (no Ray Data)
+    gpu, resources = (False, None) if local else worker_resources(cfg)
     run_dir = str(local_run_folder(cfg, plan.storage_path, plan.run_name))
-    datasets = {"train": reader.ray_train_dataset(cfg)}
+    datasets = {} if local else {"train": reader.ray_train_dataset(cfg)}
     plan.timeline.mark("dataset")
     worker_plan = WorkerPlan(cfg=cfg, total_steps=plan.total_steps, dataset=plan.dataset, tracking_uri=plan.tracker.uri,
                              mlflow_run_id=plan.tracker.run_id if plan.tracker.enabled else None,
@@ -89,8 +90,10 @@ def fit(spec: RunSpec) -> FitResult:
     """Train ``spec.cfg`` to the end and return its final evaluation metrics and checkpoints (`RunSpec` says what
     each field does: the run's name and storage, its MLflow parent and tags, Ray Train callbacks, the output)."""
     t0, output = time.perf_counter(), spec.output
-    # Ray starts after every check (bad input fails before Ray or any worker starts), while the MLflow run opens
-    start_ray = functools.partial(ensure_ray, spec.cfg.scale.address, verbose=output.verbose if output else True)
+    # Ray starts after every check (bad input fails before Ray or any worker starts), while the MLflow run opens;
+    # local mode (scale.num_workers=0: the loop runs in this process, reading the split itself) starts no Ray at all
+    start_ray = None if spec.cfg.scale.num_workers == 0 else functools.partial(
+        ensure_ray, spec.cfg.scale.address, verbose=output.verbose if output else True)
     plan = prepare_run(spec, start_ray=start_ray)
     with run_closed(plan.tracker):  # from here on, every way out ends the MLflow run (FINISHED, KILLED, FAILED)
         if output is not None:

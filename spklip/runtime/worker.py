@@ -8,6 +8,7 @@ the same points.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import sys
@@ -19,9 +20,11 @@ from typing import Any
 
 import ray.train
 import ray.train.torch
+import torch
 
 from spklip.config import ExperimentConfig
 from spklip.data import storage
+from spklip.data.loader import SpikeShardDataset, epoch_batches
 from spklip.data.read import DatasetFacts
 from spklip.loss import ClipLoss
 from spklip.model import Spklip
@@ -52,10 +55,14 @@ class WorkerPlan:
     timeline: Timeline = field(default_factory=Timeline)  # the driver's start-up milestones (command start on)
 
     @property
+    def local(self) -> bool:
+        """Ray Train's local mode (``scale.num_workers=0``): the loop runs in the driver, without Ray."""
+        return self.cfg.scale.num_workers == 0
+
+    @property
     def local_run_dir(self) -> str | None:
-        """Local mode (``scale.num_workers=0``) keeps checkpoints only in memory: spklip writes them to the run
-        folder itself."""
-        return self.run_dir if self.cfg.scale.num_workers == 0 else None
+        """Local mode keeps checkpoints only in memory: spklip writes them to the run folder itself."""
+        return self.run_dir if self.local else None
 
 
 # DDP without the per-step buffer broadcast (train-mode BatchNorm never reads running statistics, and rank 0
@@ -69,6 +76,13 @@ class ModelError(ValueError):
     the same in every attempt, so never retried (`FAIL_FAST`)."""
 
 
+def local_device(cfg: ExperimentConfig) -> torch.device:
+    """The device of a local-mode run (no Ray worker, so no Ray resources decide it): the first GPU when
+    ``scale.use_gpu`` is true, or ``auto`` and torch sees one; else the CPU."""
+    gpu = cfg.scale.use_gpu is True or (cfg.scale.use_gpu == "auto" and torch.cuda.is_available())
+    return torch.device("cuda", 0) if gpu else torch.device("cpu")
+
+
 def _setup_model(cfg: ExperimentConfig, world: int, rank: int):
     """Model (DDP-wrapped when world > 1), loss and device; the same seed on every rank gives the same init."""
     seed_everything(cfg.train.seed)
@@ -76,14 +90,15 @@ def _setup_model(cfg: ExperimentConfig, world: int, rank: int):
         model = Spklip(cfg.model, cfg.loss)
     except ValueError as e:  # the driver built it (`spklip.runtime.launcher.check_before_workers`): this node differs
         raise ModelError(str(e)) from None
+    device = local_device(cfg) if cfg.scale.num_workers == 0 else ray.train.torch.get_device()
     # layout and compile before DDP lays out its gradient buckets (`Loop.create` finds it done)
-    prepare_for_device(model, cfg.train, ray.train.torch.get_device())
+    prepare_for_device(model, cfg.train, device)
     if world > 1:
         # every trainable parameter gets a gradient each step (tests/test_model_presets.py checks it for every
         # preset), so DDP needs no find_unused_parameters (which costs an extra autograd graph walk per step)
         model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=DDP_KWARGS)
     else:
-        model = model.to(ray.train.torch.get_device())
+        model = model.to(device)
     device = next(unwrap(model).parameters()).device
     return model, ClipLoss(cfg.loss, rank=rank, world_size=world), device
 
@@ -157,17 +172,23 @@ class _WorkerRun:
         self.epoch_started = time.monotonic()
 
     def run(self) -> None:
-        shard = ray.train.get_dataset_shard("train")
+        data = self.cfg.data
+        if self.plan.local:  # the loop in the driver: the split bit-packed in this process, no Ray Data
+            read = functools.partial(epoch_batches, SpikeShardDataset(data.path, data.train_split), data.batch_size,
+                                     seed=data.seed, shuffle=data.shuffle)
+        else:
+            read = functools.partial(train_data.train_batches, ray.train.get_dataset_shard("train"), self.cfg)
         self.epoch_started = time.monotonic()
-        run_training(self.loop, self.state, lambda epoch: self._epoch_batches(shard, epoch), self.on_step,
+        run_training(self.loop, self.state, lambda epoch: self._epoch_batches(read, epoch), self.on_step,
                      self.on_epoch_end)
 
-    def _epoch_batches(self, shard, epoch: int):
-        """The epoch's batches; marks the epoch as drained once the loop's look-ahead finds no next batch, which
-        happens before the epoch's last ``on_step`` (the loop looks ahead to sync gradients on the last batch)."""
+    def _epoch_batches(self, read, epoch: int):
+        """The epoch's batches (`read(epoch)`); marks the epoch as drained once the loop's look-ahead finds no next
+        batch, which happens before the epoch's last ``on_step`` (the loop looks ahead to sync gradients on the last
+        batch)."""
         self.epoch_drained = False
         try:
-            for batch in train_data.train_batches(shard, self.cfg, epoch):
+            for batch in read(epoch):
                 if not self.batched:
                     self.batched = True
                     self.timeline.mark("first_batch")
