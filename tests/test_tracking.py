@@ -93,3 +93,29 @@ def test_fluent_tracking_uri_puts_the_environment_back(tmp_path, monkeypatch, be
     with fluent_tracking_uri(uri):
         assert mlflow.get_tracking_uri() == uri
     assert os.environ.get("MLFLOW_TRACKING_URI") == before
+
+
+def test_an_experiment_created_meanwhile_is_used_not_a_reason_to_stop_tracking(tmp_path):
+    """Between the lookup and the create, another process (a second trial on a fresh store) or MLflow's own retry
+    of a slow create made the experiment: its id is used and tracking stays on (it was turned off, one line on
+    stderr, and the run trained untracked)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS
+
+    from spklip.runtime.tracking import ensure_experiment
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "pending")  # as start_run makes it, before its run exists
+    real = tracker.client
+    made = real.create_experiment("raced")
+
+    class Racing:  # sees no experiment, then finds it taken when creating it
+        def get_experiment_by_name(self, name):
+            self.get_experiment_by_name = real.get_experiment_by_name
+            return None
+
+        def create_experiment(self, *args, **kwargs):
+            raise MlflowException("already exists", error_code=RESOURCE_ALREADY_EXISTS)
+
+    tracker._client = Racing()
+    assert ensure_experiment(tracker, "raced", tmp_path) == made and tracker.enabled

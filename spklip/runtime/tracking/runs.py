@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from mlflow.exceptions import MlflowException
+
 from spklip.runtime.tracking.store import artifact_location, server_reachable
 from spklip.runtime.tracking.tracker import Tracker
 
@@ -28,13 +30,23 @@ def ensure_experiment(tracker: Tracker, experiment: str, run_dir: str | Path) ->
     """Id of `experiment` (created with an explicit artifact location if missing), tagged as model training."""
     exp = tracker.call(tracker.client.get_experiment_by_name, experiment)
     if exp is None:
-        exp_id = tracker.call(tracker.client.create_experiment, experiment, artifact_location(run_dir, experiment),
-                              tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
+        exp_id = tracker.call(_create_experiment, tracker.client, experiment, artifact_location(run_dir, experiment))
     else:
         exp_id = exp.experiment_id
         if exp.tags.get(EXPERIMENT_KIND_TAG) != TRAINING_KIND:  # an experiment made by hand or an older spklip
             tracker.call(tracker.client.set_experiment_tag, exp_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
     return exp_id
+
+
+def _create_experiment(client, experiment: str, location: str) -> str:
+    """Create `experiment`; when it exists by now, its id: another process created it since it was looked up (two
+    trials on a fresh store), or MLflow's client retried a create whose first answer came too late."""
+    try:
+        return client.create_experiment(experiment, location, tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(experiment).experiment_id
 
 
 def start_run(uri: str, experiment: str, run_dir: str | Path, *, run_name: str = "", params: dict | None = None,
