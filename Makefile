@@ -41,7 +41,7 @@ demo: install  ## moving-digits spikes + the baselines study (HSFE vs K=1 vs spi
 	@echo "(the study is the parent run; its report is under sweep_report/). Same table: spklip report --experiment baselines"
 	@echo "Ray's, Tune's and MLflow's logs of the study: $(RUN_DIR)/sweeps/demo-*/spklip.log (sweeps/baselines.py --verbose prints them)"
 
-train: install  ## train spklip-tiny on the demo data: one Ray Train worker on 2 threads (configs/tiny.yaml); extra flags: ARGS="--set k=v"
+train: install  ## train spklip-tiny on the demo data in this process, every core, no Ray (configs/tiny.yaml); extra flags: ARGS="--set k=v"
 	$(PY) -m spklip.cli train --config configs/tiny.yaml $(ARGS)
 
 test: install  ## the whole suite (slow tests included), as CI runs it

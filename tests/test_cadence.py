@@ -8,6 +8,7 @@ import os
 
 import mlflow
 import pytest
+import ray.train
 import torch
 
 from spklip.config import ScaleCfg, load_config
@@ -72,6 +73,13 @@ def test_worker_threads_are_the_cpu_share(scale, cpus, threads):
     assert worker_threads(scale, cpus) == threads
 
 
+def test_a_local_mode_trial_beside_others_takes_its_cpu_share_not_every_core():
+    # a sweep's trial training in its own process (local mode inside a Ray actor): two at once on 2 cores, 1 each
+    assert worker_threads(ScaleCfg(num_workers=0, cpus_per_worker=0.5), 2, shared=True) == 1
+    assert worker_threads(ScaleCfg(num_workers=0, cpus_per_worker=4.0), 8, shared=True) == 4
+    assert worker_threads(ScaleCfg(num_workers=0, threads_per_worker=3), 8, shared=True) == 3  # explicit wins
+
+
 def test_apply_threads_sets_torch_threads():
     before = torch.get_num_threads()
     try:
@@ -126,11 +134,18 @@ def test_local_mode_evaluates_only_the_last_step_with_precise_bn(ray_session, tm
     cfg = _cfg(data, tmp_path, "scale.num_workers=0", "train.epochs=2", "eval.every_steps=0",
                "eval.bn_recal_batches=2")
     before = torch.get_num_threads()
+    reports = []  # Ray Train's local mode calls no callback: spklip's loop calls them (a sweep trial's Tune reports)
+
+    class Recorder(ray.train.UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            reports.append((metrics[0]["step"], "val/top1" in metrics[0], checkpoint.path))
+
     try:
-        result = fit(RunSpec(cfg, run_name="last-only"))
+        result = fit(RunSpec(cfg, run_name="last-only", callbacks=[Recorder()]))
     finally:
         torch.set_num_threads(before)
     assert result.metrics["step"] == 2 * STEPS_PER_EPOCH
+    assert reports == [(12, True, result.best_checkpoint)]
     assert _history(tmp_path, result.mlflow_run_id, "val/top1") == [12]
     assert _history(tmp_path, result.mlflow_run_id, "eval/bn_recal_seconds") == [12]  # recalibrated, once
     run = tmp_path / "runs" / "ray" / "last-only"
@@ -139,3 +154,24 @@ def test_local_mode_evaluates_only_the_last_step_with_precise_bn(ray_session, tm
     assert timing["evaluations"] == 1 and timing["totals"]["bn"] > 0
     assert timing["threads"] == available_cpus()  # local mode: every core
     assert os.path.isfile(os.path.join(result.best_checkpoint, "state.pt"))
+
+
+def test_local_mode_keeps_the_best_checkpoints_by_the_metric_and_the_latest(tmp_path):
+    """Local mode ranks its own checkpoints as Ray Train's CheckpointConfig does for workers: the
+    train.keep_checkpoints best by train.metric and the latest (resumes continue from it); the best on val is what
+    the test split scores, also after a resume (the metrics live in each folder)."""
+    from spklip.runtime.worker import REPORT_FILE, local_reports, prune_local
+
+    cfg = load_config("configs/tiny.yaml", ["train.keep_checkpoints=2"])
+    scores = {10: 0.5, 20: 0.9, 30: 0.7, 40: 0.2, 50: float("nan")}
+    for step, top1 in scores.items():
+        folder = tmp_path / f"checkpoint_step={step:07d}"
+        folder.mkdir()
+        (folder / "state.pt").write_bytes(b"x")
+        (folder / REPORT_FILE).write_text(json.dumps({"step": step, "val/top1": top1}))
+        prune_local(str(tmp_path), cfg)
+    kept = {int(c.path.rsplit("=", 1)[1]): m["val/top1"] for c, m in local_reports(str(tmp_path))}
+    assert sorted(kept) == [20, 30, 50]  # the two best (0.9, 0.7) and the latest (NaN: never ranked best)
+    min_cfg = load_config("configs/tiny.yaml", ["train.keep_checkpoints=1", "train.metric_mode=min"])
+    prune_local(str(tmp_path), min_cfg)  # the lowest wins with mode min: 0.7 of step 30; and the latest
+    assert sorted(int(c.path.rsplit("=", 1)[1]) for c, _ in local_reports(str(tmp_path))) == [30, 50]

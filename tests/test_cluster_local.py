@@ -111,7 +111,8 @@ def test_cluster_job_sweep_and_clean_shutdown(tmp_path):
         watcher.start()
         job = subprocess.run(["bash", "cluster/local.sh", "submit", "--", "python", "sweeps/hsfe_ablation.py",
                               "--smoke-test", "--num-samples", "1", "--name", "job", "--set",
-                              f"train.run_dir={run_dir}", "--set", f"data.path={data}"],
+                              f"train.run_dir={run_dir}", "--set", f"data.path={data}",
+                              "--set", "scale.num_workers=1"],  # a Ray Train worker (its torch store) on the cluster
                              cwd=ROOT, env={**env, "RUN_DIR": str(run_dir)}, capture_output=True, text=True,
                              timeout=600)
         stop.set()

@@ -121,6 +121,23 @@ def test_yes_no_switches_parse_as_booleans_from_the_command_line():
         load_config(None, ["scale.use_gpu=maybe"])
 
 
+def test_local_mode_refuses_a_cluster_address_and_picks_its_device_without_ray(monkeypatch):
+    """scale.address with num_workers=0 would leave the cluster unused: a one-line error naming both settings; the
+    local-mode device follows scale.use_gpu and torch, not Ray's resources."""
+    import torch
+
+    from spklip.runtime.worker import local_device
+
+    with pytest.raises(ConfigError, match=r"scale.address=10.0.0.5:6379 names a Ray cluster, but scale.num_workers=0"):
+        load_config(None, ["scale.num_workers=0", "scale.address=10.0.0.5:6379"])
+    assert load_config(None, ["scale.num_workers=1", "scale.address=10.0.0.5:6379"]).scale.address == "10.0.0.5:6379"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert local_device(load_config(None, ["scale.num_workers=0"])) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert local_device(load_config(None, ["scale.num_workers=0"])) == torch.device("cuda", 0)
+    assert local_device(load_config(None, ["scale.num_workers=0", "scale.use_gpu=false"])) == torch.device("cpu")
+
+
 @pytest.mark.parametrize("override, message", [
     ("optim.lr=-1", "optim.lr must be > 0, got -1.0"),
     ("optim.lr=0", "optim.lr must be > 0, got 0.0"),

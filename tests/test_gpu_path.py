@@ -187,7 +187,7 @@ def test_fractional_gpus_per_worker_reach_ray_and_pack_sweep_trials(monkeypatch)
     import ray
 
     from spklip.runtime.plan import worker_resources
-    from spklip.runtime.tune.sweep import max_concurrent_trials
+    from spklip.runtime.tune.sweep import max_concurrent_trials, trial_resources
 
     cfg = load_config(overrides=["scale.use_gpu=true", "scale.gpus_per_worker=0.25", "scale.cpus_per_worker=1"])
     assert worker_resources(cfg) == (True, {"CPU": 1.0, "GPU": 0.25})
@@ -197,6 +197,12 @@ def test_fractional_gpus_per_worker_reach_ray_and_pack_sweep_trials(monkeypatch)
     assert worker_resources(whole)[1]["GPU"] == 1.0 and max_concurrent_trials(whole) == 1
     cpu = load_config(overrides=["scale.use_gpu=false", "scale.gpus_per_worker=0.25", "scale.cpus_per_worker=1"])
     assert worker_resources(cpu) == (False, {"CPU": 1.0}) and max_concurrent_trials(cpu) == 12
+    # local-mode trials (the sweeps' default) train in their own actor, which holds the worker's share itself
+    local = load_config(overrides=["scale.num_workers=0", "scale.use_gpu=true", "scale.gpus_per_worker=0.25",
+                                   "scale.cpus_per_worker=1"])
+    assert trial_resources(local) == {"cpu": 1.25, "gpu": 0.25} and max_concurrent_trials(local) == 4
+    assert trial_resources(cfg) == {"cpu": 0.25}  # with Ray Train workers, they hold their own
+    assert trial_resources(load_config(overrides=["scale.num_workers=0", "scale.use_gpu=false"])) == {"cpu": 0.75}
 
 
 @pytest.mark.parametrize("value, message", [

@@ -165,6 +165,7 @@ import os, shutil
 from spklip.sweeps.hsfe_ablation import SPEC
 from spklip.runtime.tune.sweep import main
 args = ["--name", "s3sweep", "--storage", {storage!r}, "--set", {run_dir!r}, "--set", {data!r},
+        "--set", "scale.num_workers=1",  # Ray Train workers: local-mode trials refuse an object store
         "--set", "data.materialize=false",  # Ray Data's read tasks read the bucket (not one decode on the driver)
         "--set", "train.checkpoint_every=2", "--set", "train.log_every=1",
         "--set", "data.batch_size=6"]  # the smoke set's 24 training clips: 4 steps in its one epoch

@@ -259,3 +259,13 @@ def test_a_space_key_the_config_lacks_stops_the_sweep_before_its_first_trial(tmp
     assert "'model.hsfe.spatial_atention' is not a config key" in err
     assert "did you mean 'model.hsfe.spatial_attention'?" in err
     assert not runs.exists()
+
+
+def test_a_sweep_of_local_mode_trials_refuses_an_object_store_before_ray(tmp_path, capsys, sweep_starts_no_ray):
+    # the specs' trials train in local mode, which keeps checkpoints in a local folder: one line, nothing made
+    runs = tmp_path / "runs"
+    assert spklip_main(["sweep", "hsfe-ablation", "--storage", "s3://bucket/sweeps", "--set",
+                        f"train.run_dir={runs}"]) == 2
+    err = _one_error_line(capsys)
+    assert "local-mode trials (scale.num_workers=0) keep checkpoints in a local folder" in err
+    assert "--set scale.num_workers=1" in err and not (runs / "sweeps").exists()

@@ -178,9 +178,12 @@ def test_killed_driver_resumes_with_train_resume(tmp_path):
     assert client.get_run(run_id).info.status == "RUNNING"
     assert main(["tracking", "sync", str(folder)]) == 0 and client.get_run(run_id).info.status == "KILLED"
 
-    resumed = subprocess.run([*spklip, "--resume", "k", "--storage", str(runs / "ray")], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=600)
+    # a cluster address in the environment (as `ray job submit` sets it; nothing listens there) is not used by local
+    # mode: the run says so and trains here
+    resumed = subprocess.run([*spklip, "--resume", "k", "--storage", str(runs / "ray")], cwd=ROOT,
+                             env={**env, "RAY_ADDRESS": "127.0.0.1:9"}, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "the Ray cluster at RAY_ADDRESS=127.0.0.1:9 is not used" in resumed.stderr
     summary = json.loads(resumed.stdout)
     assert summary["last_metrics"]["step"] == 36 and summary["run_name"] == "k"
     assert summary["mlflow_run_id"] == run_id  # the same MLflow run goes on, RUNNING again, then FINISHED

@@ -96,3 +96,16 @@ def test_an_out_of_range_value_stops_train_before_ray_or_mlflow(shards, tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"spklip: error: {key} must be "), err
     assert not (run_dir / "ray").exists() and not (run_dir / "mlflow.db").exists() and not run_dir.exists()
+
+
+def test_local_mode_refuses_an_object_store_before_ray_or_mlflow(shards, tmp_path, monkeypatch, capsys):
+    """configs/tiny.yaml trains in local mode, which writes its checkpoints itself to a local folder: `--storage
+    s3://...` is refused in one line (it would have kept them locally under a wrong s3:// name), nothing written."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run_dir = tmp_path / "runs"
+    assert main(["train", "--config", "configs/tiny.yaml", "--name", "s3", "--set", f"data.path={shards}",
+                 "--set", f"train.run_dir={run_dir}", "--storage", "s3://bucket/runs"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "local mode (scale.num_workers=0) keeps checkpoints in a local folder" in err[0], err
+    assert not run_dir.exists()
+

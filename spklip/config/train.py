@@ -74,7 +74,7 @@ class TrainCfg:
 
 @dataclass(frozen=True)
 class ScaleCfg:
-    num_workers: int = 1  # Ray Train workers (0: run the loop in-process, no worker actors)
+    num_workers: int = 1  # Ray Train workers (0: local mode, the loop in this process, without Ray)
     use_gpu: bool | Literal["auto"] = "auto"  # true/false (YAML's yes/no read as booleans), or auto: GPUs if any
     cpus_per_worker: float = 0.5  # fractional so that Ray Data keeps a CPU on small machines
     # GPUs each worker holds when it uses GPUs: a fraction (0.25) packs that many workers (e.g. sweep trials of a
@@ -85,7 +85,7 @@ class ScaleCfg:
     # cpus_per_worker=N), and in local mode (num_workers=0) every CPU the process may use
     threads_per_worker: int = 0
     max_failures: int = 2  # worker restarts allowed; each resumes from the last checkpoint
-    address: str = ""  # Ray cluster address ("" = RAY_ADDRESS or an in-process Ray)
+    address: str = ""  # Ray cluster address ("" = RAY_ADDRESS or an in-process Ray); needs num_workers >= 1
     placement: Literal["PACK", "SPREAD"] = "PACK"  # Train workers' placement group: PACK fills few nodes (Ray's
     # default), SPREAD puts one worker per node where it can (best effort: what is left takes them all)
 
@@ -98,6 +98,9 @@ class ScaleCfg:
             raise ConfigError(f"scale.gpus_per_worker must be at most 1 or a whole number (Ray cannot split a "
                               f"worker over GPUs), got {self.gpus_per_worker}")
         check_range("scale.max_failures", self.max_failures, -1)  # Ray's FailureConfig: -1 retries forever
+        if self.address and self.num_workers == 0:  # local mode never connects: the cluster would go unused
+            raise ConfigError(f"scale.address={self.address} names a Ray cluster, but scale.num_workers=0 (local "
+                              f"mode) runs the loop in this process: set scale.num_workers to 1 or more")
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """The one entry point for a training run: `fit(RunSpec) -> FitResult` plans the run (`spklip.runtime.plan`),
-starts Ray, builds and fits a Ray Train `TorchTrainer` whose workers get one typed `WorkerPlan`, scores the best and
-the last checkpoint on the test split, logs the best checkpoint's encoder as an MLflow model, and closes the MLflow
-run (`spklip.runtime.mlflow_run.run_closed`: FINISHED, KILLED on Ctrl-C or SIGTERM, FAILED otherwise). A sweep's
-trials call the same `fit`. Re-running with the same ``run_name`` and ``storage_path`` resumes from the latest
+starts Ray, builds and fits a Ray Train `TorchTrainer` whose workers get one typed `WorkerPlan` (local mode,
+``scale.num_workers=0``: no Ray, the loop in this process gets it, `spklip.runtime.worker.train_local`), scores
+the best and the last checkpoint on the test split, logs the best checkpoint's encoder as an MLflow model, and
+closes the MLflow run (`spklip.runtime.mlflow_run.run_closed`: FINISHED, KILLED on Ctrl-C or SIGTERM, FAILED
+otherwise). A sweep's trials call the same `fit`. Re-running with the same ``run_name`` and ``storage_path`` resumes from the latest
 checkpoint (same MLflow run). Ctrl-C while Ray Train runs is a ``KeyboardInterrupt`` here (`SpklipTrainer`).
 """
 
@@ -17,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
@@ -27,7 +29,8 @@ from spklip.runtime.model_log import log_encoder
 from spklip.runtime.plan import RunPlan, RunSpec, check_resources, local_run_folder, prepare_run, worker_resources
 from spklip.runtime.rayenv import checkpoint_uri, ensure_ray, ray_logs_dir, ray_storage
 from spklip.runtime.torch_store import LoopbackTorchConfig
-from spklip.runtime.worker import FailFastOnDataError, WorkerPlan, fail_fast_error_in, train_fn_per_worker
+from spklip.runtime.worker import (FailFastOnDataError, WorkerPlan, fail_fast_error_in, train_fn_per_worker,
+                                   train_local)
 from spklip.train.faults import FAULT_ENV_PREFIX
 from spklip.train.final_eval import BEST, FINAL, evaluate_on_test
 
@@ -53,26 +56,29 @@ class FitResult:
     notes: list[str] = field(default_factory=list)  # what the evaluation left out and why
 
 
+def worker_plan(plan: RunPlan) -> WorkerPlan:
+    """The typed plan every worker (or the local-mode loop) gets, decided once here."""
+    cfg = plan.cfg
+    return WorkerPlan(cfg=cfg, total_steps=plan.total_steps, dataset=plan.dataset, tracking_uri=plan.tracker.uri,
+                      mlflow_run_id=plan.tracker.run_id if plan.tracker.enabled else None,
+                      run_dir=str(local_run_folder(cfg, plan.storage_path, plan.run_name)), timeline=plan.timeline)
+
+
 def build_trainer(plan: RunPlan, callbacks: Sequence[Any] = ()) -> TorchTrainer:
-    """A ready-to-fit ``TorchTrainer`` for a `RunPlan` (Ray must be running: `ensure_ray`).
+    """A ready-to-fit ``TorchTrainer`` for a `RunPlan` with Ray Train workers (Ray must be running: `ensure_ray`).
 
     Args:
         plan: from `prepare_run` (the config with absolute paths, the run name and storage, the MLflow run).
         callbacks: Ray Train callbacks, e.g. ``ray.tune.integration.ray_train.TuneReportCallback()``.
     """
     cfg = plan.cfg
-    local = cfg.scale.num_workers == 0  # local mode: the loop in this process reads the split itself (no Ray Data)
-    gpu, resources = (False, None) if local else worker_resources(cfg)
-    run_dir = str(local_run_folder(cfg, plan.storage_path, plan.run_name))
-    datasets = {} if local else {"train": reader.ray_train_dataset(cfg)}
+    gpu, resources = worker_resources(cfg)
+    datasets = {"train": reader.ray_train_dataset(cfg)}
     plan.timeline.mark("dataset")
-    worker_plan = WorkerPlan(cfg=cfg, total_steps=plan.total_steps, dataset=plan.dataset, tracking_uri=plan.tracker.uri,
-                             mlflow_run_id=plan.tracker.run_id if plan.tracker.enabled else None,
-                             run_dir=run_dir, timeline=plan.timeline)
     # fault-injection switches (spklip.train.faults) reach the workers whatever environment Ray started them with
     env = {**WORKER_ENV, **{k: v for k, v in os.environ.items() if k.startswith(FAULT_ENV_PREFIX)}}
     return SpklipTrainer(
-        train_fn_per_worker, train_loop_config={"plan": worker_plan}, torch_config=LoopbackTorchConfig(),
+        train_fn_per_worker, train_loop_config={"plan": worker_plan(plan)}, torch_config=LoopbackTorchConfig(),
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scale.num_workers, use_gpu=gpu,
                                                resources_per_worker=resources,
                                                placement_strategy=cfg.scale.placement),
@@ -92,15 +98,24 @@ def fit(spec: RunSpec) -> FitResult:
     t0, output = time.perf_counter(), spec.output
     # Ray starts after every check (bad input fails before Ray or any worker starts), while the MLflow run opens;
     # local mode (scale.num_workers=0: the loop runs in this process, reading the split itself) starts no Ray at all
-    start_ray = None if spec.cfg.scale.num_workers == 0 else functools.partial(
-        ensure_ray, spec.cfg.scale.address, verbose=output.verbose if output else True)
+    local = spec.cfg.scale.num_workers == 0
+    start_ray = None if local else functools.partial(ensure_ray, spec.cfg.scale.address,
+                                                     verbose=output.verbose if output else True)
+    if local and os.environ.get("RAY_ADDRESS") and not ray.is_initialized():  # e.g. `ray job submit` on a cluster
+        print(f"spklip: scale.num_workers=0 (local mode): training in this process; the Ray cluster at RAY_ADDRESS="
+              f"{os.environ['RAY_ADDRESS']} is not used (set scale.num_workers to 1 or more to train on it)",
+              file=sys.stderr, flush=True)
     plan = prepare_run(spec, start_ray=start_ray)
     with run_closed(plan.tracker):  # from here on, every way out ends the MLflow run (FINISHED, KILLED, FAILED)
         if output is not None:
             output.attach(local_run_folder(plan.cfg, plan.storage_path, plan.run_name), follow=True)
             output.ray_logs = ray_logs_dir()
-        check_resources(plan.cfg)  # before Ray Train waits on a placement group the cluster cannot hold
-        result = _fit_trainer(build_trainer(plan, spec.callbacks))
+        if local:  # the loop here, reading the split itself: no Ray, no Ray Train (`train_local`)
+            plan.timeline.mark("dataset")
+            result = train_local(worker_plan(plan), spec.callbacks)
+        else:
+            check_resources(plan.cfg)  # before Ray Train waits on a placement group the cluster cannot hold
+            result = _fit_trainer(build_trainer(plan, spec.callbacks))
         out = _finish(plan, result, time.perf_counter() - t0)
         out.best_metrics = _best_metrics(result, out)
     return out
@@ -147,7 +162,7 @@ def _fit_trainer(trainer: TorchTrainer):
 
 
 def _best_metrics(result, out: FitResult) -> dict[str, float]:
-    """The metrics `out.best_checkpoint` was reported with (local mode ranks nothing: then the last report's)."""
+    """The metrics `out.best_checkpoint` was reported with."""
     for checkpoint, metrics in result.best_checkpoints or ():
         if checkpoint_uri(out.storage_path, checkpoint) == out.best_checkpoint:
             return dict(metrics)
@@ -161,7 +176,7 @@ def _finish(plan: RunPlan, result, seconds: float) -> FitResult:
     if result.best_checkpoints:
         sign = 1 if plan.cfg.train.metric_mode == "max" else -1
         best = max(result.best_checkpoints, key=lambda cm: sign * cm[1].get(plan.cfg.train.metric, float("-inf")))[0]
-    elif result.checkpoint is not None:  # local mode ranks nothing: its last checkpoint is the evaluated end state
+    elif result.checkpoint is not None:  # nothing ranked: the last checkpoint is the evaluated end state
         best = result.checkpoint
     out = FitResult(metrics=dict(result.metrics or {}),
                     checkpoint=checkpoint_uri(plan.storage_path, result.checkpoint),

@@ -3,20 +3,22 @@
 The driver (launcher.py) passes one typed `WorkerPlan` (``train_loop_config={"plan": plan}``): the experiment
 config plus facts it derived once (dataset metadata, planned step count, the MLflow run to log to). Every rank
 trains; rank 0 alone evaluates, logs to MLflow and attaches checkpoints; every rank calls ``ray.train.report`` at
-the same points.
+the same points. Local mode (``scale.num_workers=0``, `train_local`) runs the same `_WorkerRun` in the driver without
+Ray: rank 0 of 1, its own checkpoint folders ranked as Ray Train would (`prune_local`), the run's callbacks called.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import math
 import shutil
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import ray.train
 import ray.train.torch
@@ -103,19 +105,51 @@ def _setup_model(cfg: ExperimentConfig, world: int, rank: int):
     return model, ClipLoss(cfg.loss, rank=rank, world_size=world), device
 
 
+REPORT_FILE = "spklip_report.json"  # local mode: in each checkpoint folder, the metrics it was reported with
+
+
 def _local_checkpoints(run_dir: str) -> list[Path]:
     """Checkpoint folders written in local mode (``scale.num_workers=0``), oldest first."""
     return sorted(p for p in Path(run_dir).glob("checkpoint_step=*") if (p / "state.pt").exists())
 
 
+def local_reports(run_dir: str) -> list[tuple[ray.train.Checkpoint, dict[str, Any]]]:
+    """Local mode's checkpoints with the metrics each was reported with (`REPORT_FILE`; a resumed run ranks the
+    earlier ones too), oldest first: what Ray Train's ``Result.best_checkpoints`` holds for its workers' runs."""
+    out = []
+    for folder in _local_checkpoints(run_dir):
+        try:
+            metrics = json.loads((folder / REPORT_FILE).read_text())
+        except (OSError, ValueError):  # written before its report: unscored
+            metrics = {}
+        out.append((ray.train.Checkpoint.from_directory(str(folder)), metrics))
+    return out
+
+
+def prune_local(run_dir: str, cfg: ExperimentConfig) -> None:
+    """Keep what Ray Train's ``CheckpointConfig`` keeps for its workers: the ``train.keep_checkpoints`` best by
+    ``train.metric`` (``train.metric_mode``), and always the latest (a resume continues from it)."""
+    reports = local_reports(run_dir)
+    sign = 1 if cfg.train.metric_mode == "max" else -1
+
+    def score(report) -> float:
+        value = report[1].get(cfg.train.metric)
+        return sign * value if isinstance(value, (int, float)) and value == value else -math.inf
+
+    keep = {r[0].path for r in sorted(reports, key=score, reverse=True)[:cfg.train.keep_checkpoints]}
+    keep |= {reports[-1][0].path} if reports else set()
+    for checkpoint, _ in reports:
+        if checkpoint.path not in keep:
+            shutil.rmtree(checkpoint.path, ignore_errors=True)
+
+
 def _resume_point(plan: WorkerPlan):
     """The checkpoint to resume from: Ray's latest (worker restart, resumed run) or, in local mode, the newest
-    folder of this run (local mode keeps checkpoints only in memory, so spklip writes them itself)."""
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None and plan.local_run_dir:
-        found = _local_checkpoints(plan.local_run_dir)
-        checkpoint = ray.train.Checkpoint.from_directory(str(found[-1])) if found else None
-    return checkpoint
+    folder of this run (spklip writes local mode's checkpoints itself)."""
+    if not plan.local:
+        return ray.train.get_checkpoint()
+    found = _local_checkpoints(plan.local_run_dir) if plan.local_run_dir else []
+    return ray.train.Checkpoint.from_directory(str(found[-1])) if found else None
 
 
 def ray_resume_checkpoint(run_folder: str | Path) -> str | None:
@@ -136,17 +170,38 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     _WorkerRun(config["plan"]).run()
 
 
+def train_local(plan: WorkerPlan, callbacks: Sequence[Any] = ()) -> ray.train.Result:
+    """Local mode (``scale.num_workers=0``): the loop in this process, without Ray (Ray Train's own local mode
+    cannot run inside a Ray Tune trial, where ``ray.train.report`` and ``get_context`` refuse to work). The run's Ray
+    Train ``UserCallback``s (a sweep trial's ``TuneReportCallback``) get each report's ``after_report`` (with
+    ``run_context=None``), as Ray Train calls them for its workers. Returns what ``TorchTrainer.fit`` would: the last
+    report's metrics and checkpoint."""
+    run = _WorkerRun(plan, callbacks)
+    run.run()
+    metrics, checkpoint = run.last_report
+    return ray.train.Result(metrics=metrics, checkpoint=checkpoint, error=None, path=None,
+                            best_checkpoints=local_reports(plan.local_run_dir))
+
+
 class _WorkerRun:
     """One worker's training run: set-up and resume, then the loop with the reporting hooks."""
 
-    def __init__(self, plan: WorkerPlan):
+    def __init__(self, plan: WorkerPlan, callbacks: Sequence[Any] = ()):
         self.plan = plan
+        self.callbacks = list(callbacks)  # local mode: the run's Ray Train callbacks, called on each report
+        self.last_report: tuple[dict[str, float] | None, ray.train.Checkpoint | None] = (None, None)  # local mode
         self.cfg = cfg = plan.cfg
         self.timeline = plan.timeline.copy()  # local mode runs in the driver: never mark the driver's plan
         self.timeline.mark("worker_start")  # the worker group and this process started, train_fn called
-        ctx = ray.train.get_context()
-        self.rank, world = ctx.get_world_rank(), ctx.get_world_size()
-        self.threads = apply_threads(cfg.scale)  # before the model: its first ops size torch's thread pool
+        if plan.local:
+            self.rank, world = 0, 1
+        else:
+            ctx = ray.train.get_context()
+            self.rank, world = ctx.get_world_rank(), ctx.get_world_size()
+        # before the model: its first ops size torch's thread pool. A local-mode loop inside a Ray actor (a sweep's
+        # trial) shares the machine with other trials: it takes its CPU share, not every core
+        shared = plan.local and ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
+        self.threads = apply_threads(cfg.scale, shared=shared)
         self.model, loss_fn, self.device = _setup_model(cfg, world, self.rank)
         self.timeline.mark("model_build")
         self.loop = Loop.create(cfg, self.model, loss_fn, self.device, plan.total_steps, rank=self.rank)
@@ -159,6 +214,8 @@ class _WorkerRun:
             with checkpoint.as_directory() as d:
                 self.state = restore_training(read_checkpoint(d, map_location=self.device), model=self.model,
                                               optimizer=self.loop.optimizer, scheduler=self.loop.scheduler)
+            if plan.local:  # a resumed run with nothing left to train still returns its last report
+                self.last_report = (dict(local_reports(plan.local_run_dir)[-1][1]), checkpoint)
         self.tracker = Tracker(plan.tracking_uri, plan.mlflow_run_id if self.rank == 0 else None,
                                spool_dir=Path(plan.run_dir) / SPOOL_DIR if plan.run_dir else None)
         self.evaluator = EpochEvaluator(cfg, plan.dataset, self.tracker) if self.rank == 0 else None
@@ -222,11 +279,14 @@ class _WorkerRun:
             name += f"-epoch={self.state.epoch}"  # the older report's entry (on_step avoids getting here)
         self.checkpointed_step = self.state.step
         local_dir = self.plan.local_run_dir
-        if local_dir:  # local mode: a persistent folder, the last keep_checkpoints kept
+        if local_dir:  # local mode: a persistent folder with its metrics, ranked and pruned as Ray Train would
             d = self._save(Path(local_dir) / name)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(d)))
-            for old in _local_checkpoints(local_dir)[:-max(1, self.cfg.train.keep_checkpoints)]:
-                shutil.rmtree(old, ignore_errors=True)
+            (d / REPORT_FILE).write_text(json.dumps(metrics))
+            checkpoint = ray.train.Checkpoint.from_directory(str(d))
+            self.last_report = (dict(metrics), checkpoint)
+            for callback in self.callbacks:  # what Ray Train does for its workers' reports (rank 0's metrics)
+                callback.after_report(run_context=None, metrics=[dict(metrics)], checkpoint=checkpoint)
+            prune_local(local_dir, self.cfg)
             return
         with tempfile.TemporaryDirectory() as d:
             ckpt = ray.train.Checkpoint.from_directory(str(self._save(d))) if self.rank == 0 else None

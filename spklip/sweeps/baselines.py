@@ -82,7 +82,7 @@ SPEC = SweepSpec(
     # what spklip-tiny needs to learn the direction of motion on moving digits (docs/training.md); evaluated at the
     # default cadence, every 100 steps and the last (eval.every_steps: 6 evaluations; per-epoch evaluation was 30 %
     # of an HSFE run's time)
-    base={"model_preset": "spklip-tiny", "train.epochs": 10000, "train.max_steps": 600, "scale.num_workers": 1,
+    base={"model_preset": "spklip-tiny", "train.epochs": 10000, "train.max_steps": 600, "scale.num_workers": 0,
           "tracking.log_model": False, "optim.lr": 1e-3, "optim.warmup_steps": 10,
           "eval.few_shot_ks": [1, 2, 4, 8, 16]},
     smoke={"train.epochs": 1, "train.max_steps": 4, "data.batch_size": 8, "eval.energy": True,

@@ -33,7 +33,7 @@ SPEC = SweepSpec(
     metrics=(("val/top1", "max"), ("energy/energy_per_clip_mj", "min")),
     report_metrics=(("test/top1", "max"),),  # the Pareto front is chosen on val; its accuracy on test beside it
     base={"model_preset": "spklip-tiny-snn-backbone", "train.epochs": 10000, "train.max_steps": 600,
-          "scale.num_workers": 1, "tracking.log_model": False, "optim.lr": 3e-3, "optim.warmup_steps": 10,
+          "scale.num_workers": 0, "tracking.log_model": False, "optim.lr": 3e-3, "optim.warmup_steps": 10,
           "eval.energy": True,
           "eval.few_shot_ks": [1], "eval.few_shot_seeds": 1},
     smoke={"train.epochs": 1, "train.max_steps": 4, "data.batch_size": 8, "scale.max_failures": 0},

@@ -53,7 +53,7 @@ SPEC = SweepSpec(
     # 600 optimiser steps per trial (50 epochs of the demo data): what spklip-tiny needs to learn the direction of
     # motion with augmentation (docs/training.md); ASHA still stops weak trials at their evaluations (every 100 steps,
     # eval.every_steps)
-    base={"model_preset": "spklip-tiny", "train.epochs": 10000, "train.max_steps": 600, "scale.num_workers": 1,
+    base={"model_preset": "spklip-tiny", "train.epochs": 10000, "train.max_steps": 600, "scale.num_workers": 0,
           "tracking.log_model": False, "optim.lr": 1e-3, "optim.warmup_steps": 10, "eval.few_shot_ks": [1],
           "eval.few_shot_seeds": 1},
     smoke={"train.epochs": 1, "train.max_steps": 4, "data.batch_size": 8, "eval.energy": False,

@@ -53,25 +53,26 @@ def available_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def worker_threads(scale: ScaleCfg, cpus: int | None = None) -> int:
+def worker_threads(scale: ScaleCfg, cpus: int | None = None, shared: bool = False) -> int:
     """torch intra-op threads of one training process: ``scale.threads_per_worker``, or when 0 (auto) the worker's
     CPU share, ``floor(scale.cpus_per_worker)`` and at least 1 (the CPUs Ray reserves for it; Ray's own
     ``OMP_NUM_THREADS`` rule), or in local mode (``num_workers=0``: the loop runs in the driver) all `cpus` (default:
-    `available_cpus`). Never more than `cpus`: threads beyond the cores only wait for each other."""
+    `available_cpus`), unless `shared` (a local-mode loop in a sweep's trial, beside other trials: its CPU share too).
+    Never more than `cpus`: threads beyond the cores only wait for each other."""
     cpus = cpus or available_cpus()
     if scale.threads_per_worker:
         want = scale.threads_per_worker
-    elif scale.num_workers == 0:
+    elif scale.num_workers == 0 and not shared:
         want = cpus
     else:
         want = max(1, math.floor(scale.cpus_per_worker))
     return max(1, min(want, cpus))
 
 
-def apply_threads(scale: ScaleCfg) -> int:
-    """``torch.set_num_threads(worker_threads(scale))``; returns the count set. Called by every worker before it
-    builds its model (torch only reads ``OMP_NUM_THREADS``, which Ray sets, at its first parallel op)."""
-    threads = worker_threads(scale)
+def apply_threads(scale: ScaleCfg, shared: bool = False) -> int:
+    """``torch.set_num_threads(worker_threads(scale, shared=shared))``; returns the count set. Called by every worker
+    before it builds its model (torch only reads ``OMP_NUM_THREADS``, which Ray sets, at its first parallel op)."""
+    threads = worker_threads(scale, shared=shared)
     torch.set_num_threads(threads)
     return threads
 

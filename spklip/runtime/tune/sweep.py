@@ -5,12 +5,14 @@ The path of a trial, one typed value per hop:
   ``SweepSpec`` + CLI --> `sweep_config` (ExperimentConfig) --> `run_sweep` --> `SweepContext` (frozen: base config
   with absolute paths, parent run, metrics, seeds; also written to the sweep folder for ``--resume``) --> Tune calls
   `run_trial(params, ctx)` in a trial actor --> the sampled dotted keys applied once to ``ctx.base`` -->
-  `spklip.runtime.launcher.fit(RunSpec)` --> `WorkerPlan` --> each Ray Train worker.
+  `spklip.runtime.launcher.fit(RunSpec)` --> `WorkerPlan` --> the loop in the trial's process (local mode,
+  ``scale.num_workers=0``, the sweep specs' default) or each Ray Train worker.
 
 Handing a ``TorchTrainer`` to a ``Tuner`` is an error in Ray 2.60 (Train V2); each trial calls `fit` with
-``TuneReportCallback``, which forwards rank 0's per-epoch reports to Tune, so ASHA and the searcher see ``val/top1``
-after every epoch. The Train run is named after the trial id (no timestamp): when a sweep is restored, an
-unfinished trial's Train run finds its own checkpoints and MLflow child run again and continues.
+``TuneReportCallback``, which forwards rank 0's reports to Tune (in local mode the loop calls it, Ray Train does
+not), so ASHA and the searcher see ``val/top1`` after every evaluation. The Train run is named after the trial id
+(no timestamp): when a sweep is restored, an unfinished trial's Train run finds its own checkpoints and MLflow child
+run again and continues.
 
 Where a sweep lives: its local folder ``<train.run_dir>/sweeps/<name>`` (spklip.log, the report, the tracking spool)
 and its Tune experiment (Tune's state, the trials' Train runs and checkpoints, `SWEEP_FILE`), which is the same
@@ -169,16 +171,28 @@ def latest_sweep(root: Path | str, prefix: str) -> Path | str:
     return found[-1]
 
 
+def trial_resources(cfg: ExperimentConfig) -> dict[str, float]:
+    """What a trial's actor holds: 0.25 CPU (its driver) and, in local mode (``scale.num_workers=0``: the trial's
+    own process trains), also one worker's share, ``scale.cpus_per_worker`` CPUs and on GPUs ``scale.gpus_per_worker``
+    (Ray then shows the trial its GPU). With Ray Train workers, they hold their own."""
+    if cfg.scale.num_workers:
+        return {"cpu": 0.25}
+    gpu, per_worker = worker_resources(cfg)
+    return {"cpu": 0.25 + per_worker["CPU"], **({"gpu": per_worker["GPU"]} if gpu else {})}
+
+
 def max_concurrent_trials(cfg: ExperimentConfig) -> int:
-    """Trials that fit at once: each holds 0.25 CPU (its driver) + the Train workers; half a CPU stays for Ray Data
-    (a small training split is decoded once, `spklip.runtime.reader.materialize_train`, so epochs run no read tasks).
-    On 2 CPUs with one 0.5-CPU worker per trial that is two trials at once, one core each."""
+    """Trials that fit at once: each holds 0.25 CPU (its driver) + one share per Train worker (local mode: one, in the
+    trial's own process); half a CPU stays for Ray Data (a small training split is decoded once,
+    `spklip.runtime.reader.materialize_train`, so epochs run no read tasks). On 2 CPUs with one 0.5-CPU share per
+    trial that is two trials at once, one core each."""
     cluster = ray.cluster_resources()
-    per_trial = 0.25 + max(1, cfg.scale.num_workers) * cfg.scale.cpus_per_worker
+    workers = max(1, cfg.scale.num_workers)
+    per_trial = 0.25 + workers * cfg.scale.cpus_per_worker
     fits = max(1, int((cluster.get("CPU", 1) - 0.5) // per_trial))
-    gpu, per_worker = worker_resources(cfg) if cfg.scale.num_workers else (False, {})
+    gpu, per_worker = worker_resources(cfg)
     if gpu:  # GPU workers: also what the GPUs hold (scale.gpus_per_worker=0.25: four one-worker trials per GPU)
-        fits = min(fits, max(1, int(cluster.get("GPU", 0) // (cfg.scale.num_workers * per_worker["GPU"]))))
+        fits = min(fits, max(1, int(cluster.get("GPU", 0) // (workers * per_worker["GPU"]))))
     return fits
 
 
@@ -305,7 +319,7 @@ def trial_line(n: int, total: int, trial_id: str, status: str, result: dict[str,
 def _tuner(spec: SweepSpec, ctx: SweepContext, path: Path | str, resume: bool, points: Sequence[dict[str, Any]],
            max_concurrent: int | None, verbose: bool = True) -> tune.Tuner:
     """The Tuner of the Tune experiment `path` (a folder or a URI), new or restored."""
-    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"cpu": 0.25})
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_resources(ctx.base))
     where = ray_storage(str(path))  # a URI: the path on its filesystem and the filesystem
     if resume:
         return tune.Tuner.restore(where["storage_path"], trainable, resume_unfinished=True, resume_errored=True,
@@ -358,6 +372,9 @@ def run_sweep(spec: SweepSpec, cfg: ExperimentConfig, *, num_samples: int | None
         check_name(name)  # one folder name under <run_dir>/sweeps: before anything is made or started
     root = sweep_root(cfg)
     remote = storage.absolute(storage_root) if storage_root else None  # the Tune experiment's root, if not `root`
+    if remote and storage.is_uri(remote) and not resume and cfg.scale.num_workers == 0:
+        raise ValueError(f"--storage {remote}: local-mode trials (scale.num_workers=0) keep checkpoints in a local "
+                         f"folder; add --set scale.num_workers=1 to keep them in an object store")
     if resume:
         found = (storage.join(remote or root, name) if name else latest_sweep(remote or root, spec.name))
         path = root / posixpath.basename(str(found).rstrip("/"))
