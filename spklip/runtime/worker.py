@@ -177,8 +177,12 @@ def train_local(plan: WorkerPlan, callbacks: Sequence[Any] = ()) -> ray.train.Re
     ``run_context=None``), as Ray Train calls them for its workers. Returns what ``TorchTrainer.fit`` would: the last
     report's metrics and checkpoint."""
     run = _WorkerRun(plan, callbacks)
+    reported = run.last_report
     run.run()
     metrics, checkpoint = run.last_report
+    if run.last_report is reported and metrics is not None:  # resumed past its end (a restored sweep trial): the
+        for callback in run.callbacks:  # callbacks still get its last report (Tune needs the trial's metric)
+            callback.after_report(run_context=None, metrics=[dict(metrics)], checkpoint=checkpoint)
     return ray.train.Result(metrics=metrics, checkpoint=checkpoint, error=None, path=None,
                             best_checkpoints=local_reports(plan.local_run_dir))
 
