@@ -267,5 +267,5 @@ def test_a_sweep_of_local_mode_trials_refuses_an_object_store_before_ray(tmp_pat
     assert spklip_main(["sweep", "hsfe-ablation", "--storage", "s3://bucket/sweeps", "--set",
                         f"train.run_dir={runs}"]) == 2
     err = _one_error_line(capsys)
-    assert "local-mode trials (scale.num_workers=0) keep checkpoints in a local folder" in err
+    assert "local mode (scale.num_workers=0) keeps checkpoints in a local folder" in err
     assert "--set scale.num_workers=1" in err and not (runs / "sweeps").exists()

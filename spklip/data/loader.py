@@ -68,15 +68,10 @@ class SpikeShardDataset(torch.utils.data.Dataset):
                  "class_name": batch["class_name"][k], "clip_id": batch["clip_id"][k]} for k in range(len(indices))]
 
 
-def epoch_order(n: int, epoch: int, seed: int, shuffle: bool = True) -> np.ndarray:
-    """The order of a split's `n` clips in `epoch`: a permutation seeded by ``(seed, epoch)`` (the same on every run
-    and on a resumed one), or file order."""
-    return np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
-
-
 def epoch_batches(data: SpikeShardDataset, batch_size: int, epoch: int, *, seed: int = 0,
                   shuffle: bool = True) -> Iterator[dict[str, Any]]:
-    """One epoch of `data` as full torch batches in `epoch_order` (a last, smaller batch is dropped), each decoded
+    """One epoch of `data` as full torch batches in a permutation seeded by ``(seed, epoch)`` (the same on every run
+    and on a resumed one; file order without `shuffle`), a last, smaller batch dropped; each decoded
     when it is reached: the split stays bit-packed in memory (1/8 of its decoded size). The reader of the
     in-process paths (`spklip train` in local mode, `spklip.runtime.inprocess.train_in_process`), where no Ray Data
     runs.
@@ -85,6 +80,7 @@ def epoch_batches(data: SpikeShardDataset, batch_size: int, epoch: int, *, seed:
         ``{"spikes": uint8 [B, N, H, W], "label": int64 [B], "caption": list[str], "class_name": list[str],
         "clip_id": list[str]}`` (on the CPU).
     """
-    order = epoch_order(len(data), epoch, seed, shuffle)
+    n = len(data)
+    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
     for start in range(0, len(order) - batch_size + 1, batch_size):
         yield data.batch(order[start:start + batch_size])

@@ -3,8 +3,9 @@ starts Ray, builds and fits a Ray Train `TorchTrainer` whose workers get one typ
 ``scale.num_workers=0``: no Ray, the loop in this process gets it, `spklip.runtime.worker.train_local`), scores
 the best and the last checkpoint on the test split, logs the best checkpoint's encoder as an MLflow model, and
 closes the MLflow run (`spklip.runtime.mlflow_run.run_closed`: FINISHED, KILLED on Ctrl-C or SIGTERM, FAILED
-otherwise). A sweep's trials call the same `fit`. Re-running with the same ``run_name`` and ``storage_path`` resumes from the latest
-checkpoint (same MLflow run). Ctrl-C while Ray Train runs is a ``KeyboardInterrupt`` here (`SpklipTrainer`).
+otherwise). A sweep's trials call the same `fit`. Re-running with the same ``run_name`` and ``storage_path``
+resumes from the latest checkpoint (same MLflow run). Ctrl-C while Ray Train runs is a ``KeyboardInterrupt`` here
+(`SpklipTrainer`).
 """
 
 from __future__ import annotations

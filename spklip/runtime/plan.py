@@ -104,9 +104,7 @@ def prepare_run(spec: RunSpec, start_ray: Callable[..., None] | None = None) -> 
     total = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
     run_name = run_name or cfg.tracking.run_name or f"{cfg.model_preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage_path = storage.absolute(storage_path or Path(cfg.train.run_dir) / "ray")
-    if cfg.scale.num_workers == 0 and storage.is_uri(storage_path):  # local mode writes its checkpoints itself, locally
-        raise ValueError(f"--storage {storage_path}: local mode (scale.num_workers=0) keeps checkpoints in a local "
-                         f"folder; set scale.num_workers to 1 or more to keep them in an object store")
+    check_local_storage(cfg, storage_path)
     private_dir(cfg.train.run_dir)  # every check passed: the MLflow store, checkpoints and spool, the user's alone
     run_folder = local_run_folder(cfg, storage_path, run_name)
     lock_folder(run_folder, f"run {run_name}")  # until this driver exits: a second driver of the run stops here
@@ -127,6 +125,14 @@ def prepare_run(spec: RunSpec, start_ray: Callable[..., None] | None = None) -> 
         tracker = opening.result()
     timeline.mark("mlflow_run")  # after ray_init when both ran: what was left to wait for
     return RunPlan(cfg, run_name, storage_path, dataset, total, tracker, timeline)
+
+
+def check_local_storage(cfg: ExperimentConfig, storage_path: str) -> None:
+    """Refuse an object store as the storage of a local-mode run or sweep (``scale.num_workers=0``): local mode writes
+    its checkpoints itself, to a local folder."""
+    if cfg.scale.num_workers == 0 and storage.is_uri(storage_path):
+        raise ValueError(f"--storage {storage_path}: local mode (scale.num_workers=0) keeps checkpoints in a local "
+                         f"folder; add --set scale.num_workers=1 to keep them in an object store")
 
 
 def _close_opening(opening: Future, error: BaseException) -> None:

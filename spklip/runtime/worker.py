@@ -58,12 +58,12 @@ class WorkerPlan:
 
     @property
     def local(self) -> bool:
-        """Ray Train's local mode (``scale.num_workers=0``): the loop runs in the driver, without Ray."""
+        """Local mode (``scale.num_workers=0``): the loop runs in the driver, without Ray (`train_local`)."""
         return self.cfg.scale.num_workers == 0
 
     @property
     def local_run_dir(self) -> str | None:
-        """Local mode keeps checkpoints only in memory: spklip writes them to the run folder itself."""
+        """Where local mode writes its checkpoints itself (`prune_local` ranks them): the run folder."""
         return self.run_dir if self.local else None
 
 
@@ -177,11 +177,10 @@ def train_local(plan: WorkerPlan, callbacks: Sequence[Any] = ()) -> ray.train.Re
     ``run_context=None``), as Ray Train calls them for its workers. Returns what ``TorchTrainer.fit`` would: the last
     report's metrics and checkpoint."""
     run = _WorkerRun(plan, callbacks)
-    reported = run.last_report
     run.run()
     metrics, checkpoint = run.last_report
-    if run.last_report is reported and metrics is not None:  # resumed past its end (a restored sweep trial): the
-        for callback in run.callbacks:  # callbacks still get its last report (Tune needs the trial's metric)
+    if run.checkpointed_step < 0 and metrics is not None:  # resumed past its end, reported nothing (a restored trial):
+        for callback in run.callbacks:  # the callbacks still get its last report (Tune needs the trial's metric)
             callback.after_report(run_context=None, metrics=[dict(metrics)], checkpoint=checkpoint)
     return ray.train.Result(metrics=metrics, checkpoint=checkpoint, error=None, path=None,
                             best_checkpoints=local_reports(plan.local_run_dir))
@@ -282,8 +281,8 @@ class _WorkerRun:
         if self.state.step == self.checkpointed_step:  # never reuse a folder name: Ray would delete it along with
             name += f"-epoch={self.state.epoch}"  # the older report's entry (on_step avoids getting here)
         self.checkpointed_step = self.state.step
-        local_dir = self.plan.local_run_dir
-        if local_dir:  # local mode: a persistent folder with its metrics, ranked and pruned as Ray Train would
+        if self.plan.local:  # a persistent folder with its metrics, ranked and pruned as Ray Train would
+            local_dir = self.plan.local_run_dir
             d = self._save(Path(local_dir) / name)
             (d / REPORT_FILE).write_text(json.dumps(metrics))
             checkpoint = ray.train.Checkpoint.from_directory(str(d))

@@ -47,7 +47,7 @@ from spklip.eval.stats import summarize
 from spklip.runtime.launcher import fit
 from spklip.runtime.logs import RunOutput
 from spklip.runtime.model_log import log_encoder
-from spklip.runtime.plan import RunSpec, resolve_paths, worker_resources
+from spklip.runtime.plan import RunSpec, check_local_storage, resolve_paths, worker_resources
 from spklip.runtime.rayenv import ensure_ray, ray_logs_dir, ray_storage
 from spklip.runtime.tracking import BEST_ALIAS, SPOOL_DIR, Tracker, start_run
 from spklip.runtime.tune import report as rep
@@ -372,9 +372,8 @@ def run_sweep(spec: SweepSpec, cfg: ExperimentConfig, *, num_samples: int | None
         check_name(name)  # one folder name under <run_dir>/sweeps: before anything is made or started
     root = sweep_root(cfg)
     remote = storage.absolute(storage_root) if storage_root else None  # the Tune experiment's root, if not `root`
-    if remote and storage.is_uri(remote) and not resume and cfg.scale.num_workers == 0:
-        raise ValueError(f"--storage {remote}: local-mode trials (scale.num_workers=0) keep checkpoints in a local "
-                         f"folder; add --set scale.num_workers=1 to keep them in an object store")
+    if remote and not resume:
+        check_local_storage(cfg, remote)  # before Ray: every trial would refuse it
     if resume:
         found = (storage.join(remote or root, name) if name else latest_sweep(remote or root, spec.name))
         path = root / posixpath.basename(str(found).rstrip("/"))
