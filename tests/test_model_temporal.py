@@ -44,6 +44,22 @@ def test_order_blind_without_positions_and_order_aware_with_them(pool):
     assert diff > 1e-3
 
 
+def test_concat_pool_keeps_the_order_even_without_positions():
+    """``pool=concat`` reads the K tokens side by side: the same sub-blocks in another order give another embedding
+    even with no positional embedding (where mean and CLS pooling are provably order-blind, the test above), and it
+    is one linear layer over the flattened tokens."""
+    x = (torch.rand(2, K * WINDOW, 32, 32, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+    with torch.no_grad():
+        model = _model(False, "concat")
+        diff = (model.encode_spikes(x) - model.encode_spikes(_permuted(x, [2, 0, 1]))).abs().max()
+        enc = TemporalEncoder(TemporalCfg(layers=1, heads=2, dropout=0.0, pos_embed=False, pool="concat"), 8, K)
+        tokens = torch.randn(4, K, 8)
+        out = enc.norm(enc.transformer(enc.ln_pre(tokens)))  # [4, K, 8]
+        expected = sum(out[:, i] @ enc.concat.weight[:, i * 8:(i + 1) * 8].T for i in range(K)) + enc.concat.bias
+        torch.testing.assert_close(enc(tokens), expected)
+    assert diff > 1e-3
+
+
 @pytest.mark.parametrize("train", [False, True])
 def test_authors_style_equals_torch_transformer_encoder(train):
     """``temporal.style=authors`` is the authors' ``nn.TransformerEncoder`` (post-LN, ReLU, no extra norm) + mean:

@@ -126,7 +126,10 @@ class TemporalCfg:
     mlp_ratio: float = 4.0
     dropout: float = 0.1
     pos_embed: bool = True  # learned positional embedding; false reproduces the authors' order-blind encoder
-    pool: Literal["mean", "cls"] = "mean"
+    # how the K output tokens become one: "mean" (order reaches the pool only through the blocks' nonlinearities:
+    # the mean of token + position is order-blind in its linear part), "cls" (a class token), or "concat" (the K
+    # tokens side by side through one linear layer, [B, K*D] -> [B, D]: which window saw what is kept linearly)
+    pool: Literal["mean", "cls", "concat"] = "mean"
     # "spklip": pre-LN GELU blocks between a LayerNorm on the tokens and a final LayerNorm (CLIP's ViT); "authors":
     # the authors' torch.nn.TransformerEncoder (post-LN, ReLU, no extra norms; spklip/model/temporal.py)
     style: Literal["spklip", "authors"] = "spklip"

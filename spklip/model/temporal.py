@@ -45,12 +45,14 @@ class PostLNBlock(nn.Module):
 
 
 class TemporalEncoder(nn.Module):
-    """``[B, K, D] -> [B, D]``: transformer over the sub-block tokens, then mean or CLS pooling.
+    """``[B, K, D] -> [B, D]``: transformer over the sub-block tokens, then mean, CLS or concatenation pooling.
 
     ``style="spklip"``: LayerNorm on the tokens, pre-LN GELU blocks, a final LayerNorm (CLIP's ViT).
     ``style="authors"``: the authors' ``nn.TransformerEncoder`` (post-LN ReLU `PostLNBlock`s, no other norm).
     With ``pos_embed=False`` there is no positional information, so (as in the authors' code) the output is
-    invariant to the order of the K tokens.
+    invariant to the order of the K tokens. ``pool="concat"`` reads the K tokens side by side through one linear
+    layer (``[B, K*D] -> [B, D]``), so which window saw what reaches the output linearly; with the mean it has to be
+    carried by the blocks' nonlinearities (the mean of ``token + position`` is order-blind in its linear part).
     """
 
     def __init__(self, cfg: TemporalCfg, dim: int, num_tokens: int):
@@ -58,6 +60,7 @@ class TemporalEncoder(nn.Module):
         scale = dim ** -0.5  # CLIP's init scale for class and positional embeddings
         self.cls = nn.Parameter(torch.randn(1, 1, dim) * scale) if cfg.pool == "cls" else None
         n = num_tokens + (self.cls is not None)
+        self.concat = nn.Linear(num_tokens * dim, dim) if cfg.pool == "concat" else None
         self.pos = nn.Parameter(torch.randn(1, n, dim) * scale) if cfg.pos_embed else None
         if cfg.style == "authors":
             self.ln_pre, self.norm = nn.Identity(), nn.Identity()
@@ -74,4 +77,6 @@ class TemporalEncoder(nn.Module):
         if self.pos is not None:
             tokens = tokens + self.pos
         out = self.norm(self.transformer(self.ln_pre(tokens)))  # [B, n, D]
+        if self.concat is not None:
+            return self.concat(out.flatten(1))  # [B, K, D] -> [B, K*D] -> [B, D]
         return out[:, 0] if self.cls is not None else out.mean(dim=1)
