@@ -36,7 +36,8 @@ HSFE_OPTIONS = ([{"model.hsfe.norm": n} for n in ("none", "bn")] + [{"model.hsfe
                 {"model.hsfe.num_branches": 1}]
                 + [{"model.hsfe.spatial_attention": b} for b in (True, False)]
                 + [{"model.hsfe.photon_conservation": b} for b in (False, True)]
-                + [{"model.temporal.pos_embed": b} for b in (True, False)])
+                + [{"model.temporal.pos_embed": b} for b in (True, False)]
+                + [{"model.temporal.pool": p} for p in ("mean", "cls", "concat")])
 FSVE_OPTIONS = ([{"model.fsve.variant": v} for v in ("snn-backbone", "full-snn")]
                 + [{"model.fsve.time_steps": t} for t in (1, 3)]
                 + [{"model.fsve.neuron": n} for n in ("lif", "plif")]

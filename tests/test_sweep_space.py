@@ -43,8 +43,9 @@ def test_hsfe_space_covers_the_issue_keys_and_switches():
     keys = set(space_keys(HSFE.space, base))
     assert keys == {"model.hsfe.num_subblocks", "model.hsfe.radius", "model.hsfe.step", "model.hsfe.num_branches",
                     "model.hsfe.channel_step", "model.hsfe.spatial_attention", "model.hsfe.photon_conservation",
-                    "model.temporal.pos_embed"}
+                    "model.temporal.pos_embed", "model.temporal.pool"}
     samples = sample_space(HSFE.space, base, 200, seed=2)
+    assert {p["model.temporal.pool"] for p in samples} == {"mean", "concat", "cls"}
     for key in ("model.hsfe.spatial_attention", "model.hsfe.photon_conservation", "model.temporal.pos_embed"):
         assert {p[key] for p in samples} == {True, False}
 
@@ -190,6 +191,7 @@ def test_first_points_are_suggested_first_and_vary_only_their_key():
         assert built.model.hsfe.num_branches == hs.num_branches
         assert built.model.hsfe.spatial_attention == hs.spatial_attention
         assert built.model.temporal.pos_embed == base.model.temporal.pos_embed
+        assert built.model.temporal.pool == base.model.temporal.pool
     assert configs[3] not in configs[:3]  # then the searcher samples
     with pytest.raises(ValueError, match="not a parameter"):
         first_points(HSFE, base, "optim.lr", [1e-3])

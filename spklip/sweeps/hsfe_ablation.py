@@ -1,8 +1,9 @@
 """HSFE ablation: which sub-block layout and extractor switches matter ("why five sub-blocks?", with data).
 
 Swept: number of sub-blocks K (1-9 or "auto"), window radius r, step s ("auto" = spread the K windows evenly), MTF
-branches M and channel step c, spatial attention, photon conservation, temporal positional embedding. The space is
-conditional so that every sample is a valid layout on the base model's clip length N:
+branches M and channel step c, spatial attention, photon conservation, the temporal encoder's positional embedding
+and pool (mean, concat, cls). The space is conditional so that every sample is a valid layout on the base model's
+clip length N:
   * K windows of 2r+1 planes must fit with step >= 1, so r <= (N - K) / 2;
   * K = 1 is one centred window (no step); K = "auto" samples the step and takes as many windows as fit (at most 9);
   * M branches shrink the window by 2c per branch, so M <= (2r+1 - 1) / (2c) + 1.
@@ -40,6 +41,7 @@ def space(trial, base):
     trial.suggest_categorical("model.hsfe.spatial_attention", [True, False])
     trial.suggest_categorical("model.hsfe.photon_conservation", [False, True])
     trial.suggest_categorical("model.temporal.pos_embed", [True, False])
+    trial.suggest_categorical("model.temporal.pool", ["mean", "concat", "cls"])
     return fixed
 
 
