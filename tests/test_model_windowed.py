@@ -60,7 +60,12 @@ def test_preset_layout_forward_backward_and_order():
     swapped = torch.cat([x[:, 22:], x[:, 11:22], x[:, :11]], dim=1)
     with torch.no_grad():
         assert not torch.allclose(model.visual(x), model.visual(swapped), atol=1e-3)  # it reads the order
-        model.visual.temporal.pos = None  # without positions the tower is blind to the window order
+    # with mean pooling and without positions the tower is blind to the window order (the preset pools by concat,
+    # which keeps the order even without positions: tests/test_model_temporal.py)
+    model = create_model(PRESET, num_planes=33, hsfe__step=11, temporal__pool="mean").train()
+    with torch.no_grad():
+        assert not torch.allclose(model.visual(x), model.visual(swapped), atol=1e-3)
+        model.visual.temporal.pos = None
         torch.testing.assert_close(model.visual(x), model.visual(swapped), rtol=1e-4, atol=1e-5)
 
 
