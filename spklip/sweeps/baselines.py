@@ -41,7 +41,7 @@ VARIANTS = {
     # temporal transformer with positions (``tfp-windows``): what the MTF + spatial attention add over reading order
     "windowed-average": {"model.arch": "tfp-windows"},
     # 3D convolutions over (time, height, width) of the raw planes; width 32 gives 1.21 M visual parameters against
-    # spklip-tiny's 1.39 M (width 16 would give 0.31 M): a like-for-like size, the step costs about the same
+    # spklip-tiny's 1.40 M (width 16 would give 0.31 M): a like-for-like size, the step costs about the same
     "conv3d": {"model.arch": "conv3d", "model.backbone.width": 32},
     # the spiking encoders learn faster at 3x the ANN's rate (measured, docs/training.md): same steps, own rate
     "snn-backbone": {**_fsve("spklip-tiny-snn-backbone"), "optim.lr": 3e-3},
